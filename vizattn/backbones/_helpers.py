@@ -1,0 +1,110 @@
+"""Checkpoint loading shared by the model files."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pickle
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from timm.models._manipulate import adapt_input_conv
+from torch import nn
+
+__all__ = ["unwrap_state_dict", "check_state_dict_keys", "load_official_checkpoint", "read_checkpoint"]
+
+_logger = logging.getLogger(__name__)
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any], keys: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Return the state dict inside a training checkpoint.
+
+    Args:
+        checkpoint: a raw state dict, or a container holding one under one of ``keys``.
+        keys: container keys to try, in order (the family's official loader order).
+
+    Returns:
+        The state dict with DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes removed.
+    """
+    for key in keys:
+        if key in checkpoint and isinstance(checkpoint[key], Mapping):
+            checkpoint = checkpoint[key]
+            break
+    out = {}
+    for name, value in checkpoint.items():
+        while name.startswith(_WRAPPER_PREFIXES):
+            name = name.split(".", 1)[1]
+        out[name] = value
+    return out
+
+
+def check_state_dict_keys(
+    state_dict: Mapping[str, Any], model: nn.Module, family: str, ignore: tuple[str, ...] = ("head.",)
+) -> None:
+    """Raise a ValueError naming the family when a checkpoint's keys do not fit the model.
+
+    Keys starting with one of ``ignore`` (the classifier, which timm drops when ``num_classes`` differs) are not
+    compared.
+    """
+    expected = {k for k in model.state_dict() if not k.startswith(ignore)}
+    got = {k for k in state_dict if not k.startswith(ignore)}
+    missing, unexpected = sorted(expected - got), sorted(got - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"This checkpoint does not fit {type(model).__name__} ({family}): {len(missing)} missing keys "
+            f"(e.g. {missing[:3]}) and {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). Check that it "
+            f"is a {family} checkpoint of the same variant (depths and widths)."
+        )
+    for k in expected:
+        if tuple(state_dict[k].shape) != tuple(model.state_dict()[k].shape):
+            raise ValueError(
+                f"This checkpoint does not fit {type(model).__name__} ({family}): {k} has shape "
+                f"{tuple(state_dict[k].shape)}, the model expects {tuple(model.state_dict()[k].shape)}. Is it "
+                f"another variant?"
+            )
+
+
+def read_checkpoint(path: str) -> Any:
+    """torch.load a checkpoint on the CPU, tensors-only first.
+
+    Official training checkpoints may pickle their argparse ``args``; those are allowed. Anything else needs full
+    unpickling, which only a trusted file should get, so it is done with a warning.
+    """
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        _logger.warning("%s holds pickled Python objects beyond tensors; loading it fully (trust its source).", path)
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_official_checkpoint(
+    model: nn.Module, path: str, filter_fn: Callable[[Mapping[str, Any], nn.Module], dict[str, torch.Tensor]]
+) -> None:
+    """Load an official checkpoint file into ``model`` (timm's ``custom_load`` hook).
+
+    The family's ``filter_fn`` unwraps and renames; this adapts the classifier (dropped when the model's
+    ``num_classes`` differs from the checkpoint's) and the first convolution (when ``in_chans`` differs), then loads
+    strictly.
+    """
+    state_dict = filter_fn(read_checkpoint(path), model)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    first_conv = cfg.get("first_conv")
+    if first_conv and f"{first_conv}.weight" in state_dict:
+        weight = state_dict[f"{first_conv}.weight"]
+        in_chans = model.get_submodule(first_conv).in_channels
+        if weight.shape[1] != in_chans:
+            state_dict[f"{first_conv}.weight"] = adapt_input_conv(in_chans, weight)
+    classifier = cfg.get("classifier", "head")
+    head_keys = [k for k in state_dict if k.startswith(f"{classifier}.")]
+    model_head = {k: v.shape for k, v in model.state_dict().items() if k.startswith(f"{classifier}.")}
+    if any(k not in model_head or model_head[k] != state_dict[k].shape for k in head_keys):
+        for k in head_keys:
+            state_dict.pop(k)
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        if unexpected or any(not k.startswith(f"{classifier}.") for k in missing):
+            raise ValueError(f"Unexpected keys {unexpected} / missing keys {missing} loading {path}.")
+    else:
+        model.load_state_dict(state_dict, strict=True)
