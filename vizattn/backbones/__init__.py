@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import timm
 
-from vizattn.backbones import biformer
+from vizattn.backbones import biformer  # noqa: F401  (registers the models)
 
 __all__ = ["list_models", "FAMILIES"]
 

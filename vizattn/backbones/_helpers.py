@@ -46,7 +46,7 @@ def check_state_dict_keys(
     """Raise a ValueError naming the family when a checkpoint's keys do not fit the model.
 
     Keys starting with one of ``ignore`` (the classifier, which timm drops when ``num_classes`` differs) are not
-    compared.
+    compared, nor the input-channel size of the first convolution (adapted to ``in_chans`` on load).
     """
     expected = {k for k in model.state_dict() if not k.startswith(ignore)}
     got = {k for k in state_dict if not k.startswith(ignore)}
@@ -57,11 +57,16 @@ def check_state_dict_keys(
             f"(e.g. {missing[:3]}) and {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). Check that it "
             f"is a {family} checkpoint of the same variant (depths and widths)."
         )
+    first_conv = f"{(getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')}.weight"
+    model_sd = model.state_dict()
     for k in expected:
-        if tuple(state_dict[k].shape) != tuple(model.state_dict()[k].shape):
+        got_shape, want_shape = list(state_dict[k].shape), list(model_sd[k].shape)
+        if k == first_conv and len(got_shape) > 1:  # in_chans may differ: the loader adapts the first conv
+            got_shape[1] = want_shape[1]
+        if got_shape != want_shape:
             raise ValueError(
                 f"This checkpoint does not fit {type(model).__name__} ({family}): {k} has shape "
-                f"{tuple(state_dict[k].shape)}, the model expects {tuple(model.state_dict()[k].shape)}. Is it "
+                f"{tuple(state_dict[k].shape)}, the model expects {tuple(model_sd[k].shape)}. Is it "
                 f"another variant?"
             )
 

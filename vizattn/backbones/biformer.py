@@ -132,7 +132,7 @@ class _BiFormerBase(nn.Module):
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.drop_rate = drop_rate
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
@@ -159,7 +159,11 @@ class _BiFormerBase(nn.Module):
             stem=r"^downsample_layers\.0",
             blocks=r"^stages\.(\d+)"
             if coarse
-            else [(r"^stages\.(\d+)\.(?:blocks\.)?(\d+)", None), (r"^downsample_layers\.(\d+)", (0,)), (r"^norm", (99999,))],
+            else [
+                (r"^stages\.(\d+)\.(?:blocks\.)?(\d+)", None),
+                (r"^downsample_layers\.(\d+)", (0,)),
+                (r"^norm", (99999,)),
+            ],
         )
 
     @torch.jit.ignore
@@ -176,7 +180,7 @@ class _BiFormerBase(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         device = self.norm.weight.device if hasattr(self.norm, "weight") else None
         self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
 
@@ -228,7 +232,9 @@ class _BiFormerBase(nn.Module):
             intermediates_only: return only the list of intermediates.
         """
         if output_fmt != "NCHW":
-            raise ValueError(f"{type(self).__name__}.forward_intermediates: output_fmt must be 'NCHW', got {output_fmt!r}.")
+            raise ValueError(
+                f"{type(self).__name__}.forward_intermediates: output_fmt must be 'NCHW', got {output_fmt!r}."
+            )
         self._check_input(x)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last = len(self.stages) - 1
@@ -314,7 +320,10 @@ class BiFormer(_BiFormerBase):
                 )
             ]
             + [
-                nn.Sequential(nn.Conv2d(embed_dims[i], embed_dims[i + 1], 3, stride=2, padding=1), nn.BatchNorm2d(embed_dims[i + 1]))
+                nn.Sequential(
+                    nn.Conv2d(embed_dims[i], embed_dims[i + 1], 3, stride=2, padding=1),
+                    nn.BatchNorm2d(embed_dims[i + 1]),
+                )
                 for i in range(len(depths) - 1)
             ]
         )
@@ -440,6 +449,11 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs: Any) -> _BiFormerBase:
     cls = BiFormerSTL if variant.startswith("biformer_stl") else BiFormer
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    overlay = kwargs.get("pretrained_cfg_overlay")
+    if overlay and overlay.get("file"):
+        # timm resets custom_load when a file overrides the URL, and its generic loader would then prefer an EMA
+        # copy over the official 'model' weights; keep the official loader for local copies of official files.
+        kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
     return build_model_with_cfg(
         cls,
         variant,

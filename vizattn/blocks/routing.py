@@ -18,9 +18,7 @@ __all__ = ["QKVLinear", "RoutingAttention", "AttentionLePE"]
 
 def _check_channels(module: nn.Module, x: torch.Tensor, dim: int) -> None:
     if x.dim() != 4 or x.shape[-1] != dim:
-        raise ValueError(
-            f"{type(module).__name__} expects an NHWC map (N, H, W, {dim}), got shape {tuple(x.shape)}."
-        )
+        raise ValueError(f"{type(module).__name__} expects an NHWC map (N, H, W, {dim}), got shape {tuple(x.shape)}.")
 
 
 class QKVLinear(nn.Module):
@@ -80,7 +78,9 @@ class RoutingAttention(nn.Module):
         super().__init__()
         qk_dim = qk_dim or dim
         if qk_dim % num_heads or dim % num_heads:
-            raise ValueError(f"RoutingAttention: qk_dim={qk_dim} and dim={dim} must be multiples of num_heads={num_heads}.")
+            raise ValueError(
+                f"RoutingAttention: qk_dim={qk_dim} and dim={dim} must be multiples of num_heads={num_heads}."
+            )
         if not 1 <= topk <= n_win * n_win:
             raise ValueError(f"RoutingAttention: topk must be in [1, n_win^2 = {n_win * n_win}], got {topk}.")
         self.dim = dim
@@ -92,9 +92,7 @@ class RoutingAttention(nn.Module):
         self.auto_pad = auto_pad
         self.backend = backend
         self.qkv = QKVLinear(dim, qk_dim)
-        self.lepe = (
-            nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim) if side_dwconv > 0 else None
-        )
+        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim) if side_dwconv > 0 else None
         self.wo = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +118,10 @@ class RoutingAttention(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}, auto_pad={self.auto_pad}"
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}, "
+            f"auto_pad={self.auto_pad}"
+        )
 
 
 class AttentionLePE(nn.Module):
@@ -144,9 +145,7 @@ class AttentionLePE(nn.Module):
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.lepe = (
-            nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim) if side_dwconv > 0 else None
-        )
+        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim) if side_dwconv > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_channels(self, x, self.dim)

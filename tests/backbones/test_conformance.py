@@ -1,0 +1,190 @@
+"""timm's model test matrix, run over every model vizattn registers (each new family is checked for free).
+
+Modelled on timm's tests/test_models.py: forward at the pretrained size and at a small size, backward with a
+gradient on every parameter, default-cfg consistency, features_only, forward_intermediates, grad checkpointing,
+and loading an official-layout checkpoint file through ``pretrained_cfg_overlay``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import vizattn
+
+MODELS = vizattn.list_models()
+SMALL = 96  # a small input: feature maps that no window count divides, so padding paths run
+
+
+def _create(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, **kwargs)
+
+
+def test_models_are_registered():
+    assert {"biformer_t", "biformer_s", "biformer_b", "biformer_stl"} <= set(MODELS)
+    for name in MODELS:
+        assert timm.is_model(name)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("size", ["cfg", SMALL])
+def test_forward(name, size):
+    model = _create(name).eval()
+    cfg = model.pretrained_cfg
+    hw = cfg["input_size"][1:] if size == "cfg" else (size, size + 32)
+    with torch.no_grad():
+        out = model(torch.randn(2, *cfg["input_size"][:1], *hw))
+    assert out.shape == (2, cfg["num_classes"])
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_backward_reaches_every_parameter(name):
+    model = _create(name, num_classes=7).train()
+    out = model(torch.randn(2, 3, 112, 112))
+    out.square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad, f"parameters without a finite gradient: {no_grad[:5]}"
+    assert all(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_default_cfg(name):
+    model = _create(name).eval()
+    cfg = model.pretrained_cfg
+    for key in ("input_size", "pool_size", "crop_pct", "interpolation", "mean", "std", "first_conv", "classifier"):
+        assert key in cfg, key
+    x = torch.randn(1, *cfg["input_size"])
+    state_dict = model.state_dict()
+    assert f"{cfg['classifier']}.weight" in state_dict
+    assert f"{cfg['first_conv']}.weight" in state_dict
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape[1] == model.num_features
+        assert tuple(feats.shape[2:]) == tuple(cfg["pool_size"])
+        assert torch.equal(model.forward_head(feats, pre_logits=True), feats.mean((2, 3)))
+
+        model.reset_classifier(0)
+        assert model(x).shape == (1, model.num_features)
+        model.reset_classifier(0, "")
+        out = model(x)
+        assert out.dim() == 4 and tuple(out.shape[2:]) == tuple(cfg["pool_size"])
+        model.reset_classifier(5, "avg")
+        assert model(x).shape == (1, 5)
+        assert model.get_classifier().out_features == 5
+
+        bare = _create(name, num_classes=0, global_pool="").eval()
+        out = bare(x)
+        assert out.dim() == 4 and out.shape[1] == bare.num_features
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("hw", [(224, 224), (SMALL, 128)])
+def test_features_only(name, hw):
+    model = _create(name, features_only=True).eval()
+    reference = _create(name).eval()
+    channels = [info["num_chs"] for info in reference.feature_info]
+    reductions = [info["reduction"] for info in reference.feature_info]
+    assert model.feature_info.channels() == channels
+    assert model.feature_info.reduction() == reductions
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, *hw))
+    assert len(feats) == len(channels)
+    for f, c, r in zip(feats, channels, reductions):
+        assert f.shape[1] == c
+        assert f.shape[2] == -(-hw[0] // r) and f.shape[3] == -(-hw[1] // r)
+
+    picked = _create(name, features_only=True, out_indices=(1, 3)).eval()
+    assert picked.feature_info.channels() == [channels[1], channels[3]]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_intermediates(name):
+    model = _create(name).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x)
+        expected = model.forward_features(x)
+        assert torch.allclose(final, expected, rtol=1e-5, atol=1e-5)
+        assert [t.shape[1] for t in inter] == [i["num_chs"] for i in model.feature_info]
+        only = model.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
+        assert len(only) == 2 and torch.allclose(only[1], inter[2], rtol=1e-5, atol=1e-5)
+        early = model.forward_intermediates(x, indices=1, stop_early=True, intermediates_only=True)
+        assert len(early) == 1 and torch.allclose(early[0], inter[3], rtol=1e-5, atol=1e-5)
+    kept = model.prune_intermediate_layers(indices=(0, 1), prune_head=True)
+    assert kept == [0, 1] and len(model.stages) == 2
+    with torch.no_grad():
+        assert model(x).shape == (1, model.feature_info[1]["num_chs"], 28, 28)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_grad_checkpointing_same_output(name):
+    model = _create(name, num_classes=5).eval()
+    x = torch.randn(1, 3, 112, 112)
+    out = model(x)
+    out.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out_cp = model(x)
+    out_cp.sum().backward()
+    assert torch.allclose(out, out_cp, rtol=1e-5, atol=1e-6)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-6), n
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_group_matcher_covers_every_parameter(name):
+    from timm.models._manipulate import group_parameters
+
+    model = _create(name)
+    groups = group_parameters(model, model.group_matcher(coarse=False))
+    assert sum(len(v) for v in groups.values()) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("container", ["model", "state_dict", "module_prefix", "raw"])
+def test_official_layout_checkpoint_loads(name, container, tmp_path):
+    source = _create(name).eval()
+    with torch.no_grad():  # give BatchNorm non-trivial statistics so that a wrong load shows
+        for m in source.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+    sd = source.state_dict()
+    if container == "model":
+        # Released files hold the weights under 'model'; an EMA copy beside them must not be picked instead.
+        ema = {k: torch.zeros_like(v) for k, v in sd.items()}
+        payload = {"model": sd, "model_ema": ema, "epoch": 299}
+    elif container == "state_dict":
+        payload = {"state_dict": sd}
+    elif container == "module_prefix":
+        payload = {"model": {f"module.{k}": v for k, v in sd.items()}}
+    else:
+        payload = sd
+    path = tmp_path / "official.pth"
+    torch.save(payload, path)
+
+    loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), source(x))
+
+
+@pytest.mark.parametrize("name", MODELS[:1])
+def test_checkpoint_adapts_classifier_and_input_channels(name, tmp_path):
+    source = _create(name)
+    path = tmp_path / "official.pth"
+    torch.save({"model": source.state_dict()}, path)
+    model = timm.create_model(name, pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(file=str(path)))
+    assert model.get_classifier().out_features == 10
+    first = model.pretrained_cfg["first_conv"] + ".weight"
+    assert torch.equal(model.state_dict()[first], source.state_dict()[first])
+    gray = timm.create_model(name, pretrained=True, in_chans=1, pretrained_cfg_overlay=dict(file=str(path)))
+    assert gray.state_dict()[first].shape[1] == 1
+    with torch.no_grad():
+        assert gray.eval()(torch.randn(1, 1, 224, 224)).shape == (1, 1000)
