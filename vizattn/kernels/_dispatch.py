@@ -18,11 +18,13 @@ __all__ = ["BACKENDS", "ENV_VAR", "select_backend", "triton_available"]
 
 BACKENDS = ("auto", "triton", "torch")
 ENV_VAR = "VIZATTN_BACKEND"
+# Looked up once: torch.compile refuses to trace importlib's find_spec, and select_backend runs inside compiled models.
+_TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
 
 def triton_available() -> bool:
     """True when the ``triton`` package can be imported (it ships with CUDA builds of torch)."""
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_AVAILABLE
 
 
 def _interpreting() -> bool:

@@ -9,6 +9,13 @@ Public functions:
 
 All take NHWC maps whose sides are multiples of ``n_win``; padding to such a size is the caller's job (the block's
 ``auto_pad``), because the official model pads before its projection, not here.
+
+The Triton path of :func:`routed_attention` is an ``autograd.Function`` whose forward and backward are the
+``torch.library`` custom ops ``vizattn::routed_attention_fwd`` and ``vizattn::routed_attention_bwd`` (with fake
+implementations) when ``torch.compile`` traces it, so a compiled BiFormer has no graph break there; eager calls skip
+the op dispatch and launch the kernels directly. The kernels live in :mod:`vizattn.kernels.routed.triton`, imported
+on first use: Triton decides when a kernel module is imported whether it compiles or runs under
+``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -18,7 +25,109 @@ import torch
 from vizattn.kernels._dispatch import select_backend
 from vizattn.kernels.routed.reference import region_routing_reference, routed_attention_reference
 
-__all__ = ["region_routing", "routed_attention", "bi_level_routing_attention"]
+__all__ = ["region_routing", "routed_attention", "bi_level_routing_attention", "triton_unsupported_reasons"]
+
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_HEAD_DIM = 256
+_MAX_INDEX = 1 << 21  # the kernels' float32 index division is exact below this (triton.MAX_INDEX)
+
+
+def _kernels():
+    from vizattn.kernels.routed import triton as kernels
+
+    return kernels
+
+
+@torch.library.custom_op("vizattn::routed_attention_fwd", mutates_args=())
+def _routed_attention_fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    r_idx: torch.Tensor,
+    n_win: int,
+    num_heads: int,
+    scale: float,
+    distinct: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _kernels().routed_attention_fwd(q, k, v, r_idx, n_win, num_heads, scale, distinct)
+
+
+@_routed_attention_fwd_op.register_fake
+def _(q, k, v, r_idx, n_win, num_heads, scale, distinct):
+    n, hh, ww, _ = q.shape
+    return v.new_empty((n, hh, ww, v.shape[-1])), q.new_empty((n, num_heads, hh * ww), dtype=torch.float32)
+
+
+@torch.library.custom_op("vizattn::routed_attention_bwd", mutates_args=())
+def _routed_attention_bwd_op(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    r_idx: torch.Tensor,
+    n_win: int,
+    num_heads: int,
+    scale: float,
+    distinct: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _kernels().routed_attention_bwd(grad_out, q, k, v, out, lse, r_idx, n_win, num_heads, scale, distinct)
+
+
+@_routed_attention_bwd_op.register_fake
+def _(grad_out, q, k, v, out, lse, r_idx, n_win, num_heads, scale, distinct):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _fwd(q, k, v, r_idx, n_win, num_heads, scale, distinct):
+    # Eager calls go straight to the launcher (a custom op costs tens of microseconds of dispatch per call, as much
+    # as a small kernel); under torch.compile the op is one opaque node with a fake implementation.
+    if torch.compiler.is_compiling():
+        return _routed_attention_fwd_op(q, k, v, r_idx, n_win, num_heads, scale, distinct)
+    return _kernels().routed_attention_fwd(q, k, v, r_idx, n_win, num_heads, scale, distinct)
+
+
+def _bwd(grad_out, q, k, v, out, lse, r_idx, n_win, num_heads, scale, distinct):
+    if torch.compiler.is_compiling():
+        return _routed_attention_bwd_op(grad_out, q, k, v, out, lse, r_idx, n_win, num_heads, scale, distinct)
+    return _kernels().routed_attention_bwd(grad_out, q, k, v, out, lse, r_idx, n_win, num_heads, scale, distinct)
+
+
+class _RoutedAttention(torch.autograd.Function):
+    """Triton forward and backward kernels; no gradient to ``r_idx`` (the routing is not differentiable)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, r_idx, n_win, num_heads, scale, distinct):
+        out, lse = _fwd(q, k, v, r_idx, n_win, num_heads, scale, distinct)
+        ctx.save_for_backward(q, k, v, r_idx, out, lse)
+        ctx.args = (n_win, num_heads, scale, distinct)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, r_idx, out, lse = ctx.saved_tensors
+        dq, dk, dv = _bwd(grad_out, q, k, v, out, lse, r_idx, *ctx.args)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def triton_unsupported_reasons(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, num_heads: int, topk: int
+) -> list[str]:
+    """Why the Triton kernel cannot run these (already validated) inputs; empty when it can."""
+    reasons = []
+    if q.dtype not in _TRITON_DTYPES or not q.dtype == k.dtype == v.dtype:
+        reasons.append(
+            f"the kernel takes q, k, v of one dtype among float16, bfloat16, float32, got {q.dtype}, {k.dtype}, "
+            f"{v.dtype}"
+        )
+    d_qk, d_v = q.shape[-1] // num_heads, v.shape[-1] // num_heads
+    if max(d_qk, d_v) > _MAX_HEAD_DIM:
+        reasons.append(f"per-head widths are at most {_MAX_HEAD_DIM}, got q/k {d_qk} and v {d_v}")
+    n_tok = (q.shape[1] // n_win) * (q.shape[2] // n_win)
+    if max(q.shape[1] * q.shape[2], topk * n_tok) >= _MAX_INDEX:
+        reasons.append(f"maps of fewer than {_MAX_INDEX} tokens and topk * region tokens below that")
+    return reasons
 
 
 def _check_maps(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, n_win: int) -> None:
@@ -73,6 +182,7 @@ def routed_attention(
     scale: float | None = None,
     *,
     backend: str = "auto",
+    distinct_routing: bool = False,
 ) -> torch.Tensor:
     """Softmax attention of each region's tokens over the tokens of its routed regions.
 
@@ -81,14 +191,20 @@ def routed_attention(
 
     Args:
         q, k: (N, H, W, C_qk); v: (N, H, W, C_v); H, W multiples of ``n_win``. Heads are contiguous channel chunks.
-        r_idx: (N, n_win^2, topk) integer region indices, e.g. from :func:`region_routing`. Not differentiated.
+        r_idx: (N, n_win^2, topk) integer region indices in [0, n_win^2), e.g. from :func:`region_routing`. Not
+            differentiated. A region listed twice counts twice, as in the reference. Values are not range-checked
+            on the GPU (that would synchronise); out-of-range indices are undefined behaviour there.
         n_win: regions per side.
         num_heads: C_qk and C_v must be multiples of it.
         scale: default C_qk ** -0.5 (the full q/k width, as the official BiFormer; not the per-head width).
-        backend: ``'auto'``, ``'triton'`` or ``'torch'`` (see :mod:`vizattn.kernels._dispatch`).
+        backend: ``'auto'``, ``'triton'`` or ``'torch'`` (see :mod:`vizattn.kernels._dispatch`). The Triton kernel
+            takes float16, bfloat16 and float32 (one dtype for q, k, v) and per-head widths up to 256.
+        distinct_routing: promise that no row of ``r_idx`` repeats a region (true of :func:`region_routing`'s
+            top-k); lets the Triton kernel for small regions use routing bit masks instead of counting repeats.
+            A wrong promise gives wrong results for the repeated regions.
 
     Returns:
-        (N, H, W, C_v) in v's dtype.
+        (N, H, W, C_v) in v's dtype (contiguous on the Triton path).
     """
     op = "routed_attention"
     _check_maps(op, q, k, v, n_win)
@@ -106,7 +222,13 @@ def routed_attention(
         )
     _check_topk(op, r_idx.shape[2], n_win)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    select_backend(op, backend, (q, k, v), unsupported=("no Triton kernel is built for this op yet",))
+    if r_idx.device != q.device:
+        raise ValueError(f"{op}: r_idx is on {r_idx.device} but q is on {q.device}; put them on one device.")
+    reasons = triton_unsupported_reasons(q, k, v, n_win, num_heads, r_idx.shape[2])
+    if select_backend(op, backend, (q, k, v), unsupported=reasons) == "triton":
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            return _RoutedAttention.apply(q, k, v, r_idx, n_win, num_heads, float(scale), distinct_routing)
+        return _fwd(q, k, v, r_idx, n_win, num_heads, float(scale), distinct_routing)[0]
     return routed_attention_reference(q, k, v, r_idx, n_win, num_heads, scale)
 
 
@@ -124,4 +246,4 @@ def bi_level_routing_attention(
     """Region routing then routed attention; shapes as in :func:`routed_attention`. Returns (N, H, W, C_v)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     r_idx = region_routing(q, k, n_win, topk, scale)
-    return routed_attention(q, k, v, r_idx, n_win, num_heads, scale, backend=backend)
+    return routed_attention(q, k, v, r_idx, n_win, num_heads, scale, backend=backend, distinct_routing=True)

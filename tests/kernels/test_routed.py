@@ -1,0 +1,300 @@
+"""The Triton kernels of routed attention (BiFormer) against the reference, forward and every gradient.
+
+On a machine without CUDA the kernels run under ``TRITON_INTERPRET=1`` at small sizes; with CUDA the same tests run
+on the GPU with larger ones. Outputs and gradients are allocated NaN-poisoned (``VIZATTN_POISON_OUTPUTS=1``), so an
+element a kernel never writes fails the comparison. Errors are measured against the reference in float64.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+# The interpreter must be chosen before a Triton kernel is defined; the kernel module is imported below, and the
+# vizattn ops import it only on first use.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+
+from vizattn.kernels.routed import (  # noqa: E402
+    bi_level_routing_attention,
+    region_routing,
+    routed_attention,
+)
+from vizattn.kernels.routed import triton as kernels  # noqa: E402
+from vizattn.kernels.routed.reference import routed_attention_reference  # noqa: E402
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Relative error bounds (L2 over the tensor, and max-abs over max |ref|) per input dtype. 16-bit inputs round q, k,
+# v, p and ds to their precision once each (unit roundoff 2^-9 bf16, 2^-12 fp16); float32 runs exact float32 dots.
+TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 2e-2), torch.float16: (1.5e-3, 3e-3)}
+
+
+@dataclass(frozen=True)
+class Case:
+    n: int
+    hh: int
+    ww: int
+    n_win: int
+    topk: int
+    heads: int
+    d_qk: int
+    d_v: int
+    dtype: str = "fp32"
+
+    @property
+    def id(self) -> str:
+        dims = f"d{self.d_qk}" if self.d_qk == self.d_v else f"d{self.d_qk}v{self.d_v}"
+        return f"B{self.n}-H{self.heads}-{self.hh}x{self.ww}-nwin{self.n_win}-topk{self.topk}-{dims}-{self.dtype}"
+
+
+CPU_CASES = [
+    Case(2, 8, 12, 2, 2, 2, 16, 16),  # 4x6 regions
+    Case(1, 9, 15, 3, 1, 1, 24, 16),  # 3x5 regions, topk 1, d 24, C_qk != C_v
+    Case(1, 6, 6, 3, 9, 2, 32, 32),  # 2x2 regions, topk = n_win^2 (dense kernel)
+    Case(1, 12, 20, 4, 3, 1, 32, 64, "bf16"),  # non-square 3x5 regions
+    Case(1, 8, 8, 2, 4, 1, 64, 64, "fp16"),  # topk = all, d 64
+    Case(1, 10, 10, 5, 5, 2, 16, 16, "bf16"),  # 2x2 regions (dense kernel), like stage 2 at 224 px
+]
+GPU_CASES = [
+    Case(4, 56, 56, 7, 1, 2, 32, 32, "bf16"),  # BiFormer stage 0 at 224 px
+    Case(4, 28, 28, 7, 4, 4, 32, 32, "bf16"),  # stage 1
+    Case(4, 14, 14, 7, 16, 8, 32, 32, "bf16"),  # stage 2
+    Case(2, 14, 14, 7, 16, 8, 32, 32, "fp16"),
+    Case(2, 28, 28, 7, 4, 4, 32, 32, "fp32"),
+    Case(2, 39, 63, 3, 4, 3, 24, 16, "bf16"),  # 13x21 regions (273 tokens), d 24, C_qk != C_v
+    Case(1, 48, 48, 8, 64, 2, 64, 96, "bf16"),  # topk = n_win^2, d 64 / 96
+    Case(2, 32, 48, 4, 3, 2, 128, 128, "bf16"),  # d 128, 8x12 regions
+    Case(1, 64, 64, 16, 16, 4, 16, 16, "bf16"),  # n_win 16 (dense prediction), 4x4 regions
+] + CPU_CASES
+CASES = GPU_CASES if ON_GPU else CPU_CASES
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs(monkeypatch):
+    monkeypatch.setenv("VIZATTN_POISON_OUTPUTS", "1")
+
+
+def _inputs(case: Case, seed: int = 0, duplicates: bool = False):
+    """q, k, v as channel slices of one tensor (as the model's projection makes them), and a routing."""
+    g = torch.Generator().manual_seed(seed)
+    c_qk, c_v = case.heads * case.d_qk, case.heads * case.d_v
+    qkv = torch.randn(case.n, case.hh, case.ww, 2 * c_qk + c_v, generator=g).to(DEVICE, DTYPES[case.dtype])
+    q, k, v = qkv.split([c_qk, c_qk, c_v], dim=-1)
+    p2 = case.n_win**2
+    if duplicates:
+        r_idx = torch.randint(0, p2, (case.n, p2, case.topk), generator=g)
+    else:
+        r_idx = torch.rand(case.n, p2, p2, generator=g).argsort(dim=-1)[..., : case.topk]
+    return q, k, v, r_idx.to(DEVICE)
+
+
+def _assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    rel_l2, rel_max = TOL[dtype]
+    assert torch.isfinite(got).all(), f"{name}: non-finite values (an element was not written?)"
+    diff = (got.double() - ref).abs()
+    err = diff.norm() / ref.norm()
+    worst = diff.max() / ref.abs().max()
+    assert err <= rel_l2, f"{name}: relative L2 error {err:.3e} > {rel_l2:.1e}"
+    assert worst <= rel_max, f"{name}: max error {worst:.3e} of max |ref| > {rel_max:.1e}"
+
+
+def _reference(q, k, v, r_idx, case, grad):
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = routed_attention_reference(*leaves, r_idx, case.n_win, case.heads, (case.heads * case.d_qk) ** -0.5)
+    return (ref.detach(), *torch.autograd.grad(ref, leaves, grad.double()))
+
+
+def _check_against_reference(case: Case, run, duplicates: bool = False) -> None:
+    q, k, v, r_idx = _inputs(case, duplicates=duplicates)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = run(*leaves, r_idx)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, out.dtype)
+    got = (out, *torch.autograd.grad(out, leaves, grad))
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, _reference(q, k, v, r_idx, case, grad)):
+        assert a.dtype == q.dtype and a.shape == b.shape, name
+        _assert_close(name, a, b, q.dtype)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_forward_and_gradients_match_reference(case):
+    def run(q, k, v, r_idx):
+        return routed_attention(q, k, v, r_idx, case.n_win, case.heads, backend="triton")
+
+    _check_against_reference(case, run)
+
+
+class _Kernels(torch.autograd.Function):
+    """The launchers with a forced key enumeration, so both kernels are tested on every shape."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, r_idx, n_win, heads, mode, distinct):
+        scale = q.shape[-1] ** -0.5
+        out, lse = kernels.routed_attention_fwd(q, k, v, r_idx, n_win, heads, scale, distinct, mode)
+        ctx.save_for_backward(q, k, v, r_idx, out, lse)
+        ctx.args = (n_win, heads, scale, distinct, mode)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, r_idx, out, lse = ctx.saved_tensors
+        return (*kernels.routed_attention_bwd(grad, q, k, v, out, lse, r_idx, *ctx.args), None, None, None, None, None)
+
+
+MODE_CASES = [c for c in CASES if c.n_win**2 <= 64][: 6 if ON_GPU else 3] + [Case(1, 6, 6, 3, 4, 2, 16, 32)]
+
+
+@pytest.mark.parametrize("mode", ["gather", "dense"])
+@pytest.mark.parametrize("case", MODE_CASES, ids=lambda c: c.id)
+def test_both_key_enumerations_match_reference(case, mode):
+    def run(q, k, v, r_idx):
+        return _Kernels.apply(q, k, v, r_idx, case.n_win, case.heads, mode, True)
+
+    _check_against_reference(case, run)
+
+
+@pytest.mark.parametrize("mode", ["gather", "dense"])
+def test_repeated_regions_count_twice(mode):
+    # A routing list may name a region twice; the reference then attends to its tokens twice.
+    case = Case(2, 8, 12, 2, 5, 2, 16, 16)
+
+    def run(q, k, v, r_idx):
+        return _Kernels.apply(q, k, v, r_idx, case.n_win, case.heads, mode, False)
+
+    _check_against_reference(case, run, duplicates=True)
+
+
+def test_public_op_counts_repeated_regions_by_default():
+    case = Case(1, 6, 6, 3, 6, 2, 16, 16)  # 2x2 regions: the dense kernel
+
+    def run(q, k, v, r_idx):
+        return routed_attention(q, k, v, r_idx, case.n_win, case.heads, backend="triton")
+
+    _check_against_reference(case, run, duplicates=True)
+
+
+def test_bi_level_routing_attention_matches_torch_backend():
+    case = Case(2, 12, 12, 3, 4, 2, 16, 16)
+    q, k, v, _ = _inputs(case)
+    got = bi_level_routing_attention(q, k, v, case.n_win, case.topk, case.heads, backend="triton")
+    ref = bi_level_routing_attention(q.double(), k.double(), v.double(), case.n_win, case.topk, case.heads,
+                                     backend="torch")
+    _assert_close("out", got, ref, q.dtype)
+
+
+def test_non_contiguous_output_gradient():
+    case = Case(1, 8, 12, 2, 2, 2, 16, 16)
+    q, k, v, r_idx = _inputs(case)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = routed_attention(*leaves, r_idx, case.n_win, case.heads, backend="triton")
+    grad = torch.randn(1, case.ww, case.hh, out.shape[-1], device=DEVICE).transpose(1, 2)
+    assert not grad.is_contiguous()
+    got = torch.autograd.grad(out, leaves, grad)
+    for name, a, b in zip(("dq", "dk", "dv"), got, _reference(q, k, v, r_idx, case, grad)[1:]):
+        _assert_close(name, a, b, q.dtype)
+
+
+def test_backward_is_deterministic():
+    case = CASES[0] if ON_GPU else Case(1, 6, 6, 3, 2, 1, 16, 16)
+    q, k, v, r_idx = _inputs(case)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    grads = []
+    for _ in range(2):
+        out = routed_attention(*leaves, r_idx, case.n_win, case.heads, backend="triton")
+        grads.append(torch.autograd.grad(out, leaves, torch.ones_like(out)))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def test_torch_compile_has_no_graph_break():
+    case = Case(1, 8, 12, 2, 2, 2, 16, 16)
+    q, k, v, r_idx = _inputs(case)
+
+    def f(q, k, v):
+        return routed_attention(q, k, v, r_idx, case.n_win, case.heads, backend="triton").square().sum()
+
+    # On the CPU the kernels run under the interpreter, which inductor cannot fuse with: aot_eager still traces the
+    # ops through their fake implementations and the autograd function, which is what a graph break would stop.
+    compiled = torch.compile(f, fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    got = torch.autograd.grad(compiled(*leaves), leaves)
+    ref_leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    expected = torch.autograd.grad(f(*ref_leaves), ref_leaves)
+    for name, a, b in zip(("dq", "dk", "dv"), got, expected):
+        # Inductor may fuse the elementwise tail differently from eager; the op itself is the same kernels.
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_region_routing_feeds_the_kernel():
+    case = Case(1, 8, 8, 2, 2, 1, 16, 16)
+    q, k, v, _ = _inputs(case)
+    r_idx = region_routing(q, k, case.n_win, case.topk)
+    assert r_idx.shape == (1, 4, 2) and r_idx.dtype == torch.int64
+    out = routed_attention(q, k, v, r_idx, case.n_win, case.heads, backend="triton", distinct_routing=True)
+    _assert_close("out", out, _reference(q, k, v, r_idx, case, torch.zeros_like(out))[0], q.dtype)
+
+
+@pytest.mark.parametrize(
+    ("n_win", "hh", "ww", "topk", "expected"),
+    [(7, 56, 56, 1, "gather"), (7, 28, 28, 4, "gather"), (7, 14, 14, 16, "dense"), (16, 64, 64, 16, "gather"),
+     (3, 6, 6, 9, "dense"), (9, 9, 9, 2, "gather")],
+)
+def test_mode_choice(n_win, hh, ww, topk, expected):
+    assert kernels.choose_mode(n_win, hh // n_win, ww // n_win, topk) == expected
+
+
+def test_argument_errors(monkeypatch):
+    q = torch.randn(1, 8, 8, 16, device=DEVICE)
+    r_idx = torch.zeros(1, 4, 2, dtype=torch.long, device=DEVICE)
+    with pytest.raises(ValueError, match=r"topk must be an int in \[1, n_win\^2 = 4\], got 5"):
+        routed_attention(q, q, q, torch.zeros(1, 4, 5, dtype=torch.long, device=DEVICE), 2, 2, backend="triton")
+    with pytest.raises(ValueError, match=r"topk must be an int in \[1, n_win\^2 = 4\], got 0"):
+        routed_attention(q, q, q, torch.zeros(1, 4, 0, dtype=torch.long, device=DEVICE), 2, 2, backend="triton")
+    with pytest.raises(ValueError, match=r"the map size 8x8 is not a multiple of n_win=3"):
+        routed_attention(q, q, q, r_idx, 3, 2, backend="triton")
+    with pytest.raises(ValueError, match=r"r_idx must be an integer tensor of shape \(N, n_win\^2, topk\)"):
+        routed_attention(q, q, q, r_idx[:, :3], 2, 2, backend="triton")
+    with pytest.raises(ValueError, match=r"r_idx must be an integer tensor"):
+        routed_attention(q, q, q, r_idx.float(), 2, 2, backend="triton")
+    with pytest.raises(ValueError, match=r"must both be multiples of num_heads=3"):
+        routed_attention(q, q, q, r_idx, 2, 3, backend="triton")
+    with pytest.raises(ValueError, match=r"one dtype among float16, bfloat16, float32, got torch.float64"):
+        routed_attention(q.double(), q.double(), q.double(), r_idx, 2, 2, backend="triton")
+
+
+def test_forced_triton_without_cuda_or_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q = torch.randn(1, 4, 4, 8)
+    r_idx = torch.zeros(1, 4, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"backend='triton' was requested but cannot run: the inputs are not on a"):
+        routed_attention(q, q, q, r_idx, 2, 1, backend="triton")
+    # 'auto' on the CPU is the reference, interpreter or not.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    ref = routed_attention_reference(q, q, q, r_idx, 2, 1, 8**-0.5)
+    torch.testing.assert_close(routed_attention(q, q, q, r_idx, 2, 1), ref)
+
+
+def test_auto_takes_triton_on_cuda_only(monkeypatch):
+    calls = []
+    launcher = kernels.routed_attention_fwd
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return launcher(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "routed_attention_fwd", counting)
+    case = Case(1, 8, 8, 2, 2, 1, 16, 16, "bf16")
+    q, k, v, r_idx = _inputs(case)
+    routed_attention(q, k, v, r_idx, case.n_win, case.heads)
+    routed_attention(q.double(), k.double(), v.double(), r_idx, case.n_win, case.heads)  # unsupported: reference
+    # On CUDA the supported call launches the kernel; on the CPU 'auto' never picks Triton, interpreter or not.
+    assert len(calls) == (1 if ON_GPU else 0)

@@ -1,0 +1,664 @@
+"""Triton kernels of routed attention (BiFormer's token attention over routed regions), forward and backward.
+
+The maps stay in their NHWC layout and are read through their strides: q, k and v are usually channel slices of one
+projection output, and no kernel copies them. A token is addressed by its image ``n``, its region ``r`` (row-major,
+``r = j * n_win + i``) and its index ``t`` inside the region (row-major over ``h x w``); a head is a contiguous
+channel chunk. The logsumexp (base 2) and the backward's ``delta = rowsum(dO * O)`` are float32 per (image, head,
+token), tokens in region-major order.
+
+Two ways to enumerate the keys of a query block, chosen per call by :func:`choose_mode`; both compute the same
+function, and the tests run both:
+
+- ``gather``: a program owns a block of query tokens of one region and walks the ``topk * h * w`` routed keys in
+  blocks of ``BLOCK_N``, loading each key row by index (``r_idx`` gives its region). Used for regions of 16 tokens
+  or more (stages 0 and 1 at 224 px, every dense-prediction size).
+- ``dense``: a program owns a block of query tokens of the whole image (region-major, so several regions) and walks
+  every token of the image, keeping the keys whose region is in the query region's routing list (a 64-bit mask per
+  query region, so at most 64 regions). With 2x2 regions and topk 16 (stage 2 at 224 px) the gather kernel would
+  pad 4-row query tiles to 16 rows for the tensor cores and re-read each key region ``topk`` times; walking the
+  196-token image costs about the same arithmetic and reads each key once per query block.
+
+A region listed twice in one routing list counts twice, as in the reference: the gather kernel simply walks it
+twice; the dense kernel, unless told the lists hold distinct regions (``distinct=True``, as ``torch.topk`` gives),
+weights each key by its region's count in the list, counted from ``r_idx`` (a slower compilation of the kernel).
+
+Backward: ``dq`` by a kernel shaped like the forward (it also writes ``delta``, and in dense mode the routing masks);
+``dk``/``dv`` by a kernel that owns a block of key tokens and walks the query blocks that attend to it, so every
+gradient element is written once, by one program: deterministic, no float32 scratch, no atomics. In gather mode the
+query regions that chose a key region come from an inverse routing list (per key region, the query regions and their
+multiplicity, in increasing order) built by a small kernel; in dense mode from the masks.
+
+Integer division by run-time sizes (region side, tokens per region) goes through a float32 reciprocal, exact for
+the index ranges allowed (< 2**21, checked by the caller), which keeps the kernels free of slow ``div.s32``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["routed_attention_fwd", "routed_attention_bwd", "choose_mode", "CONFIGS", "MAX_INDEX"]
+
+_LOG2E = 1.4426950408889634
+_POISON_ENV = "VIZATTN_POISON_OUTPUTS"
+MAX_INDEX = 1 << 21  # token/region indices stay below this for the float32 division to be exact
+_DENSE_MAX_REGIONS = 64  # a routing mask is one int64
+
+
+def _new(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # Tests set VIZATTN_POISON_OUTPUTS=1 so that an element a kernel forgets to write reads NaN.
+    if os.environ.get(_POISON_ENV, "0") == "1":
+        if dtype.is_floating_point:
+            return torch.full(shape, float("nan"), dtype=dtype, device=device)
+        return torch.full(shape, -(2**30), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Device helpers
+
+
+@triton.jit
+def _divmod(x, d, inv_d):
+    # x // d and x % d for 0 <= x < 2**21, d >= 1, with inv_d = float32(1 / d): (x + 0.5) / d is at least 0.5 / d
+    # away from an integer and the float32 error is below that.
+    q = ((x.to(tl.float32) + 0.5) * inv_d).to(tl.int32)
+    return q, x - q * d
+
+
+@triton.jit
+def _token_offset(region, tok, n_win, inv_n_win, h, w, inv_w, s_h, s_w):
+    rj, ri = _divmod(region, n_win, inv_n_win)
+    tr, tc = _divmod(tok, w, inv_w)
+    return (rj * h + tr) * s_h + (ri * w + tc) * s_w
+
+
+@triton.jit
+def _dot(a, b, DOT_PRECISION: tl.constexpr):
+    if DOT_PRECISION == "upcast":
+        # Triton's interpreter multiplies bfloat16 tiles wrongly; their exact float32 products are the same math.
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _bit_or(a, b):
+    return a | b
+
+
+@triton.jit
+def _routing_masks(RIDX, row_base, rows_valid, topk, TOPK_PAD: tl.constexpr):
+    """The int64 mask of the regions in the routing lists that start at ``RIDX + row_base`` (one per row)."""
+    t = tl.arange(0, TOPK_PAD)
+    ok = rows_valid[:, None] & (t < topk)[None, :]
+    sel = tl.load(RIDX + row_base[:, None] + t[None, :], mask=ok, other=0)
+    bit = tl.where(ok, tl.full(sel.shape, 1, tl.int64) << sel.to(tl.int64), 0)
+    return tl.reduce(bit, 1, _bit_or)
+
+
+@triton.jit
+def _dense_weights(bits, RIDX, row_base, k_reg, k_valid, topk, ROWS_AXIS: tl.constexpr, COUNT: tl.constexpr):
+    """Multiplicity of key region ``k_reg`` in each row's routing list as int32, shaped [rows, keys] when
+    ``ROWS_AXIS == 0`` and [keys, rows] when 1: read off the masks (lists of distinct regions), or counted from
+    ``r_idx`` (``COUNT``: lists that may repeat a region). ``COUNT`` is a separate compilation because the counting
+    loop costs the mask path about 100 registers even when not taken."""
+    k_reg = tl.where(k_valid, k_reg, 0)
+    if COUNT:
+        if ROWS_AXIS == 0:
+            wgt = (k_reg[None, :] < 0).to(tl.int32) + (row_base[:, None] < 0).to(tl.int32)
+            for t in range(topk):
+                sel = tl.load(RIDX + row_base + t)
+                wgt += (sel[:, None] == k_reg[None, :]).to(tl.int32)
+        else:
+            wgt = (k_reg[:, None] < 0).to(tl.int32) + (row_base[None, :] < 0).to(tl.int32)
+            for t in range(topk):
+                sel = tl.load(RIDX + row_base + t)
+                wgt += (sel[None, :] == k_reg[:, None]).to(tl.int32)
+    else:
+        # 32-bit halves of the mask: per-element int64 shifts would double the registers of the tile.
+        lo = bits.to(tl.int32)
+        hi = (bits >> 32).to(tl.int32)
+        low_half = k_reg < 32
+        amount = tl.where(low_half, k_reg, k_reg - 32)
+        if ROWS_AXIS == 0:
+            wgt = (tl.where(low_half[None, :], lo[:, None], hi[:, None]) >> amount[None, :]) & 1
+        else:
+            wgt = (tl.where(low_half[:, None], lo[None, :], hi[None, :]) >> amount[:, None]) & 1
+    if ROWS_AXIS == 0:
+        wgt = tl.where(k_valid[None, :], wgt, 0)
+    else:
+        wgt = tl.where(k_valid[:, None], wgt, 0)
+    return wgt
+
+
+@triton.jit
+def _key_rows(start, n64, q_region, n_keys, RIDX, p2, topk, n_tok, inv_n_tok, BLOCK_N: tl.constexpr,
+              DENSE: tl.constexpr):
+    """Region and in-region index of keys ``start .. start + BLOCK_N``: all tokens of the image in region-major
+    order (dense) or the routed regions of ``q_region`` in rank order (gather)."""
+    kk = start + tl.arange(0, BLOCK_N)
+    k_valid = kk < n_keys
+    if DENSE:
+        k_reg, k_tok = _divmod(kk, n_tok, inv_n_tok)
+    else:
+        rank, k_tok = _divmod(kk, n_tok, inv_n_tok)
+        k_reg = tl.load(RIDX + (n64 * p2 + q_region) * topk + rank, mask=k_valid, other=0).to(tl.int32)
+    return k_reg, k_tok, k_valid
+
+
+@triton.jit
+def _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, bits, row_base, n64, q_region, n_keys, p2, topk,
+              n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
+              cq, cq_ok, cv, cv_ok, qk_scale,
+              BLOCK_N: tl.constexpr, DENSE: tl.constexpr, COUNT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    for start in range(0, n_keys, BLOCK_N):
+        k_reg, k_tok, k_valid = _key_rows(start, n64, q_region, n_keys, RIDX, p2, topk, n_tok, inv_n_tok, BLOCK_N,
+                                          DENSE)
+        k = tl.load(k_base + _token_offset(k_reg, k_tok, n_win, inv_n_win, h, w, inv_w, s_kh, s_kw)[:, None]
+                    + cq[None, :] * s_kc, mask=k_valid[:, None] & cq_ok[None, :], other=0.0)
+        v = tl.load(v_base + _token_offset(k_reg, k_tok, n_win, inv_n_win, h, w, inv_w, s_vh, s_vw)[:, None]
+                    + cv[None, :] * s_vc, mask=k_valid[:, None] & cv_ok[None, :], other=0.0)
+        s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale
+        if DENSE:
+            wgt = _dense_weights(bits, RIDX, row_base, k_reg, k_valid, topk, 0, COUNT).to(tl.float32)
+            s = tl.where(wgt > 0, s, float("-inf"))
+        else:
+            s = tl.where(k_valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        if COUNT:
+            p = p * wgt
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION)
+        m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, bits, row_base, n64, q_region, n_keys, p2, topk,
+             n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
+             cq, cq_ok, cv, cv_ok, qk_scale,
+             BLOCK_N: tl.constexpr, DENSE: tl.constexpr, COUNT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    for start in range(0, n_keys, BLOCK_N):
+        k_reg, k_tok, k_valid = _key_rows(start, n64, q_region, n_keys, RIDX, p2, topk, n_tok, inv_n_tok, BLOCK_N,
+                                          DENSE)
+        k = tl.load(k_base + _token_offset(k_reg, k_tok, n_win, inv_n_win, h, w, inv_w, s_kh, s_kw)[:, None]
+                    + cq[None, :] * s_kc, mask=k_valid[:, None] & cq_ok[None, :], other=0.0)
+        v = tl.load(v_base + _token_offset(k_reg, k_tok, n_win, inv_n_win, h, w, inv_w, s_vh, s_vw)[:, None]
+                    + cv[None, :] * s_vc, mask=k_valid[:, None] & cv_ok[None, :], other=0.0)
+        s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale
+        p = tl.exp2(s - lse[:, None])
+        if DENSE:
+            wgt = _dense_weights(bits, RIDX, row_base, k_reg, k_valid, topk, 0, COUNT).to(tl.float32)
+            p = tl.where(wgt > 0, p * wgt, 0.0)
+        else:
+            p = tl.where(k_valid[None, :], p, 0.0)
+        dp = _dot(do, tl.trans(v), DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, DOT_PRECISION)
+    return dq
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Forward
+
+
+@triton.jit
+def _routed_fwd_kernel(
+    Q, K, V, OUT, LSE, RIDX,
+    s_qn, s_qh, s_qw, s_qc,
+    s_kn, s_kh, s_kw, s_kc,
+    s_vn, s_vh, s_vw, s_vc,
+    s_on, s_oh, s_ow, s_oc,
+    qk_scale, num_heads, n_win, inv_n_win, h, w, inv_w, inv_n_tok, topk, d_qk, d_v,
+    DENSE: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, TOPK_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    n_tok = h * w
+    p2 = n_win * n_win
+    pid = tl.program_id(0)
+    head = pid % num_heads
+    rest = pid // num_heads
+    if DENSE:
+        n_mb = tl.cdiv(p2 * n_tok, BLOCK_M)
+        qq = (rest % n_mb) * BLOCK_M + tl.arange(0, BLOCK_M)
+        n = rest // n_mb
+        q_valid = qq < p2 * n_tok
+        n_keys = p2 * n_tok
+    else:
+        n_mb = tl.cdiv(n_tok, BLOCK_M)
+        tok = (rest % n_mb) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rest = rest // n_mb
+        q_region = rest % p2
+        n = rest // p2
+        q_valid = tok < n_tok
+        qq = q_region * n_tok + tok
+        n_keys = topk * n_tok
+    n64 = n.to(tl.int64)
+    q_reg, q_tok = _divmod(qq, n_tok, inv_n_tok)
+
+    cq = tl.arange(0, BLOCK_DQK)
+    cv = tl.arange(0, BLOCK_DV)
+    cq_ok = cq < d_qk
+    cv_ok = cv < d_v
+    q_off = _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_qh, s_qw)
+    q = tl.load(Q + n64 * s_qn + q_off[:, None] + (head * d_qk + cq)[None, :] * s_qc,
+                mask=q_valid[:, None] & cq_ok[None, :], other=0.0)
+    if DENSE:
+        row_base = tl.where(q_valid, (n64 * p2 + q_reg) * topk, 0)
+        bits = 0
+        if not COUNT:
+            bits = _routing_masks(RIDX, row_base, q_valid, topk, TOPK_PAD)
+
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    k_base = K + n64 * s_kn + head * d_qk * s_kc
+    v_base = V + n64 * s_vn + head * d_v * s_vc
+    if DENSE:
+        m_i, l_i, acc = _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, bits, row_base, n64, 0, n_keys, p2, topk,
+                                  n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw,
+                                  s_vc, cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, True, COUNT, DOT_PRECISION)
+    else:
+        m_i, l_i, acc = _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, 0, 0, n64, q_region, n_keys, p2, topk,
+                                  n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw,
+                                  s_vc, cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, False, False, DOT_PRECISION)
+
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    o_off = _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_oh, s_ow)
+    tl.store(OUT + n64 * s_on + o_off[:, None] + (head * d_v + cv)[None, :] * s_oc, out.to(OUT.dtype.element_ty),
+             mask=q_valid[:, None] & cv_ok[None, :])
+    tl.store(LSE + (n64 * num_heads + head) * (p2 * n_tok) + qq, m_i + tl.log2(l_safe), mask=q_valid)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Backward
+
+
+@triton.jit
+def _routed_bwd_dq_kernel(
+    Q, K, V, OUT, DO, DQ, LSE, DELTA, RIDX, MASKS,
+    s_qn, s_qh, s_qw, s_qc,
+    s_kn, s_kh, s_kw, s_kc,
+    s_vn, s_vh, s_vw, s_vc,
+    s_on, s_oh, s_ow, s_oc,
+    s_gn, s_gh, s_gw, s_gc,
+    s_dn, s_dh, s_dw, s_dc,
+    qk_scale, sm_scale, num_heads, n_win, inv_n_win, h, w, inv_w, inv_n_tok, topk, d_qk, d_v,
+    DENSE: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, TOPK_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    n_tok = h * w
+    p2 = n_win * n_win
+    pid = tl.program_id(0)
+    head = pid % num_heads
+    rest = pid // num_heads
+    if DENSE:
+        n_mb = tl.cdiv(p2 * n_tok, BLOCK_M)
+        qq = (rest % n_mb) * BLOCK_M + tl.arange(0, BLOCK_M)
+        n = rest // n_mb
+        q_valid = qq < p2 * n_tok
+        n_keys = p2 * n_tok
+    else:
+        n_mb = tl.cdiv(n_tok, BLOCK_M)
+        tok = (rest % n_mb) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rest = rest // n_mb
+        q_region = rest % p2
+        n = rest // p2
+        q_valid = tok < n_tok
+        qq = q_region * n_tok + tok
+        n_keys = topk * n_tok
+    n64 = n.to(tl.int64)
+    q_reg, q_tok = _divmod(qq, n_tok, inv_n_tok)
+
+    cq = tl.arange(0, BLOCK_DQK)
+    cv = tl.arange(0, BLOCK_DV)
+    cq_ok = cq < d_qk
+    cv_ok = cv < d_v
+    mq = q_valid[:, None] & cq_ok[None, :]
+    mv = q_valid[:, None] & cv_ok[None, :]
+    q = tl.load(Q + n64 * s_qn + _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_qh, s_qw)[:, None]
+                + (head * d_qk + cq)[None, :] * s_qc, mask=mq, other=0.0)
+    do = tl.load(DO + n64 * s_gn + _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_gh, s_gw)[:, None]
+                 + (head * d_v + cv)[None, :] * s_gc, mask=mv, other=0.0)
+    o = tl.load(OUT + n64 * s_on + _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_oh, s_ow)[:, None]
+                + (head * d_v + cv)[None, :] * s_oc, mask=mv, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    stat = (n64 * num_heads + head) * (p2 * n_tok) + qq
+    tl.store(DELTA + stat, delta, mask=q_valid)
+    lse = tl.load(LSE + stat, mask=q_valid, other=0.0)
+    if DENSE:
+        row_base = tl.where(q_valid, (n64 * p2 + q_reg) * topk, 0)
+        bits = 0
+        if not COUNT:
+            bits = _routing_masks(RIDX, row_base, q_valid, topk, TOPK_PAD)
+            # Every program of a region writes the same value; the dk/dv kernel reads the masks from here.
+            tl.store(MASKS + n64 * p2 + q_reg, bits, mask=q_valid)
+
+    dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
+    k_base = K + n64 * s_kn + head * d_qk * s_kc
+    v_base = V + n64 * s_vn + head * d_v * s_vc
+    if DENSE:
+        dq = _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, bits, row_base, n64, 0, n_keys, p2, topk,
+                      n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
+                      cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, True, COUNT, DOT_PRECISION)
+    else:
+        dq = _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, 0, 0, n64, q_region, n_keys, p2, topk,
+                      n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
+                      cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, False, False, DOT_PRECISION)
+
+    dq = dq * sm_scale
+    tl.store(DQ + n64 * s_dn + _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_dh, s_dw)[:, None]
+             + (head * d_qk + cq)[None, :] * s_dc, dq.to(DQ.dtype.element_ty), mask=mq)
+
+
+@triton.jit
+def _inverse_routing_kernel(RIDX, LISTS, COUNTS, n_win, topk, QC: tl.constexpr, TOPK_PAD: tl.constexpr):
+    """Program (n, key region r): the query regions whose list holds r, increasing, each packed as
+    ``region | multiplicity << 16`` into ``LISTS[n, r, :count]``; ``COUNTS[n, r] = count``."""
+    p2 = n_win * n_win
+    pid = tl.program_id(0)
+    kr = pid % p2
+    n64 = (pid // p2).to(tl.int64)
+    t = tl.arange(0, TOPK_PAD)
+    total = 0
+    for start in range(0, p2, QC):
+        qr = start + tl.arange(0, QC)
+        sel = tl.load(RIDX + (n64 * p2 + qr[:, None]) * topk + t[None, :],
+                      mask=(qr < p2)[:, None] & (t < topk)[None, :], other=-1)
+        mult = tl.sum((sel == kr).to(tl.int32), 1)
+        hit = mult > 0
+        pos = total + tl.cumsum(hit.to(tl.int32), 0) - 1
+        tl.store(LISTS + pid.to(tl.int64) * p2 + pos, qr | (mult << 16), mask=hit)
+        total += tl.sum(hit.to(tl.int32), 0)
+    tl.store(COUNTS + pid, total)
+
+
+@triton.jit
+def _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION: tl.constexpr):
+    # Flash-attention backward for one (key block, query block) pair, transposed so rows are keys. wgt: [keys,
+    # queries] float32 multiplicity (0 where the pair is not attended).
+    s_t = _dot(k, tl.trans(q), DOT_PRECISION) * qk_scale
+    p_t = tl.where(wgt > 0, tl.exp2(s_t - lse[None, :]) * wgt, 0.0)
+    dv += _dot(p_t.to(do.dtype), do, DOT_PRECISION)
+    dp_t = _dot(v, tl.trans(do), DOT_PRECISION)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += _dot(ds_t.to(q.dtype), q, DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _dkdv_dense_queries(dk, dv, k, v, k_reg, k_valid, q_base, do_base, LSE, DELTA, RIDX, MASKS, stat_base, n64, p2,
+                        topk, n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_qh, s_qw, s_qc, s_gh, s_gw, s_gc,
+                        cq, cq_ok, cv, cv_ok, qk_scale,
+                        BLOCK_M: tl.constexpr, COUNT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    for start in range(0, p2 * n_tok, BLOCK_M):
+        qq = start + tl.arange(0, BLOCK_M)
+        q_valid = qq < p2 * n_tok
+        q_reg, q_tok = _divmod(qq, n_tok, inv_n_tok)
+        q = tl.load(q_base + _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_qh, s_qw)[:, None]
+                    + cq[None, :] * s_qc, mask=q_valid[:, None] & cq_ok[None, :], other=0.0)
+        do = tl.load(do_base + _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_gh, s_gw)[:, None]
+                     + cv[None, :] * s_gc, mask=q_valid[:, None] & cv_ok[None, :], other=0.0)
+        lse = tl.load(LSE + stat_base + qq, mask=q_valid, other=0.0)
+        delta = tl.load(DELTA + stat_base + qq, mask=q_valid, other=0.0)
+        bits = 0
+        if not COUNT:
+            bits = tl.load(MASKS + n64 * p2 + q_reg, mask=q_valid, other=0)
+        row_base = tl.where(q_valid, (n64 * p2 + q_reg) * topk, 0)
+        wgt = _dense_weights(bits, RIDX, row_base, k_reg, k_valid, topk, 1, COUNT)
+        wgt = tl.where(q_valid[None, :], wgt, 0).to(tl.float32)
+        dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _routed_bwd_dkdv_kernel(
+    Q, K, V, DO, DK, DV, LSE, DELTA, RIDX, MASKS, LISTS, COUNTS,
+    s_qn, s_qh, s_qw, s_qc,
+    s_kn, s_kh, s_kw, s_kc,
+    s_vn, s_vh, s_vw, s_vc,
+    s_gn, s_gh, s_gw, s_gc,
+    s_dkn, s_dkh, s_dkw, s_dkc,
+    s_dvn, s_dvh, s_dvw, s_dvc,
+    qk_scale, sm_scale, num_heads, n_win, inv_n_win, h, w, inv_w, inv_n_tok, topk, d_qk, d_v,
+    DENSE: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    n_tok = h * w
+    p2 = n_win * n_win
+    pid = tl.program_id(0)
+    head = pid % num_heads
+    rest = pid // num_heads
+    if DENSE:
+        n_nb = tl.cdiv(p2 * n_tok, BLOCK_N)
+        kk = (rest % n_nb) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n = rest // n_nb
+        k_valid = kk < p2 * n_tok
+    else:
+        n_nb = tl.cdiv(n_tok, BLOCK_N)
+        ktok = (rest % n_nb) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rest = rest // n_nb
+        k_region = rest % p2
+        n = rest // p2
+        k_valid = ktok < n_tok
+        kk = k_region * n_tok + ktok
+    n64 = n.to(tl.int64)
+    k_reg, k_tok = _divmod(kk, n_tok, inv_n_tok)
+
+    cq = tl.arange(0, BLOCK_DQK)
+    cv = tl.arange(0, BLOCK_DV)
+    cq_ok = cq < d_qk
+    cv_ok = cv < d_v
+    mk = k_valid[:, None] & cq_ok[None, :]
+    mv = k_valid[:, None] & cv_ok[None, :]
+    k = tl.load(K + n64 * s_kn + _token_offset(k_reg, k_tok, n_win, inv_n_win, h, w, inv_w, s_kh, s_kw)[:, None]
+                + (head * d_qk + cq)[None, :] * s_kc, mask=mk, other=0.0)
+    v = tl.load(V + n64 * s_vn + _token_offset(k_reg, k_tok, n_win, inv_n_win, h, w, inv_w, s_vh, s_vw)[:, None]
+                + (head * d_v + cv)[None, :] * s_vc, mask=mv, other=0.0)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_DQK], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    q_base = Q + n64 * s_qn + head * d_qk * s_qc
+    do_base = DO + n64 * s_gn + head * d_v * s_gc
+    stat_base = (n64 * num_heads + head) * (p2 * n_tok)
+    if DENSE:
+        dk, dv = _dkdv_dense_queries(dk, dv, k, v, k_reg, k_valid, q_base, do_base, LSE, DELTA, RIDX, MASKS,
+                                     stat_base, n64, p2, topk, n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok,
+                                     s_qh, s_qw, s_qc, s_gh, s_gw, s_gc, cq, cq_ok, cv, cv_ok, qk_scale,
+                                     BLOCK_M, COUNT, DOT_PRECISION)
+    else:
+        list_base = (n64 * p2 + k_region) * p2
+        n_entries = tl.load(COUNTS + n64 * p2 + k_region)
+        for e in range(0, n_entries):
+            entry = tl.load(LISTS + list_base + e)
+            q_region = entry & 0xFFFF
+            mult = (entry >> 16).to(tl.float32)
+            for start in range(0, n_tok, BLOCK_M):
+                q_tok = start + tl.arange(0, BLOCK_M)
+                q_valid = q_tok < n_tok
+                qq = q_region * n_tok + q_tok
+                q = tl.load(q_base + _token_offset(q_region, q_tok, n_win, inv_n_win, h, w, inv_w, s_qh, s_qw)[:, None]
+                            + cq[None, :] * s_qc, mask=q_valid[:, None] & cq_ok[None, :], other=0.0)
+                do = tl.load(do_base + _token_offset(q_region, q_tok, n_win, inv_n_win, h, w, inv_w, s_gh,
+                                                     s_gw)[:, None]
+                             + cv[None, :] * s_gc, mask=q_valid[:, None] & cv_ok[None, :], other=0.0)
+                lse = tl.load(LSE + stat_base + qq, mask=q_valid, other=0.0)
+                delta = tl.load(DELTA + stat_base + qq, mask=q_valid, other=0.0)
+                wgt = tl.where(q_valid[None, :] & (kk >= 0)[:, None], mult, 0.0)
+                dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION)
+
+    dk = dk * sm_scale
+    tl.store(DK + n64 * s_dkn + _token_offset(k_reg, k_tok, n_win, inv_n_win, h, w, inv_w, s_dkh, s_dkw)[:, None]
+             + (head * d_qk + cq)[None, :] * s_dkc, dk.to(DK.dtype.element_ty), mask=mk)
+    tl.store(DV + n64 * s_dvn + _token_offset(k_reg, k_tok, n_win, inv_n_win, h, w, inv_w, s_dvh, s_dvw)[:, None]
+             + (head * d_v + cv)[None, :] * s_dvc, dv.to(DV.dtype.element_ty), mask=mv)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Launchers
+
+
+def choose_mode(n_win: int, h: int, w: int, topk: int) -> str:
+    """``'dense'`` for small regions when walking the whole image costs at most about twice the padded gather."""
+    n_tok = h * w
+    if n_tok >= 16 or n_win * n_win > _DENSE_MAX_REGIONS:
+        return "gather"
+    # Score elements per real query: a gather tile pads a region's n_tok rows to 16, each meeting topk * n_tok
+    # keys; the dense kernel meets every token of the image, padded to whole 64-key blocks.
+    gather_cost = 16 * topk
+    dense_cost = triton.cdiv(n_win * n_win * n_tok, 64) * 64
+    return "dense" if dense_cost <= 2 * gather_cost else "gather"
+
+
+# Tuning knobs per (kernel, mode), from a sweep on an H200 at the BiFormer-S stage shapes (batch 64, bf16, head dim
+# 32; docs/benchmarks.md). For dk/dv, BLOCK_N is the key block a program owns and BLOCK_M the query block it walks.
+# tools/benchmark.py and tests may overwrite entries.
+CONFIGS: dict[tuple[str, str], dict[str, int]] = {
+    ("fwd", "gather"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
+    ("fwd", "dense"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+    ("dq", "gather"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+    ("dq", "dense"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
+    ("dkdv", "gather"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1),
+    ("dkdv", "dense"): dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=1),
+}
+
+
+def _config(kernel: str, mode: str, n_tok: int, n_keys: int) -> dict[str, int]:
+    cfg = dict(CONFIGS[(kernel, mode)])
+    if mode == "gather":
+        # Never pad a tile far beyond a region's tokens or a query's keys.
+        region_rows = max(16, triton.next_power_of_2(n_tok))
+        cfg["BLOCK_M"] = min(cfg["BLOCK_M"], region_rows)
+        if kernel in ("fwd", "dq"):
+            cfg["BLOCK_N"] = min(cfg["BLOCK_N"], max(16, triton.next_power_of_2(n_keys)))
+        else:
+            cfg["BLOCK_N"] = min(cfg["BLOCK_N"], region_rows)
+    return cfg
+
+
+def _head_block(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs get true float32 products so they match the float32 reference; 16-bit inputs ignore it.
+    if dtype == torch.float32:
+        return "ieee"
+    if dtype == torch.bfloat16 and triton.knobs.runtime.interpret:
+        return "upcast"
+    return "tf32"
+
+
+class _Geometry:
+    __slots__ = ("n", "hh", "ww", "h", "w", "n_tok", "p2", "topk", "d_qk", "d_v", "scalars")
+
+    def __init__(self, q: torch.Tensor, v: torch.Tensor, r_idx: torch.Tensor, n_win: int, num_heads: int):
+        self.n, self.hh, self.ww, c_qk = q.shape
+        self.h, self.w = self.hh // n_win, self.ww // n_win
+        self.n_tok, self.p2, self.topk = self.h * self.w, n_win * n_win, r_idx.shape[2]
+        self.d_qk, self.d_v = c_qk // num_heads, v.shape[-1] // num_heads
+        # Kernel arguments after the scale(s): num_heads, n_win, 1/n_win, h, w, 1/w, 1/(h*w), topk, d_qk, d_v.
+        self.scalars = (num_heads, n_win, 1.0 / n_win, self.h, self.w, 1.0 / self.w, 1.0 / self.n_tok, self.topk,
+                        self.d_qk, self.d_v)
+
+
+def routed_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    r_idx: torch.Tensor,
+    n_win: int,
+    num_heads: int,
+    scale: float,
+    distinct: bool = False,
+    mode: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward launcher. Shapes as :func:`vizattn.kernels.routed.routed_attention`; arguments already validated.
+    ``distinct`` promises that no routing list repeats a region; ``mode`` overrides :func:`choose_mode`.
+
+    Returns:
+        out (N, H, W, C_v) contiguous in v's dtype, and lse (N, num_heads, H * W) float32, base-2 logsumexp of the
+        scaled scores in region-major token order (what the backward needs).
+    """
+    g = _Geometry(q, v, r_idx, n_win, num_heads)
+    mode = mode or choose_mode(n_win, g.h, g.w, g.topk)
+    ridx = r_idx.contiguous()
+    out = _new((g.n, g.hh, g.ww, v.shape[-1]), v.dtype, v.device)
+    lse = _new((g.n, num_heads, g.hh * g.ww), torch.float32, v.device)
+    cfg = _config("fwd", mode, g.n_tok, g.topk * g.n_tok)
+    bm = cfg.pop("BLOCK_M")
+    rows = triton.cdiv(g.p2 * g.n_tok, bm) if mode == "dense" else g.p2 * triton.cdiv(g.n_tok, bm)
+    _routed_fwd_kernel[(g.n * rows * num_heads,)](
+        q, k, v, out, lse, ridx,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        scale * _LOG2E, *g.scalars,
+        DENSE=mode == "dense", COUNT=not distinct, BLOCK_M=bm, BLOCK_DQK=_head_block(g.d_qk),
+        BLOCK_DV=_head_block(g.d_v), TOPK_PAD=triton.next_power_of_2(g.topk), DOT_PRECISION=_dot_precision(q.dtype),
+        **cfg,
+    )
+    return out, lse
+
+
+def routed_attention_bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    r_idx: torch.Tensor,
+    n_win: int,
+    num_heads: int,
+    scale: float,
+    distinct: bool = False,
+    mode: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward launcher: (dq, dk, dv), contiguous, in the dtypes of q, k, v. No gradient flows to ``r_idx``."""
+    g = _Geometry(q, v, r_idx, n_win, num_heads)
+    mode = mode or choose_mode(n_win, g.h, g.w, g.topk)
+    dense = mode == "dense"
+    ridx = r_idx.contiguous()
+    dq = _new(tuple(q.shape), q.dtype, q.device)
+    dk = _new(tuple(k.shape), k.dtype, k.device)
+    dv = _new(tuple(v.shape), v.dtype, v.device)
+    delta = _new((g.n, num_heads, g.hh * g.ww), torch.float32, q.device)
+    topk_pad = triton.next_power_of_2(g.topk)
+    if dense:
+        masks = _new((g.n, g.p2), torch.int64, q.device)
+        lists = counts = masks
+    else:
+        masks = ridx
+        lists = _new((g.n, g.p2, g.p2), torch.int32, q.device)
+        counts = _new((g.n, g.p2), torch.int32, q.device)
+        qc = max(1, min(64, triton.next_power_of_2(g.p2), 2048 // topk_pad))
+        _inverse_routing_kernel[(g.n * g.p2,)](ridx, lists, counts, n_win, g.topk, QC=qc, TOPK_PAD=topk_pad)
+    common = dict(
+        DENSE=dense, COUNT=not distinct, BLOCK_DQK=_head_block(g.d_qk), BLOCK_DV=_head_block(g.d_v),
+        DOT_PRECISION=_dot_precision(q.dtype),
+    )
+    scalars = (scale * _LOG2E, scale, *g.scalars)
+
+    cfg = _config("dq", mode, g.n_tok, g.topk * g.n_tok)
+    bm = cfg.pop("BLOCK_M")
+    rows = triton.cdiv(g.p2 * g.n_tok, bm) if dense else g.p2 * triton.cdiv(g.n_tok, bm)
+    _routed_bwd_dq_kernel[(g.n * rows * num_heads,)](
+        q, k, v, out, grad_out, dq, lse, delta, ridx, masks,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *grad_out.stride(), *dq.stride(),
+        *scalars, BLOCK_M=bm, TOPK_PAD=topk_pad, **common, **cfg,
+    )
+
+    cfg = _config("dkdv", mode, g.n_tok, g.topk * g.n_tok)
+    bn = cfg.pop("BLOCK_N")
+    cols = triton.cdiv(g.p2 * g.n_tok, bn) if dense else g.p2 * triton.cdiv(g.n_tok, bn)
+    _routed_bwd_dkdv_kernel[(g.n * cols * num_heads,)](
+        q, k, v, grad_out, dk, dv, lse, delta, ridx, masks, lists, counts,
+        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
+        *scalars, BLOCK_N=bn, **common, **cfg,
+    )
+    return dq, dk, dv
