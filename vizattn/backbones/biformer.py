@@ -31,7 +31,12 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
-from vizattn.backbones._helpers import check_state_dict_keys, load_official_checkpoint, unwrap_state_dict
+from vizattn.backbones._helpers import (
+    check_state_dict_keys,
+    keep_official_loader,
+    load_official_checkpoint,
+    unwrap_state_dict,
+)
 from vizattn.blocks.routing import AttentionLePE, RoutingAttention
 
 __all__ = ["BiFormer", "BiFormerSTL", "BiFormerBlock", "checkpoint_filter_fn"]
@@ -192,7 +197,9 @@ class _BiFormerBase(nn.Module):
             )
 
     def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample_layers[i](x)
+        # Channels-last memory makes every NCHW <-> NHWC permute in the blocks a free view and lets the depthwise
+        # convs run their channels-last kernels; the values are those of the official NCHW model.
+        x = self.downsample_layers[i](x).contiguous(memory_format=torch.channels_last)
         stage = self.stages[i]
         if self.grad_checkpointing and isinstance(stage, nn.Sequential) and not torch.jit.is_scripting():
             return checkpoint_seq(stage, x)
@@ -449,18 +456,13 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs: Any) -> _BiFormerBase:
     cls = BiFormerSTL if variant.startswith("biformer_stl") else BiFormer
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    overlay = kwargs.get("pretrained_cfg_overlay")
-    if overlay and overlay.get("file"):
-        # timm resets custom_load when a file overrides the URL, and its generic loader would then prefer an EMA
-        # copy over the official 'model' weights; keep the official loader for local copies of official files.
-        kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
     return build_model_with_cfg(
         cls,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **kwargs,
+        **keep_official_loader(kwargs),
     )
 
 

@@ -16,6 +16,12 @@ from vizattn.kernels.routed import bi_level_routing_attention
 __all__ = ["QKVLinear", "RoutingAttention", "AttentionLePE"]
 
 
+def _dwconv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A depthwise conv on an NHWC map: the NCHW view of a contiguous NHWC tensor is channels_last, so the conv runs
+    its channels-last kernels and the result permutes back to a contiguous NHWC tensor, with no layout copies."""
+    return conv(x.contiguous().permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
 def _check_channels(module: nn.Module, x: torch.Tensor, dim: int) -> None:
     if x.dim() != 4 or x.shape[-1] != dim:
         raise ValueError(f"{type(module).__name__} expects an NHWC map (N, H, W, {dim}), got shape {tuple(x.shape)}.")
@@ -111,7 +117,7 @@ class RoutingAttention(nn.Module):
             q, k, v, self.n_win, self.topk, self.num_heads, self.scale, backend=self.backend
         )
         if self.lepe is not None:
-            out = out + self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            out = out + _dwconv_nhwc(self.lepe, v)
         out = self.wo(out)
         if pad_b or pad_r:
             out = out[:, :h_in, :w_in].contiguous()
@@ -154,5 +160,5 @@ class AttentionLePE(nn.Module):
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
         out = out.transpose(1, 2).reshape(n, h, w, c)
         if self.lepe is not None:
-            out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            out = out + _dwconv_nhwc(self.lepe, x)
         return self.proj(out)
