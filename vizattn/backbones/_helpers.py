@@ -9,10 +9,18 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+from timm.layers import resize_rel_pos_bias_table_simple
 from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
-__all__ = ["unwrap_state_dict", "check_state_dict_keys", "load_official_checkpoint", "read_checkpoint"]
+__all__ = [
+    "unwrap_state_dict",
+    "check_state_dict_keys",
+    "load_official_checkpoint",
+    "read_checkpoint",
+    "resize_rel_pos_bias_tables",
+    "keep_official_loader",
+]
 
 _logger = logging.getLogger(__name__)
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -38,6 +46,40 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], keys: Iterable[str]) -> dic
             name = name.split(".", 1)[1]
         out[name] = value
     return out
+
+
+def resize_rel_pos_bias_tables(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module, suffix: str
+) -> dict[str, torch.Tensor]:
+    """Resize (heads, 2k - 1, 2k - 1) relative position bias tables to the model's window size.
+
+    Every key ending in ``suffix`` whose table has another size than the model's is resampled by bicubic
+    interpolation (``align_corners=False``, the Swin/timm convention for changing window sizes); other keys pass
+    through. Tables with another number of heads are left alone for :func:`check_state_dict_keys` to report.
+    """
+    model_sd = model.state_dict()
+    out = dict(state_dict)
+    for key, table in state_dict.items():
+        want = model_sd.get(key)
+        if not key.endswith(suffix) or want is None or table.dim() != 3 or want.dim() != 3:
+            continue
+        if table.shape[0] == want.shape[0] and table.shape != want.shape:
+            window = ((want.shape[1] + 1) // 2, (want.shape[2] + 1) // 2)
+            out[key] = resize_rel_pos_bias_table_simple(table.float(), window, tuple(want.shape)).to(table.dtype)
+    return out
+
+
+def keep_official_loader(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Make ``pretrained_cfg_overlay=dict(file=...)`` go through the model's official loader.
+
+    timm resets ``custom_load`` when a file overrides the URL, and its generic loader would then skip the family's
+    ``checkpoint_filter_fn`` container handling (and prefer an EMA copy over the official weights); local copies of
+    official files must load like the downloaded ones. Returns the (updated) create kwargs.
+    """
+    overlay = kwargs.get("pretrained_cfg_overlay")
+    if overlay and overlay.get("file"):
+        kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
+    return kwargs
 
 
 def check_state_dict_keys(
