@@ -3,23 +3,43 @@
 Modelled on timm's tests/test_models.py: forward at the pretrained size and at a small size, backward with a
 gradient on every parameter, default-cfg consistency, features_only, forward_intermediates, grad checkpointing,
 and loading an official-layout checkpoint file through ``pretrained_cfg_overlay``.
+
+Building a model (weight init) is the slowest part on a CPU for the 200M-parameter ones, so each worker keeps the
+last models it built and hands out copies; tests are grouped per model (``xdist_group``) so one worker builds each.
 """
 
 from __future__ import annotations
+
+import copy
+from collections import OrderedDict
 
 import pytest
 import timm
 import torch
 
 import vizattn
+from vizattn.backbones import FAMILIES
 
 MODELS = vizattn.list_models()
 SMALL = 96  # a small input: feature maps that no window count divides, so padding paths run
+# The checkpoint-container variants exercise the family's checkpoint_filter_fn: one model per family is enough.
+FIRST_OF_FAMILY = {timm.list_models(module=family)[0] for family in FAMILIES}
+_BUILT: OrderedDict[str, torch.nn.Module] = OrderedDict()
 
 
-def _create(name: str, **kwargs) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model(name, **kwargs)
+def _create(name: str) -> torch.nn.Module:
+    """A fresh copy of ``timm.create_model(name)`` with the weights of seed 0 (the default cfg, train mode)."""
+    if name not in _BUILT:
+        torch.manual_seed(0)
+        _BUILT[name] = timm.create_model(name)
+        while len(_BUILT) > 2:
+            _BUILT.popitem(last=False)
+    _BUILT.move_to_end(name)
+    return copy.deepcopy(_BUILT[name])
+
+
+def _by_model(names):
+    return [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in names]
 
 
 def test_models_are_registered():
@@ -28,7 +48,7 @@ def test_models_are_registered():
         assert timm.is_model(name)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _by_model(MODELS))
 @pytest.mark.parametrize("size", ["cfg", SMALL])
 def test_forward(name, size):
     model = _create(name).eval()
@@ -40,9 +60,10 @@ def test_forward(name, size):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _by_model(MODELS))
 def test_backward_reaches_every_parameter(name):
-    model = _create(name, num_classes=7).train()
+    model = _create(name).train()
+    model.reset_classifier(7)
     out = model(torch.randn(2, 3, 112, 112))
     out.square().mean().backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
@@ -50,7 +71,7 @@ def test_backward_reaches_every_parameter(name):
     assert all(p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _by_model(MODELS))
 def test_default_cfg(name):
     model = _create(name).eval()
     cfg = model.pretrained_cfg
@@ -66,41 +87,46 @@ def test_default_cfg(name):
         assert tuple(feats.shape[2:]) == tuple(cfg["pool_size"])
         assert torch.equal(model.forward_head(feats, pre_logits=True), feats.mean((2, 3)))
 
+        # The head after reset_classifier (forward = forward_head(forward_features), exercised in test_forward).
         model.reset_classifier(0)
-        assert model(x).shape == (1, model.num_features)
+        assert model.forward_head(feats).shape == (1, model.num_features)
         model.reset_classifier(0, "")
-        out = model(x)
+        out = model.forward_head(feats)
         assert out.dim() == 4 and tuple(out.shape[2:]) == tuple(cfg["pool_size"])
         model.reset_classifier(5, "avg")
-        assert model(x).shape == (1, 5)
+        assert model.forward_head(feats).shape == (1, 5)
         assert model.get_classifier().out_features == 5
 
-        bare = _create(name, num_classes=0, global_pool="").eval()
-        out = bare(x)
-        assert out.dim() == 4 and out.shape[1] == bare.num_features
+    # Classifier and pooling removed through __init__: built on the meta device (shapes only, no weight init).
+    with torch.device("meta"):
+        bare = timm.create_model(name, num_classes=0, global_pool="").eval()
+        out = bare(x.to("meta"))
+    assert out.dim() == 4 and out.shape[1] == bare.num_features
+    assert tuple(out.shape[2:]) == tuple(cfg["pool_size"])
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _by_model(MODELS))
 @pytest.mark.parametrize("hw", [(224, 224), (SMALL, 128)])
 def test_features_only(name, hw):
-    model = _create(name, features_only=True).eval()
-    reference = _create(name).eval()
+    # The features_only construction path and output shapes, on the meta device (no weight init); the values of
+    # the intermediates are checked in test_forward_intermediates and the families' own tests.
+    with torch.device("meta"):
+        model = timm.create_model(name, features_only=True).eval()
+        picked = timm.create_model(name, features_only=True, out_indices=(1, 3)).eval()
+        reference = timm.create_model(name)
+        feats = model(torch.randn(1, 3, *hw))
     channels = [info["num_chs"] for info in reference.feature_info]
     reductions = [info["reduction"] for info in reference.feature_info]
     assert model.feature_info.channels() == channels
     assert model.feature_info.reduction() == reductions
-    with torch.no_grad():
-        feats = model(torch.randn(1, 3, *hw))
     assert len(feats) == len(channels)
     for f, c, r in zip(feats, channels, reductions):
         assert f.shape[1] == c
         assert f.shape[2] == -(-hw[0] // r) and f.shape[3] == -(-hw[1] // r)
-
-    picked = _create(name, features_only=True, out_indices=(1, 3)).eval()
     assert picked.feature_info.channels() == [channels[1], channels[3]]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _by_model(MODELS))
 def test_forward_intermediates(name):
     model = _create(name).eval()
     x = torch.randn(1, 3, 224, 224)
@@ -119,9 +145,10 @@ def test_forward_intermediates(name):
         assert model(x).shape == (1, model.feature_info[1]["num_chs"], 28, 28)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _by_model(MODELS))
 def test_grad_checkpointing_same_output(name):
-    model = _create(name, num_classes=5).eval()
+    model = _create(name).eval()
+    model.reset_classifier(5)
     x = torch.randn(1, 3, 112, 112)
     out = model(x)
     out.sum().backward()
@@ -135,7 +162,7 @@ def test_grad_checkpointing_same_output(name):
         assert torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-6), n
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _by_model(MODELS))
 def test_group_matcher_covers_every_parameter(name):
     from timm.models._manipulate import group_parameters
 
@@ -144,8 +171,15 @@ def test_group_matcher_covers_every_parameter(name):
     assert sum(len(v) for v in groups.values()) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("container", ["model", "state_dict", "module_prefix", "raw"])
+CONTAINERS = ["model", "state_dict", "module_prefix", "raw"]
+LOAD_CASES = [
+    pytest.param(n, c, marks=pytest.mark.xdist_group(n))
+    for n in MODELS
+    for c in (CONTAINERS if n in FIRST_OF_FAMILY else CONTAINERS[:1])
+]
+
+
+@pytest.mark.parametrize("name,container", LOAD_CASES)
 def test_official_layout_checkpoint_loads(name, container, tmp_path):
     source = _create(name).eval()
     with torch.no_grad():  # give BatchNorm non-trivial statistics so that a wrong load shows

@@ -334,7 +334,7 @@ class BiFormer(_BiFormerBase):
                 for i in range(len(depths) - 1)
             ]
         )
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.stages = nn.ModuleList()
         self.feature_info = []
         for i, depth in enumerate(depths):
@@ -396,7 +396,7 @@ class BiFormerSTL(_BiFormerBase):
                 for i in range(len(depths) - 1)
             ]
         )
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.stages = nn.ModuleList()
         self.feature_info = []
         for i, depth in enumerate(depths):

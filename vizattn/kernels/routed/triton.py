@@ -34,27 +34,17 @@ the index ranges allowed (< 2**21, checked by the caller), which keeps the kerne
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from vizattn.kernels._alloc import new_output
+
 __all__ = ["routed_attention_fwd", "routed_attention_bwd", "choose_mode", "CONFIGS", "MAX_INDEX"]
 
 _LOG2E = 1.4426950408889634
-_POISON_ENV = "VIZATTN_POISON_OUTPUTS"
 MAX_INDEX = 1 << 21  # token/region indices stay below this for the float32 division to be exact
 _DENSE_MAX_REGIONS = 64  # a routing mask is one int64
-
-
-def _new(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    # Tests set VIZATTN_POISON_OUTPUTS=1 so that an element a kernel forgets to write reads NaN.
-    if os.environ.get(_POISON_ENV, "0") == "1":
-        if dtype.is_floating_point:
-            return torch.full(shape, float("nan"), dtype=dtype, device=device)
-        return torch.full(shape, -(2**30), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -589,8 +579,8 @@ def routed_attention_fwd(
     g = _Geometry(q, v, r_idx, n_win, num_heads)
     mode = mode or choose_mode(n_win, g.h, g.w, g.topk)
     ridx = r_idx.contiguous()
-    out = _new((g.n, g.hh, g.ww, v.shape[-1]), v.dtype, v.device)
-    lse = _new((g.n, num_heads, g.hh * g.ww), torch.float32, v.device)
+    out = new_output((g.n, g.hh, g.ww, v.shape[-1]), v.dtype, v.device)
+    lse = new_output((g.n, num_heads, g.hh * g.ww), torch.float32, v.device)
     cfg = _config("fwd", mode, g.n_tok, g.topk * g.n_tok)
     bm = cfg.pop("BLOCK_M")
     rows = triton.cdiv(g.p2 * g.n_tok, bm) if mode == "dense" else g.p2 * triton.cdiv(g.n_tok, bm)
@@ -624,18 +614,18 @@ def routed_attention_bwd(
     mode = mode or choose_mode(n_win, g.h, g.w, g.topk)
     dense = mode == "dense"
     ridx = r_idx.contiguous()
-    dq = _new(tuple(q.shape), q.dtype, q.device)
-    dk = _new(tuple(k.shape), k.dtype, k.device)
-    dv = _new(tuple(v.shape), v.dtype, v.device)
-    delta = _new((g.n, num_heads, g.hh * g.ww), torch.float32, q.device)
+    dq = new_output(tuple(q.shape), q.dtype, q.device)
+    dk = new_output(tuple(k.shape), k.dtype, k.device)
+    dv = new_output(tuple(v.shape), v.dtype, v.device)
+    delta = new_output((g.n, num_heads, g.hh * g.ww), torch.float32, q.device)
     topk_pad = triton.next_power_of_2(g.topk)
     if dense:
-        masks = _new((g.n, g.p2), torch.int64, q.device)
+        masks = new_output((g.n, g.p2), torch.int64, q.device)
         lists = counts = masks
     else:
         masks = ridx
-        lists = _new((g.n, g.p2, g.p2), torch.int32, q.device)
-        counts = _new((g.n, g.p2), torch.int32, q.device)
+        lists = new_output((g.n, g.p2, g.p2), torch.int32, q.device)
+        counts = new_output((g.n, g.p2), torch.int32, q.device)
         qc = max(1, min(64, triton.next_power_of_2(g.p2), 2048 // topk_pad))
         _inverse_routing_kernel[(g.n * g.p2,)](ridx, lists, counts, n_win, g.topk, QC=qc, TOPK_PAD=topk_pad)
     common = dict(

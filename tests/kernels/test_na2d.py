@@ -1,0 +1,192 @@
+"""The Triton kernels of 2-D neighborhood attention against the reference, forward and every gradient (d_rpb included).
+
+On a machine without CUDA the kernels run under ``TRITON_INTERPRET=1`` at small sizes; with CUDA the same tests run
+on the GPU with larger ones (the official shapes: head_dim 32, k 7 and 11, dilations up to 28). Outputs and dq are
+allocated NaN-poisoned (``VIZATTN_POISON_OUTPUTS=1``), so an element a kernel never writes fails the comparison.
+Errors are measured against the reference computed in float64.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+# The interpreter must be chosen before a Triton kernel is defined; the kernel module is imported below, and the
+# vizattn ops import it only on first use.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+
+from vizattn.kernels.na2d import na2d  # noqa: E402
+from vizattn.kernels.na2d import triton as kernels  # noqa: E402
+from vizattn.kernels.na2d.reference import na2d_reference  # noqa: E402
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Relative error bounds (L2 over the tensor, and max-abs over max |ref|) per input dtype.
+TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 2e-2), torch.float16: (1.5e-3, 3e-3)}
+
+
+@dataclass(frozen=True)
+class Case:
+    b: int
+    heads: int
+    hh: int
+    ww: int
+    k: int
+    d: int
+    dtype: str = "fp32"
+    head_dim: int = 16
+    dim_v: int | None = None
+    rpb: bool = True
+
+    @property
+    def id(self) -> str:
+        dims = "" if self.head_dim == 16 and self.dim_v is None else f"-hd{self.head_dim}v{self.dim_v or self.head_dim}"
+        return f"B{self.b}-H{self.heads}-{self.hh}x{self.ww}-k{self.k}-d{self.d}{dims}-{self.dtype}" + (
+            "" if self.rpb else "-norpb"
+        )
+
+
+CPU_CASES = [
+    Case(1, 1, 20, 17, 7, 2),  # odd sizes, uneven dilation groups on W
+    Case(2, 1, 9, 11, 3, 1),
+    Case(1, 2, 13, 10, 3, 3, "bf16"),  # 3 groups per axis of sizes 5/4/4 and 4/3/3
+    Case(1, 2, 7, 7, 7, 1, "fp16"),  # k = map: full attention with position-dependent bias
+    Case(1, 1, 12, 9, 4, 2, rpb=False),  # even kernel, no bias
+    Case(1, 1, 11, 13, 11, 1, head_dim=24, dim_v=40),  # k 11, non-power-of-two head dims
+    Case(1, 1, 15, 16, 5, 3, head_dim=32),
+]
+GPU_CASES = [
+    Case(8, 2, 56, 56, 7, 1, "bf16", 32),  # NAT-T level 0
+    Case(4, 2, 56, 56, 7, 8, "bf16", 32),  # DiNAT-T level 0, k*d = map
+    Case(8, 4, 28, 28, 7, 4, "fp16", 32),
+    Case(8, 8, 14, 14, 7, 2, "bf16", 32),
+    Case(8, 16, 7, 7, 7, 1, "bf16", 32),  # level 3: full attention
+    Case(2, 6, 96, 96, 11, 8, "bf16", 32),  # DiNAT-L 384 11x11 level 0
+    Case(1, 2, 200, 304, 7, 28, "bf16", 32),  # COCO 800x1216, dilation 28
+    Case(2, 4, 128, 128, 7, 1, "fp32", 32),
+    Case(2, 4, 45, 61, 13, 3, "bf16", 64),
+    Case(1, 2, 40, 33, 5, 2, "fp16", 128),
+    Case(2, 3, 30, 31, 7, 2, "bf16", 32, rpb=False),
+] + CPU_CASES
+CASES = GPU_CASES if ON_GPU else CPU_CASES
+
+
+def _rel_errors(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    ours, ref = ours.double(), ref.double()
+    l2 = ((ours - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    mx = ((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+    return l2, mx
+
+
+def _inputs(c: Case, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    dt = DTYPES[c.dtype]
+    q, k = (torch.randn(c.b, c.hh, c.ww, c.heads, c.head_dim, generator=g) for _ in range(2))
+    v = torch.randn(c.b, c.hh, c.ww, c.heads, c.dim_v or c.head_dim, generator=g)
+    rpb = torch.randn(c.heads, 2 * c.k - 1, 2 * c.k - 1, generator=g) if c.rpb else None
+    grad = torch.randn(c.b, c.hh, c.ww, c.heads, c.dim_v or c.head_dim, generator=g)
+    move = lambda t: None if t is None else t.to(DEVICE, dt)  # noqa: E731
+    return move(q), move(k), move(v), None if rpb is None else rpb.to(DEVICE), move(grad)
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setenv("VIZATTN_POISON_OUTPUTS", "1")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_forward_and_gradients_match_reference(case):
+    q, k, v, rpb, grad = _inputs(case)
+    scale = case.head_dim**-0.5
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)] + ([rpb.clone().requires_grad_()] if case.rpb else [])
+    out = na2d(*leaves[:3], case.k, case.d, leaves[3] if case.rpb else None, scale, backend="triton")
+    out.backward(grad)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    ref = na2d_reference(*ref_leaves[:3], case.k, case.d, ref_leaves[3] if case.rpb else None, scale)
+    ref.backward(grad.double())
+
+    assert out.dtype == v.dtype and out.shape == ref.shape
+    l2_tol, max_tol = TOL[q.dtype]
+    names = ["out", "dq", "dk", "dv", "drpb"][: 4 + case.rpb]
+    for name, ours, theirs in zip(names, [out] + [t.grad for t in leaves], [ref] + [t.grad for t in ref_leaves]):
+        assert torch.isfinite(ours).all(), f"{name}: unwritten (NaN) or non-finite elements"
+        l2, mx = _rel_errors(ours, theirs)
+        assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
+
+
+def test_lse_is_the_base2_logsumexp_of_the_scores():
+    c = CPU_CASES[0]
+    q, k, v, rpb, _ = _inputs(c, seed=1)
+    _, lse = kernels.na2d_fwd(q, k, v, rpb, c.k, c.d, 0.25)
+    # logsumexp of one query's k*k scores, from the reference with a one-hot value per key (v = identity rows)
+    from vizattn.kernels.na2d.reference import neighborhood_indices
+
+    rows, bh = neighborhood_indices(c.hh, c.k, c.d)
+    cols, bw = neighborhood_indices(c.ww, c.k, c.d)
+    i, j = 3, 16
+    keys = k[0, rows[i][:, None], cols[j][None, :], 0].double()  # (k, k, head_dim)
+    s = (q[0, i, j, 0].double() * 0.25 * keys).sum(-1) + rpb[0][bh[i][:, None], bw[j][None, :]].double()
+    expected = torch.logsumexp(s.flatten(), 0) / torch.log(torch.tensor(2.0, dtype=torch.float64))
+    torch.testing.assert_close(lse[0, i, j, 0].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_qkv_views_are_read_in_place():
+    """q, k, v as slices of one (B, H, W, 3, heads, D) projection output: strided, no copies needed."""
+    g = torch.Generator().manual_seed(2)
+    qkv = torch.randn(1, 10, 9, 3, 2, 16, generator=g).to(DEVICE)
+    rpb = torch.randn(2, 5, 5, generator=g).to(DEVICE)
+    q, k, v = qkv.unbind(3)
+    out = na2d(q, k, v, 3, 3, rpb, backend="triton")
+    torch.testing.assert_close(out, na2d_reference(q, k, v, 3, 3, rpb), rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_cases_are_explained():
+    q = torch.randn(1, 8, 8, 1, 4, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match=r"one dtype among float16, bfloat16, float32, got torch.float64"):
+        na2d(q, q, q, 3, backend="triton")
+    big = torch.randn(1, 3, 3, 1, 160, device=DEVICE)
+    with pytest.raises(ValueError, match=r"head_dim is at most 128, got q/k 160"):
+        na2d(big, big, big, 3, backend="triton")
+    # 'auto' falls back to the PyTorch backend for what the kernel does not take
+    assert na2d(q, q, q, 3).dtype == torch.float64
+
+
+def test_custom_op_registration():
+    """Schema, fake (meta) implementation and autograd registration, as torch.compile needs them."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 7, 8, 1, 16, generator=g).to(DEVICE) for _ in range(3))
+    rpb = torch.randn(1, 5, 5, generator=g).to(DEVICE)
+    torch.library.opcheck(
+        torch.ops.vizattn.na2d.default,
+        (q, k, v, rpb, 3, 2, 0.25),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+
+
+def test_torch_compile_has_no_graph_break():
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 7, 8, 1, 16, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
+    rpb = torch.randn(1, 5, 5, generator=g).to(DEVICE).requires_grad_()
+
+    def fn(q, k, v, rpb):
+        return na2d(q * 1.0, k, v, 3, 2, rpb, backend="triton").sum()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")
+    out = compiled(q, k, v, rpb)
+    out.backward()
+    grads = [t.grad.clone() for t in (q, k, v, rpb)]
+    for t in (q, k, v, rpb):
+        t.grad = None
+    fn(q, k, v, rpb).backward()
+    for ours, eager in zip(grads, [t.grad for t in (q, k, v, rpb)]):
+        torch.testing.assert_close(ours, eager, rtol=1e-5, atol=1e-5)
