@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
 
-test: install
+# The suite includes tests/mm, which needs the OpenMMLab stack (see the mm target below).
+test: install mm
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The README's main command: train a small BiFormer on the built-in Shapes set on the CPU (a few minutes), then print
@@ -29,7 +30,7 @@ zoo: install
 	$(PY) tools/zoo.py
 
 lint: install
-	$(PY) -m ruff check vizattn tools tests
+	$(PY) -m ruff check vizattn tools tests configs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
