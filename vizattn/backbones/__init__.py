@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import timm
 
-from vizattn.backbones import biformer, nat  # noqa: F401  (registers the models)
+from vizattn.backbones import biformer, cnn_attention, nat, van  # noqa: F401  (registers the models)
 
 __all__ = ["list_models", "FAMILIES"]
 
 # timm keys its registry by the defining module's last name component; ours never collide with timm's modules.
-FAMILIES = ("biformer", "nat")
+FAMILIES = ("biformer", "nat", "van", "cnn_attention")
 
 
 def list_models(filter: str = "", pretrained: bool = False) -> list[str]:
