@@ -229,3 +229,35 @@ def test_timm_pretrained_weights(tmp_path, monkeypatch):
         model = backbone(**kwargs)
         model.init_weights()
         assert all(torch.equal(v, want[k]) for k, v in model.body.model.state_dict().items())
+
+
+def test_van_family_has_no_extra_norms_and_freezes_by_official_names(tmp_path):
+    """VAN's dense outputs are its stage norms' outputs; frozen_stages follows its 1-based module names."""
+    kwargs = dict(model_name="van_b2", depths=(1, 1, 1, 1), norm_eps=1e-5)
+    model = backbone(**kwargs, frozen_stages=2).train()
+    assert model._out_norm_names == [None] * 4
+    frozen = tuple(f"body.model.{m}{i}." for i in (1, 2) for m in ("patch_embed", "block", "norm"))
+    for name, p in model.named_parameters():
+        assert p.requires_grad != name.startswith(frozen), name
+    x = torch.randn(1, 3, 70, 100)
+    model.eval()
+    with torch.no_grad():
+        outs = model(x)
+        raw = model.body.model.forward_intermediates(x, intermediates_only=True)
+    assert model.out_channels == (64, 128, 320, 512)
+    for out, feat in zip(outs, raw):
+        torch.testing.assert_close(out, feat)
+    assert model.body.model.norm1.eps == 1e-5
+
+    # An official classification checkpoint ({'state_dict': ...}, 1e-6 norms in the file's model) loads fully.
+    torch.manual_seed(0)
+    source = timm.create_model("van_b2", depths=(1, 1, 1, 1))
+    for p in source.parameters():
+        torch.nn.init.normal_(p)
+    ckpt = tmp_path / "van_b2.pth"
+    torch.save({"state_dict": source.state_dict()}, ckpt)
+    loaded = backbone(**kwargs, init_cfg=dict(type="Pretrained", checkpoint=str(ckpt)))
+    loaded.init_weights()
+    want = source.state_dict()
+    got = loaded.body.model.state_dict()
+    assert got and all(torch.equal(v, want[k]) for k, v in got.items())

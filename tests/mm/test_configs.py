@@ -33,6 +33,8 @@ OFFICIAL = {
     "mask-rcnn_dinat-t_fpn_1x_coco": ("dinat_tiny", DINAT_COCO, 0.2, "AdamW", 1e-4, 0.05),
     "upernet_nat-t_8xb2-160k_ade20k-512x512": ("nat_tiny", {}, 0.3, "AdamW", 6e-5, 0.01),
     "upernet_dinat-t_8xb2-160k_ade20k-512x512": ("dinat_tiny", DINAT_ADE, 0.3, "AdamW", 6e-5, 0.01),
+    "fpn_van-b2_8xb4-40k_ade20k-512x512": ("van_b2", dict(norm_eps=1e-5), 0.2, "AdamW", 2e-4, 1e-4),
+    "upernet_van-b2_8xb2-160k_ade20k-512x512": ("van_b2", dict(norm_eps=1e-5), 0.1, "AdamW", 6e-5, 0.01),
 }
 CONFIGS = DET_CONFIGS + SEG_CONFIGS
 
@@ -80,8 +82,9 @@ def test_train_step_and_inference(path):
         if isinstance(module, (torch.nn.LayerNorm, torch.nn.modules.batchnorm._BatchNorm)):
             assert all(decay[id(p)] == 0.0 for p in module.parameters()), name
     named = dict(model.backbone.named_parameters())
-    qkv = [n for n in named if n.endswith(("attn.qkv.weight", "attn.qkv.qkv.weight"))]
-    assert qkv and all(decay[id(named[n])] > 0 for n in qkv)
+    # Convolution and linear weights keep their decay (bias tables are not weights).
+    weights = [n for n, p in named.items() if p.dim() >= 2 and not n.endswith(".rpb")]
+    assert weights and all(decay[id(named[n])] > 0 for n in weights)
     assert all(decay[id(p)] == 0.0 for n, p in named.items() if n.endswith(".rpb"))  # bias tables: no decay
 
     # One real training step; the gradients are read just before the optimizer uses them.

@@ -41,7 +41,8 @@ class DenseFamily:
         out_norm_name: module name of output ``i``'s norm, with ``{i}`` for the stage index: ``'extra_norms.{i}'``
             keeps the official ``extra_norms.0.weight`` keys (a container), ``'norm{i}'`` gives ``norm0.weight``.
         stem: module names (of the timm model) that run before stage 0; ``frozen_stages >= 0`` freezes them.
-        stage: module names of stage ``i`` with ``{i}`` for the index, its downsampling included.
+        stage: module names of stage ``i`` with ``{i}`` for the index (``{i1}`` for ``i + 1``, for families whose
+            official modules count from 1), its downsampling included.
     """
 
     out_norm: str | None = None
@@ -70,6 +71,14 @@ DENSE_FAMILIES: dict[str, DenseFamily] = {
         out_norm_name="norm{i}",
         stem=("patch_embed",),
         stage=("levels.{i}",),
+    ),
+    # Official VAN-Segmentation `VAN`: the classification module tree (patch_embed{i+1}, block{i+1}, norm{i+1},
+    # counted from 1) and its outputs are the stage norms' outputs, so no extra output norm. Its norm{i} use
+    # LayerNorm's default eps 1e-5 (classification: 1e-6): the configs pass norm_eps=1e-5.
+    "van": DenseFamily(
+        out_norm=None,
+        stem=("patch_embed1",),
+        stage=("patch_embed{i1}", "block{i1}", "norm{i1}"),
     ),
 }
 
@@ -193,7 +202,7 @@ class VizAttnBackbone(BaseModule):
             names = [first_conv.split(".")[0]]
         for i in range(self.frozen_stages):
             if family.stage is not None:
-                names += [n.format(i=i) for n in family.stage]
+                names += [n.format(i=i, i1=i + 1) for n in family.stage]
             else:
                 names.append(model.feature_info[i]["module"])
         modules = [model.get_submodule(n) for n in dict.fromkeys(names) if n]
