@@ -8,27 +8,17 @@ Errors are measured against the reference computed in float64.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-# The interpreter must be chosen before a Triton kernel is defined; the kernel module is imported below, and the
-# vizattn ops import it only on first use.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-triton = pytest.importorskip("triton")
-
-from vizattn.kernels.na2d import na2d  # noqa: E402
-from vizattn.kernels.na2d import triton as kernels  # noqa: E402
-from vizattn.kernels.na2d.reference import na2d_reference  # noqa: E402
+from vizattn.kernels.na2d import na2d
+from vizattn.kernels.na2d import triton as kernels
+from vizattn.kernels.na2d.reference import na2d_reference
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Relative error bounds (L2 over the tensor, and max-abs over max |ref|) per input dtype.

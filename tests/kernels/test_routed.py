@@ -7,31 +7,21 @@ element a kernel never writes fails the comparison. Errors are measured against 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-# The interpreter must be chosen before a Triton kernel is defined; the kernel module is imported below, and the
-# vizattn ops import it only on first use.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-triton = pytest.importorskip("triton")
-
-from vizattn.kernels.routed import (  # noqa: E402
+from vizattn.kernels.routed import (
     bi_level_routing_attention,
     region_routing,
     routed_attention,
 )
-from vizattn.kernels.routed import triton as kernels  # noqa: E402
-from vizattn.kernels.routed.reference import routed_attention_reference  # noqa: E402
+from vizattn.kernels.routed import triton as kernels
+from vizattn.kernels.routed.reference import routed_attention_reference
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Relative error bounds (L2 over the tensor, and max-abs over max |ref|) per input dtype. 16-bit inputs round q, k,
@@ -186,8 +176,9 @@ def test_bi_level_routing_attention_matches_torch_backend():
     case = Case(2, 12, 12, 3, 4, 2, 16, 16)
     q, k, v, _ = _inputs(case)
     got = bi_level_routing_attention(q, k, v, case.n_win, case.topk, case.heads, backend="triton")
-    ref = bi_level_routing_attention(q.double(), k.double(), v.double(), case.n_win, case.topk, case.heads,
-                                     backend="torch")
+    ref = bi_level_routing_attention(
+        q.double(), k.double(), v.double(), case.n_win, case.topk, case.heads, backend="torch"
+    )
     _assert_close("out", got, ref, q.dtype)
 
 
@@ -245,8 +236,14 @@ def test_region_routing_feeds_the_kernel():
 
 @pytest.mark.parametrize(
     ("n_win", "hh", "ww", "topk", "expected"),
-    [(7, 56, 56, 1, "gather"), (7, 28, 28, 4, "gather"), (7, 14, 14, 16, "dense"), (16, 64, 64, 16, "gather"),
-     (3, 6, 6, 9, "dense"), (9, 9, 9, 2, "gather")],
+    [
+        (7, 56, 56, 1, "gather"),
+        (7, 28, 28, 4, "gather"),
+        (7, 14, 14, 16, "dense"),
+        (16, 64, 64, 16, "gather"),
+        (3, 6, 6, 9, "dense"),
+        (9, 9, 9, 2, "gather"),
+    ],
 )
 def test_mode_choice(n_win, hh, ww, topk, expected):
     assert kernels.choose_mode(n_win, hh // n_win, ww // n_win, topk) == expected

@@ -9,11 +9,12 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
-from timm.layers import resize_rel_pos_bias_table_simple
+from timm.layers import SelectAdaptivePool2d, resize_rel_pos_bias_table_simple
 from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
 __all__ = [
+    "ClassifierMixin",
     "unwrap_state_dict",
     "check_state_dict_keys",
     "load_official_checkpoint",
@@ -46,6 +47,33 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], keys: Iterable[str]) -> dic
             name = name.split(".", 1)[1]
         out[name] = value
     return out
+
+
+class ClassifierMixin:
+    """timm's classifier API for the vizattn model classes (nn.Module subclasses with ``in_chans``,
+    ``num_features``, a ``global_pool`` SelectAdaptivePool2d, a ``head`` and their own ``forward_features`` /
+    ``forward_head``)."""
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+        device = next(self.parameters()).device
+        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{type(self).__name__} expects an NCHW image batch with {self.in_chans} channels, got shape "
+                f"{tuple(x.shape)}."
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 def resize_rel_pos_bias_tables(

@@ -32,6 +32,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from vizattn.backbones._helpers import (
+    ClassifierMixin,
     check_state_dict_keys,
     keep_official_loader,
     load_official_checkpoint,
@@ -126,7 +127,7 @@ class BiFormerSTLStage(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-class _BiFormerBase(nn.Module):
+class _BiFormerBase(ClassifierMixin, nn.Module):
     """timm model API shared by both layouts; subclasses build ``downsample_layers``, ``stages`` and ``norm``."""
 
     downsample_layers: nn.ModuleList
@@ -178,24 +179,6 @@ class _BiFormerBase(nn.Module):
             if isinstance(stage, BiFormerSTLStage):
                 stage.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        device = self.norm.weight.device if hasattr(self.norm, "weight") else None
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"{type(self).__name__} expects an NCHW image batch with {self.in_chans} channels, got shape "
-                f"{tuple(x.shape)}."
-            )
-
     def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         # Channels-last memory makes every NCHW <-> NHWC permute in the blocks a free view and lets the depthwise
         # convs run their channels-last kernels; the values are those of the official NCHW model.
@@ -215,9 +198,6 @@ class _BiFormerBase(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(self.global_pool(x))
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
         self,

@@ -31,6 +31,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from vizattn.backbones._helpers import (
+    ClassifierMixin,
     check_state_dict_keys,
     keep_official_loader,
     load_official_checkpoint,
@@ -187,7 +188,7 @@ def _check_config(
             raise ValueError(f"NAT: dilations must be positive ints, got {bad[0]!r}.")
 
 
-class NAT(nn.Module):
+class NAT(ClassifierMixin, nn.Module):
     """NAT / DiNAT (official ``classification/nat.py``; ``DiNAT`` is this class with ``dilations``).
 
     Args:
@@ -311,24 +312,6 @@ class NAT(nn.Module):
         for level in self.levels:
             level.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        device = self.patch_embed.norm.weight.device
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"{type(self).__name__} expects an NCHW image batch with {self.in_chans} channels, got shape "
-                f"{tuple(x.shape)}."
-            )
-
     def _levels(self, x: torch.Tensor, n_run: int):
         """Yield each level's pre-downsample map (channels-last) for the first ``n_run`` levels."""
         x = self.pos_drop(self.patch_embed(x))
@@ -348,9 +331,6 @@ class NAT(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(self.global_pool(x))
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
         self,

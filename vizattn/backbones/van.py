@@ -30,6 +30,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from vizattn.backbones._helpers import (
+    ClassifierMixin,
     check_state_dict_keys,
     keep_official_loader,
     load_official_checkpoint,
@@ -125,7 +126,7 @@ def _layer_norm_nchw(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class VAN(nn.Module):
+class VAN(ClassifierMixin, nn.Module):
     """VAN (official ``models/van.py`` ``VAN``).
 
     Args:
@@ -232,24 +233,6 @@ class VAN(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        device = self.patch_embed1.proj.weight.device
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"{type(self).__name__} expects an NCHW image batch with {self.in_chans} channels, got shape "
-                f"{tuple(x.shape)}."
-            )
-
     def _stages(self, x: torch.Tensor, n_run: int) -> Iterator[torch.Tensor]:
         """Yield each stage's output (after its LayerNorm, NCHW) for the first ``n_run`` stages."""
         for i in range(n_run):
@@ -272,9 +255,6 @@ class VAN(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
         self,
