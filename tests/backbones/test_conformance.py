@@ -202,6 +202,7 @@ def test_official_layout_checkpoint_loads(name, container, tmp_path):
     torch.save(payload, path)
 
     loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    path.unlink()  # full-size files (up to 1.5 GB): do not let them pile up over a run
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, sd[k]), k
     x = torch.randn(1, 3, 224, 224)
