@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 __all__ = ["ConfigError", "TrainConfig", "REQUIRED", "add_config_arguments", "check_unknown_options",
-           "config_from_args", "load_config", "config_to_dict"]
+           "config_field", "config_from_args", "load_config", "config_to_dict"]
 
 REQUIRED = ("model", "data_dir")
 
@@ -26,11 +26,16 @@ class ConfigError(ValueError):
     """A mistake in the configuration, the data folder or the model name: the message says what and how to fix it."""
 
 
-def _f(default: Any, help: str, kind: str | None = None) -> Any:
+def config_field(default: Any, help: str, kind: str | None = None) -> Any:
+    """A dataclass field of a tool's config: its default, its --help text and the kind of value YAML must give
+    ('str', 'int', 'float', 'bool', 'list', 'dict'; a trailing '?' also allows null)."""
     kind = kind or type(default).__name__
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=dict(help=help, kind=kind))
     return field(default=default, metadata=dict(help=help, kind=kind))
+
+
+_f = config_field  # short name for the long table below
 
 
 @dataclass
@@ -123,12 +128,16 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _fields(schema: type) -> dict[str, dataclasses.Field]:
+    return _FIELDS if schema is TrainConfig else {f.name: f for f in dataclasses.fields(schema)}
 _KIND_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
                "list": "a list", "dict": "a mapping"}
 
 
-def _check_value(name: str, value: Any, where: str) -> Any:
-    kind = _FIELDS[name].metadata["kind"]
+def _check_value(name: str, value: Any, where: str, schema: type = TrainConfig) -> Any:
+    kind = _fields(schema)[name].metadata["kind"]
     base, optional = kind.rstrip("?"), kind.endswith("?")
     if value is None and optional:
         return None
@@ -155,14 +164,15 @@ def _check_value(name: str, value: Any, where: str) -> Any:
     return value
 
 
-def _unknown_key(key: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, list(_FIELDS), n=3, cutoff=0.6)
+def _unknown_key(key: str, where: str, schema: type = TrainConfig) -> ConfigError:
+    close = difflib.get_close_matches(key, list(_fields(schema)), n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return ConfigError(f"{where}: unknown key {key!r}.{hint} `python tools/train.py --help` lists every key.")
+    return ConfigError(f"{where}: unknown key {key!r}.{hint} The tool's --help lists every key.")
 
 
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a YAML config file; returns the keys it sets (no defaults filled in)."""
+def load_config(path: str | os.PathLike, schema: type = TrainConfig) -> dict[str, Any]:
+    """Read and check a YAML config file against ``schema`` (a dataclass whose fields carry ``help`` and ``kind``
+    metadata, like :class:`TrainConfig`); returns the keys it sets (no defaults filled in)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"--config {path}: no such file.")
@@ -177,19 +187,24 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path} must hold a mapping of keys to values, got {type(data).__name__}.")
     out = {}
     for key, value in data.items():
-        if key not in _FIELDS:
-            raise _unknown_key(str(key), path)
-        out[key] = _check_value(key, value, path)
+        if key not in _fields(schema):
+            raise _unknown_key(str(key), path, schema)
+        out[key] = _check_value(key, value, path, schema)
     return out
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config`` and one option per TrainConfig field, all defaulting to 'not given'."""
+_TRAIN_GROUPS = {"model": "model", "data_dir": "data", "opt": "optimisation", "model_ema": "weight averaging",
+                 "amp": "run"}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, schema: type = TrainConfig,
+                         groups: dict[str, str] | None = None) -> None:
+    """Add ``--config`` and one option per field of ``schema``, all defaulting to 'not given'. ``groups`` maps the
+    first field of each help section to the section's title."""
     parser.add_argument("--config", help="YAML file of settings; options given here override it")
-    groups = {"model": "model", "data_dir": "data", "opt": "optimisation", "model_ema": "weight averaging",
-              "amp": "run"}
+    groups = _TRAIN_GROUPS if groups is None else groups
     group = parser
-    for name, f in _FIELDS.items():
+    for name, f in _fields(schema).items():
         if name in groups:
             group = parser.add_argument_group(groups[name])
         kind = f.metadata["kind"].rstrip("?")
@@ -217,26 +232,27 @@ def check_unknown_options(parser: argparse.ArgumentParser, extra: list[str]) -> 
     raise ConfigError(f"unknown {what} {option}.{hint} --help lists every option.")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Merge defaults, the ``--config`` file and the command line; check types and required keys."""
+def config_from_args(args: argparse.Namespace, schema: type = TrainConfig, required: tuple[str, ...] = REQUIRED):
+    """Merge defaults, the ``--config`` file and the command line into a ``schema`` instance; check types and
+    required keys."""
     values: dict[str, Any] = {}
     config_path = getattr(args, "config", None)
     if config_path:
-        values.update(load_config(config_path))
-    for name in _FIELDS:
+        values.update(load_config(config_path, schema))
+    for name in _fields(schema):
         if name in vars(args):
-            values[name] = _check_value(name, getattr(args, name), "--" + name.replace("_", "-"))
-    for name in REQUIRED:
+            values[name] = _check_value(name, getattr(args, name), "--" + name.replace("_", "-"), schema)
+    for name in required:
         if values.get(name) in (None, ""):
             source = f"{config_path} has no `{name}:` key and" if config_path else "no --config was given and"
             raise ConfigError(
                 f"Missing required key {name!r}: {source} --{name.replace('_', '-')} is not on the command line."
             )
-    if values.get("experiment") is None and config_path:
+    if "experiment" in _fields(schema) and values.get("experiment") is None and config_path:
         values["experiment"] = os.path.splitext(os.path.basename(config_path))[0]
-    return TrainConfig(**values)
+    return schema(**values)
 
 
-def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain dict of every field (what args.yaml and checkpoints store)."""
     return dataclasses.asdict(cfg)
