@@ -15,6 +15,17 @@ each output written once, at 4.3 TB/s) and time/floor. Implementations:
 Every implementation sees q, k, v as channel slices of one projection output, as in the model. The Triton result is
 checked against the reference at each shape (relative L2 error) before it is timed.
 
+CLEAR (``--clear-shapes``; empty skips): circular local attention on DiT-XL/2 token grids (32x32, 64x64 and 128x128
+for 256, 512 and 1024 px; radius 8 and 16; 16 heads of 72; bf16; one shape adds the 4x4-pooled tokens), forward and
+forward+backward, same columns (floor: q, k, v, out and the extra tokens read or written once). Implementations
+(``--clear-impls``):
+
+- ``vizattn``: the Triton kernel (``clear_attention(..., backend='triton')``);
+- ``sdpa``: ``F.scaled_dot_product_attention`` over the whole map with the boolean ``(N, N + M)`` mask;
+- ``flex``: ``flex_attention`` (compiled) with a block mask of the same ``mask_mod``, as the official CLEAR code.
+
+The Triton result is checked against float32 SDPA with the mask (forward and gradients) before it is timed.
+
 Models (``--models a,b,...``; empty skips): inference img/s (no grad), training img/s (forward, backward, SGD step)
 and peak memory, batch 128 at 224 px under bf16 autocast. ``name@torch`` builds a vizattn model with
 ``kernel_backend='torch'``. ``--hires`` adds BiFormer-S forward+backward on one 1024x1024 image with ``n_win=16``.
@@ -47,6 +58,19 @@ ROUTED_SHAPES = [
     ("stage1", 64, 28, 28, 128, 4, 7, 4),
     ("stage2", 64, 14, 14, 256, 8, 7, 16),
 ]
+
+# (name, batch, H, W, radius, down_factor): DiT-XL/2 token grids (patch 2 on the 8x-downsampled VAE latent) at 256, 512
+# and 1024 px; down_factor d > 0 appends the (H/d)(W/d) pooled key/value tokens every query also sees.
+CLEAR_SHAPES = [
+    ("32x32-r8", 2, 32, 32, 8, 0),
+    ("32x32-r16", 2, 32, 32, 16, 0),
+    ("64x64-r8", 2, 64, 64, 8, 0),
+    ("64x64-r16", 2, 64, 64, 16, 0),
+    ("64x64-r8-d4", 2, 64, 64, 8, 4),
+    ("128x128-r8", 1, 128, 128, 8, 0),
+    ("128x128-r16", 1, 128, 128, 16, 0),
+]
+CLEAR_HEADS, CLEAR_HEAD_DIM = 16, 72  # DiT-XL/2
 
 
 def _bench(fn: Callable[[], object], warmup: int = 25, rep: int = 100) -> float:
@@ -239,6 +263,150 @@ def bench_routed(shapes, check: bool, impls: list[str]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# CLEAR circular local attention: the anchors
+
+
+def _to_seq(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, heads, D) -> (B, heads, H * W, D), a view."""
+    b, hh, ww, heads, d = x.shape
+    return x.reshape(b, hh * ww, heads, d).transpose(1, 2)
+
+
+def _with_extra(ks: torch.Tensor, vs: torch.Tensor, ek, ev):
+    if ek is None:
+        return ks, vs
+    return torch.cat([ks, ek.transpose(1, 2)], 2), torch.cat([vs, ev.transpose(1, 2)], 2)
+
+
+def make_clear_sdpa(hh: int, ww: int, radius: int, m: int, device: torch.device):
+    """Dense SDPA over the whole map (plus the extra tokens) with the boolean (N, N + M) mask of the definition."""
+    from vizattn.kernels.clear import circle_mask
+
+    n = hh * ww
+    mask = circle_mask(hh, ww, radius, device)
+    if m:
+        mask = torch.cat([mask, mask.new_ones(n, m)], 1)
+
+    def run(q, k, v, ek, ev, scale):
+        ks, vs = _with_extra(_to_seq(k), _to_seq(v), ek, ev)
+        out = F.scaled_dot_product_attention(_to_seq(q), ks, vs, attn_mask=mask, scale=scale)
+        return out.transpose(1, 2).reshape(q.shape)
+
+    return run
+
+
+def make_clear_flex(hh: int, ww: int, radius: int, m: int, device: torch.device):
+    """flex_attention (compiled) with the block mask of CLEAR's mask_mod, extra tokens after the map's keys."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    n = hh * ww
+    r2 = radius * radius
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        dy = q_idx // ww - kv_idx // ww
+        dx = q_idx % ww - kv_idx % ww
+        return (kv_idx >= n) | (dy * dy + dx * dx < r2)
+
+    block_mask = create_block_mask(mask_mod, None, None, n, n + m, device=device)
+    flex = torch.compile(flex_attention, dynamic=False)
+
+    def run(q, k, v, ek, ev, scale):
+        ks, vs = _with_extra(_to_seq(k), _to_seq(v), ek, ev)
+        out = flex(_to_seq(q), ks, vs, block_mask=block_mask, scale=scale)
+        return out.transpose(1, 2).reshape(q.shape)
+
+    return run
+
+
+def _clear_triton_fn(radius: int):
+    from vizattn.kernels.clear import clear_attention
+
+    def run(q, k, v, ek, ev, scale):
+        return clear_attention(q, k, v, radius, ek, ev, scale, backend="triton")
+
+    return run
+
+
+def _check_clear(fn, sdpa, q, k, v, ek, ev, scale, grad) -> dict:
+    """The Triton kernel against float32 SDPA with the boolean mask, forward and every gradient."""
+    inputs = [t for t in (q, k, v, ek, ev) if t is not None]
+    leaves = [t.detach().float().requires_grad_() for t in inputs]
+    ref = sdpa(*leaves, *([None, None] if ek is None else []), scale)
+    ref_grads = torch.autograd.grad(ref, leaves, grad.float())
+    out = fn(q, k, v, ek, ev, scale)
+    grads = torch.autograd.grad(out, inputs, grad)
+    err = ((out.float() - ref).norm() / ref.norm()).item()
+    gerr = max(((g.float() - r).norm() / r.norm()).item() for g, r in zip(grads, ref_grads))
+    finite = all(torch.isfinite(t).all().item() for t in (out, *grads))
+    return dict(check_out_rel_err=err, check_grad_rel_err=gerr, check_finite=finite)
+
+
+def _bench_clear_shape(name, b, hh, ww, radius, down, check: bool, impls: list[str]) -> list[dict]:
+    dev = torch.device("cuda")
+    heads, d = CLEAR_HEADS, CLEAR_HEAD_DIM
+    m = (hh // down) * (ww // down) if down else 0
+    torch.manual_seed(0)
+    qkv = torch.randn(b, hh, ww, 3, heads, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    q, k, v = qkv.unbind(3)  # views of one projection output, as in the model
+    ek, ev = (torch.randn(b, m, heads, d, device=dev, dtype=torch.bfloat16, requires_grad=True) if m else None
+              for _ in range(2))
+    leaves = (q, k, v) + ((ek, ev) if m else ())
+    scale = d**-0.5
+    grad = torch.randn(b, hh, ww, heads, d, device=dev, dtype=torch.bfloat16)
+    el = b * hh * ww * heads * d
+    ex = b * m * heads * d
+    fwd_bytes = (4 * el + 2 * ex) * 2  # read q, k, v and the extra K/V, write out (bf16)
+    fwdbwd_bytes = fwd_bytes + (8 * el + 4 * ex) * 2  # then read q, k, v, out, dout, extras; write their gradients
+    base = dict(shape=name, batch=b, map=f"{hh}x{ww}", radius=radius, extra_tokens=m, heads=heads, head_dim=d,
+                floor_fwd_ms=fwd_bytes / HBM_BYTES_PER_S * 1e3, floor_fwdbwd_ms=fwdbwd_bytes / HBM_BYTES_PER_S * 1e3)
+
+    candidates = {"vizattn": lambda: _clear_triton_fn(radius), "sdpa": lambda: make_clear_sdpa(hh, ww, radius, m, dev),
+                  "flex": lambda: make_clear_flex(hh, ww, radius, m, dev)}
+    if check:
+        try:
+            base.update(_check_clear(_clear_triton_fn(radius), make_clear_sdpa(hh, ww, radius, m, dev), q, k, v, ek,
+                                     ev, scale, grad))
+            print(f"[{name}] vizattn vs float32 SDPA with the mask: out rel err {base['check_out_rel_err']:.2e}, grads "
+                  f"max rel err {base['check_grad_rel_err']:.2e}, finite={base['check_finite']}")
+        except Exception as e:  # noqa: BLE001 - the check must not lose the timings
+            print(f"[{name}] check failed: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+        torch.cuda.empty_cache()
+
+    rows = []
+    for impl, make in candidates.items():
+        if impl not in impls:
+            continue
+        row = dict(base, impl=impl)
+        try:
+            fn = make()
+
+            def fwd(fn=fn):
+                with torch.no_grad():
+                    return fn(q, k, v, ek, ev, scale)
+
+            def fwdbwd(fn=fn):
+                return torch.autograd.grad(fn(q, k, v, ek, ev, scale), leaves, grad)
+
+            row["fwd_ms"] = _bench(fwd)
+            row["fwdbwd_ms"] = _bench(fwdbwd)
+            row["fwd_kernel_ms"] = _kernel_ms(fwd)
+            row["fwdbwd_kernel_ms"] = _kernel_ms(fwdbwd)
+        except Exception as e:  # noqa: BLE001 - report and go on: an anchor may not support a shape
+            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            print(f"[{name}] {impl} failed: {row['error']}", file=sys.stderr)
+        rows.append(row)
+        torch.cuda.empty_cache()
+    return rows
+
+
+def bench_clear(shapes, check: bool, impls: list[str]) -> list[dict]:
+    rows = []
+    for shape in shapes:
+        rows += _bench_clear_shape(*shape, check=check, impls=impls)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Whole models
 
 
@@ -355,6 +523,22 @@ def print_kernel_table(rows: list[dict]) -> None:
         )
 
 
+def print_clear_table(rows: list[dict]) -> None:
+    print(f"\nCLEAR attention ({CLEAR_HEADS} heads of {CLEAR_HEAD_DIM}, bf16, median ms of do_bench; floor = HBM "
+          "bytes / 4.3 TB/s; kern = summed GPU time of the launched kernels)")
+    print(f"{'shape':12} {'B':>2} {'impl':8} {'fwd':>8} {'floor':>7} {'x':>6} {'fwd+bwd':>8} {'floor':>7} {'x':>6} "
+          f"{'fb/f':>5} {'kern f':>7} {'kern fb':>7}")
+    for r in rows:
+        f, fb = r.get("fwd_ms"), r.get("fwdbwd_ms")
+        print(
+            f"{r['shape']:12} {r['batch']:2d} {r['impl']:8} {_fmt(f):>8} {_fmt(r['floor_fwd_ms']):>7} "
+            f"{_fmt(f and f / r['floor_fwd_ms'], '.1f'):>6} {_fmt(fb):>8} {_fmt(r['floor_fwdbwd_ms']):>7} "
+            f"{_fmt(fb and fb / r['floor_fwdbwd_ms'], '.1f'):>6} {_fmt(fb and f and fb / f, '.2f'):>5} "
+            f"{_fmt(r.get('fwd_kernel_ms')):>7} {_fmt(r.get('fwdbwd_kernel_ms')):>7}"
+            + (f"  {r['error']}" if "error" in r else "")
+        )
+
+
 def print_model_table(rows: list[dict], hires: list[dict]) -> None:
     if rows:
         print("\nmodels (bf16 autocast; train = forward + backward + SGD step)")
@@ -396,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--impls", default="vizattn,reference,gather+matmul,gather+sdpa,flex",
                    help="kernel implementations to time (comma-separated)")
     p.add_argument("--shapes", default=",".join(s[0] for s in ROUTED_SHAPES), help="routed-attention shapes")
+    p.add_argument("--clear-shapes", default=",".join(s[0] for s in CLEAR_SHAPES),
+                   help="CLEAR attention shapes (comma-separated; empty skips)")
+    p.add_argument("--clear-impls", default="vizattn,sdpa,flex", help="CLEAR implementations to time (comma-separated)")
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                    help="compare the Triton kernel with the reference before timing")
     p.add_argument("--models", default="", help="comma-separated timm names (after import vizattn); empty skips")
@@ -413,12 +600,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env = environment()
     print(" ".join(f"{k}={v}" for k, v in env.items() if k != "command"))
-    result: dict = dict(environment=env, kernels=[], models=[], hires=[])
+    result: dict = dict(environment=env, kernels=[], clear=[], models=[], hires=[])
 
     if args.kernels:
         names = args.shapes.split(",")
         shapes = [s for s in ROUTED_SHAPES if s[0] in names]
         result["kernels"] = bench_routed(shapes, args.check, args.impls.split(","))
+        names = args.clear_shapes.split(",")
+        shapes = [s for s in CLEAR_SHAPES if s[0] in names]
+        result["clear"] = bench_clear(shapes, args.check, args.clear_impls.split(","))
     for spec in filter(None, args.models.split(",")):
         try:
             row = bench_model(spec, args.batch, args.img_size, args.iters, args.compile)
@@ -435,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if result["kernels"]:
         print_kernel_table(result["kernels"])
+    if result["clear"]:
+        print_clear_table(result["clear"])
     print_model_table(result["models"], result["hires"])
     if args.out:
         with open(args.out, "w") as f:

@@ -1,0 +1,447 @@
+"""Triton kernels of 2-D tiled halo attention, forward and backward: neighborhood attention and CLEAR's circle.
+
+A program owns one query tile (``T_h x T_w`` queries laid out by the per-axis tables of
+:mod:`vizattn.kernels._halo2d.tiles`) of one image and one head. The keys its queries may see lie inside a
+``halo_h x halo_w`` block of keys; the program walks that halo in chunks of ``BLOCK_N`` keys and runs an online
+softmax in float32. The constexpr ``CIRCLE`` picks the per-pair mask:
+
+- ``CIRCLE=False`` (neighborhood attention): the pair's per-axis relative indices come from the tables (-1 outside a
+  query's window, which masks the key; dilation is in the tables) and index the relative position bias
+  ``rpb[head, b_h, b_w]`` when ``HAS_RPB``;
+- ``CIRCLE=True`` (CLEAR): key ``(i', j')`` is kept iff ``(i - i')^2 + (j - j')^2 < r^2``, from the row and column
+  offsets; the halos were shifted inward at the borders, so every halo key is a distinct real key and the tables'
+  relative indices are not read.
+
+With ``HAS_EXTRA`` the same online softmax then runs over ``M`` extra keys that every query sees (CLEAR's pooled or
+prefix tokens), a dense segment read from ``(B, M, heads, D)`` maps. Nothing of size ``N * window`` is ever written:
+the per-axis tables hold ``O(L * (T + span))`` integers.
+
+The maps are read in place through their strides (q, k, v are usually views of one packed ``qkv`` projection);
+logsumexp is kept per (image, row, column, head) in float32, base 2.
+
+Backward: one kernel, shaped like the forward, recomputes the probabilities from the logsumexp and
+``delta = rowsum(dO * O)``. It writes ``dq`` of its own queries once, and adds ``dk``, ``dv`` (halos of neighbouring
+tiles overlap), ``d(rpb)`` and the extra keys' gradients into float32 buffers with atomics, so those are not bitwise
+deterministic on a GPU (the order of float32 additions varies).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from vizattn.kernels._alloc import new_output
+from vizattn.kernels._halo2d.tiles import AxisTiles
+
+__all__ = ["DeviceTables", "device_tables", "halo_fwd", "halo_bwd"]
+
+_LOG2E = 1.4426950408889634
+_BLOCK_N = 64  # halo keys per inner step on a GPU
+_BLOCK_N_INTERPRET = 256  # under the interpreter each step costs Python overhead whatever its size
+
+
+class DeviceTables(NamedTuple):
+    """One axis's tables on the device as int32, and its geometry.
+
+    Attributes:
+        q_idx: (n, T) query index of each slot (padded slots repeat the last query).
+        store: (n, T) the same, or -1 for padded slots (their results are not written).
+        k_idx: (n, halo) key index of each halo slot.
+        rel_idx: (n, T, halo) relative index of (query slot, halo key), -1 outside the window along this axis.
+        n_tiles, tile, halo: n, T and the halo size.
+    """
+
+    q_idx: torch.Tensor
+    store: torch.Tensor
+    k_idx: torch.Tensor
+    rel_idx: torch.Tensor
+    n_tiles: int
+    tile: int
+    halo: int
+
+
+def device_tables(axis: AxisTiles, device: torch.device) -> DeviceTables:
+    """The kernels' view of one axis's :class:`AxisTiles` (callers cache it per shape and device)."""
+    n, slots = axis.q_idx.shape
+    real = torch.zeros(n, slots, dtype=torch.bool, device="cpu")
+    real[axis.tile_of, axis.slot_of] = True
+    store = torch.where(real, axis.q_idx, -1)
+    tabs = (x.to(device=device, dtype=torch.int32).contiguous() for x in (axis.q_idx, store, axis.k_idx, axis.rel_idx))
+    return DeviceTables(*tabs, n, slots, axis.k_idx.shape[1])
+
+
+@triton.jit
+def _dot(a, b, DOT_PRECISION: tl.constexpr):
+    if DOT_PRECISION == "upcast":
+        # Triton's interpreter multiplies bfloat16 tiles wrongly; their exact float32 products are the same math.
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _query_slots(QH, SH, QW, SW, th, tw, T_H: tl.constexpr, T_W: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Slot m of the tile: its row/column slot, global row/column, and whether it is a real (first-copy) query."""
+    # Index math in int64: no overflow for large maps, and the interpreter does not check int64 arithmetic.
+    m = tl.arange(0, BLOCK_M).to(tl.int64)
+    m_ok = m < T_H * T_W
+    a_h = tl.where(m_ok, m // T_W, 0)
+    a_w = tl.where(m_ok, m % T_W, 0)
+    row = tl.load(QH + th * T_H + a_h).to(tl.int64)
+    col = tl.load(QW + tw * T_W + a_w).to(tl.int64)
+    real = m_ok & (tl.load(SH + th * T_H + a_h) >= 0) & (tl.load(SW + tw * T_W + a_w) >= 0)
+    return a_h, a_w, row, col, m_ok, real
+
+
+@triton.jit
+def _halo_chunk(KH, KW, RH, RW, RPB, th, tw, a_h, a_w, row, col, m_ok, start, rpb_side, radius_sq,
+                T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+                BLOCK_N: tl.constexpr, HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr):
+    """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row/column, validity, the (query, key)
+    mask, the bias (zero without rpb) and the flat bias index."""
+    n = start + tl.arange(0, BLOCK_N).to(tl.int64)
+    n_ok = n < HALO_H * HALO_W
+    c_h = tl.where(n_ok, n // HALO_W, 0)
+    c_w = tl.where(n_ok, n % HALO_W, 0)
+    k_row = tl.load(KH + th * HALO_H + c_h).to(tl.int64)
+    k_col = tl.load(KW + tw * HALO_W + c_w).to(tl.int64)
+    if CIRCLE:
+        # int32 (cheaper than the int64 index math): squared offsets overflow only on maps over 46340 tokens a side
+        d_h = k_row.to(tl.int32)[None, :] - row.to(tl.int32)[:, None]
+        d_w = k_col.to(tl.int32)[None, :] - col.to(tl.int32)[:, None]
+        inside = (d_h * d_h + d_w * d_w < radius_sq) & m_ok[:, None] & n_ok[None, :]
+        b_flat = tl.zeros(inside.shape, dtype=tl.int64)
+    else:
+        b_h = tl.load(RH + (th * T_H + a_h)[:, None] * HALO_H + c_h[None, :]).to(tl.int64)
+        b_w = tl.load(RW + (tw * T_W + a_w)[:, None] * HALO_W + c_w[None, :]).to(tl.int64)
+        inside = (b_h >= 0) & (b_w >= 0) & m_ok[:, None] & n_ok[None, :]
+        b_flat = tl.where(inside, b_h * rpb_side + b_w, 0)
+    if HAS_RPB:
+        bias = tl.load(RPB + b_flat, mask=inside, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros(inside.shape, dtype=tl.float32)
+    return k_row, k_col, n_ok, inside, bias, b_flat
+
+
+@triton.jit
+def _softmax_step(q, k, v, bias, inside, m_i, l_i, acc, qk_scale, DOT_PRECISION: tl.constexpr):
+    """One online-softmax step over a chunk of keys (scores in base 2); returns the new max, sum and accumulator."""
+    s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale + bias * 1.4426950408889634
+    s = tl.where(inside, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet in this chunk
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _grad_step(q, k, v, do, lse, delta, bias, inside, qk_scale, DOT_PRECISION: tl.constexpr):
+    """Probabilities and score gradients of a chunk of keys, recomputed from the logsumexp."""
+    s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale + bias * 1.4426950408889634
+    p = tl.where(inside, tl.exp2(s - lse[:, None]), 0.0)
+    dp = _dot(do, tl.trans(v), DOT_PRECISION)
+    ds = tl.where(inside, p * (dp - delta[:, None]), 0.0)
+    return p, ds
+
+
+@triton.jit
+def _halo_fwd_kernel(
+    Q, K, V, EK, EV, OUT, LSE, RPB,
+    QH, SH, KH, RH, QW, SW, KW, RW,
+    s_qb, s_qh, s_qw, s_qn, s_qd,
+    s_kb, s_kh, s_kw, s_kn, s_kd,
+    s_vb, s_vh, s_vw, s_vn, s_vd,
+    s_eb, s_em, s_en, s_ed,
+    s_fb, s_fm, s_fn, s_fd,
+    s_ob, s_oh, s_ow, s_on, s_od,
+    s_lb, s_lh, s_lw, s_ln,
+    heads, n_tw, d_qk, d_v, n_extra, qk_scale, rpb_side, radius_sq,
+    T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    tile = tl.program_id(0).to(tl.int64)
+    bn = tl.program_id(1).to(tl.int64)
+    th = tile // n_tw
+    tw = tile % n_tw
+    b = bn // heads
+    head = bn % heads
+    a_h, a_w, row, col, m_ok, real = _query_slots(QH, SH, QW, SW, th, tw, T_H, T_W, BLOCK_M)
+    cq = tl.arange(0, BLOCK_DQK)
+    cv = tl.arange(0, BLOCK_DV)
+    cq_ok = (cq < d_qk)[None, :]
+    cv_ok = (cv < d_v)[None, :]
+    q_ptr = Q + b * s_qb + head * s_qn + row[:, None] * s_qh + col[:, None] * s_qw + cq[None, :] * s_qd
+    q = tl.load(q_ptr, mask=m_ok[:, None] & cq_ok, other=0.0)
+    k_base = K + b * s_kb + head * s_kn
+    v_base = V + b * s_vb + head * s_vn
+    rpb_base = RPB + head * rpb_side * rpb_side
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+    for start in range(0, HALO_H * HALO_W, BLOCK_N):
+        k_row, k_col, n_ok, inside, bias, _ = _halo_chunk(
+            KH, KW, RH, RW, rpb_base, th, tw, a_h, a_w, row, col, m_ok, start, rpb_side, radius_sq,
+            T_H, T_W, HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE,
+        )
+        k = tl.load(k_base + k_row[:, None] * s_kh + k_col[:, None] * s_kw + cq[None, :] * s_kd,
+                    mask=n_ok[:, None] & cq_ok, other=0.0)
+        v = tl.load(v_base + k_row[:, None] * s_vh + k_col[:, None] * s_vw + cv[None, :] * s_vd,
+                    mask=n_ok[:, None] & cv_ok, other=0.0)
+        m_i, l_i, acc = _softmax_step(q, k, v, bias, inside, m_i, l_i, acc, qk_scale, DOT_PRECISION)
+    if HAS_EXTRA:
+        ek_base = EK + b * s_eb + head * s_en
+        ev_base = EV + b * s_fb + head * s_fn
+        for start in range(0, n_extra, BLOCK_N):
+            e = start + tl.arange(0, BLOCK_N).to(tl.int64)
+            e_ok = e < n_extra
+            xk = tl.load(ek_base + e[:, None] * s_em + cq[None, :] * s_ed, mask=e_ok[:, None] & cq_ok, other=0.0)
+            xv = tl.load(ev_base + e[:, None] * s_fm + cv[None, :] * s_fd, mask=e_ok[:, None] & cv_ok, other=0.0)
+            m_i, l_i, acc = _softmax_step(q, xk, xv, 0.0, m_ok[:, None] & e_ok[None, :], m_i, l_i, acc, qk_scale,
+                                          DOT_PRECISION)
+    l_safe = tl.where(real, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    o_ptr = OUT + b * s_ob + head * s_on + row[:, None] * s_oh + col[:, None] * s_ow + cv[None, :] * s_od
+    tl.store(o_ptr, out.to(OUT.dtype.element_ty), mask=real[:, None] & cv_ok)
+    tl.store(LSE + b * s_lb + head * s_ln + row * s_lh + col * s_lw, m_i + tl.log2(l_safe), mask=real)
+
+
+@triton.jit
+def _halo_bwd_kernel(
+    Q, K, V, EK, EV, DO, LSE, DELTA, RPB, DQ, DK, DV, DEK, DEV, DRPB,
+    QH, SH, KH, RH, QW, SW, KW, RW,
+    s_qb, s_qh, s_qw, s_qn, s_qd,
+    s_kb, s_kh, s_kw, s_kn, s_kd,
+    s_vb, s_vh, s_vw, s_vn, s_vd,
+    s_eb, s_em, s_en, s_ed,
+    s_fb, s_fm, s_fn, s_fd,
+    s_gb, s_gh, s_gw, s_gn, s_gd,
+    s_lb, s_lh, s_lw, s_ln,
+    s_dqb, s_dqh, s_dqw, s_dqn, s_dqd,
+    s_dkb, s_dkh, s_dkw, s_dkn, s_dkd,
+    s_dvb, s_dvh, s_dvw, s_dvn, s_dvd,
+    s_deb, s_dem, s_den, s_ded,
+    s_dfb, s_dfm, s_dfn, s_dfd,
+    heads, n_tw, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
+    T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    tile = tl.program_id(0).to(tl.int64)
+    bn = tl.program_id(1).to(tl.int64)
+    th = tile // n_tw
+    tw = tile % n_tw
+    b = bn // heads
+    head = bn % heads
+    a_h, a_w, row, col, m_ok, real = _query_slots(QH, SH, QW, SW, th, tw, T_H, T_W, BLOCK_M)
+    cq = tl.arange(0, BLOCK_DQK)
+    cv = tl.arange(0, BLOCK_DV)
+    cq_ok = (cq < d_qk)[None, :]
+    cv_ok = (cv < d_v)[None, :]
+    q = tl.load(Q + b * s_qb + head * s_qn + row[:, None] * s_qh + col[:, None] * s_qw + cq[None, :] * s_qd,
+                mask=m_ok[:, None] & cq_ok, other=0.0)
+    do = tl.load(DO + b * s_gb + head * s_gn + row[:, None] * s_gh + col[:, None] * s_gw + cv[None, :] * s_gd,
+                 mask=real[:, None] & cv_ok, other=0.0)
+    stat = b * s_lb + head * s_ln + row * s_lh + col * s_lw
+    lse = tl.load(LSE + stat, mask=real, other=0.0)
+    delta = tl.load(DELTA + stat, mask=real, other=0.0)
+    k_base = K + b * s_kb + head * s_kn
+    v_base = V + b * s_vb + head * s_vn
+    dk_base = DK + b * s_dkb + head * s_dkn
+    dv_base = DV + b * s_dvb + head * s_dvn
+    rpb_base = RPB + head * rpb_side * rpb_side
+    drpb_base = DRPB + head * rpb_side * rpb_side
+
+    dq = tl.zeros((BLOCK_M, BLOCK_DQK), dtype=tl.float32)
+    for start in range(0, HALO_H * HALO_W, BLOCK_N):
+        k_row, k_col, n_ok, inside, bias, b_flat = _halo_chunk(
+            KH, KW, RH, RW, rpb_base, th, tw, a_h, a_w, row, col, m_ok, start, rpb_side, radius_sq,
+            T_H, T_W, HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE,
+        )
+        inside = inside & real[:, None]  # padded slots repeat a real query: they must not count twice
+        k = tl.load(k_base + k_row[:, None] * s_kh + k_col[:, None] * s_kw + cq[None, :] * s_kd,
+                    mask=n_ok[:, None] & cq_ok, other=0.0)
+        v = tl.load(v_base + k_row[:, None] * s_vh + k_col[:, None] * s_vw + cv[None, :] * s_vd,
+                    mask=n_ok[:, None] & cv_ok, other=0.0)
+        p, ds = _grad_step(q, k, v, do, lse, delta, bias, inside, qk_scale, DOT_PRECISION)
+        dq += _dot(ds.to(k.dtype), k, DOT_PRECISION)
+        dk = _dot(tl.trans(ds).to(q.dtype), q, DOT_PRECISION) * scale
+        dv = _dot(tl.trans(p).to(do.dtype), do, DOT_PRECISION)
+        tl.atomic_add(dk_base + k_row[:, None] * s_dkh + k_col[:, None] * s_dkw + cq[None, :] * s_dkd, dk,
+                      mask=n_ok[:, None] & cq_ok)
+        tl.atomic_add(dv_base + k_row[:, None] * s_dvh + k_col[:, None] * s_dvw + cv[None, :] * s_dvd, dv,
+                      mask=n_ok[:, None] & cv_ok)
+        if HAS_RPB:
+            tl.atomic_add(drpb_base + b_flat, ds, mask=inside)
+    if HAS_EXTRA:
+        ek_base = EK + b * s_eb + head * s_en
+        ev_base = EV + b * s_fb + head * s_fn
+        dek_base = DEK + b * s_deb + head * s_den
+        dev_base = DEV + b * s_dfb + head * s_dfn
+        for start in range(0, n_extra, BLOCK_N):
+            e = start + tl.arange(0, BLOCK_N).to(tl.int64)
+            e_ok = e < n_extra
+            xk = tl.load(ek_base + e[:, None] * s_em + cq[None, :] * s_ed, mask=e_ok[:, None] & cq_ok, other=0.0)
+            xv = tl.load(ev_base + e[:, None] * s_fm + cv[None, :] * s_fd, mask=e_ok[:, None] & cv_ok, other=0.0)
+            p, ds = _grad_step(q, xk, xv, do, lse, delta, 0.0, real[:, None] & e_ok[None, :], qk_scale, DOT_PRECISION)
+            dq += _dot(ds.to(xk.dtype), xk, DOT_PRECISION)
+            dxk = _dot(tl.trans(ds).to(q.dtype), q, DOT_PRECISION) * scale
+            dxv = _dot(tl.trans(p).to(do.dtype), do, DOT_PRECISION)
+            tl.atomic_add(dek_base + e[:, None] * s_dem + cq[None, :] * s_ded, dxk, mask=e_ok[:, None] & cq_ok)
+            tl.atomic_add(dev_base + e[:, None] * s_dfm + cv[None, :] * s_dfd, dxv, mask=e_ok[:, None] & cv_ok)
+    dq_ptr = DQ + b * s_dqb + head * s_dqn + row[:, None] * s_dqh + col[:, None] * s_dqw + cq[None, :] * s_dqd
+    tl.store(dq_ptr, (dq * scale).to(DQ.dtype.element_ty), mask=real[:, None] & cq_ok)
+
+
+def _head_block(d: int) -> int:
+    # head dims that are not powers of two (72, 40) are padded up to one and masked
+    return max(16, triton.next_power_of_2(d))
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs get true float32 products so they match the float32 reference; 16-bit inputs ignore it.
+    if dtype == torch.float32:
+        return "ieee"
+    if dtype == torch.bfloat16 and triton.knobs.runtime.interpret:
+        return "upcast"
+    return "tf32"
+
+
+def _launch_meta(
+    q: torch.Tensor, v: torch.Tensor, rows: DeviceTables, cols: DeviceTables, block_n: int | None, num_warps: int | None
+) -> dict:
+    # None keeps Triton's default number of warps (what the NA kernels were validated with).
+    warps = {} if num_warps is None else dict(num_warps=num_warps)
+    return dict(
+        T_H=rows.tile,
+        T_W=cols.tile,
+        HALO_H=rows.halo,
+        HALO_W=cols.halo,
+        BLOCK_M=max(16, triton.next_power_of_2(rows.tile * cols.tile)),
+        BLOCK_N=_BLOCK_N_INTERPRET if triton.knobs.runtime.interpret else block_n or _BLOCK_N,
+        BLOCK_DQK=_head_block(q.shape[-1]),
+        BLOCK_DV=_head_block(v.shape[-1]),
+        DOT_PRECISION=_dot_precision(q.dtype),
+        **warps,
+    )
+
+
+def _extras(q: torch.Tensor, extra_k: torch.Tensor | None, extra_v: torch.Tensor | None):
+    """(extra_k, extra_v, M) with placeholders (never read) when there are none."""
+    if extra_k is None or extra_k.shape[1] == 0:
+        return q, q, 0
+    return extra_k, extra_v, extra_k.shape[1]
+
+
+def _strides4(t: torch.Tensor, has: bool) -> tuple[int, ...]:
+    return tuple(t.stride()) if has else (0, 0, 0, 0)
+
+
+def halo_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rows: DeviceTables,
+    cols: DeviceTables,
+    scale: float,
+    *,
+    rpb: torch.Tensor | None = None,
+    circle_radius: int | None = None,
+    extra_k: torch.Tensor | None = None,
+    extra_v: torch.Tensor | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward launcher; arguments already validated by the op.
+
+    Args:
+        q, k: (B, H, W, heads, D); v: (B, H, W, heads, Dv); any strides, one dtype.
+        rows, cols: the tables of the two axes.
+        scale: multiplies the logits.
+        rpb: NA mode only: optional (heads, S, S) relative position bias indexed by the tables' relative indices.
+        circle_radius: r selects the circle mask; None the NA window of the tables.
+        extra_k, extra_v: optional (B, M, heads, D) and (B, M, heads, Dv) keys every query sees.
+        block_n, num_warps: launch configuration on a GPU; None keeps the defaults (64 keys per step, Triton's
+            default number of warps), which the NA kernels use.
+
+    Returns:
+        out (B, H, W, heads, Dv) contiguous in v's dtype, and lse (B, H, W, heads) float32, the base-2 logsumexp of
+        each query's scores (what the backward needs).
+    """
+    b, hh, ww, heads, _ = q.shape
+    out = new_output((b, hh, ww, heads, v.shape[-1]), v.dtype, v.device)
+    lse = new_output((b, hh, ww, heads), torch.float32, v.device)
+    has_rpb = rpb is not None
+    rpb_t = rpb.contiguous() if has_rpb else q.new_zeros(1)
+    ek, ev, n_extra = _extras(q, extra_k, extra_v)
+    _halo_fwd_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
+        q, k, v, ek, ev, out, lse, rpb_t, *rows[:4], *cols[:4],
+        *q.stride(), *k.stride(), *v.stride(), *_strides4(ek, n_extra > 0), *_strides4(ev, n_extra > 0),
+        *out.stride(), *lse.stride(),
+        heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, scale * _LOG2E,
+        rpb_t.shape[-1] if has_rpb else 1, (circle_radius or 0) ** 2,
+        HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0,
+        **_launch_meta(q, v, rows, cols, block_n, num_warps),
+    )
+    return out, lse
+
+
+def halo_bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    rows: DeviceTables,
+    cols: DeviceTables,
+    scale: float,
+    *,
+    rpb: torch.Tensor | None = None,
+    circle_radius: int | None = None,
+    extra_k: torch.Tensor | None = None,
+    extra_v: torch.Tensor | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Backward launcher, arguments as :func:`halo_fwd` plus the forward's ``out`` and ``lse``.
+
+    Returns:
+        (dq, dk, dv, d_rpb, d_extra_k, d_extra_v) in the dtypes of their inputs; each of the last three is None when
+        its input is None (the extras' gradients are empty tensors when M = 0).
+    """
+    delta = (grad_out.float() * out.float()).sum(-1)  # (B, H, W, heads), O(N)
+    dq = new_output(tuple(q.shape), q.dtype, q.device)
+    dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
+    dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+    has_rpb = rpb is not None
+    rpb_t = rpb.contiguous() if has_rpb else q.new_zeros(1)
+    drpb = torch.zeros(rpb.shape if has_rpb else (1,), dtype=torch.float32, device=q.device)
+    ek, ev, n_extra = _extras(q, extra_k, extra_v)
+    dek = torch.zeros(ek.shape if n_extra else (1, 1, 1, 1), dtype=torch.float32, device=q.device)
+    dev = torch.zeros(ev.shape if n_extra else (1, 1, 1, 1), dtype=torch.float32, device=q.device)
+    grad_out = grad_out.contiguous()
+    b, _, _, heads, _ = q.shape
+    _halo_bwd_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
+        q, k, v, ek, ev, grad_out, lse, delta, rpb_t, dq, dk, dv, dek, dev, drpb, *rows[:4], *cols[:4],
+        *q.stride(), *k.stride(), *v.stride(), *_strides4(ek, n_extra > 0), *_strides4(ev, n_extra > 0),
+        *grad_out.stride(), *lse.stride(), *dq.stride(), *dk.stride(), *dv.stride(),
+        *_strides4(dek, n_extra > 0), *_strides4(dev, n_extra > 0),
+        heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, scale * _LOG2E, scale,
+        rpb_t.shape[-1] if has_rpb else 1, (circle_radius or 0) ** 2,
+        HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0,
+        **_launch_meta(q, v, rows, cols, block_n, num_warps),
+    )
+    if extra_k is None:
+        d_extra = (None, None)
+    elif n_extra == 0:
+        d_extra = (torch.zeros_like(extra_k), torch.zeros_like(extra_v))
+    else:
+        d_extra = (dek.to(extra_k.dtype), dev.to(extra_v.dtype))
+    return dq, dk.to(k.dtype), dv.to(v.dtype), drpb.to(rpb.dtype) if has_rpb else None, *d_extra
