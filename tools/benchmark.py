@@ -1,9 +1,39 @@
 #!/usr/bin/env python3
-"""GPU benchmark of vizattn: kernels against their reference and the anchors a user has, and whole models.
+"""GPU benchmark of vizattn: kernels against their reference and the anchors a user has, whole models, DiT sampling.
 
-Kernels (``--kernels``): routed attention (BiFormer) at the three stage shapes of PERFORMANCE.md, forward and
-forward+backward, as median milliseconds of ``triton.testing.do_bench``, next to the HBM floor (each input read once,
-each output written once, at 4.3 TB/s) and time/floor. Implementations:
+Every kernel group times forward and forward+backward as median milliseconds of ``triton.testing.do_bench``, next to
+the HBM floor (each input read once, each output written once, at 4.3 TB/s), time/floor, fb/f (forward+backward over
+forward) and the summed GPU time of the launched kernels from the profiler (no launch gaps). Inputs are bf16. Before
+it is timed, the vizattn result is checked against the float32 definition (relative L2 error of the output and of
+the worst gradient; ``check_ok`` when both are below 2e-2 and everything is finite), and the targets of
+PERFORMANCE.md (``target_*_ok``; forward+backward within 4x forward everywhere) are evaluated on the vizattn rows.
+A failing row or group is recorded with its ``error`` and the run goes on; an empty shape list skips its group.
+
+Neighborhood attention (``--na-shapes``, ``--na-impls``): ``na2d`` with head_dim 32 and k 7 at NAT-T's four stage
+shapes (B64, with the bias table as in the model), the headline B64 h2 56x56 also without bias, DiNAT-T's dilated
+stages and B8 h4 128x128. Floor: q, k, v, out and the bias read or written once. Implementations:
+
+- ``vizattn``: the Triton kernels (``na2d(..., backend='triton')``);
+- ``torch``: the tiled PyTorch path (``backend='torch'``);
+- ``sdpa``: dense ``F.scaled_dot_product_attention`` with the boolean neighborhood mask (from
+  ``neighborhood_indices``); with a bias, an additive float mask gathered from the table on every call;
+- ``flex``: ``flex_attention`` (compiled) with a block mask of the neighborhood ``mask_mod`` and the bias as a
+  ``score_mod``.
+
+With a bias, forward+backward differentiates it too; an anchor that cannot falls back to q, k, v and says so
+(``fwdbwd_grads``).
+
+Depthwise convolution (``--dw-shapes``, ``--dw-impls``): VAN-B2's four stage shapes at batch 64 with LKA's 5x5, its
+7x7 dilation 3, and both in sequence (LKA's spatial part), forward and forward+backward (gradients of x, weights and
+biases). Floor: x read and out written once (also for the pair, the floor of a fused op). Implementations:
+
+- ``vizattn`` / ``vizattn-nhwc``: ``dwconv2d(..., backend='triton')``, one call per convolution, on an NCHW /
+  channels_last input (``out_layout`` says what came out; if the op refuses the layout, the error is recorded);
+- ``vizattn-fused`` / ``vizattn-fused-nhwc``: ``lka_spatial`` (5x5 then 7x7 d3 in one op), when
+  ``vizattn.kernels.dwconv`` has it, called as ``lka_spatial(x, w0, b0, w1, b1, backend='triton')``;
+- ``torch-nchw`` / ``torch-nhwc``: ``F.conv2d(groups=C)`` (cuDNN) on either layout.
+
+Routed attention (``--shapes``, ``--impls``): BiFormer-S's three stage shapes. Implementations:
 
 - ``vizattn``: the Triton kernel (``routed_attention(..., backend='triton')``);
 - ``reference``: ``routed_attention_reference`` (the float32 definition);
@@ -12,45 +42,70 @@ each output written once, at 4.3 TB/s) and time/floor. Implementations:
 - ``gather+sdpa``: the same gather, then ``F.scaled_dot_product_attention``;
 - ``flex``: ``flex_attention`` (compiled) over region-major token order with a block mask built from the routing.
 
-Every implementation sees q, k, v as channel slices of one projection output, as in the model. The Triton result is
-checked against the reference at each shape (relative L2 error) before it is timed.
+Every implementation sees q, k, v as channel slices of one projection output, as in the model.
 
-CLEAR (``--clear-shapes``; empty skips): circular local attention on DiT-XL/2 token grids (32x32, 64x64 and 128x128
-for 256, 512 and 1024 px; radius 8 and 16; 16 heads of 72; bf16; one shape adds the 4x4-pooled tokens), forward and
-forward+backward, same columns (floor: q, k, v, out and the extra tokens read or written once). Implementations
-(``--clear-impls``):
+CLEAR (``--clear-shapes``, ``--clear-impls``): circular local attention on DiT-XL/2 token grids (32x32, 64x64 and
+128x128 for 256, 512 and 1024 px; radius 8 and 16; batch 2; 16 heads of 72; one shape adds the 4x4-pooled tokens).
+Floor: q, k, v, out and the extra tokens read or written once. Implementations:
 
-- ``vizattn``: the Triton kernel (``clear_attention(..., backend='triton')``);
+- ``vizattn``: the Triton kernel (``clear_attention(..., backend='triton')``), checked against float32 SDPA;
 - ``sdpa``: ``F.scaled_dot_product_attention`` over the whole map with the boolean ``(N, N + M)`` mask;
 - ``flex``: ``flex_attention`` (compiled) with a block mask of the same ``mask_mod``, as the official CLEAR code.
 
-The Triton result is checked against float32 SDPA with the mask (forward and gradients) before it is timed.
+``--flex-shapes a,b`` keeps ``flex`` to those shapes of any group: each flex shape compiles a forward and a backward
+kernel, tens of seconds on a fresh machine.
+
+DiT sampling (``--dit``, ``--dit-sizes``, ``--dit-radius``): one classifier-free-guided sampling step
+(``DiT.forward_with_cfg`` on batch 2: the conditional and the null half) of DiT-XL/2 with random weights
+(``reinit_zero_layers_``, so it is not the zero map), bf16 autocast, no grad: the teacher (full attention through
+SDPA) and its CLEAR students (``build_student``, one per radius): ms per step (median of ``--dit-iters`` steps after
+``--dit-warmup``), speed-up over the teacher, and peak memory (the model's weights plus the step's peak).
 
 Models (``--models a,b,...``; empty skips): inference img/s (no grad), training img/s (forward, backward, SGD step)
 and peak memory, batch 128 at 224 px under bf16 autocast. ``name@torch`` builds a vizattn model with
 ``kernel_backend='torch'``. ``--hires`` adds BiFormer-S forward+backward on one 1024x1024 image with ``n_win=16``.
 
-Example (on the GPU machine, from the repository root):
+Output: ``--out x.json`` is rewritten after every group (a run cut short keeps what it measured) and the tables are
+printed and written to ``x.txt``. ``--budget-s`` skips (and records as skipped) every shape, model or DiT size that
+would start after that many seconds. The exit status is 1 when a vizattn check failed or raised.
 
-    PYTHONPATH=. python3 tools/benchmark.py --models biformer_t,biformer_s,swin_tiny_patch4_window7_224,convnext_tiny \\
-        --hires --out bench.json
+Smoke mode (``--smoke``): every group at tiny shapes with few iterations, to test the script. With ``--device cpu``
+it runs without a GPU: Triton under ``TRITON_INTERPRET=1``, flex uncompiled (forward only: it has no CPU backward),
+one wall-clock call instead of ``do_bench``, no profiler or memory figures.
+
+    python3 tools/benchmark.py --device cpu --smoke --models van_b0 --hires --hires-model biformer_t --dit
+
+Example, every open target in one GPU run of about 8 minutes (on the GPU machine, from the repository root):
+
+    PYTHONPATH=. python3 tools/benchmark.py \\
+        --models biformer_t,biformer_s,nat_tiny,dinat_tiny,van_b0,van_b2,swin_tiny_patch4_window7_224,convnext_tiny \\
+        --iters 10 --hires --dit --flex-shapes 56x56-h2,56x56-h2-rpb,14x14-h8 --budget-s 500 --out bench.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import importlib
+import inspect
+import io
 import json
 import math
+import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 HBM_BYTES_PER_S = 4.3e12
+CHECK_TOL = 2e-2  # relative L2 error of a bf16 kernel against the float32 definition (bf16 rounding alone: ~4e-3)
+FB_OVER_F_TARGET = 4.0  # every vizattn kernel: forward+backward within 4x its forward
 
 # (name, batch, H, W, channels, heads, n_win, topk): BiFormer-S stages 0-2 at 224 px, batch 64 (PERFORMANCE.md).
 ROUTED_SHAPES = [
@@ -67,20 +122,109 @@ CLEAR_SHAPES = [
     ("64x64-r8", 2, 64, 64, 8, 0),
     ("64x64-r16", 2, 64, 64, 16, 0),
     ("64x64-r8-d4", 2, 64, 64, 8, 4),
-    ("128x128-r8", 1, 128, 128, 8, 0),
-    ("128x128-r16", 1, 128, 128, 16, 0),
+    ("128x128-r8", 2, 128, 128, 8, 0),
+    ("128x128-r16", 2, 128, 128, 16, 0),
 ]
 CLEAR_HEADS, CLEAR_HEAD_DIM = 16, 72  # DiT-XL/2
 
+# (name, batch, H, W, heads, kernel_size, dilation, bias): NAT-T's stages at 224 px with their bias tables, the
+# issue's headline shape without one, DiNAT-T's dilated stages, and the 128x128 high-resolution case.
+NA_SHAPES = [
+    ("56x56-h2", 64, 56, 56, 2, 7, 1, False),
+    ("56x56-h2-rpb", 64, 56, 56, 2, 7, 1, True),
+    ("28x28-h4-rpb", 64, 28, 28, 4, 7, 1, True),
+    ("14x14-h8", 64, 14, 14, 8, 7, 1, False),
+    ("14x14-h8-rpb", 64, 14, 14, 8, 7, 1, True),
+    ("7x7-h16-rpb", 64, 7, 7, 16, 7, 1, True),
+    ("56x56-h2-d8-rpb", 64, 56, 56, 2, 7, 8, True),
+    ("28x28-h4-d4-rpb", 64, 28, 28, 4, 7, 4, True),
+    ("14x14-h8-d2-rpb", 64, 14, 14, 8, 7, 2, True),
+    ("128x128-h4", 8, 128, 128, 4, 7, 1, False),
+]
+NA_HEAD_DIM = 32  # NAT and DiNAT
 
-def _bench(fn: Callable[[], object], warmup: int = 25, rep: int = 100) -> float:
+LKA = ((5, 1), (7, 3))  # LKA's spatial part: depthwise 5x5, then depthwise 7x7 with dilation 3
+# (name, batch, channels, H, W, convs): depthwise convolutions applied in sequence, each (kernel, dilation), at the
+# four stages of VAN-B2 at 224 px (batch 64).
+DW_SHAPES = [
+    (f"{side}x{side}-c{c}-{tag}", 64, c, side, side, convs)
+    for side, c in ((56, 64), (28, 128), (14, 320), (7, 512))
+    for tag, convs in (("k5", LKA[:1]), ("k7d3", LKA[1:]), ("lka", LKA))
+]
+
+# PERFORMANCE.md: (group, shape) -> (forward, forward+backward) targets of the vizattn kernel in ms, None if unset.
+TARGETS = {
+    ("na2d", "56x56-h2"): (0.05, 0.20),
+    ("na2d", "14x14-h8"): (0.015, 0.08),
+    ("na2d", "128x128-h4"): (0.06, 0.25),
+    ("dwconv", "56x56-c64-k5"): (0.025, None),
+    ("dwconv", "56x56-c64-k7d3"): (0.025, None),
+    ("dwconv", "56x56-c64-lka"): (0.04, None),  # for the fused op
+    ("routed", "stage0"): (0.05, None),
+    ("routed", "stage2"): (0.02, None),
+    ("clear", "32x32-r8"): (0.03, None),
+    ("clear", "64x64-r8"): (0.06, None),
+    ("clear", "128x128-r8"): (0.30, None),
+    ("clear", "128x128-r16"): (0.60, None),
+}
+
+# --smoke: the smallest shapes that still take every code path (bias and none, dilation, extra tokens, the LKA pair).
+SMOKE_ROUTED = [("8x8-w2-top1", 1, 8, 8, 16, 2, 2, 1)]
+SMOKE_CLEAR = [("8x8-r2", 1, 8, 8, 2, 0), ("8x8-r2-d4", 1, 8, 8, 2, 4)]
+SMOKE_CLEAR_HEADS = (2, 16)
+SMOKE_NA = [("6x6-h2-k3-rpb", 1, 6, 6, 2, 3, 1, True), ("6x6-h2-k3-d2", 1, 6, 6, 2, 3, 2, False)]
+SMOKE_NA_HEAD_DIM = 8
+SMOKE_DW = [("8x8-c2-lka", 1, 2, 8, 8, LKA)]
+SMOKE_DIT = dict(model="dit_s_2", sizes=[64], radii=[2], overrides=dict(depth=2))
+
+
+class RunSettings:
+    """What main() decided for this run, read by the timing helpers."""
+
+    def __init__(self) -> None:
+        self.smoke = False
+        self.profile = True
+        self.deadline = math.inf  # time.perf_counter() after which nothing new starts (--budget-s)
+
+
+RUN = RunSettings()
+SKIPPED = "skipped: --budget-s spent"
+
+
+def _over_budget() -> bool:
+    return time.perf_counter() > RUN.deadline
+
+
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _free(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _bench(fn: Callable[[], object], dev: torch.device) -> float:
+    if dev.type != "cuda":
+        # CPU smoke run: one wall-clock call; the figure only shows that the path runs.
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
     import triton.testing
 
+    warmup, rep = (5, 20) if RUN.smoke else (25, 100)
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
 
 
-def _kernel_ms(fn: Callable[[], object], n: int = 20) -> float:
+def _kernel_ms(fn: Callable[[], object], dev: torch.device, n: int = 20) -> float | None:
     """GPU time of the kernels one call launches (summed from the profiler), i.e. without launch gaps."""
+    if dev.type != "cuda" or not RUN.profile:
+        return None
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -91,6 +235,119 @@ def _kernel_ms(fn: Callable[[], object], n: int = 20) -> float:
             fn()
         torch.cuda.synchronize()
     return sum(e.device_time for e in prof.events() if e.device_type == DeviceType.CUDA) / n / 1e3
+
+
+def _flex(dev: torch.device):
+    """flex_attention as a user runs it: compiled on the GPU. On the CPU (smoke runs) the unfused eager path, whose
+    forward refuses inputs that require grad and which has no backward there."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if dev.type == "cuda":
+        return torch.compile(flex_attention, dynamic=False)
+    warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+
+    def eager(q, k, v, **kwargs):
+        if not torch.is_grad_enabled():
+            q, k, v = q.detach(), k.detach(), v.detach()
+        return flex_attention(q, k, v, **kwargs)
+
+    return eager
+
+
+def _impls_at(shape: str, impls: list[str], flex_shapes: set[str] | None) -> list[str]:
+    return [i for i in impls if i != "flex" or flex_shapes is None or shape in flex_shapes]
+
+
+def _floors(fwd_bytes: float, fwdbwd_bytes: float) -> dict:
+    return dict(floor_fwd_ms=fwd_bytes / HBM_BYTES_PER_S * 1e3, floor_fwdbwd_ms=fwdbwd_bytes / HBM_BYTES_PER_S * 1e3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shared: checks, timing and targets of one row
+
+
+def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((a.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def _errors(out, ref, grads, ref_grads) -> dict:
+    err = _rel(out, ref)
+    gerr = max((_rel(g, r) for g, r in zip(grads, ref_grads)), default=0.0)
+    finite = all(torch.isfinite(t).all().item() for t in (out, *grads))
+    ok = finite and err < CHECK_TOL and gerr < CHECK_TOL
+    return dict(check_out_rel_err=err, check_grad_rel_err=gerr, check_finite=finite, check_ok=ok)
+
+
+def _compare(fn, ref_fn, inputs, grad) -> dict:
+    """``fn`` on ``inputs`` against ``ref_fn`` on float32 copies: output and every input's gradient."""
+    leaves = [t.detach().requires_grad_() for t in inputs]  # detach keeps the strides: views stay views
+    ref_leaves = [t.detach().float().requires_grad_() for t in inputs]
+    ref = ref_fn(*ref_leaves)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad.float())
+    out = fn(*leaves)
+    grads = torch.autograd.grad(out, leaves, grad)
+    return _errors(out, ref, grads, ref_grads)
+
+
+def _check_into(row: dict, label: str, run_check: Callable[[], dict], dev: torch.device) -> None:
+    try:
+        row.update(run_check())
+        print(f"[{label}] {row.get('impl', 'vizattn')} vs the float32 definition: out rel err "
+              f"{row['check_out_rel_err']:.2e}, grads max rel err {row['check_grad_rel_err']:.2e}, "
+              f"finite={row['check_finite']}, ok={row['check_ok']}")
+    except Exception as e:  # noqa: BLE001 - the check must not lose the timings
+        row["check_error"] = _err(e)
+        print(f"[{label}] {row.get('impl', 'vizattn')} check raised: {row['check_error']}", file=sys.stderr)
+    _free(dev)
+
+
+def _time_into(row: dict, label: str, fwd: Callable[[], object], fwdbwd: Callable[[], object],
+               dev: torch.device) -> None:
+    try:
+        row["fwd_ms"] = _bench(fwd, dev)
+        row["fwd_kernel_ms"] = _kernel_ms(fwd, dev)
+        row["fwdbwd_ms"] = _bench(fwdbwd, dev)
+        row["fwdbwd_kernel_ms"] = _kernel_ms(fwdbwd, dev)
+    except Exception as e:  # noqa: BLE001 - report and go on: an anchor may not support a shape
+        row["error"] = _err(e)
+        print(f"[{label}] {row['impl']} failed: {row['error']}", file=sys.stderr)
+    _free(dev)
+
+
+def _targets_into(row: dict, group: str) -> None:
+    if not row.get("impl", "").startswith("vizattn"):
+        return
+    for key, target in zip(("fwd", "fwdbwd"), TARGETS.get((group, row.get("shape")), (None, None))):
+        if target is None:
+            continue
+        row[f"target_{key}_ms"] = target
+        # Judged on the eager call (what a user timing the op sees) and on the launched kernels' GPU time (what it
+        # costs inside a model, where launches overlap other work).
+        for suffix, measured in (("", row.get(f"{key}_ms")), ("_kern", row.get(f"{key}_kernel_ms"))):
+            if measured is not None:
+                row[f"target_{key}{suffix}_ok"] = measured <= target
+    f, fb = row.get("fwd_ms"), row.get("fwdbwd_ms")
+    if f and fb is not None:
+        row["target_fb_over_f_ok"] = fb / f <= FB_OVER_F_TARGET
+
+
+def _run_shapes(group: str, shapes: list[tuple], bench_shape: Callable[..., list[dict]], dev: torch.device,
+                **kwargs) -> list[dict]:
+    """One shape after another; a shape that fails outside its rows (inputs, masks) is one error row."""
+    rows = []
+    for shape in shapes:
+        if _over_budget():
+            rows.append(dict(shape=shape[0], impl="-", error=SKIPPED))
+            continue
+        try:
+            rows += bench_shape(*shape, dev=dev, **kwargs)
+        except Exception as e:  # noqa: BLE001 - one shape must not lose the others' numbers
+            rows.append(dict(shape=shape[0], impl="-", error=_err(e)))
+            print(f"[{shape[0]}] failed: {rows[-1]['error']}", file=sys.stderr)
+        _free(dev)
+    for row in rows:
+        _targets_into(row, group)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -147,7 +404,7 @@ def gather_sdpa(q, k, v, r_idx, n_win, num_heads, scale):
 
 def make_flex(r_idx, n_win, h, w, num_heads):
     """flex_attention over region-major tokens; the block mask allows (query region, key region) pairs routed."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask
 
     n, p2, _ = r_idx.shape
     hw = h * w
@@ -158,7 +415,7 @@ def make_flex(r_idx, n_win, h, w, num_heads):
         return allowed[b, q_idx // hw, kv_idx // hw]
 
     block_mask = create_block_mask(mask_mod, n, None, p2 * hw, p2 * hw, device=r_idx.device)
-    flex = torch.compile(flex_attention, dynamic=False)
+    flex = _flex(r_idx.device)
 
     def run(q, k, v, r_idx_unused, n_win_, num_heads_, scale):
         def seq(t):
@@ -183,7 +440,7 @@ def _reference_fn(q, k, v, r_idx, n_win, heads, scale):
 
 
 def _official_autocast(q, k, v, r_idx, n_win, heads, scale):
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.autocast(q.device.type, dtype=torch.bfloat16):
         return official_gather_matmul(q, k, v, r_idx, n_win, heads, scale)
 
 
@@ -195,16 +452,13 @@ def _check_triton(q, k, v, r_idx, n_win, heads, scale, grad) -> dict:
     ref_grads = torch.autograd.grad(ref, leaves, grad.float())
     out = _triton_fn(q, k, v, r_idx, n_win, heads, scale)
     grads = torch.autograd.grad(out, (q, k, v), grad)
-    err = ((out.float() - ref).norm() / ref.norm()).item()
-    gerr = max(((g.float() - r).norm() / r.norm()).item() for g, r in zip(grads, ref_grads))
-    finite = all(torch.isfinite(t).all().item() for t in (out, *grads))
-    return dict(check_out_rel_err=err, check_grad_rel_err=gerr, check_finite=finite)
+    return _errors(out, ref, grads, ref_grads)
 
 
-def _bench_routed_shape(name, b, hh, ww, c, heads, n_win, topk, check: bool, impls: list[str]) -> list[dict]:
+def _bench_routed_shape(name, b, hh, ww, c, heads, n_win, topk, *, dev: torch.device, check: bool, impls: list[str],
+                        flex_shapes: set[str] | None) -> list[dict]:
     from vizattn.kernels.routed import region_routing
 
-    dev = torch.device("cuda")
     torch.manual_seed(0)
     qkv = torch.randn(b, hh, ww, 3 * c, device=dev, dtype=torch.bfloat16, requires_grad=True)
     q, k, v = qkv.split([c, c, c], dim=-1)
@@ -215,25 +469,25 @@ def _bench_routed_shape(name, b, hh, ww, c, heads, n_win, topk, check: bool, imp
     fwd_bytes = 4 * el * 2  # read q, k, v, write out (bf16)
     fwdbwd_bytes = fwd_bytes + 8 * el * 2  # then read q, k, v, out, dout, write dq, dk, dv
     base = dict(shape=name, batch=b, map=f"{hh}x{ww}", channels=c, heads=heads, n_win=n_win, topk=topk,
-                floor_fwd_ms=fwd_bytes / HBM_BYTES_PER_S * 1e3, floor_fwdbwd_ms=fwdbwd_bytes / HBM_BYTES_PER_S * 1e3)
+                **_floors(fwd_bytes, fwdbwd_bytes))
     if check:
-        base.update(_check_triton(q, k, v, r_idx, n_win, heads, scale, grad))
-        print(f"[{name}] vizattn vs float32 reference: out rel err {base['check_out_rel_err']:.2e}, grads max rel "
-              f"err {base['check_grad_rel_err']:.2e}, finite={base['check_finite']}")
+        _check_into(base, name, lambda: _check_triton(q, k, v, r_idx, n_win, heads, scale, grad), dev)
 
-    candidates = {"vizattn": _triton_fn, "reference": _reference_fn, "gather+matmul": _official_autocast,
-                  "gather+sdpa": gather_sdpa}
-    if "flex" in impls:
-        try:
-            candidates["flex"] = make_flex(r_idx, n_win, hh // n_win, ww // n_win, heads)
-        except Exception as e:  # noqa: BLE001 - report and go on: flex is an anchor, not ours
-            print(f"[{name}] flex_attention unavailable: {type(e).__name__}: {e}", file=sys.stderr)
-
+    candidates = {"vizattn": lambda: _triton_fn, "reference": lambda: _reference_fn,
+                  "gather+matmul": lambda: _official_autocast, "gather+sdpa": lambda: gather_sdpa,
+                  "flex": lambda: make_flex(r_idx, n_win, hh // n_win, ww // n_win, heads)}
     rows = []
-    for impl, fn in candidates.items():
-        if impl not in impls:
+    for impl in _impls_at(name, impls, flex_shapes):
+        if impl not in candidates:
             continue
         row = dict(base, impl=impl)
+        try:
+            fn = candidates[impl]()
+        except Exception as e:  # noqa: BLE001 - report and go on: flex is an anchor, not ours
+            row["error"] = _err(e)
+            print(f"[{name}] {impl} unavailable: {row['error']}", file=sys.stderr)
+            rows.append(row)
+            continue
 
         def fwd(fn=fn):
             with torch.no_grad():
@@ -242,24 +496,15 @@ def _bench_routed_shape(name, b, hh, ww, c, heads, n_win, topk, check: bool, imp
         def fwdbwd(fn=fn):
             return torch.autograd.grad(fn(q, k, v, r_idx, n_win, heads, scale), (q, k, v), grad)
 
-        try:
-            row["fwd_ms"] = _bench(fwd)
-            row["fwdbwd_ms"] = _bench(fwdbwd)
-            row["fwd_kernel_ms"] = _kernel_ms(fwd)
-            row["fwdbwd_kernel_ms"] = _kernel_ms(fwdbwd)
-        except Exception as e:  # noqa: BLE001
-            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-            print(f"[{name}] {impl} failed: {row['error']}", file=sys.stderr)
+        _time_into(row, name, fwd, fwdbwd, dev)
         rows.append(row)
-        torch.cuda.empty_cache()
     return rows
 
 
-def bench_routed(shapes, check: bool, impls: list[str]) -> list[dict]:
-    rows = []
-    for shape in shapes:
-        rows += _bench_routed_shape(*shape, check=check, impls=impls)
-    return rows
+def bench_routed(shapes, check: bool, impls: list[str], dev: torch.device | None = None,
+                 flex_shapes: set[str] | None = None) -> list[dict]:
+    dev = dev or torch.device("cuda")
+    return _run_shapes("routed", shapes, _bench_routed_shape, dev, check=check, impls=impls, flex_shapes=flex_shapes)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -297,7 +542,7 @@ def make_clear_sdpa(hh: int, ww: int, radius: int, m: int, device: torch.device)
 
 def make_clear_flex(hh: int, ww: int, radius: int, m: int, device: torch.device):
     """flex_attention (compiled) with the block mask of CLEAR's mask_mod, extra tokens after the map's keys."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask
 
     n = hh * ww
     r2 = radius * radius
@@ -308,7 +553,7 @@ def make_clear_flex(hh: int, ww: int, radius: int, m: int, device: torch.device)
         return (kv_idx >= n) | (dy * dy + dx * dx < r2)
 
     block_mask = create_block_mask(mask_mod, None, None, n, n + m, device=device)
-    flex = torch.compile(flex_attention, dynamic=False)
+    flex = _flex(device)
 
     def run(q, k, v, ek, ev, scale):
         ks, vs = _with_extra(_to_seq(k), _to_seq(v), ek, ev)
@@ -335,15 +580,12 @@ def _check_clear(fn, sdpa, q, k, v, ek, ev, scale, grad) -> dict:
     ref_grads = torch.autograd.grad(ref, leaves, grad.float())
     out = fn(q, k, v, ek, ev, scale)
     grads = torch.autograd.grad(out, inputs, grad)
-    err = ((out.float() - ref).norm() / ref.norm()).item()
-    gerr = max(((g.float() - r).norm() / r.norm()).item() for g, r in zip(grads, ref_grads))
-    finite = all(torch.isfinite(t).all().item() for t in (out, *grads))
-    return dict(check_out_rel_err=err, check_grad_rel_err=gerr, check_finite=finite)
+    return _errors(out, ref, grads, ref_grads)
 
 
-def _bench_clear_shape(name, b, hh, ww, radius, down, check: bool, impls: list[str]) -> list[dict]:
-    dev = torch.device("cuda")
-    heads, d = CLEAR_HEADS, CLEAR_HEAD_DIM
+def _bench_clear_shape(name, b, hh, ww, radius, down, *, dev: torch.device, check: bool, impls: list[str],
+                       flex_shapes: set[str] | None, heads: int, head_dim: int) -> list[dict]:
+    d = head_dim
     m = (hh // down) * (ww // down) if down else 0
     torch.manual_seed(0)
     qkv = torch.randn(b, hh, ww, 3, heads, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
@@ -358,51 +600,415 @@ def _bench_clear_shape(name, b, hh, ww, radius, down, check: bool, impls: list[s
     fwd_bytes = (4 * el + 2 * ex) * 2  # read q, k, v and the extra K/V, write out (bf16)
     fwdbwd_bytes = fwd_bytes + (8 * el + 4 * ex) * 2  # then read q, k, v, out, dout, extras; write their gradients
     base = dict(shape=name, batch=b, map=f"{hh}x{ww}", radius=radius, extra_tokens=m, heads=heads, head_dim=d,
-                floor_fwd_ms=fwd_bytes / HBM_BYTES_PER_S * 1e3, floor_fwdbwd_ms=fwdbwd_bytes / HBM_BYTES_PER_S * 1e3)
+                **_floors(fwd_bytes, fwdbwd_bytes))
 
     candidates = {"vizattn": lambda: _clear_triton_fn(radius), "sdpa": lambda: make_clear_sdpa(hh, ww, radius, m, dev),
                   "flex": lambda: make_clear_flex(hh, ww, radius, m, dev)}
     if check:
-        try:
-            base.update(_check_clear(_clear_triton_fn(radius), make_clear_sdpa(hh, ww, radius, m, dev), q, k, v, ek,
-                                     ev, scale, grad))
-            print(f"[{name}] vizattn vs float32 SDPA with the mask: out rel err {base['check_out_rel_err']:.2e}, grads "
-                  f"max rel err {base['check_grad_rel_err']:.2e}, finite={base['check_finite']}")
-        except Exception as e:  # noqa: BLE001 - the check must not lose the timings
-            print(f"[{name}] check failed: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
-        torch.cuda.empty_cache()
+        _check_into(base, name, lambda: _check_clear(_clear_triton_fn(radius), make_clear_sdpa(hh, ww, radius, m, dev),
+                                                     q, k, v, ek, ev, scale, grad), dev)
 
     rows = []
-    for impl, make in candidates.items():
-        if impl not in impls:
+    for impl in _impls_at(name, impls, flex_shapes):
+        if impl not in candidates:
             continue
         row = dict(base, impl=impl)
         try:
-            fn = make()
+            fn = candidates[impl]()
+        except Exception as e:  # noqa: BLE001
+            row["error"] = _err(e)
+            print(f"[{name}] {impl} unavailable: {row['error']}", file=sys.stderr)
+            rows.append(row)
+            continue
 
-            def fwd(fn=fn):
-                with torch.no_grad():
-                    return fn(q, k, v, ek, ev, scale)
+        def fwd(fn=fn):
+            with torch.no_grad():
+                return fn(q, k, v, ek, ev, scale)
 
-            def fwdbwd(fn=fn):
-                return torch.autograd.grad(fn(q, k, v, ek, ev, scale), leaves, grad)
+        def fwdbwd(fn=fn):
+            return torch.autograd.grad(fn(q, k, v, ek, ev, scale), leaves, grad)
 
-            row["fwd_ms"] = _bench(fwd)
-            row["fwdbwd_ms"] = _bench(fwdbwd)
-            row["fwd_kernel_ms"] = _kernel_ms(fwd)
-            row["fwdbwd_kernel_ms"] = _kernel_ms(fwdbwd)
-        except Exception as e:  # noqa: BLE001 - report and go on: an anchor may not support a shape
-            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-            print(f"[{name}] {impl} failed: {row['error']}", file=sys.stderr)
+        _time_into(row, name, fwd, fwdbwd, dev)
         rows.append(row)
-        torch.cuda.empty_cache()
     return rows
 
 
-def bench_clear(shapes, check: bool, impls: list[str]) -> list[dict]:
+def bench_clear(shapes, check: bool, impls: list[str], dev: torch.device | None = None,
+                flex_shapes: set[str] | None = None, heads: int = CLEAR_HEADS,
+                head_dim: int = CLEAR_HEAD_DIM) -> list[dict]:
+    dev = dev or torch.device("cuda")
+    return _run_shapes("clear", shapes, _bench_clear_shape, dev, check=check, impls=impls, flex_shapes=flex_shapes,
+                       heads=heads, head_dim=head_dim)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Neighborhood attention: the anchors
+
+
+def _na_tables(hh: int, ww: int, kernel_size: int, dilation: int, device: torch.device):
+    """Per axis: ``allowed`` (L, L) bool, whether position i sees key position j, and ``bias`` (L, L) int64, the
+    bias-table index of that pair (0 where not allowed). Returns (allowed_h, bias_h, allowed_w, bias_w)."""
+    from vizattn.kernels.na2d import neighborhood_indices
+
+    tables = []
+    for length in (hh, ww):
+        keys, bias = neighborhood_indices(length, kernel_size, dilation, device)
+        tables.append(torch.zeros(length, length, dtype=torch.bool, device=device).scatter_(1, keys, True))
+        tables.append(torch.zeros(length, length, dtype=torch.long, device=device).scatter_(1, keys, bias))
+    return tables
+
+
+def make_na_sdpa(hh: int, ww: int, kernel_size: int, dilation: int, device: torch.device):
+    """Dense SDPA over the whole map with the boolean (N, N) neighborhood mask; with a bias table, the additive
+    (heads, N, N) mask gathered from it on every call (the table is a parameter: it changes every step)."""
+    allowed_h, bias_h, allowed_w, bias_w = _na_tables(hh, ww, kernel_size, dilation, device)
+    n = hh * ww
+    allowed = (allowed_h[:, None, :, None] & allowed_w[None, :, None, :]).reshape(n, n)
+
+    def run(q, k, v, rpb, scale):
+        mask = allowed
+        if rpb is not None:
+            bias = rpb[:, bias_h[:, None, :, None], bias_w[None, :, None, :]].reshape(rpb.shape[0], n, n)
+            mask = bias.masked_fill(~allowed, float("-inf")).to(q.dtype)[None]
+        out = F.scaled_dot_product_attention(_to_seq(q), _to_seq(k), _to_seq(v), attn_mask=mask, scale=scale)
+        return out.transpose(1, 2).reshape(*q.shape[:4], v.shape[-1])
+
+    return run
+
+
+def make_na_flex(hh: int, ww: int, kernel_size: int, dilation: int, rpb: torch.Tensor | None, device: torch.device):
+    """flex_attention with the block mask of the neighborhood mask_mod and, with a bias table, a score_mod adding
+    the table entry of each pair (``rpb`` is captured: pass the tensor the calls will use)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    allowed_h, bias_h, allowed_w, bias_w = _na_tables(hh, ww, kernel_size, dilation, device)
+    n = hh * ww
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return allowed_h[q_idx // ww, kv_idx // ww] & allowed_w[q_idx % ww, kv_idx % ww]
+
+    score_mod = None
+    if rpb is not None:
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + rpb[h, bias_h[q_idx // ww, kv_idx // ww], bias_w[q_idx % ww, kv_idx % ww]]
+
+    block_mask = create_block_mask(mask_mod, None, None, n, n, device=device)
+    flex = _flex(device)
+
+    def run(q, k, v, rpb_captured, scale):
+        out = flex(_to_seq(q), _to_seq(k), _to_seq(v), score_mod=score_mod, block_mask=block_mask, scale=scale)
+        return out.transpose(1, 2).reshape(*q.shape[:4], v.shape[-1])
+
+    return run
+
+
+def _na_fn(kernel_size: int, dilation: int, backend: str):
+    from vizattn.kernels.na2d import na2d
+
+    def run(q, k, v, rpb, scale):
+        return na2d(q, k, v, kernel_size, dilation, rpb, scale, backend=backend)
+
+    return run
+
+
+def _bench_na_shape(name, b, hh, ww, heads, kernel_size, dilation, use_rpb, *, dev: torch.device, check: bool,
+                    impls: list[str], flex_shapes: set[str] | None, head_dim: int) -> list[dict]:
+    from vizattn.kernels.na2d.reference import na2d_reference
+
+    d, ks, dil = head_dim, kernel_size, dilation
+    torch.manual_seed(0)
+    qkv = torch.randn(b, hh, ww, 3, heads, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    q, k, v = qkv.unbind(3)  # views of one projection output, as in the model
+    # float32, as the model's parameter (the kernels read it in any float dtype)
+    rpb = torch.randn(heads, 2 * ks - 1, 2 * ks - 1, device=dev).requires_grad_() if use_rpb else None
+    leaves = (q, k, v) + ((rpb,) if use_rpb else ())
+    scale = d**-0.5
+    grad = torch.randn(b, hh, ww, heads, d, device=dev, dtype=torch.bfloat16)
+    el = b * hh * ww * heads * d
+    rpb_bytes = rpb.numel() * rpb.element_size() if use_rpb else 0
+    fwd_bytes = 4 * el * 2 + rpb_bytes  # read q, k, v (and the table), write out
+    fwdbwd_bytes = fwd_bytes + 8 * el * 2 + 2 * rpb_bytes  # then read q, k, v, out, dout, table; write dq, dk, dv, drpb
+    base = dict(shape=name, batch=b, map=f"{hh}x{ww}", heads=heads, head_dim=d, kernel_size=ks, dilation=dil,
+                rpb=use_rpb, fwdbwd_grads="q,k,v,rpb" if use_rpb else "q,k,v", **_floors(fwd_bytes, fwdbwd_bytes))
+
+    makers = {  # impl -> (bias table the calls use) -> fn(q, k, v, rpb, scale)
+        "vizattn": lambda r: _na_fn(ks, dil, "triton"),
+        "torch": lambda r: _na_fn(ks, dil, "torch"),
+        "sdpa": lambda r: make_na_sdpa(hh, ww, ks, dil, dev),
+        "flex": lambda r: make_na_flex(hh, ww, ks, dil, r, dev),
+    }
     rows = []
-    for shape in shapes:
-        rows += _bench_clear_shape(*shape, check=check, impls=impls)
+    for impl in _impls_at(name, impls, flex_shapes):
+        if impl not in makers:
+            continue
+        row = dict(base, impl=impl)
+        rows.append(row)
+        if check and impl == "vizattn":
+            nb = min(b, 2)  # the float32 reference copies every window: check on two images
+
+            def ours(q_, k_, v_, r_=None):
+                return _na_fn(ks, dil, "triton")(q_, k_, v_, r_, scale)
+
+            def definition(q_, k_, v_, r_=None):
+                return na2d_reference(q_, k_, v_, ks, dil, r_, scale)
+
+            def run_check(nb=nb, ours=ours, definition=definition):
+                inputs = [q[:nb], k[:nb], v[:nb]] + ([rpb] if use_rpb else [])
+                return _compare(ours, definition, inputs, grad[:nb])
+
+            _check_into(row, name, run_check, dev)
+        try:
+            fn = makers[impl](rpb)
+        except Exception as e:  # noqa: BLE001 - report and go on: an anchor may not build at a shape
+            row["error"] = _err(e)
+            print(f"[{name}] {impl} unavailable: {row['error']}", file=sys.stderr)
+            continue
+
+        def fwd(fn=fn):
+            with torch.no_grad():
+                return fn(q, k, v, rpb, scale)
+
+        def fwdbwd(fn=fn):
+            return torch.autograd.grad(fn(q, k, v, rpb, scale), leaves, grad)
+
+        _time_into(row, name, fwd, fwdbwd, dev)
+        if use_rpb and impl != "vizattn" and "fwd_ms" in row and "fwdbwd_ms" not in row:
+            # An anchor that cannot differentiate the bias table: time it with a constant table instead.
+            note = row.pop("error")
+            const = rpb.detach()
+            try:
+                fn = makers[impl](const)
+
+                def fwdbwd_const(fn=fn, const=const):
+                    return torch.autograd.grad(fn(q, k, v, const, scale), (q, k, v), grad)
+
+                row["fwdbwd_ms"] = _bench(fwdbwd_const, dev)
+                row["fwdbwd_grads"] = "q,k,v"
+                row["fwdbwd_note"] = f"the bias gradient failed: {note}"
+            except Exception as e:  # noqa: BLE001
+                row["error"] = f"{note}; with a constant bias: {_err(e)}"
+            _free(dev)
+    return rows
+
+
+def bench_na(shapes, check: bool, impls: list[str], dev: torch.device, flex_shapes: set[str] | None = None,
+             head_dim: int = NA_HEAD_DIM) -> list[dict]:
+    return _run_shapes("na2d", shapes, _bench_na_shape, dev, check=check, impls=impls, flex_shapes=flex_shapes,
+                       head_dim=head_dim)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Depthwise convolution (VAN's LKA): the anchors
+
+
+def _torch_dwconv(x, w, b, d):
+    return F.conv2d(x, w, b, padding=d * (w.shape[-1] - 1) // 2, dilation=d, groups=x.shape[1])
+
+
+def _vizattn_dwconv(x, w, b, d):
+    from vizattn.kernels.dwconv import dwconv2d
+
+    return dwconv2d(x, w, b, d, backend="triton")
+
+
+def _reference_dwconv(x, w, b, d):
+    from vizattn.kernels.dwconv.reference import dwconv2d_reference
+
+    return dwconv2d_reference(x, w, b, d)
+
+
+def _dw_chain(conv, dilations: list[int]):
+    """fn(x, w0, b0, w1, b1, ...): the convolutions one after another."""
+
+    def run(x, *params):
+        for i, d in enumerate(dilations):
+            x = conv(x, params[2 * i], params[2 * i + 1], d)
+        return x
+
+    return run
+
+
+def _lka_op():
+    """``vizattn.kernels.dwconv.lka_spatial`` and a description of its signature, or (None, why not)."""
+    module = importlib.import_module("vizattn.kernels.dwconv")
+    op = getattr(module, "lka_spatial", None)
+    if op is None:
+        return None, "vizattn.kernels.dwconv has no lka_spatial (the fused 5x5 + 7x7 d3 op)"
+    try:
+        return op, f"lka_spatial{inspect.signature(op)}"
+    except (TypeError, ValueError):
+        return op, "lka_spatial"
+
+
+def _lka_fused(x, w0, b0, w1, b1):
+    op, _ = _lka_op()
+    return op(x, w0, b0, w1, b1, backend="triton")
+
+
+def _bench_dw_shape(name, b, c, hh, ww, convs, *, dev: torch.device, check: bool, impls: list[str]) -> list[dict]:
+    bf16 = torch.bfloat16
+    torch.manual_seed(0)
+    x = torch.randn(b, c, hh, ww, device=dev, dtype=bf16)
+    x_nhwc = x.to(memory_format=torch.channels_last).requires_grad_()
+    x.requires_grad_()
+    params = []
+    for ks, _ in convs:
+        params.append((torch.randn(c, 1, ks, ks, device=dev) / ks).to(bf16).requires_grad_())
+        params.append((0.1 * torch.randn(c, device=dev)).to(bf16).requires_grad_())
+    dilations = [d for _, d in convs]
+    grad = torch.randn(b, c, hh, ww, device=dev, dtype=bf16)
+    grad_nhwc = grad.to(memory_format=torch.channels_last)
+    el = b * c * hh * ww
+    wbytes = sum(p.numel() for p in params) * 2
+    fwd_bytes = 2 * el * 2 + wbytes  # read x, write out (and the weights)
+    fwdbwd_bytes = fwd_bytes + 3 * el * 2 + 2 * wbytes  # then read dout and x, write dx (and the weight gradients)
+    kernels = "+".join(f"{k}x{k}" + (f"d{d}" if d > 1 else "") for k, d in convs)
+    base = dict(shape=name, batch=b, channels=c, map=f"{hh}x{ww}", kernels=kernels, **_floors(fwd_bytes, fwdbwd_bytes))
+
+    vizattn, anchor = _dw_chain(_vizattn_dwconv, dilations), _dw_chain(_torch_dwconv, dilations)
+    candidates = {"vizattn": (vizattn, False), "vizattn-nhwc": (vizattn, True)}  # impl -> (fn, channels_last input)
+    if tuple(convs) == LKA:
+        candidates.update({"vizattn-fused": (_lka_fused, False), "vizattn-fused-nhwc": (_lka_fused, True)})
+    candidates.update({"torch-nchw": (anchor, False), "torch-nhwc": (anchor, True)})
+    reference = _dw_chain(_reference_dwconv, dilations)
+
+    rows = []
+    for impl in impls:
+        if impl not in candidates:
+            continue
+        fn, nhwc = candidates[impl]
+        xi, gi = (x_nhwc, grad_nhwc) if nhwc else (x, grad)
+        leaves = (xi, *params)
+        row = dict(base, impl=impl, input_layout="nhwc" if nhwc else "nchw")
+        rows.append(row)
+        if fn is _lka_fused:
+            op, signature = _lka_op()
+            if op is None:
+                row["error"] = signature
+                continue
+            row["op"] = signature
+        if check and impl.startswith("vizattn"):
+            _check_into(row, name, lambda fn=fn, xi=xi, gi=gi: _compare(fn, reference, [xi, *params], gi), dev)
+
+        def fwd(fn=fn, xi=xi):
+            with torch.no_grad():
+                return fn(xi, *params)
+
+        def fwdbwd(fn=fn, xi=xi, leaves=leaves, gi=gi):
+            return torch.autograd.grad(fn(xi, *params), leaves, gi)
+
+        _time_into(row, name, fwd, fwdbwd, dev)
+        if "fwd_ms" in row:
+            out = fwd()
+            nhwc_out = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+            row["out_layout"] = "nhwc" if nhwc_out else "nchw"
+            del out
+    return rows
+
+
+def bench_dw(shapes, check: bool, impls: list[str], dev: torch.device) -> list[dict]:
+    return _run_shapes("dwconv", shapes, _bench_dw_shape, dev, check=check, impls=impls)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# DiT sampling step: full attention (teacher) against CLEAR (student)
+
+
+def _model_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def _time_step(step: Callable[[], object], model: torch.nn.Module, dev: torch.device, warmup: int,
+               iters: int) -> dict:
+    """Median and minimum ms of ``iters`` calls after ``warmup``, and peak memory: the model's weights plus the
+    largest allocation above what was allocated before the first timed call (other models on the device excluded)."""
+    for _ in range(warmup):
+        step()
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        step()
+        _sync(dev)
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    row = dict(ms=times[len(times) // 2], ms_min=times[0], iters=iters, warmup=warmup,
+               weights_gib=_model_bytes(model) / 2**30)
+    if dev.type == "cuda":
+        row["peak_gib"] = (torch.cuda.max_memory_allocated(dev) - before + _model_bytes(model)) / 2**30
+    return row
+
+
+def _bench_dit_size(model_name: str, size: int, radii: list[int], warmup: int, iters: int, dev: torch.device,
+                    overrides: dict) -> list[dict]:
+    from vizattn.diffusion import build_student, create_dit
+    from vizattn.diffusion.distill import reinit_zero_layers_
+
+    if size % 16:
+        raise ValueError(f"DiT image size {size} must be a multiple of 16 (8x VAE, patch 2).")
+    latent = size // 8
+    torch.manual_seed(0)
+    with torch.device(dev):  # built and initialised on the device: seconds instead of a minute for DiT-XL/2
+        teacher = create_dit(model_name, input_size=latent, **overrides)
+        reinit_zero_layers_(teacher)
+    teacher.requires_grad_(False).eval()
+    grid = latent // teacher.patch_size
+    x = torch.randn(2, teacher.in_channels, latent, latent, device=dev)
+    t = torch.full((2,), 500, device=dev, dtype=torch.long)
+    y = torch.tensor([207, teacher.num_classes], device=dev)  # one class label, then the null class
+    cfg_scale = 4.0
+
+    def step(model):
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+            return model.forward_with_cfg(x, t, y, cfg_scale)
+
+    base = dict(model=model_name, img_size=size, latent=latent, tokens=f"{grid}x{grid}", batch=2, cfg_scale=cfg_scale,
+                heads=teacher.num_heads, depth=len(teacher.blocks))
+    rows = [dict(base, impl="teacher (sdpa)")]
+    teacher_out = step(teacher).float()
+    rows[0]["check_finite"] = bool(torch.isfinite(teacher_out).all())
+    rows[0].update(_time_step(lambda: step(teacher), teacher, dev, warmup, iters))
+    print(f"[dit {size}px] teacher {rows[0]['ms']:.1f} ms/step", flush=True)
+    for radius in radii:
+        row = dict(base, impl=f"clear-r{radius}", radius=radius)
+        rows.append(row)
+        if _over_budget():
+            row["error"] = SKIPPED
+            continue
+        student = None
+        try:
+            student = build_student(teacher, radius).eval()
+            out = step(student).float()
+            row["check_finite"] = bool(torch.isfinite(out).all())
+            row["rel_diff_vs_teacher"] = _rel(out, teacher_out)
+            row.update(_time_step(lambda student=student: step(student), student, dev, warmup, iters))
+            row["speedup"] = rows[0]["ms"] / row["ms"]
+            print(f"[dit {size}px] CLEAR r{radius} {row['ms']:.1f} ms/step ({row['speedup']:.2f}x)", flush=True)
+        except Exception as e:  # noqa: BLE001 - the other radii and sizes still run
+            row["error"] = _err(e)
+            print(f"[dit {size}px] CLEAR r{radius} failed: {row['error']}", file=sys.stderr)
+        del student
+        _free(dev)
+    return rows
+
+
+def bench_dit(model_name: str, sizes: list[int], radii: list[int], warmup: int, iters: int, dev: torch.device,
+              overrides: dict | None = None) -> list[dict]:
+    rows = []
+    for size in sizes:
+        if _over_budget():
+            rows.append(dict(model=model_name, img_size=size, impl="-", error=SKIPPED))
+            continue
+        try:
+            rows += _bench_dit_size(model_name, size, radii, warmup, iters, dev, overrides or {})
+        except Exception as e:  # noqa: BLE001
+            rows.append(dict(model=model_name, img_size=size, impl="-", error=_err(e)))
+            print(f"[dit {size}px] failed: {rows[-1]['error']}", file=sys.stderr)
+        _free(dev)
     return rows
 
 
@@ -410,18 +1016,40 @@ def bench_clear(shapes, check: bool, impls: list[str]) -> list[dict]:
 # Whole models
 
 
-def _build_model(spec: str):
+def _build_model(spec: str, **kwargs):
     import timm
 
     import vizattn  # noqa: F401  (registers the vizattn models with timm)
 
     name, _, backend = spec.partition("@")
-    kwargs = dict(kernel_backend=backend) if backend else {}
+    if backend:
+        kwargs["kernel_backend"] = backend
     return timm.create_model(name, **kwargs)
 
 
-def bench_model(spec: str, batch: int, size: int, iters: int, compile_model: bool) -> dict:
-    dev = torch.device("cuda")
+def _timed(step: Callable[[], None], n: int, dev: torch.device) -> float:
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    _sync(dev)
+    return time.perf_counter() - t0
+
+
+def _reset_peak(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def _peak_gib(dev: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+
+
+def bench_model(spec: str, batch: int, size: int, iters: int, compile_model: bool,
+                dev: torch.device | None = None) -> dict:
+    dev = dev or torch.device("cuda")
+    warm = 1 if RUN.smoke else 3
     model = _build_model(spec).to(dev)
     params = sum(p.numel() for p in model.parameters())
     x = torch.randn(batch, 3, size, size, device=dev)
@@ -429,114 +1057,158 @@ def bench_model(spec: str, batch: int, size: int, iters: int, compile_model: boo
     runner = torch.compile(model) if compile_model else model
     row = dict(model=spec, params_m=params / 1e6, batch=batch, img_size=size, compiled=compile_model)
 
-    def timed(step, n):
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(n):
-            step()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3
-
     model.eval()
 
     def infer():
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
             runner(x)
 
-    torch.cuda.reset_peak_memory_stats()
-    timed(infer, 3)
-    secs = timed(infer, iters)
-    row["infer_img_s"] = batch * iters / secs
-    row["infer_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    _reset_peak(dev)
+    _timed(infer, warm, dev)
+    row["infer_img_s"] = batch * iters / _timed(infer, iters, dev)
+    row["infer_peak_gib"] = _peak_gib(dev)
 
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
     def train():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             loss = F.cross_entropy(runner(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    timed(train, 3)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    secs = timed(train, iters)
-    row["train_img_s"] = batch * iters / secs
-    row["train_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    _timed(train, warm, dev)
+    _reset_peak(dev)
+    row["train_img_s"] = batch * iters / _timed(train, iters, dev)
+    row["train_peak_gib"] = _peak_gib(dev)
     return row
 
 
-def bench_hires(spec: str, size: int, n_win: int) -> dict:
+def bench_models(specs: list[str], batch: int, size: int, iters: int, compile_model: bool,
+                 dev: torch.device) -> list[dict]:
+    rows = []
+    for spec in specs:
+        if _over_budget():
+            rows.append(dict(model=spec, error=SKIPPED))
+            continue
+        try:
+            row = bench_model(spec, batch, size, iters, compile_model, dev)
+        except Exception as e:  # noqa: BLE001 - one failing model must not lose the others' numbers
+            row = dict(model=spec, error=_err(e))
+        _free(dev)
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def bench_hires(spec: str, size: int, n_win: int, dev: torch.device | None = None) -> dict:
     """Forward + backward of one large image (dense-prediction regime: auto_pad, n_win regions per side)."""
-    import timm
-
-    import vizattn  # noqa: F401
-
-    name, _, backend = spec.partition("@")
-    kwargs = dict(kernel_backend=backend) if backend else {}
-    dev = torch.device("cuda")
-    model = timm.create_model(name, n_win=n_win, **kwargs).to(dev).train()
+    dev = dev or torch.device("cuda")
+    model = _build_model(spec, n_win=n_win).to(dev).train()
     x = torch.randn(1, 3, size, size, device=dev)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             out = model.forward_features(x)
         out.float().mean().backward()
         model.zero_grad(set_to_none=True)
 
     step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    step()
-    torch.cuda.synchronize()
-    row = dict(model=spec, img_size=size, n_win=n_win, batch=1, fwdbwd_s=time.perf_counter() - t0,
-               peak_gib=torch.cuda.max_memory_allocated() / 2**30)
-    return row
+    _reset_peak(dev)
+    secs = _timed(step, 1, dev)
+    return dict(model=spec, img_size=size, n_win=n_win, batch=1, fwdbwd_s=secs, peak_gib=_peak_gib(dev))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Tables
 
 
 def _fmt(x, spec=".3f"):
     return "-" if x is None else format(x, spec)
 
 
-def print_kernel_table(rows: list[dict]) -> None:
-    print("\nrouted attention (bf16, median ms of do_bench; floor = HBM bytes / 4.3 TB/s; kern = summed GPU time of "
-          "the launched kernels from the profiler, no launch gaps)")
-    head = f"{'shape':7} {'impl':14} {'fwd':>8} {'floor':>7} {'x':>6} {'fwd+bwd':>8} {'floor':>7} {'x':>6} " \
-           f"{'fb/f':>5} {'kern f':>7} {'kern fb':>7}"
-    print(head)
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def _notes(r: dict) -> str:
+    notes = []
+    if r.get("impl", "").startswith("vizattn"):
+        if "check_ok" in r:
+            notes.append(f"check {'ok' if r['check_ok'] else 'FAILED'} "
+                         f"{r['check_out_rel_err']:.0e}/{r['check_grad_rel_err']:.0e}")
+        if "check_error" in r:
+            notes.append("check raised")
+        for key, label in (("fwd", "f"), ("fwdbwd", "fb")):
+            if f"target_{key}_ok" in r:
+                kern = r.get(f"target_{key}_kern_ok")
+                kern = "" if kern is None else f" (kern {'ok' if kern else 'MISS'})"
+                notes.append(f"{label}<={r[f'target_{key}_ms']} {'ok' if r[f'target_{key}_ok'] else 'MISS'}{kern}")
+        if "target_fb_over_f_ok" in r:
+            notes.append(f"fb/f<={FB_OVER_F_TARGET:g} {'ok' if r['target_fb_over_f_ok'] else 'MISS'}")
+    if r.get("rpb") and r.get("fwdbwd_grads") == "q,k,v":
+        notes.append("no rpb grad")
+    if "out_layout" in r and r.get("input_layout") != r["out_layout"]:
+        notes.append(f"out {r['out_layout']}")
+    if "error" in r:
+        notes.append(r["error"][:160])
+    return ", ".join(notes)
+
+
+def _print_op_table(title: str, rows: list[dict], cols: list[tuple[str, str, int]]) -> None:
+    """cols: (header, row key, width) of the leading columns; then the impl, the times, floors and notes."""
+    print(f"\n{title}")
+    lead = " ".join(f"{h:{w}}" for h, _, w in cols)
+    print(f"{lead} {'impl':18} {'fwd':>8} {'floor':>7} {'x':>6} {'fwd+bwd':>8} {'floor':>7} {'x':>6} {'fb/f':>5} "
+          f"{'kern f':>7} {'kern fb':>7}  notes")
     for r in rows:
         f, fb = r.get("fwd_ms"), r.get("fwdbwd_ms")
-        print(
-            f"{r['shape']:7} {r['impl']:14} {_fmt(f):>8} {_fmt(r['floor_fwd_ms']):>7} "
-            f"{_fmt(f and f / r['floor_fwd_ms'], '.1f'):>6} {_fmt(fb):>8} {_fmt(r['floor_fwdbwd_ms']):>7} "
-            f"{_fmt(fb and fb / r['floor_fwdbwd_ms'], '.1f'):>6} {_fmt(fb and f and fb / f, '.2f'):>5} "
-            f"{_fmt(r.get('fwd_kernel_ms')):>7} {_fmt(r.get('fwdbwd_kernel_ms')):>7}"
-            + (f"  {r['error']}" if "error" in r else "")
-        )
+        ff, ffb = r.get("floor_fwd_ms"), r.get("floor_fwdbwd_ms")
+        lead = " ".join(f"{str(r.get(k, '-')):{w}}" for _, k, w in cols)
+        print(f"{lead} {r.get('impl', '-'):18} {_fmt(f):>8} {_fmt(ff):>7} {_fmt(_ratio(f, ff), '.1f'):>6} "
+              f"{_fmt(fb):>8} {_fmt(ffb):>7} {_fmt(_ratio(fb, ffb), '.1f'):>6} {_fmt(_ratio(fb, f), '.2f'):>5} "
+              f"{_fmt(r.get('fwd_kernel_ms')):>7} {_fmt(r.get('fwdbwd_kernel_ms')):>7}  {_notes(r)}")
+
+
+_TIMING = "bf16, median ms of do_bench; floor = HBM bytes / 4.3 TB/s; kern = summed GPU time of the launched kernels"
+
+
+def print_kernel_table(rows: list[dict]) -> None:
+    _print_op_table(f"routed attention ({_TIMING})", rows, [("shape", "shape", 11)])
 
 
 def print_clear_table(rows: list[dict]) -> None:
-    print(f"\nCLEAR attention ({CLEAR_HEADS} heads of {CLEAR_HEAD_DIM}, bf16, median ms of do_bench; floor = HBM "
-          "bytes / 4.3 TB/s; kern = summed GPU time of the launched kernels)")
-    print(f"{'shape':12} {'B':>2} {'impl':8} {'fwd':>8} {'floor':>7} {'x':>6} {'fwd+bwd':>8} {'floor':>7} {'x':>6} "
-          f"{'fb/f':>5} {'kern f':>7} {'kern fb':>7}")
+    _print_op_table(f"CLEAR attention ({_TIMING})", rows, [("shape", "shape", 12), ("B", "batch", 2),
+                                                           ("heads", "heads", 5), ("hd", "head_dim", 3)])
+
+
+def print_na_table(rows: list[dict]) -> None:
+    _print_op_table(f"neighborhood attention, k and head_dim in the shape table ({_TIMING})", rows,
+                    [("shape", "shape", 15), ("B", "batch", 3), ("hd", "head_dim", 3)])
+
+
+def print_dw_table(rows: list[dict]) -> None:
+    _print_op_table(f"depthwise convolution ({_TIMING})", rows, [("shape", "shape", 15), ("B", "batch", 3),
+                                                                 ("kernels", "kernels", 10)])
+
+
+def print_dit_table(rows: list[dict]) -> None:
+    print("\nDiT sampling step (forward_with_cfg on batch 2: conditional + null half; bf16 autocast, no grad; median "
+          "ms; peak = weights + the step's peak)")
+    print(f"{'model':9} {'img':>5} {'tokens':>8} {'impl':15} {'ms/step':>9} {'min':>9} {'speed-up':>8} {'peak GiB':>8} "
+          f"{'weights':>7}  notes")
     for r in rows:
-        f, fb = r.get("fwd_ms"), r.get("fwdbwd_ms")
-        print(
-            f"{r['shape']:12} {r['batch']:2d} {r['impl']:8} {_fmt(f):>8} {_fmt(r['floor_fwd_ms']):>7} "
-            f"{_fmt(f and f / r['floor_fwd_ms'], '.1f'):>6} {_fmt(fb):>8} {_fmt(r['floor_fwdbwd_ms']):>7} "
-            f"{_fmt(fb and fb / r['floor_fwdbwd_ms'], '.1f'):>6} {_fmt(fb and f and fb / f, '.2f'):>5} "
-            f"{_fmt(r.get('fwd_kernel_ms')):>7} {_fmt(r.get('fwdbwd_kernel_ms')):>7}"
-            + (f"  {r['error']}" if "error" in r else "")
-        )
+        notes = []
+        if "rel_diff_vs_teacher" in r:
+            notes.append(f"rel diff vs teacher {r['rel_diff_vs_teacher']:.2f}")
+        if r.get("check_finite") is False:
+            notes.append("NOT FINITE")
+        if "error" in r:
+            notes.append(r["error"][:160])
+        print(f"{r.get('model', '-'):9} {r.get('img_size', '-'):>5} {r.get('tokens', '-'):>8} {r.get('impl', '-'):15} "
+              f"{_fmt(r.get('ms'), '.2f'):>9} {_fmt(r.get('ms_min'), '.2f'):>9} {_fmt(r.get('speedup'), '.2f'):>8} "
+              f"{_fmt(r.get('peak_gib'), '.2f'):>8} {_fmt(r.get('weights_gib'), '.2f'):>7}  {', '.join(notes)}")
 
 
 def print_model_table(rows: list[dict], hires: list[dict]) -> None:
@@ -549,42 +1221,124 @@ def print_model_table(rows: list[dict], hires: list[dict]) -> None:
                 print(f"{r['model']:34} error: {r['error']}")
                 continue
             print(f"{r['model']:34} {r['params_m']:6.1f}M {r['batch']:5d} {r['infer_img_s']:11.0f} "
-                  f"{r['train_img_s']:11.0f} {r['train_peak_gib']:9.2f} {r['infer_peak_gib']:9.2f}")
+                  f"{r['train_img_s']:11.0f} {_fmt(r['train_peak_gib'], '.2f'):>9} "
+                  f"{_fmt(r['infer_peak_gib'], '.2f'):>9}")
     for r in hires:
         if "error" in r:
             print(f"hires {r['model']}: error: {r['error']}")
         else:
             print(f"hires {r['model']} {r['img_size']}x{r['img_size']} n_win {r['n_win']}: forward+backward "
-                  f"{r['fwdbwd_s']:.3f} s, peak {r['peak_gib']:.2f} GiB")
+                  f"{r['fwdbwd_s']:.3f} s, peak {_fmt(r['peak_gib'], '.2f')} GiB")
 
 
-def environment() -> dict:
+def print_tables(result: dict) -> None:
+    printers = [("na2d", print_na_table), ("dwconv", print_dw_table), ("routed", print_kernel_table),
+                ("clear", print_clear_table), ("dit", print_dit_table)]
+    for key, printer in printers:
+        if result.get(key):
+            printer(result[key])
+    print_model_table(result.get("models", []), result.get("hires", []))
+
+
+def check_summary(result: dict) -> tuple[int, list[str]]:
+    """Number of vizattn rows checked, and a line for each that failed or raised."""
+    n, bad = 0, []
+    for group in ("na2d", "dwconv", "routed", "clear"):
+        for r in result.get(group, []):
+            if not r.get("impl", "").startswith("vizattn") or not ("check_ok" in r or "check_error" in r):
+                continue
+            n += 1
+            if not r.get("check_ok"):
+                bad.append(f"{group} {r['shape']} {r['impl']}: " + (r.get("check_error") or
+                           f"out {r['check_out_rel_err']:.2e}, grads {r['check_grad_rel_err']:.2e}, "
+                           f"finite={r['check_finite']}"))
+    return n, bad
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def environment(dev: torch.device) -> dict:
     import timm
     import triton
 
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        gpu=torch.cuda.get_device_name(0),
+        gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"none (cpu: {platform.processor() or '?'})",
         torch=torch.__version__,
         cuda=torch.version.cuda,
         triton=triton.__version__,
         timm=timm.__version__,
         python=platform.python_version(),
+        smoke=RUN.smoke,
         command=" ".join(sys.argv),
     )
 
 
+def _write_json(path: str, result: dict) -> None:
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o)
+    os.replace(tmp, path)
+
+
+def _select(p: argparse.ArgumentParser, flag: str, arg: str | None, table: list[tuple]) -> list[tuple]:
+    """None: the whole table; otherwise the named shapes (empty: none). Unknown names stop the run before it starts."""
+    if arg is None:
+        return list(table)
+    names = [n for n in arg.split(",") if n]
+    known = [s[0] for s in table]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        p.error(f"{flag}: unknown shape(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+    return [s for s in table if s[0] in names]
+
+
+def _ints(p: argparse.ArgumentParser, flag: str, arg: str) -> list[int]:
+    try:
+        return [int(s) for s in arg.split(",") if s]
+    except ValueError:
+        p.error(f"{flag} takes comma-separated integers, got {arg!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=True, help="time the kernels")
-    p.add_argument("--impls", default="vizattn,reference,gather+matmul,gather+sdpa,flex",
-                   help="kernel implementations to time (comma-separated)")
-    p.add_argument("--shapes", default=",".join(s[0] for s in ROUTED_SHAPES), help="routed-attention shapes")
-    p.add_argument("--clear-shapes", default=",".join(s[0] for s in CLEAR_SHAPES),
-                   help="CLEAR attention shapes (comma-separated; empty skips)")
-    p.add_argument("--clear-impls", default="vizattn,sdpa,flex", help="CLEAR implementations to time (comma-separated)")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                   help="cuda; cpu only with --smoke (a test of the script)")
+    p.add_argument("--smoke", action="store_true",
+                   help="every group at tiny shapes, few iterations, small models (tests the script, no numbers)")
+    p.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the kernel groups (neighborhood, depthwise, routed, CLEAR)")
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
-                   help="compare the Triton kernel with the reference before timing")
+                   help="compare each vizattn kernel with its float32 definition before timing")
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                   help="also sum the launched kernels' GPU time with the profiler (the kern columns)")
+    p.add_argument("--flex-shapes", default=None,
+                   help="time flex_attention only at these shapes of any group (comma-separated; default: every "
+                        "shape; empty: none)")
+    p.add_argument("--na-shapes", default=None, help="neighborhood-attention shapes (comma-separated; empty skips): "
+                   + ",".join(s[0] for s in NA_SHAPES))
+    p.add_argument("--na-impls", default="vizattn,torch,sdpa,flex", help="neighborhood-attention implementations")
+    p.add_argument("--dw-shapes", default=None, help="depthwise-convolution shapes (comma-separated; empty skips): "
+                   + ",".join(s[0] for s in DW_SHAPES))
+    p.add_argument("--dw-impls", default="vizattn,vizattn-nhwc,vizattn-fused,vizattn-fused-nhwc,torch-nchw,torch-nhwc",
+                   help="depthwise-convolution implementations")
+    p.add_argument("--shapes", default=None, help="routed-attention shapes (comma-separated; empty skips): "
+                   + ",".join(s[0] for s in ROUTED_SHAPES))
+    p.add_argument("--impls", default="vizattn,reference,gather+matmul,gather+sdpa,flex",
+                   help="routed-attention implementations to time (comma-separated)")
+    p.add_argument("--clear-shapes", default=None, help="CLEAR attention shapes (comma-separated; empty skips): "
+                   + ",".join(s[0] for s in CLEAR_SHAPES))
+    p.add_argument("--clear-impls", default="vizattn,sdpa,flex", help="CLEAR implementations to time (comma-separated)")
+    p.add_argument("--dit", action="store_true", help="time a DiT sampling step, teacher against CLEAR students")
+    p.add_argument("--dit-model", default=None, help="create_dit name (default dit_xl_2; dit_s_2 in smoke mode)")
+    p.add_argument("--dit-sizes", default=None, help="image sizes in px (default 1024,2048; empty skips)")
+    p.add_argument("--dit-radius", default=None, help="CLEAR radii of the students (default 8,16)")
+    p.add_argument("--dit-warmup", type=int, default=1, help="untimed steps per model and size")
+    p.add_argument("--dit-iters", type=int, default=3, help="timed steps per model and size (median)")
     p.add_argument("--models", default="", help="comma-separated timm names (after import vizattn); empty skips")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--img-size", type=int, default=224)
@@ -592,47 +1346,105 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
     p.add_argument("--hires", action="store_true", help="BiFormer-S forward+backward on one 1024x1024 image")
     p.add_argument("--hires-model", default="biformer_s")
-    p.add_argument("--out", default="", help="write the results as JSON here")
+    p.add_argument("--hires-size", type=int, default=1024)
+    p.add_argument("--hires-n-win", type=int, default=16)
+    p.add_argument("--budget-s", type=float, default=0,
+                   help="skip (and record as skipped) whatever would start after this many seconds; 0: no limit")
+    p.add_argument("--out", default="", help="write the results as JSON here (after every group) and the tables next "
+                   "to it (.txt)")
     args = p.parse_args(argv)
 
-    if not torch.cuda.is_available():
-        print("tools/benchmark.py needs a CUDA GPU.", file=sys.stderr)
+    smoke = args.smoke
+    routed = _select(p, "--shapes", args.shapes, SMOKE_ROUTED if smoke else ROUTED_SHAPES)
+    clear = _select(p, "--clear-shapes", args.clear_shapes, SMOKE_CLEAR if smoke else CLEAR_SHAPES)
+    na = _select(p, "--na-shapes", args.na_shapes, SMOKE_NA if smoke else NA_SHAPES)
+    dw = _select(p, "--dw-shapes", args.dw_shapes, SMOKE_DW if smoke else DW_SHAPES)
+    flex_shapes = None if args.flex_shapes is None else {n for n in args.flex_shapes.split(",") if n}
+    dit_model = args.dit_model or (SMOKE_DIT["model"] if smoke else "dit_xl_2")
+    dit_overrides = SMOKE_DIT["overrides"] if smoke and args.dit_model is None else {}
+    dit_sizes = _ints(p, "--dit-sizes", args.dit_sizes) if args.dit_sizes is not None else (
+        SMOKE_DIT["sizes"] if smoke else [1024, 2048])
+    dit_radii = _ints(p, "--dit-radius", args.dit_radius) if args.dit_radius is not None else (
+        SMOKE_DIT["radii"] if smoke else [8, 16])
+    if smoke:  # caps, so that a smoke run stays seconds long whatever else the command line says
+        args.batch, args.img_size, args.iters = min(args.batch, 2), min(args.img_size, 64), min(args.iters, 1)
+        args.hires_size, args.hires_n_win = min(args.hires_size, 64), min(args.hires_n_win, 4)
+        args.dit_warmup, args.dit_iters = min(args.dit_warmup, 1), min(args.dit_iters, 1)
+
+    dev = torch.device(args.device)
+    if (dev.type == "cuda" and not torch.cuda.is_available()) or (dev.type == "cpu" and not smoke):
+        print("tools/benchmark.py needs a CUDA GPU (without one, --device cpu --smoke tests the script).",
+              file=sys.stderr)
         return 2
-    env = environment()
-    print(" ".join(f"{k}={v}" for k, v in env.items() if k != "command"))
-    result: dict = dict(environment=env, kernels=[], clear=[], models=[], hires=[])
+    if dev.type == "cpu":
+        # Triton reads this when a kernel module is first imported (vizattn imports them on first use).
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    else:
+        # Every flex shape (and grad mode) is a new compilation of flex_attention: beyond the default limit of 8,
+        # dynamo would silently fall back to the unfused eager path and time that instead.
+        dynamo_config = importlib.import_module("torch._dynamo.config")
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
+    RUN.smoke, RUN.profile = smoke, args.profile
+    RUN.deadline = time.perf_counter() + args.budget_s if args.budget_s > 0 else math.inf
 
+    env = environment(dev)
+    print(" ".join(f"{k}={v}" for k, v in env.items() if k != "command"), flush=True)
+    result: dict = dict(environment=env, group_seconds={}, na2d=[], dwconv=[], routed=[], clear=[], dit=[], models=[],
+                        hires=[])
+    _write_json(args.out, result)  # an unwritable --out fails now, not after the measurements
+    groups: list[tuple[str, Callable[[], list[dict]]]] = []
     if args.kernels:
-        names = args.shapes.split(",")
-        shapes = [s for s in ROUTED_SHAPES if s[0] in names]
-        result["kernels"] = bench_routed(shapes, args.check, args.impls.split(","))
-        names = args.clear_shapes.split(",")
-        shapes = [s for s in CLEAR_SHAPES if s[0] in names]
-        result["clear"] = bench_clear(shapes, args.check, args.clear_impls.split(","))
-    for spec in filter(None, args.models.split(",")):
-        try:
-            row = bench_model(spec, args.batch, args.img_size, args.iters, args.compile)
-        except Exception as e:  # noqa: BLE001 - one failing model must not lose the others' numbers
-            row = dict(model=spec, error=f"{type(e).__name__}: {str(e)[:300]}")
-        torch.cuda.empty_cache()
-        print(row, flush=True)
-        result["models"].append(row)
+        if na:
+            groups.append(("na2d", lambda: bench_na(na, args.check, args.na_impls.split(","), dev, flex_shapes,
+                                                    SMOKE_NA_HEAD_DIM if smoke else NA_HEAD_DIM)))
+        if dw:
+            groups.append(("dwconv", lambda: bench_dw(dw, args.check, args.dw_impls.split(","), dev)))
+        if clear:
+            heads, head_dim = SMOKE_CLEAR_HEADS if smoke else (CLEAR_HEADS, CLEAR_HEAD_DIM)
+            groups.append(("clear", lambda: bench_clear(clear, args.check, args.clear_impls.split(","), dev,
+                                                        flex_shapes, heads, head_dim)))
+    if args.dit and dit_sizes:
+        groups.append(("dit", lambda: bench_dit(dit_model, dit_sizes, dit_radii, args.dit_warmup, args.dit_iters, dev,
+                                                dit_overrides)))
+    specs = [s for s in args.models.split(",") if s]
+    if specs:
+        groups.append(("models", lambda: bench_models(specs, args.batch, args.img_size, args.iters, args.compile, dev)))
     if args.hires:
-        try:
-            result["hires"].append(bench_hires(args.hires_model, 1024, 16))
-        except Exception as e:  # noqa: BLE001
-            result["hires"].append(dict(model=args.hires_model, error=f"{type(e).__name__}: {str(e)[:300]}"))
 
-    if result["kernels"]:
-        print_kernel_table(result["kernels"])
-    if result["clear"]:
-        print_clear_table(result["clear"])
-    print_model_table(result["models"], result["hires"])
+        def hires() -> list[dict]:
+            if _over_budget():
+                return [dict(model=args.hires_model, error=SKIPPED)]
+            return [bench_hires(args.hires_model, args.hires_size, args.hires_n_win, dev)]
+
+        groups.append(("hires", hires))
+    if args.kernels and routed:  # last: measured in an earlier run (docs/benchmarks.md), the first to give way
+        groups.append(("routed", lambda: bench_routed(routed, args.check, args.impls.split(","), dev, flex_shapes)))
+
+    for key, run in groups:
+        print(f"\n== {key}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            result[key] = run()
+        except Exception as e:  # noqa: BLE001 - one group must not lose the others' numbers
+            result[key] = [dict(model=key, shape="-", impl="-", error=_err(e))]
+            print(f"[{key}] failed: {result[key][0]['error']}", file=sys.stderr)
+        _free(dev)
+        result["group_seconds"][key] = round(time.perf_counter() - t0, 1)
+        _write_json(args.out, result)
+
+    tables = io.StringIO()
+    with contextlib.redirect_stdout(tables):
+        print_tables(result)
+        n_checked, bad = check_summary(result)
+        print(f"\nvizattn checks: {n_checked - len(bad)} of {n_checked} passed" + "".join(f"\n  {b}" for b in bad))
+        print("group seconds: " + ", ".join(f"{k} {v}" for k, v in result["group_seconds"].items()))
+    print(tables.getvalue(), end="")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o)
-        print(f"\nwrote {args.out}")
-    return 0
+        Path(args.out).with_suffix(".txt").write_text(tables.getvalue())
+        print(f"\nwrote {args.out} and {Path(args.out).with_suffix('.txt')}")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

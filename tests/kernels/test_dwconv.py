@@ -1,19 +1,25 @@
-"""The Triton depthwise convolution against the reference (torch conv2d), forward and every gradient.
+"""The Triton depthwise convolution and fused LKA spatial op against their references, forward and every gradient.
 
 On a machine without CUDA the kernels run under ``TRITON_INTERPRET=1`` at small sizes; with CUDA the same tests run
-on the GPU with larger ones (VAN's shapes). Outputs are allocated NaN-poisoned (``VIZATTN_POISON_OUTPUTS=1``), so an
-element a kernel never writes fails the comparison. Errors are measured against the reference computed in float64.
+on the GPU with larger ones (VAN's shapes). Each case names its memory format: NCHW (contiguous) or NHWC
+(channels_last), which the kernels read and write directly. Outputs (and the fused op's scratch) are allocated
+NaN-poisoned (``VIZATTN_POISON_OUTPUTS=1``), so an element a kernel never writes, or a scratch element it reads
+without having written it, fails the comparison. Errors are measured against the reference computed in float64 on
+the same (rounded) inputs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from vizattn.kernels.dwconv import _dwconv2d_op, dwconv2d
-from vizattn.kernels.dwconv.reference import dwconv2d_reference
+import vizattn.kernels.dwconv as dw
+from vizattn.kernels._dispatch import select_backend
+from vizattn.kernels.dwconv import _dwconv2d_op, _lka_spatial_op, dwconv2d, lka_spatial
+from vizattn.kernels.dwconv.reference import dwconv2d_reference, lka_spatial_reference
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
@@ -21,6 +27,7 @@ DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # max |ours - ref| / max |ref| per input dtype (the reference in float64 on the same, rounded, inputs)
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+CL = torch.channels_last
 
 
 @dataclass(frozen=True)
@@ -31,26 +38,45 @@ class Case:
     w: int
     k: int
     d: int
+    layout: str  # "nchw" or "nhwc"
+    dtype: str
+    bias: bool = True
 
     @property
     def id(self) -> str:
-        return f"B{self.b}-C{self.c}-{self.h}x{self.w}-k{self.k}-d{self.d}"
+        bias = "" if self.bias else "-nobias"
+        return f"B{self.b}-C{self.c}-{self.h}x{self.w}-k{self.k}-d{self.d}-{self.layout}-{self.dtype}{bias}"
 
 
+# Small enough for the interpreter (about 70 s for the whole file on one core); together they cover both formats,
+# every dtype, kernels 1 to 31, dilations 1 to 4, odd and non-square maps, channel blocks with a masked tail (C = 33
+# is two NHWC forward blocks of 32 and three weight-gradient blocks of 16) and maps smaller than the window.
 CPU_CASES = [
-    Case(2, 3, 13, 9, 3, 1),
-    Case(1, 2, 20, 17, 7, 3),  # LKA's conv_spatial
-    Case(1, 4, 11, 12, 5, 1),  # LKA's conv0
-    Case(1, 1, 5, 4, 7, 3),  # window far larger than the map: mostly padding
-    Case(2, 2, 1, 1, 3, 1),
-    Case(1, 2, 33, 18, 1, 1),  # 1x1: a per-channel scale
-    Case(1, 1, 19, 21, 9, 2),  # tiles that do not divide the map
+    *(Case(2, 3, 13, 9, 3, 1, layout, dt) for layout in ("nchw", "nhwc") for dt in DTYPES),
+    Case(1, 5, 11, 12, 5, 1, "nhwc", "bf16"),  # LKA's conv0
+    Case(1, 4, 11, 12, 5, 1, "nchw", "fp32"),
+    Case(1, 2, 20, 17, 7, 3, "nchw", "bf16"),  # LKA's conv_spatial
+    Case(1, 3, 20, 17, 7, 3, "nhwc", "fp32"),
+    Case(1, 3, 17, 10, 7, 3, "nhwc", "fp16"),
+    Case(1, 3, 10, 14, 5, 2, "nhwc", "fp32", bias=False),
+    Case(1, 2, 10, 14, 5, 2, "nchw", "fp16", bias=False),
+    Case(1, 33, 6, 5, 3, 2, "nhwc", "bf16"),
+    Case(1, 1, 5, 4, 7, 3, "nchw", "fp32"),  # window far larger than the map: mostly padding
+    Case(1, 3, 4, 5, 7, 3, "nhwc", "fp32"),
+    Case(2, 2, 1, 1, 3, 1, "nhwc", "fp32"),  # a 1x1 map is dense in both formats: it runs as NCHW
+    Case(1, 2, 33, 18, 1, 1, "nhwc", "fp32"),  # 1x1: a per-channel scale
+    Case(1, 1, 19, 21, 9, 2, "nchw", "fp32"),  # tiles that do not divide the map
+    Case(1, 2, 7, 9, 13, 4, "nhwc", "fp32"),  # above 11 x 11 the kernels loop over kernel rows
+    Case(1, 3, 9, 7, 31, 1, "nhwc", "fp32"),  # 31 x 31 on a small map (most taps are padding)
+    Case(1, 1, 6, 9, 31, 1, "nchw", "bf16"),
 ]
 GPU_CASES = [
-    Case(8, 64, 56, 56, 7, 3),
-    Case(4, 160, 28, 28, 5, 1),
-    Case(2, 96, 57, 45, 31, 1),
-    Case(2, 32, 40, 50, 3, 4),
+    Case(8, 64, 56, 56, 7, 3, layout, "bf16") for layout in ("nchw", "nhwc")
+] + [
+    Case(4, 160, 28, 28, 5, 1, "nhwc", "fp16"),
+    Case(2, 96, 57, 45, 31, 1, "nhwc", "bf16"),
+    Case(2, 32, 40, 50, 3, 4, "nchw", "fp32"),
+    Case(2, 35, 30, 31, 9, 2, "nhwc", "fp32", bias=False),
 ]
 CASES = GPU_CASES + CPU_CASES if ON_GPU else CPU_CASES
 
@@ -62,81 +88,254 @@ def _poison(monkeypatch):
 
 def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
     assert ours.shape == ref.shape
-    assert torch.isfinite(ours).all()
+    assert torch.isfinite(ours).all(), "unwritten (NaN) or non-finite elements"
     return ((ours.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
-def _inputs(case: Case, dtype: torch.dtype, bias: bool = True, seed: int = 0):
+def _to_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    return x.contiguous(memory_format=CL) if layout == "nhwc" else x.contiguous()
+
+
+def _assert_layout(t: torch.Tensor, layout: str) -> None:
+    assert t.is_contiguous(memory_format=CL) if layout == "nhwc" else t.is_contiguous()
+
+
+def _inputs(case: Case, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(case.b, case.c, case.h, case.w, generator=g).to(DEVICE, dtype)
-    w = (torch.randn(case.c, 1, case.k, case.k, generator=g) / case.k).to(DEVICE, dtype)
-    b = torch.randn(case.c, generator=g).to(DEVICE, dtype) if bias else None
+    dt = DTYPES[case.dtype]
+    x = _to_layout(torch.randn(case.b, case.c, case.h, case.w, generator=g).to(DEVICE, dt), case.layout)
+    w = (torch.randn(case.c, 1, case.k, case.k, generator=g) / case.k).to(DEVICE, dt)
+    b = torch.randn(case.c, generator=g).to(DEVICE, dt) if case.bias else None
     return x, w, b
 
 
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def _grads(out: torch.Tensor, ref: torch.Tensor, leaves, ref_leaves, seed: int = 1):
+    """Backpropagate one random cotangent (given in the output's format) through ours and the reference."""
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE, out.dtype)
+    grad = grad.contiguous(memory_format=CL) if out.is_contiguous(memory_format=CL) else grad
+    ours = torch.autograd.grad(out, leaves, grad)
+    theirs = torch.autograd.grad(ref, ref_leaves, grad.double())
+    return ours, theirs
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_forward_and_gradients_match_reference(case, dtype):
-    x, w, b = _inputs(case, dtype)
-    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-    out = dwconv2d(*leaves, dilation=case.d, backend="triton")
+def test_forward_and_gradients_match_reference(case):
+    x, w, b = _inputs(case)
+    dtype = DTYPES[case.dtype]
+    leaves = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
+    out = dwconv2d(*leaves[:2], leaves[2] if case.bias else None, case.d, backend="triton")
     assert out.dtype == dtype
-    ref_leaves = [t.double().requires_grad_() for t in (x, w, b)]
-    ref = dwconv2d_reference(*ref_leaves, dilation=case.d)
+    _assert_layout(out, case.layout)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    ref = dwconv2d_reference(*ref_leaves[:2], ref_leaves[2] if case.bias else None, case.d)
     assert _rel(out, ref) < TOL[dtype]
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
-    out.backward(grad)
-    ref.backward(grad.double())
-    for name, leaf, ref_leaf in zip(("dx", "dweight", "dbias"), leaves, ref_leaves):
-        assert leaf.grad.dtype == dtype
-        assert _rel(leaf.grad, ref_leaf.grad) < TOL[dtype] * 2, name
+    ours, theirs = _grads(out, ref, leaves, ref_leaves)
+    _assert_layout(ours[0], case.layout)
+    for name, got, want in zip(("dx", "dweight", "dbias"), ours, theirs):
+        assert got.dtype == dtype
+        assert _rel(got, want) < TOL[dtype] * 2, name
 
 
-def test_without_bias_and_non_contiguous_input():
-    case = Case(2, 3, 10, 14, 5, 2)
-    x, w, _ = _inputs(case, torch.float32, bias=False)
-    x_nc = x.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2).requires_grad_()  # NCHW values, transposed strides
-    assert not x_nc.is_contiguous()
-    w = w.requires_grad_()
-    out = dwconv2d(x_nc, w, None, dilation=2, backend="triton")
-    ref = dwconv2d_reference(x.double(), w.double(), None, 2)
-    assert _rel(out, ref) < 1e-5
-    out.sum().backward()
-    x_ref = x.double().requires_grad_()
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_strided_inputs_are_made_dense_once(layout):
+    """A transposed map becomes NCHW; a channels_last map cropped along W (channels still innermost) stays NHWC."""
+    g = torch.Generator().manual_seed(3)
+    if layout == "nchw":
+        x = torch.randn(2, 3, 14, 10, generator=g).transpose(-1, -2)
+    else:
+        x = torch.randn(2, 3, 10, 15, generator=g).contiguous(memory_format=CL)[..., :14]
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=CL)
+    x = x.to(DEVICE).requires_grad_()
+    w = torch.randn(3, 1, 5, 5, generator=g).to(DEVICE).requires_grad_()
+    out = dwconv2d(x, w, None, dilation=2, backend="triton")
+    _assert_layout(out, layout)
+    x_ref = x.detach().double().requires_grad_()
     w_ref = w.detach().double().requires_grad_()
-    dwconv2d_reference(x_ref, w_ref, None, 2).sum().backward()
-    assert _rel(x_nc.grad, x_ref.grad) < 1e-5 and _rel(w.grad, w_ref.grad) < 1e-5
+    ref = dwconv2d_reference(x_ref, w_ref, None, 2)
+    assert _rel(out, ref) < 1e-5
+    (gx, gw), (rx, rw) = _grads(out, ref, [x, w], [x_ref, w_ref])
+    assert _rel(gx, rx) < 1e-5 and _rel(gw, rw) < 1e-5
 
 
 def test_equals_the_convolution_of_nn_conv2d():
     conv = torch.nn.Conv2d(6, 6, 7, padding=9, dilation=3, groups=6).to(DEVICE)
     x = torch.randn(2, 6, 15, 13, device=DEVICE)
     with torch.no_grad():
-        assert _rel(dwconv2d(x, conv.weight, conv.bias, 3, backend="triton"), conv(x).double()) < 1e-5
+        for xx in (x, x.contiguous(memory_format=CL)):
+            assert _rel(dwconv2d(xx, conv.weight, conv.bias, 3, backend="triton"), conv(x).double()) < 1e-5
 
 
-def test_custom_op_registration():
-    x, w, b = _inputs(Case(1, 2, 6, 7, 3, 1), torch.float32)
+def test_empty_batch():
+    x = torch.randn(0, 3, 5, 6, device=DEVICE, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, device=DEVICE, requires_grad=True)
+    out = dwconv2d(x, w, None, 1, backend="triton")
+    assert out.shape == x.shape
+    out.sum().backward()
+    assert w.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_custom_op_registration(layout):
+    x, w, b = _inputs(Case(1, 2, 6, 7, 3, 1, layout, "fp32"))
     torch.library.opcheck(_dwconv2d_op, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), 1))
 
 
-def test_auto_backend_uses_the_reference_on_cpu_tensors():
-    x, w, b = _inputs(Case(1, 2, 6, 7, 3, 1), torch.float64)
-    out = dwconv2d(x.cpu(), w.cpu(), b.cpu(), 1)
-    assert out.dtype == torch.float64
+# --- the fused LKA spatial op -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LkaCase:
+    b: int
+    c: int
+    h: int
+    w: int
+    layout: str
+    dtype: str
+    bias: bool = True
+    k: tuple[int, int] = (5, 7)
+    d: tuple[int, int] = (1, 3)
+
+    @property
+    def id(self) -> str:
+        kd = "" if (self.k, self.d) == ((5, 7), (1, 3)) else f"-k{self.k[0]}d{self.d[0]}-k{self.k[1]}d{self.d[1]}"
+        bias = "" if self.bias else "-nobias"
+        return f"B{self.b}-C{self.c}-{self.h}x{self.w}-{self.layout}-{self.dtype}{kd}{bias}"
+
+
+LKA_CPU_CASES = [
+    LkaCase(2, 5, 23, 19, "nhwc", "fp32"),
+    LkaCase(1, 3, 21, 26, "nhwc", "bf16"),
+    LkaCase(1, 19, 12, 9, "nhwc", "fp16"),  # two channel blocks, the second masked
+    LkaCase(1, 2, 22, 17, "nchw", "fp32"),
+    LkaCase(1, 2, 13, 11, "nchw", "bf16", bias=False),
+    LkaCase(1, 3, 5, 4, "nhwc", "fp32"),  # map smaller than the 23-pixel field
+    LkaCase(1, 3, 14, 12, "nhwc", "fp32", bias=False, k=(3, 5), d=(2, 2)),
+]
+LKA_GPU_CASES = [
+    LkaCase(8, 64, 56, 56, "nhwc", "bf16"),
+    LkaCase(4, 64, 56, 56, "nchw", "bf16"),
+    LkaCase(4, 160, 28, 28, "nhwc", "fp16"),
+    LkaCase(2, 320, 14, 14, "nhwc", "fp32"),
+    LkaCase(1, 64, 200, 333, "nhwc", "bf16"),  # a detection-size map: several bands
+]
+LKA_CASES = LKA_GPU_CASES + LKA_CPU_CASES if ON_GPU else LKA_CPU_CASES
+
+
+def _lka_inputs(case: LkaCase, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    dt = DTYPES[case.dtype]
+    x = _to_layout(torch.randn(case.b, case.c, case.h, case.w, generator=g).to(DEVICE, dt), case.layout)
+    params = []
+    for k in case.k:
+        params.append((torch.randn(case.c, 1, k, k, generator=g) / k).to(DEVICE, dt))
+        params.append(torch.randn(case.c, generator=g).to(DEVICE, dt) if case.bias else None)
+    return x, *params
+
+
+@pytest.mark.parametrize("case", LKA_CASES, ids=[c.id for c in LKA_CASES])
+def test_lka_spatial_matches_two_convs(case):
+    x, w0, b0, w1, b1 = _lka_inputs(case)
+    dtype = DTYPES[case.dtype]
+    args = [t.clone().requires_grad_() if t is not None else None for t in (x, w0, b0, w1, b1)]
+    out = lka_spatial(*args, dilations=case.d, backend="triton")
+    assert out.dtype == dtype
+    _assert_layout(out, case.layout)
+    ref_args = [t.detach().double().requires_grad_() if t is not None else None for t in args]
+    ref = lka_spatial_reference(*ref_args, dilations=case.d)
+    assert _rel(out, ref) < TOL[dtype]
+    leaves = [t for t in args if t is not None]
+    ours, theirs = _grads(out, ref, leaves, [t for t in ref_args if t is not None])
+    _assert_layout(ours[0], case.layout)
+    names = ["dx", "dw0", "db0", "dw1", "db1"] if case.bias else ["dx", "dw0", "dw1"]
+    for name, got, want in zip(names, ours, theirs):
+        assert got.dtype == dtype
+        assert _rel(got, want) < TOL[dtype] * 2, name
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_lka_spatial_bands_and_persistent_programs(layout):
+    """Maps cut into bands whose halo rows overlap, fewer programs than work items (each reuses its scratch slot)."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    c = 2 if layout == "nchw" else 5
+    x, w0, b0, w1, b1 = _lka_inputs(LkaCase(2, c, 21, 13, layout, "fp32"), seed=4)
+    ref = lka_spatial_reference(*(t.double() for t in (x, w0, b0, w1, b1)))
+    for band_rows, programs in ((4, 3), (8, 1)):
+        out = kernels.lka_spatial_fwd(x, w0, b0, w1, b1, (1, 3), band_rows=band_rows, programs=programs)
+        _assert_layout(out, layout)
+        assert _rel(out, ref) < 1e-5, (band_rows, programs)
+
+
+def test_lka_spatial_torch_path_is_the_two_module_convs():
+    """The torch backend runs exactly what LKA's nn.Conv2d modules run (same dtype, bit for bit)."""
+    conv0 = torch.nn.Conv2d(4, 4, 5, padding=2, groups=4).to(DEVICE)
+    conv_spatial = torch.nn.Conv2d(4, 4, 7, padding=9, groups=4, dilation=3).to(DEVICE)
+    x = torch.randn(2, 4, 16, 11, device=DEVICE)
+    args = (conv0.weight, conv0.bias, conv_spatial.weight, conv_spatial.bias)
+    with torch.no_grad():
+        assert torch.equal(lka_spatial(x, *args, backend="torch"), conv_spatial(conv0(x)))
+        out = lka_spatial(x.contiguous(memory_format=CL), *args, backend="torch")
+    assert out.is_contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_lka_custom_op_registration(layout):
+    x, w0, b0, w1, b1 = _lka_inputs(LkaCase(1, 2, 6, 5, layout, "fp32"))
+    args = (x.requires_grad_(), w0.requires_grad_(), b0.requires_grad_(), w1.requires_grad_(), None, 1, 3)
+    torch.library.opcheck(
+        _lka_spatial_op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration")
+    )
+
+
+# --- backend choice and argument checks ---------------------------------------------------------------------------
+
+
+def test_auto_keeps_the_torch_path_until_the_kernels_are_measured(monkeypatch):
+    assert dw.TRITON_BY_DEFAULT is False
+    on_cuda = [SimpleNamespace(is_cuda=True)]
+    assert select_backend("dwconv2d", "auto", on_cuda, auto_triton=False) == "torch"
+    assert select_backend("dwconv2d", "auto", on_cuda) == "triton"  # what other ops get, unchanged
+    assert select_backend("dwconv2d", "triton", on_cuda, auto_triton=False) == "triton"
+    # VIZATTN_BACKEND=triton still forces the kernels: float64 is refused by them, which shows they were chosen.
+    x, w = torch.randn(1, 2, 5, 5, dtype=torch.float64), torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    monkeypatch.setenv("VIZATTN_BACKEND", "triton")
+    with pytest.raises(ValueError, match="dwconv2d: backend='triton' was requested but cannot run"):
+        dwconv2d(x, w)
+    with pytest.raises(ValueError, match="lka_spatial: backend='triton' was requested but cannot run"):
+        lka_spatial(x, w, None, w, None)
+
+
+def test_auto_backend_uses_the_torch_path_on_cpu_tensors():
+    x, w, b = _inputs(Case(1, 2, 6, 7, 3, 1, "nchw", "fp32"))
+    x, w, b = x.double().cpu(), w.double().cpu(), b.double().cpu()
+    assert dwconv2d(x, w, b, 1).dtype == torch.float64
+    assert lka_spatial(x, w, b, w, b).dtype == torch.float64
     with pytest.raises(ValueError, match="backend='triton' was requested but cannot run: the kernels take float16"):
         dwconv2d(x, w, b, 1, backend="triton")
 
 
 def test_bad_arguments():
     x = torch.randn(1, 4, 8, 8)
+    w3, w5, w7 = (torch.randn(4, 1, k, k) for k in (3, 5, 7))
     with pytest.raises(ValueError, match=r"weight must be \(C, 1, k, k\) with C = 4, got \(4, 2, 3, 3\)"):
         dwconv2d(x, torch.randn(4, 2, 3, 3))
-    with pytest.raises(ValueError, match="the kernel size must be odd"):
+    with pytest.raises(ValueError, match=r"the kernel size of weight must be odd \('same' padding\), got 4"):
         dwconv2d(x, torch.randn(4, 1, 4, 4))
     with pytest.raises(ValueError, match=r"bias must be \(C,\) = \(4,\), got \(3,\)"):
-        dwconv2d(x, torch.randn(4, 1, 3, 3), torch.randn(3))
+        dwconv2d(x, w3, torch.randn(3))
     with pytest.raises(ValueError, match="dilation must be a positive int, got 0"):
-        dwconv2d(x, torch.randn(4, 1, 3, 3), dilation=0)
-    with pytest.raises(ValueError, match=r"x must be a floating-point NCHW map"):
-        dwconv2d(torch.randn(4, 8, 8), torch.randn(4, 1, 3, 3))
+        dwconv2d(x, w3, dilation=0)
+    with pytest.raises(ValueError, match=r"x must be a floating-point \(B, C, H, W\) map"):
+        dwconv2d(torch.randn(4, 8, 8), w3)
+    with pytest.raises(ValueError, match="backend='cuda' is not one of"):
+        dwconv2d(x, w3, backend="cuda")
+    with pytest.raises(ValueError, match=r"lka_spatial: w0 must be \(C, 1, k, k\) with C = 4, got \(3, 1, 5, 5\)"):
+        lka_spatial(x, torch.randn(3, 1, 5, 5), None, w7, None)
+    with pytest.raises(ValueError, match=r"lka_spatial: the kernel size of w1 must be odd \('same' padding\), got 6"):
+        lka_spatial(x, w5, None, torch.randn(4, 1, 6, 6), None)
+    with pytest.raises(ValueError, match=r"lka_spatial: b1 must be \(C,\) = \(4,\), got \(5,\)"):
+        lka_spatial(x, w5, None, w7, torch.randn(5))
+    with pytest.raises(ValueError, match=r"lka_spatial: dilations\[1\] must be a positive int, got 0"):
+        lka_spatial(x, w5, None, w7, None, dilations=(1, 0))
+    with pytest.raises(ValueError, match=r"lka_spatial: dilations must be a pair \(d0, d1\), got 3"):
+        lka_spatial(x, w5, None, w7, None, dilations=3)

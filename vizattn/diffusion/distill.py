@@ -509,7 +509,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
         last = step == cfg.steps
         if step % cfg.log_interval == 0 or last:
             rate = seen / max(time.time() - t0, 1e-9)
-            _logger.info("step %d/%d  loss %.4f (diff %.4f pred %.4f attn %.4f)  %.1f latents/s  eta %s", step,
+            _logger.info("step %d/%d  loss %.4f (diff %.4f pred %.4f attn %.4f)  %.3g latents/s  eta %s", step,
                          cfg.steps, loss.item(), l_diff.item(), l_pred.item(), l_attn.item(), rate,
                          _hms((cfg.steps - step) * cfg.batch_size / rate))
         if step % cfg.eval_interval == 0 or last:

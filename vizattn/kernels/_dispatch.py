@@ -31,7 +31,13 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def select_backend(op: str, backend: str, tensors: Sequence[torch.Tensor], unsupported: Sequence[str] = ()) -> str:
+def select_backend(
+    op: str,
+    backend: str,
+    tensors: Sequence[torch.Tensor],
+    unsupported: Sequence[str] = (),
+    auto_triton: bool = True,
+) -> str:
     """Pick the implementation an op runs.
 
     Args:
@@ -40,6 +46,8 @@ def select_backend(op: str, backend: str, tensors: Sequence[torch.Tensor], unsup
         tensors: the op's tensor inputs; their device decides what ``'auto'`` means.
         unsupported: reasons why the op's Triton kernel cannot run this call (empty if it can, or if the op has
             no Triton kernel the reasons say so).
+        auto_triton: whether ``'auto'`` may take the Triton kernel at all; an op passes False while its kernel has
+            not yet been measured faster than the PyTorch path on a GPU (forcing ``'triton'`` still runs it).
 
     Returns:
         ``'triton'`` or ``'torch'``.
@@ -63,7 +71,7 @@ def select_backend(op: str, backend: str, tensors: Sequence[torch.Tensor], unsup
     on_cuda = all(t.is_cuda for t in tensors)
     if backend == "auto":
         # The interpreter is for tests: 'auto' never sends CPU tensors to it.
-        return "triton" if on_cuda and not reasons else "torch"
+        return "triton" if auto_triton and on_cuda and not reasons else "torch"
     if not on_cuda and not _interpreting():
         reasons.append("the inputs are not on a CUDA device (set TRITON_INTERPRET=1 to run Triton on the CPU)")
     if reasons:

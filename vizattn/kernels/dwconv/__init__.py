@@ -1,23 +1,50 @@
-"""Depthwise 2-D convolution ('same', stride 1, odd kernel, dilation) on NCHW maps.
+"""Depthwise 2-D convolution ('same', stride 1, odd kernel, dilation) and LKA's spatial op, on NCHW or NHWC maps.
 
-Public function: :func:`dwconv2d`. The definition is :func:`vizattn.kernels.dwconv.reference.dwconv2d_reference`
-(``torch.nn.functional.conv2d`` with ``groups = C``). Backends: ``'torch'`` runs the reference; ``'triton'`` the
-kernels of :mod:`vizattn.kernels.dwconv.triton` as the op ``torch.ops.vizattn.dwconv2d`` (a ``torch.library`` custom
-op with a fake implementation and an autograd formula whose backward is the op ``vizattn::dwconv2d_backward``), so
-``torch.compile`` sees one node. The kernel module is imported on first use: Triton decides at import time whether it
-runs compiled or under ``TRITON_INTERPRET=1``.
+Public functions: :func:`dwconv2d` and :func:`lka_spatial` (VAN's ``conv_spatial(conv0(x))``: a 5x5 depthwise conv
+then a 7x7 one with dilation 3). Their definitions are :func:`~vizattn.kernels.dwconv.reference.dwconv2d_reference`
+(``torch.nn.functional.conv2d`` with ``groups = C``, float32 inside) and
+:func:`~vizattn.kernels.dwconv.reference.lka_spatial_reference` (two of them). Maps are (B, C, H, W) tensors, dense
+NCHW or channels_last (NHWC in memory); the result comes back in the input's format (see
+:mod:`vizattn.kernels.dwconv.layout`).
+
+Backends:
+
+- ``'torch'``: :func:`dwconv2d` runs the reference; :func:`lka_spatial` runs the two convs in the input's dtype, as
+  the ``nn.Conv2d`` modules of an LKA block do (cuDNN / ATen accumulate half types in float32), so that a block on the
+  torch path costs what it did before and matches official checkpoints bit for bit.
+- ``'triton'``: the kernels of :mod:`vizattn.kernels.dwconv.triton`, as the ops ``torch.ops.vizattn.dwconv2d`` and
+  ``torch.ops.vizattn.lka_spatial`` (``torch.library`` custom ops with fake implementations and autograd formulas whose
+  backwards are the ops ``vizattn::dwconv2d_backward`` and ``vizattn::lka_spatial_backward``), so ``torch.compile``
+  sees one node each. The kernel module is imported on first use: Triton decides at import time whether it runs
+  compiled or under ``TRITON_INTERPRET=1``.
+- ``'auto'``: the torch path, on CUDA too, while :data:`TRITON_BY_DEFAULT` is False (see there).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from vizattn.kernels._dispatch import select_backend
-from vizattn.kernels.dwconv.reference import dwconv2d_reference
+from vizattn.kernels.dwconv.layout import empty_map, to_kernel_layout
+from vizattn.kernels.dwconv.reference import dwconv2d_reference, lka_spatial_reference
 
-__all__ = ["dwconv2d", "dwconv2d_reference", "triton_unsupported_reasons"]
+__all__ = [
+    "TRITON_BY_DEFAULT",
+    "dwconv2d",
+    "dwconv2d_reference",
+    "lka_spatial",
+    "lka_spatial_reference",
+    "triton_unsupported_reasons",
+]
+
+# Whether backend='auto' takes the Triton kernels on CUDA tensors. False until tools/benchmark.py on a GPU shows them
+# faster than the torch path (issue #7): so far they have run only under the Triton interpreter and been compiled for
+# sm_90. backend='triton' or VIZATTN_BACKEND=triton runs them regardless.
+TRITON_BY_DEFAULT = False
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_IMAGE_NUMEL = 2**31 - 1  # offsets inside one image are int32 in the kernels
 
 
 def _kernels():
@@ -33,7 +60,7 @@ def _dwconv2d_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 @_dwconv2d_op.register_fake
 def _(x, weight, bias, dilation):
-    return x.new_empty(x.shape)
+    return empty_map(x)
 
 
 @torch.library.custom_op("vizattn::dwconv2d_backward", mutates_args=())
@@ -47,7 +74,7 @@ def _dwconv2d_backward_op(
 @_dwconv2d_backward_op.register_fake
 def _(grad_out, x, weight, dilation, needs_bias):
     dbias = weight.new_empty(weight.shape[0]) if needs_bias else weight.new_empty(0)
-    return x.new_empty(x.shape), weight.new_empty(weight.shape), dbias
+    return empty_map(x), weight.new_empty(weight.shape), dbias
 
 
 def _setup_context(ctx, inputs, output):
@@ -66,32 +93,112 @@ def _backward(ctx, grad_out):
 _dwconv2d_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def triton_unsupported_reasons(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> list[str]:
-    """Why the Triton kernels cannot run these (already validated) inputs; empty when they can."""
-    dtypes = {x.dtype, weight.dtype} | ({bias.dtype} if bias is not None else set())
+@torch.library.custom_op("vizattn::lka_spatial", mutates_args=())
+def _lka_spatial_op(
+    x: torch.Tensor,
+    w0: torch.Tensor,
+    b0: torch.Tensor | None,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    dilation0: int,
+    dilation1: int,
+) -> torch.Tensor:
+    return _kernels().lka_spatial_fwd(x, w0, b0, w1, b1, (dilation0, dilation1))
+
+
+@_lka_spatial_op.register_fake
+def _(x, w0, b0, w1, b1, dilation0, dilation1):
+    return empty_map(x)
+
+
+@torch.library.custom_op("vizattn::lka_spatial_backward", mutates_args=())
+def _lka_spatial_backward_op(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    w0: torch.Tensor,
+    b0: torch.Tensor | None,
+    w1: torch.Tensor,
+    dilation0: int,
+    dilation1: int,
+    needs_b0: bool,
+    needs_b1: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    grads = _kernels().lka_spatial_bwd(grad_out, x, w0, b0, w1, (dilation0, dilation1), needs_b0, needs_b1)
+    dx, dw0, db0, dw1, db1 = grads
+    # An absent bias's gradient is an empty tensor (custom ops return tensors); two distinct ones, since outputs of a
+    # custom op may not alias each other.
+    db0 = db0 if db0 is not None else w0.new_zeros(0)
+    db1 = db1 if db1 is not None else w1.new_zeros(0)
+    return dx, dw0, db0, dw1, db1
+
+
+@_lka_spatial_backward_op.register_fake
+def _(grad_out, x, w0, b0, w1, dilation0, dilation1, needs_b0, needs_b1):
+    c = w0.shape[0]
+    db0 = w0.new_empty(c if needs_b0 else 0)
+    db1 = w1.new_empty(c if needs_b1 else 0)
+    return empty_map(x), w0.new_empty(w0.shape), db0, w1.new_empty(w1.shape), db1
+
+
+def _lka_setup_context(ctx, inputs, output):
+    x, w0, b0, w1, b1, dilation0, dilation1 = inputs
+    # b0 is saved because the backward recomputes the intermediate conv0(x) + b0 instead of keeping it.
+    ctx.save_for_backward(x, w0, b0, w1)
+    ctx.dilations = (dilation0, dilation1)
+    ctx.has_biases = (b0 is not None, b1 is not None)
+
+
+def _lka_backward(ctx, grad_out):
+    x, w0, b0, w1 = ctx.saved_tensors
+    has_b0, has_b1 = ctx.has_biases
+    dx, dw0, db0, dw1, db1 = _lka_spatial_backward_op(grad_out, x, w0, b0, w1, *ctx.dilations, has_b0, has_b1)
+    return dx, dw0, (db0 if has_b0 else None), dw1, (db1 if has_b1 else None), None, None
+
+
+_lka_spatial_op.register_autograd(_lka_backward, setup_context=_lka_setup_context)
+
+
+def triton_unsupported_reasons(x: torch.Tensor, *params: torch.Tensor | None) -> list[str]:
+    """Why the Triton kernels cannot run these (already validated) inputs; empty when they can.
+
+    Args:
+        x: the (B, C, H, W) map.
+        params: the op's weights and biases (None for an absent bias).
+    """
+    reasons = []
+    dtypes = {x.dtype} | {t.dtype for t in params if t is not None}
     if not dtypes <= set(_TRITON_DTYPES):
-        return [f"the kernels take float16, bfloat16 or float32 tensors, got {sorted(str(d) for d in dtypes)}"]
-    return []
+        reasons.append(f"the kernels take float16, bfloat16 or float32 tensors, got {sorted(str(d) for d in dtypes)}")
+    image_numel = x.shape[1] * x.shape[2] * x.shape[3]
+    if image_numel > _MAX_IMAGE_NUMEL:
+        reasons.append(f"one image has {image_numel} elements, more than the kernels' int32 offsets address")
+    return reasons
 
 
-def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> None:
-    op = "dwconv2d"
-    if x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"{op}: x must be a floating-point NCHW map (B, C, H, W), got {x.dtype} {tuple(x.shape)}.")
+def _check_conv_args(
+    op: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int, names: tuple[str, ...]
+) -> None:
+    """Validate one depthwise conv's arguments; ``names`` = how the op calls (weight, bias, dilation)."""
+    w_name, b_name, d_name = names
     c = x.shape[1]
     if weight.dim() != 4 or weight.shape[:2] != (c, 1) or weight.shape[2] != weight.shape[3]:
-        raise ValueError(f"{op}: weight must be (C, 1, k, k) with C = {c}, got {tuple(weight.shape)}.")
+        raise ValueError(f"{op}: {w_name} must be (C, 1, k, k) with C = {c}, got {tuple(weight.shape)}.")
     if weight.shape[-1] % 2 == 0:
-        raise ValueError(f"{op}: the kernel size must be odd ('same' padding), got {weight.shape[-1]}.")
+        raise ValueError(f"{op}: the kernel size of {w_name} must be odd ('same' padding), got {weight.shape[-1]}.")
     if bias is not None and bias.shape != (c,):
-        raise ValueError(f"{op}: bias must be (C,) = ({c},), got {tuple(bias.shape)}.")
-    for name, t in (("weight", weight), ("bias", bias)):
+        raise ValueError(f"{op}: {b_name} must be (C,) = ({c},), got {tuple(bias.shape)}.")
+    for name, t in ((w_name, weight), (b_name, bias)):
         if t is not None and (t.device != x.device or not t.is_floating_point()):
             raise ValueError(
                 f"{op}: {name} must be a floating-point tensor on {x.device}, got {t.dtype} on {t.device}."
             )
     if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
-        raise ValueError(f"{op}: dilation must be a positive int, got {dilation!r}.")
+        raise ValueError(f"{op}: {d_name} must be a positive int, got {dilation!r}.")
+
+
+def _check_map(op: str, x: torch.Tensor) -> None:
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"{op}: x must be a floating-point (B, C, H, W) map, got {x.dtype} {tuple(x.shape)}.")
 
 
 def dwconv2d(
@@ -105,21 +212,87 @@ def dwconv2d(
     """Depthwise 'same' convolution: ``F.conv2d(x, weight, bias, padding=d * (k - 1) // 2, dilation=d, groups=C)``.
 
     Args:
-        x: (B, C, H, W); made contiguous once if it is not.
+        x: (B, C, H, W), NCHW or channels_last in memory (the Triton kernels read either directly); any other strides
+            are made dense once (channels_last if the channels are innermost, else NCHW).
         weight: (C, 1, k, k), k odd.
         bias: optional (C,).
         dilation: d >= 1.
-        backend: ``'auto'``, ``'triton'`` or ``'torch'`` (see :mod:`vizattn.kernels._dispatch`).
+        backend: ``'auto'``, ``'triton'`` or ``'torch'`` (see :mod:`vizattn.kernels._dispatch`; ``'auto'`` runs torch
+            while :data:`TRITON_BY_DEFAULT` is False).
 
     Returns:
-        (B, C, H, W) in x's dtype (float32 accumulation).
+        (B, C, H, W) in x's dtype and memory format (float32 accumulation).
 
     Raises:
         ValueError: for a bad shape, kernel size, dilation or backend, naming the value.
     """
-    _check_args(x, weight, bias, dilation)
+    _check_map("dwconv2d", x)
+    _check_conv_args("dwconv2d", x, weight, bias, dilation, ("weight", "bias", "dilation"))
     tensors = (x, weight) if bias is None else (x, weight, bias)
     reasons = triton_unsupported_reasons(x, weight, bias)
-    if select_backend("dwconv2d", backend, tensors, unsupported=reasons) == "triton":
-        return _dwconv2d_op(x.contiguous(), weight, bias, dilation)
+    if select_backend("dwconv2d", backend, tensors, reasons, auto_triton=TRITON_BY_DEFAULT) == "triton":
+        return _dwconv2d_op(to_kernel_layout(x), weight, bias, dilation)
     return dwconv2d_reference(x, weight, bias, dilation)
+
+
+def _lka_spatial_torch(
+    x: torch.Tensor,
+    w0: torch.Tensor,
+    b0: torch.Tensor | None,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    dilations: tuple[int, int],
+) -> torch.Tensor:
+    """The two convs in x's dtype, exactly what LKA's ``conv_spatial(conv0(x))`` modules compute."""
+    for w, b, d in ((w0, b0, dilations[0]), (w1, b1, dilations[1])):
+        w = w.to(x.dtype)
+        b = None if b is None else b.to(x.dtype)
+        x = F.conv2d(x, w, b, padding=d * (w.shape[-1] - 1) // 2, dilation=d, groups=x.shape[1])
+    return x
+
+
+def lka_spatial(
+    x: torch.Tensor,
+    w0: torch.Tensor,
+    b0: torch.Tensor | None,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    *,
+    dilations: tuple[int, int] = (1, 3),
+    backend: str = "auto",
+) -> torch.Tensor:
+    """LKA's spatial op: ``dwconv2d(dwconv2d(x, w0, b0, d0), w1, b1, d1)``, each conv zero-padded on its own.
+
+    VAN's LKA uses ``w0`` 5x5 and ``w1`` 7x7 with ``dilations=(1, 3)`` (a 23-pixel receptive field); beyond the border
+    the second conv sees zeros, not the first conv evaluated outside the image. The Triton forward computes both convs
+    in one kernel with the intermediate kept on chip (see :mod:`vizattn.kernels.dwconv.triton`).
+
+    Args:
+        x: (B, C, H, W), NCHW or channels_last in memory; any other strides are made dense once.
+        w0: (C, 1, k0, k0), k0 odd.
+        b0: (C,) or None.
+        w1: (C, 1, k1, k1), k1 odd.
+        b1: (C,) or None.
+        dilations: (d0, d1), each >= 1.
+        backend: ``'auto'``, ``'triton'`` or ``'torch'`` (``'auto'`` runs torch while :data:`TRITON_BY_DEFAULT` is
+            False).
+
+    Returns:
+        (B, C, H, W) in x's dtype and memory format; the intermediate is rounded to x's dtype (as two convs round it),
+        and each conv accumulates in float32.
+
+    Raises:
+        ValueError: for a bad shape, kernel size, dilation or backend, naming the value.
+    """
+    op = "lka_spatial"
+    _check_map(op, x)
+    if not isinstance(dilations, (tuple, list)) or len(dilations) != 2:
+        raise ValueError(f"{op}: dilations must be a pair (d0, d1), got {dilations!r}.")
+    d0, d1 = dilations
+    _check_conv_args(op, x, w0, b0, d0, ("w0", "b0", "dilations[0]"))
+    _check_conv_args(op, x, w1, b1, d1, ("w1", "b1", "dilations[1]"))
+    tensors = [t for t in (x, w0, b0, w1, b1) if t is not None]
+    reasons = triton_unsupported_reasons(x, w0, b0, w1, b1)
+    if select_backend(op, backend, tensors, reasons, auto_triton=TRITON_BY_DEFAULT) == "triton":
+        return _lka_spatial_op(to_kernel_layout(x), w0, b0, w1, b1, d0, d1)
+    return _lka_spatial_torch(x, w0, b0, w1, b1, (d0, d1))

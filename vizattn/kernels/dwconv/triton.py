@@ -1,26 +1,142 @@
-"""Triton kernels of the depthwise 'same' convolution (NCHW), forward and backward.
+"""Triton kernels of the depthwise 'same' convolution and of LKA's fused spatial op, NCHW and NHWC, with launchers.
 
-Forward: a program owns one ``BLOCK_H x BLOCK_W`` output tile of one (image, channel) plane and accumulates the
-``k * k`` shifted, masked input tiles times their scalar weights in float32 (zero padding = masked loads).
+Layouts. Every kernel addresses a map through its element strides (batch, channel, row, column), so one kernel serves
+both memory formats, and an output or gradient is allocated in its input's format. The launchers choose the tile:
+
+- NCHW (contiguous): a program owns a pixel tile of one (image, channel) plane (``BLOCK_C = 1``); the pixels of a
+  tile row are contiguous, so loads vectorise along W.
+- NHWC (channels_last): a program owns a pixel tile times a block of ``BLOCK_C`` channels; a pixel's channels are
+  contiguous, so loads vectorise along C, and each tap's weights are one contiguous ``BLOCK_C`` vector (weights are
+  passed tap-major, ``(k * k, C)``).
+
+Single convolution, forward: accumulate the ``k * k`` shifted, masked input tiles times their tap weights in float32
+(zero padding = masked loads; neighbouring taps overlap, so after the first taps the loads mostly hit L1). Kernels up
+to 11 x 11 are unrolled fully; larger ones (up to 31 x 31 and beyond) loop over kernel rows to bound code size.
 
 Backward: the input gradient is the same convolution of ``grad_out`` with the spatially flipped kernel (stride 1,
 symmetric padding), so it runs the forward kernel. The weight and bias gradients are per-channel reductions over
-(B, H, W): a program takes one tile of one (image, channel) plane, writes one float32 partial sum per tap (and one for
-the bias) to a buffer of ``B * tiles`` rows per channel, and the launcher sums the rows; nothing of size
-``N * k * k`` is written.
+(B, H, W): a program reduces one tile to one float32 partial sum per (tap, channel) (and per channel for the bias),
+written to a buffer of ``B * tiles`` rows that the launcher sums; nothing of size ``N * k * k`` is written.
+
+LKA spatial op (``conv1(conv0(x))``, two depthwise convs, VAN's 5x5 then 7x7 dilation 3), forward fused: a persistent
+program takes work items (image, band of output rows, channel block) in turn. For each it computes conv0 over the
+band plus the ``halo = d1 * (k1 - 1) / 2`` rows above and below that conv1 reaches (9 for VAN), across the full width
+(outside the image the intermediate is conv1's zero padding, so no column halo is needed), stores it in the
+program's own scratch slot in the input's dtype (the rounding two separate convs apply), synchronises the program's
+threads and computes conv1 from the slot. The slot is reused by every work item of the program and holds one band
+(about 100 KB for a 56x56 map and 16 bf16 channels), so it stays in L1/L2: unlike two calls, the intermediate never
+makes a round trip through HBM. Bands overlap by the halo rows, which are recomputed; the launcher takes the whole
+map as one band when its slot fits a budget (VAN's 56x56 maps and smaller). The backward recomputes the
+intermediate with the single-conv forward and runs the single-conv backward twice.
+
+Nothing here has run on a GPU yet: the tile sizes and launch budgets below come from sm_90 compile reports
+(registers, spills), not from timings.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
 from vizattn.kernels._alloc import new_output
+from vizattn.kernels.dwconv.layout import is_nhwc
 
-__all__ = ["dwconv2d_fwd", "dwconv2d_bwd", "BLOCK"]
+__all__ = ["dwconv2d_fwd", "dwconv2d_bwd", "lka_spatial_fwd", "lka_spatial_bwd"]
 
-BLOCK = (16, 16)  # output tile (BLOCK_H, BLOCK_W) per program
+# Kernels up to this size are unrolled fully (every tap's address is a constant offset); larger ones loop over rows.
+_UNROLL_K = tl.constexpr(11)
+# Fused LKA: largest scratch slot, in elements, for which a whole map is one band (a 56x56 map of 16 channels is
+# 50176); above it bands are cut so that band + halo rows fit it, at the price of recomputing the halo rows.
+_SLOT_BUDGET = 64 * 1024
+# Fused LKA: persistent programs per SM (each holds one slot), and how many programs run under the interpreter.
+_PROGRAMS_PER_SM = 4
+_INTERPRETER_PROGRAMS = 4
+
+
+@triton.jit
+def _tap(acc, ptrs, ih, mh, ow, W, s_h, s_w, Wt, c, cm, C, i, j, K: tl.constexpr, DIL: tl.constexpr):
+    """``acc (P, BLOCK_C) += Wt[i, j] * src[ih, ow + j*DIL - pad]`` (columns outside ``[0, W)`` read zero)."""
+    iw = ow + (j * DIL - DIL * (K - 1) // 2)
+    m = mh & (iw >= 0) & (iw < W)
+    v = tl.load(ptrs + (ih * s_h + iw * s_w)[:, None], mask=m[:, None] & cm[None, :], other=0.0)
+    wv = tl.load(Wt + (i * K + j) * C + c, mask=cm, other=0.0)
+    return acc + v.to(tl.float32) * wv.to(tl.float32)[None, :]
+
+
+@triton.jit
+def _taps_row(
+    acc,
+    ptrs,
+    oh,
+    ow,
+    pm,
+    h_lo,
+    h_hi,
+    W,
+    s_h,
+    s_w,
+    Wt,
+    c,
+    cm,
+    C,
+    i,
+    K: tl.constexpr,
+    DIL: tl.constexpr,
+    STATIC_COLS: tl.constexpr,
+):
+    """``acc += sum_j Wt[i, j] * src[oh + i*DIL - pad, ow + j*DIL - pad]`` over row i of the kernel.
+
+    ``ptrs`` (1, BLOCK_C) points at the source's channels; rows outside ``[h_lo, h_hi)`` read zero, and so do pixels
+    outside the tile (``pm`` false), so a partial tile never reads past a map.
+    """
+    ih = oh + (i * DIL - DIL * (K - 1) // 2)
+    mh = pm & (ih >= h_lo) & (ih < h_hi)
+    if STATIC_COLS:
+        for j in tl.static_range(K):
+            acc = _tap(acc, ptrs, ih, mh, ow, W, s_h, s_w, Wt, c, cm, C, i, j, K, DIL)
+    else:
+        for j in range(K):
+            acc = _tap(acc, ptrs, ih, mh, ow, W, s_h, s_w, Wt, c, cm, C, i, j, K, DIL)
+    return acc
+
+
+@triton.jit
+def _conv_tile(
+    ptrs,
+    oh,
+    ow,
+    pm,
+    h_lo,
+    h_hi,
+    W,
+    s_h,
+    s_w,
+    Wt,
+    c,
+    cm,
+    C,
+    K: tl.constexpr,
+    DIL: tl.constexpr,
+    P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    UNROLL: tl.constexpr,
+):
+    """The (P, BLOCK_C) float32 depthwise convolution at pixels (oh, ow) of the source at ``ptrs`` (no bias).
+
+    ``UNROLL``: 2 unrolls every tap, 1 loops over kernel rows (taps of a row unrolled), 0 loops over both. Full
+    unrolling lets the compiler issue every load early, which costs one set of registers per tap in flight.
+    """
+    acc = tl.zeros((P, BLOCK_C), dtype=tl.float32)
+    if UNROLL == 2:
+        for i in tl.static_range(K):
+            acc = _taps_row(acc, ptrs, oh, ow, pm, h_lo, h_hi, W, s_h, s_w, Wt, c, cm, C, i, K, DIL, True)
+    else:
+        for i in range(K):
+            acc = _taps_row(acc, ptrs, oh, ow, pm, h_lo, h_hi, W, s_h, s_w, Wt, c, cm, C, i, K, DIL, UNROLL == 1)
+    return acc
 
 
 @triton.jit
@@ -32,84 +148,248 @@ def _dw_fwd_kernel(
     C,
     H,
     W,
+    s_b,
+    s_c,
+    s_h,
+    s_w,
     K: tl.constexpr,
     DIL: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
-    plane = tl.program_id(0)  # b * C + c
-    tile = tl.program_id(1)
+    tile = tl.program_id(0)
+    b = tl.program_id(1)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
     n_tw = tl.cdiv(W, BLOCK_W)
-    c = plane % C
-    oh = (tile // n_tw) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-    ow = (tile % n_tw) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
-    base = plane.to(tl.int64) * H * W
-    pad = DIL * (K - 1) // 2
-    acc = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
-    for i in tl.static_range(K):
-        ih = oh + i * DIL - pad
-        for j in tl.static_range(K):
-            iw = ow + j * DIL - pad
-            m = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            xv = tl.load(X + base + ih * W + iw, mask=m, other=0.0).to(tl.float32)
-            wv = tl.load(Wt + c * K * K + i * K + j).to(tl.float32)
-            acc += xv * wv
+    p = tl.arange(0, BLOCK_H * BLOCK_W)
+    oh = (tile // n_tw) * BLOCK_H + p // BLOCK_W
+    ow = (tile % n_tw) * BLOCK_W + p % BLOCK_W
+    pm = (oh < H) & (ow < W)
+    # The image offset in int64 (B * C * H * W may pass 2**31); offsets inside one image stay int32.
+    img = b.to(tl.int64) * s_b
+    chan = c[None, :] * s_c
+    src = X + img + chan
+    acc = _conv_tile(src, oh, ow, pm, 0, H, W, s_h, s_w, Wt, c, cm, C, K, DIL, BLOCK_H * BLOCK_W, BLOCK_C, UNROLL)
     if HAS_BIAS:
-        acc += tl.load(Bias + c).to(tl.float32)
-    m_out = (oh < H) & (ow < W)
-    tl.store(Y + base + oh * W + ow, acc.to(Y.dtype.element_ty), mask=m_out)
+        acc += tl.load(Bias + c, mask=cm, other=0.0).to(tl.float32)[None, :]
+    out = Y + img + chan + (oh * s_h + ow * s_w)[:, None]
+    tl.store(out, acc.to(Y.dtype.element_ty), mask=pm[:, None] & cm[None, :])
+
+
+@triton.jit
+def _wgrad_row(dy, ptrs, oh, ow, pm, H, W, s_h, s_w, out, cm, C, i, K: tl.constexpr, DIL: tl.constexpr):
+    """Store ``sum_pixels dy * x[shifted by tap (i, j)]`` per channel for the K taps of kernel row i."""
+    pad = DIL * (K - 1) // 2
+    ih = oh + (i * DIL - pad)
+    mh = pm & (ih >= 0) & (ih < H)
+    for j in tl.static_range(K):
+        iw = ow + (j * DIL - pad)
+        m = mh & (iw >= 0) & (iw < W)
+        xv = tl.load(ptrs + (ih * s_h + iw * s_w)[:, None], mask=m[:, None] & cm[None, :], other=0.0)
+        tl.store(out + (i * K + j) * C, tl.sum(dy * xv.to(tl.float32), axis=0), mask=cm)
 
 
 @triton.jit
 def _dw_wgrad_kernel(
     X,
     DY,
-    DW,
-    DB,
+    DWP,
+    DBP,
     C,
     H,
     W,
-    n_rows,
+    s_b,
+    s_c,
+    s_h,
+    s_w,
+    n_tiles,
     K: tl.constexpr,
     DIL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
-    plane = tl.program_id(0)  # b * C + c
-    tile = tl.program_id(1)
+    tile = tl.program_id(0)
+    b = tl.program_id(1)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
     n_tw = tl.cdiv(W, BLOCK_W)
-    n_tiles = tl.cdiv(H, BLOCK_H) * n_tw
-    b = plane // C
-    c = plane % C
-    oh = (tile // n_tw) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-    ow = (tile % n_tw) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
-    base = plane.to(tl.int64) * H * W
-    pad = DIL * (K - 1) // 2
-    m_out = (oh < H) & (ow < W)
-    dy = tl.load(DY + base + oh * W + ow, mask=m_out, other=0.0).to(tl.float32)
-    row = c.to(tl.int64) * n_rows + b * n_tiles + tile  # partial-sum row of this program
-    tl.store(DB + row, tl.sum(tl.sum(dy, axis=1), axis=0))
-    for i in tl.static_range(K):
-        ih = oh + i * DIL - pad
-        for j in tl.static_range(K):
-            iw = ow + j * DIL - pad
-            m = m_out & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            xv = tl.load(X + base + ih * W + iw, mask=m, other=0.0).to(tl.float32)
-            tl.store(DW + row * K * K + i * K + j, tl.sum(tl.sum(dy * xv, axis=1), axis=0))
+    p = tl.arange(0, BLOCK_H * BLOCK_W)
+    oh = (tile // n_tw) * BLOCK_H + p // BLOCK_W
+    ow = (tile % n_tw) * BLOCK_W + p % BLOCK_W
+    pm = (oh < H) & (ow < W)
+    img = b.to(tl.int64) * s_b
+    chan = c[None, :] * s_c
+    dy = tl.load(DY + img + chan + (oh * s_h + ow * s_w)[:, None], mask=pm[:, None] & cm[None, :], other=0.0)
+    dy = dy.to(tl.float32)
+    row = (b * n_tiles + tile).to(tl.int64)  # this program's partial-sum row
+    if HAS_BIAS:
+        tl.store(DBP + row * C + c, tl.sum(dy, axis=0), mask=cm)
+    out = DWP + row * (K * K) * C + c
+    if K <= _UNROLL_K:
+        for i in tl.static_range(K):
+            _wgrad_row(dy, X + img + chan, oh, ow, pm, H, W, s_h, s_w, out, cm, C, i, K, DIL)
+    else:
+        for i in range(K):
+            _wgrad_row(dy, X + img + chan, oh, ow, pm, H, W, s_h, s_w, out, cm, C, i, K, DIL)
 
 
-def _grid(x: torch.Tensor) -> tuple[int, int]:
+@triton.jit
+def _lka_fwd_kernel(
+    X,
+    W0t,
+    B0,
+    W1t,
+    B1,
+    Y,
+    T,
+    C,
+    H,
+    W,
+    s_b,
+    s_c,
+    s_h,
+    s_w,
+    t_c,
+    t_h,
+    t_w,
+    slot_size,
+    band_h,
+    n_bands,
+    n_cb,
+    n_work,
+    K0: tl.constexpr,
+    D0: tl.constexpr,
+    K1: tl.constexpr,
+    D1: tl.constexpr,
+    HAS_B0: tl.constexpr,
+    HAS_B1: tl.constexpr,
+    CH_H: tl.constexpr,
+    CH_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    UNROLL0: tl.constexpr,
+    UNROLL1: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    halo = D1 * (K1 - 1) // 2
+    P = CH_H * CH_W
+    p = tl.arange(0, P)
+    ph = p // CH_W
+    pw = p % CH_W
+    cl = tl.arange(0, BLOCK_C)
+    # This program's scratch slot; slot row r holds intermediate row t0 + r of the current work item.
+    slot = T + pid.to(tl.int64) * slot_size + cl[None, :] * t_c
+    for work in range(pid, n_work, tl.num_programs(0)):
+        # Consecutive items are the channel blocks of one band, so programs running together read the same pixels.
+        cb = work % n_cb
+        band = (work // n_cb) % n_bands
+        b = work // (n_cb * n_bands)
+        c = cb * BLOCK_C + cl
+        cm = c < C
+        img = b.to(tl.int64) * s_b
+        chan = c[None, :] * s_c
+        h0 = band * band_h
+        h1 = tl.minimum(h0 + band_h, H)
+        t0 = tl.maximum(h0 - halo, 0)
+        t1 = tl.minimum(h1 + halo, H)
+        # Phase 1: the intermediate conv0(x) + b0 on rows [t0, t1), every column, into the slot.
+        for r0 in range(t0, t1, CH_H):
+            for w0 in range(0, W, CH_W):
+                th = r0 + ph
+                tw = w0 + pw
+                pm = (th < t1) & (tw < W)
+                acc = _conv_tile(
+                    X + img + chan, th, tw, pm, 0, H, W, s_h, s_w, W0t, c, cm, C, K0, D0, P, BLOCK_C, UNROLL0
+                )
+                if HAS_B0:
+                    acc += tl.load(B0 + c, mask=cm, other=0.0).to(tl.float32)[None, :]
+                dst = slot + ((th - t0) * t_h + tw * t_w)[:, None]
+                tl.store(dst, acc.to(T.dtype.element_ty), mask=pm[:, None] & cm[None, :])
+        # Every thread's part of the slot is written before any thread reads its neighbours' part.
+        tl.debug_barrier()
+        # Phase 2: conv1 over the slot for output rows [h0, h1). In slot coordinates the image's rows are
+        # [-t0, H - t0); the rows an output of this band reaches inside the image all lie in [t0, t1).
+        for r0 in range(h0, h1, CH_H):
+            for w0 in range(0, W, CH_W):
+                oh = r0 + ph
+                ow = w0 + pw
+                pm = (oh < h1) & (ow < W)
+                acc = _conv_tile(
+                    slot, oh - t0, ow, pm, -t0, H - t0, W, t_h, t_w, W1t, c, cm, C, K1, D1, P, BLOCK_C, UNROLL1
+                )
+                if HAS_B1:
+                    acc += tl.load(B1 + c, mask=cm, other=0.0).to(tl.float32)[None, :]
+                dst = Y + img + chan + (oh * s_h + ow * s_w)[:, None]
+                tl.store(dst, acc.to(Y.dtype.element_ty), mask=pm[:, None] & cm[None, :])
+        # The next work item overwrites the slot: every thread must be done reading it.
+        tl.debug_barrier()
+
+
+def _in_layout(t: torch.Tensor, nhwc: bool) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+
+
+def _new_map(shape: torch.Size, dtype: torch.dtype, device: torch.device, nhwc: bool) -> torch.Tensor:
+    """An uninitialised (B, C, H, W) map in the given memory format (NaN-poisoned under VIZATTN_POISON_OUTPUTS)."""
+    b, c, h, w = shape
+    if nhwc:
+        return new_output((b, h, w, c), dtype, device).permute(0, 3, 1, 2)
+    return new_output((b, c, h, w), dtype, device)
+
+
+def _tap_major(weight: torch.Tensor) -> torch.Tensor:
+    """(C, 1, k, k) -> (k * k, C) contiguous: the weights of one tap for a channel block are one vector load."""
+    return weight.reshape(weight.shape[0], -1).t().contiguous()
+
+
+def _fwd_tile(nhwc: bool, c: int) -> tuple[int, int, int]:
+    """(BLOCK_H, BLOCK_W, BLOCK_C) of the forward: about 2048 elements per program, 16 per thread with 4 warps."""
+    if not nhwc:
+        return 16, 16, 1
+    block_c = min(triton.next_power_of_2(c), 32)
+    pixels = min(max(2048 // block_c, 64), 256)
+    block_h = 8 if pixels <= 128 else 16
+    return block_h, pixels // block_h, block_c
+
+
+def _wgrad_tile(nhwc: bool, c: int) -> tuple[int, int, int, int]:
+    """(BLOCK_H, BLOCK_W, BLOCK_C, num_warps) of the weight gradient.
+
+    Larger tiles than the forward: the partial-sum buffer has ``B * tiles * k * k * C`` float32 entries, so a 16x16
+    tile keeps it at about a quarter of an (N, C) float32 map for k = 7 (12.8 MB at B64 C64 56x56).
+    """
+    if not nhwc:
+        return 16, 16, 1, 4
+    block_c = min(triton.next_power_of_2(c), 16)
+    return 16, 16, block_c, 8 if block_c >= 16 else 4
+
+
+def _unroll(nhwc: bool, k: int) -> int:
+    """The ``UNROLL`` of :func:`_conv_tile` (how much of the tap loop is unrolled), from sm_90 register reports."""
+    return 2 if k <= 11 else 1
+
+
+def _grid(x: torch.Tensor, block_h: int, block_w: int, block_c: int) -> tuple[int, int, int]:
     b, c, h, w = x.shape
-    return b * c, triton.cdiv(h, BLOCK[0]) * triton.cdiv(w, BLOCK[1])
+    return triton.cdiv(h, block_h) * triton.cdiv(w, block_w), b, triton.cdiv(c, block_c)
 
 
 def dwconv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
-    """(B, C, H, W) contiguous x, (C, 1, k, k) weight -> (B, C, H, W) in x's dtype."""
+    """(B, C, H, W) x (dense, NCHW or channels_last), (C, 1, k, k) weight -> (B, C, H, W) in x's dtype and format."""
+    nhwc = is_nhwc(x)
+    x = _in_layout(x, nhwc)
     k = weight.shape[-1]
-    y = new_output(tuple(x.shape), x.dtype, x.device)
-    w = weight.contiguous()
-    _dw_fwd_kernel[_grid(x)](
+    y = _new_map(x.shape, x.dtype, x.device, nhwc)
+    if x.numel() == 0:
+        return y
+    w = _tap_major(weight)
+    block_h, block_w, block_c = _fwd_tile(nhwc, x.shape[1])
+    _dw_fwd_kernel[_grid(x, block_h, block_w, block_c)](
         x,
         w,
         bias if bias is not None else w,
@@ -117,11 +397,14 @@ def dwconv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         x.shape[1],
         x.shape[2],
         x.shape[3],
+        *x.stride(),
         K=k,
         DIL=dilation,
         HAS_BIAS=bias is not None,
-        BLOCK_H=BLOCK[0],
-        BLOCK_W=BLOCK[1],
+        BLOCK_H=block_h,
+        BLOCK_W=block_w,
+        BLOCK_C=block_c,
+        UNROLL=_unroll(nhwc, k),
     )
     return y
 
@@ -129,18 +412,161 @@ def dwconv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 def dwconv2d_bwd(
     grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dilation: int, needs_bias: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Gradients of :func:`dwconv2d_fwd`: (dx in x's dtype, dweight and dbias in the weight's dtype)."""
-    grad_out = grad_out.contiguous()
+    """Gradients of :func:`dwconv2d_fwd`: (dx in x's dtype and format, dweight and dbias in the weight's dtype).
+
+    ``grad_out`` may have any strides; it is brought to x's format once.
+    """
+    nhwc = is_nhwc(x)
+    x = _in_layout(x, nhwc)
+    grad_out = _in_layout(grad_out, nhwc)
     dx = dwconv2d_fwd(grad_out, weight.flip(-1, -2), None, dilation)
-    b, c, h, w = x.shape
+    c = x.shape[1]
     k = weight.shape[-1]
-    planes, n_tiles = _grid(x)
-    n_rows = b * n_tiles
-    dw_part = new_output((c, n_rows, k * k), torch.float32, x.device)
-    db_part = new_output((c, n_rows), torch.float32, x.device)
-    _dw_wgrad_kernel[(planes, n_tiles)](
-        x, grad_out, dw_part, db_part, c, h, w, n_rows, K=k, DIL=dilation, BLOCK_H=BLOCK[0], BLOCK_W=BLOCK[1]
+    if x.numel() == 0:
+        return dx, torch.zeros_like(weight), (weight.new_zeros(c) if needs_bias else None)
+    block_h, block_w, block_c, num_warps = _wgrad_tile(nhwc, c)
+    grid = _grid(x, block_h, block_w, block_c)
+    n_rows = x.shape[0] * grid[0]
+    dw_part = new_output((n_rows, k * k, c), torch.float32, x.device)
+    db_part = new_output((n_rows, c), torch.float32, x.device) if needs_bias else dw_part
+    _dw_wgrad_kernel[grid](
+        x,
+        grad_out,
+        dw_part,
+        db_part,
+        c,
+        x.shape[2],
+        x.shape[3],
+        *x.stride(),
+        grid[0],
+        K=k,
+        DIL=dilation,
+        HAS_BIAS=needs_bias,
+        BLOCK_H=block_h,
+        BLOCK_W=block_w,
+        BLOCK_C=block_c,
+        num_warps=num_warps,
     )
-    dweight = dw_part.sum(1).view(c, 1, k, k).to(weight.dtype)
-    dbias = db_part.sum(1).to(weight.dtype) if needs_bias else None
+    dweight = dw_part.sum(0).t().reshape(weight.shape).to(weight.dtype)
+    dbias = db_part.sum(0).to(weight.dtype) if needs_bias else None
     return dx, dweight, dbias
+
+
+@functools.lru_cache(maxsize=16)
+def _max_programs(device: torch.device) -> int:
+    if device.type != "cuda":
+        return _INTERPRETER_PROGRAMS
+    return torch.cuda.get_device_properties(device).multi_processor_count * _PROGRAMS_PER_SM
+
+
+def _lka_chunk(nhwc: bool, c: int) -> tuple[int, int, int]:
+    """(CH_H, CH_W, BLOCK_C) of the fused LKA kernel: the pixel chunk each step computes, and the channel block.
+
+    NHWC: 16 channels (32 bytes of bf16 per pixel: whole sectors) times 64 pixels, 8 elements per thread with 4 warps.
+    """
+    if not nhwc:
+        return 8, 32, 1
+    block_c = min(triton.next_power_of_2(c), 16)
+    return min(1024 // (16 * block_c), 16), 16, block_c
+
+
+def _band_rows(h: int, w: int, block_c: int, halo: int, ch_h: int) -> int:
+    """Output rows per band: the whole map if its slot fits the budget, else as many as fit with the halo rows."""
+    if h * w * block_c <= _SLOT_BUDGET:
+        return h
+    return max(ch_h, (_SLOT_BUDGET // (w * block_c) - 2 * halo) // ch_h * ch_h)
+
+
+def lka_spatial_fwd(
+    x: torch.Tensor,
+    w0: torch.Tensor,
+    b0: torch.Tensor | None,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    dilations: tuple[int, int],
+    *,
+    band_rows: int | None = None,
+    programs: int | None = None,
+) -> torch.Tensor:
+    """Fused ``dwconv(dwconv(x, w0, b0, d0), w1, b1, d1)``: (B, C, H, W) in x's format -> the same, x's dtype.
+
+    Args:
+        x: (B, C, H, W), dense NCHW or channels_last.
+        w0, w1: (C, 1, k0, k0) and (C, 1, k1, k1).
+        b0, b1: (C,) or None.
+        dilations: (d0, d1).
+        band_rows: output rows per work item (tests use it to exercise bands on small maps); default from the budget.
+        programs: persistent programs (default: SMs x 4 on a GPU).
+    """
+    nhwc = is_nhwc(x)
+    x = _in_layout(x, nhwc)
+    bsz, c, h, w = x.shape
+    k0, k1 = w0.shape[-1], w1.shape[-1]
+    halo = dilations[1] * (k1 - 1) // 2
+    ch_h, ch_w, block_c = _lka_chunk(nhwc, c)
+    band = band_rows or _band_rows(h, w, block_c, halo, ch_h)
+    n_bands = triton.cdiv(h, band)
+    n_cb = triton.cdiv(c, block_c)
+    n_work = bsz * n_bands * n_cb
+    n_prog = min(n_work, programs or _max_programs(x.device))
+    slot_rows = min(h, band + 2 * halo)
+    slot_size = slot_rows * w * block_c
+    # Slot strides (channel, row, column): channels innermost for NHWC (vector loads, as from x), columns for NCHW.
+    t_strides = (1, w * block_c, block_c) if nhwc else (1, w, 1)
+    y = _new_map(x.shape, x.dtype, x.device, nhwc)
+    if n_work == 0 or x.numel() == 0:
+        return y
+    scratch = new_output((n_prog * slot_size,), x.dtype, x.device)
+    w0t, w1t = _tap_major(w0), _tap_major(w1)
+    _lka_fwd_kernel[(n_prog,)](
+        x,
+        w0t,
+        b0 if b0 is not None else w0t,
+        w1t,
+        b1 if b1 is not None else w1t,
+        y,
+        scratch,
+        c,
+        h,
+        w,
+        *x.stride(),
+        *t_strides,
+        slot_size,
+        band,
+        n_bands,
+        n_cb,
+        n_work,
+        K0=k0,
+        D0=dilations[0],
+        K1=k1,
+        D1=dilations[1],
+        HAS_B0=b0 is not None,
+        HAS_B1=b1 is not None,
+        CH_H=ch_h,
+        CH_W=ch_w,
+        BLOCK_C=block_c,
+        UNROLL0=_unroll(nhwc, k0),
+        UNROLL1=_unroll(nhwc, k1),
+    )
+    return y
+
+
+def lka_spatial_bwd(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    w0: torch.Tensor,
+    b0: torch.Tensor | None,
+    w1: torch.Tensor,
+    dilations: tuple[int, int],
+    needs_b0: bool,
+    needs_b1: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """Gradients of :func:`lka_spatial_fwd`: (dx, dw0, db0, dw1, db1).
+
+    Recomputes the intermediate (one forward call; it is rounded to x's dtype as in the forward), then runs the
+    single-conv backward for conv1 (giving the intermediate's gradient) and for conv0.
+    """
+    mid = dwconv2d_fwd(x, w0, b0, dilations[0])
+    dmid, dw1, db1 = dwconv2d_bwd(grad_out, mid, w1, dilations[1], needs_b1)
+    dx, dw0, db0 = dwconv2d_bwd(dmid, x, w0, dilations[0], needs_b0)
+    return dx, dw0, db0, dw1, db1
