@@ -65,9 +65,12 @@ Models (``--models a,b,...``; empty skips): inference img/s (no grad), training 
 and peak memory, batch 128 at 224 px under bf16 autocast. ``name@torch`` builds a vizattn model with
 ``kernel_backend='torch'``. ``--hires`` adds BiFormer-S forward+backward on one 1024x1024 image with ``n_win=16``.
 
-Output: ``--out x.json`` is rewritten after every group (a run cut short keeps what it measured) and the tables are
-printed and written to ``x.txt``. ``--budget-s`` skips (and records as skipped) every shape, model or DiT size that
-would start after that many seconds. The exit status is 1 when a vizattn check failed or raised.
+Groups run in this order: neighborhood, depthwise, CLEAR, DiT, models, hires, routed (measured in an earlier run,
+so the first to give way). Output: ``--out x.json`` (keys ``na2d``, ``dwconv``, ``clear``, ``dit``, ``models``,
+``hires``, ``routed``, ``group_seconds``, ``environment``) is rewritten after every group, so a run cut short keeps
+what it measured, and the tables are printed and written to ``x.txt``. ``--budget-s`` skips (and records as skipped)
+every shape, model or DiT size that would start after that many seconds. The exit status is 1 when a vizattn check
+failed or raised.
 
 Smoke mode (``--smoke``): every group at tiny shapes with few iterations, to test the script. With ``--device cpu``
 it runs without a GPU: Triton under ``TRITON_INTERPRET=1``, flex uncompiled (forward only: it has no CPU backward),
@@ -75,11 +78,13 @@ one wall-clock call instead of ``do_bench``, no profiler or memory figures.
 
     python3 tools/benchmark.py --device cpu --smoke --models van_b0 --hires --hires-model biformer_t --dit
 
-Example, every open target in one GPU run of about 8 minutes (on the GPU machine, from the repository root):
+Every open target in one GPU run of about 8 minutes (on the GPU machine, from the repository root; flex only at the
+headline neighborhood shapes, the other flex anchors are in PERFORMANCE.md):
 
     PYTHONPATH=. python3 tools/benchmark.py \\
-        --models biformer_t,biformer_s,nat_tiny,dinat_tiny,van_b0,van_b2,swin_tiny_patch4_window7_224,convnext_tiny \\
-        --iters 10 --hires --dit --flex-shapes 56x56-h2,56x56-h2-rpb,14x14-h8 --budget-s 500 --out bench.json
+        --models nat_tiny,dinat_tiny,van_b0,van_b2,biformer_s,swin_tiny_patch4_window7_224,convnext_tiny \\
+        --iters 10 --hires --dit --flex-shapes 56x56-h2,56x56-h2-rpb --impls vizattn,gather+matmul \\
+        --budget-s 480 --out bench.json
 """
 
 from __future__ import annotations
@@ -169,11 +174,11 @@ TARGETS = {
 }
 
 # --smoke: the smallest shapes that still take every code path (bias and none, dilation, extra tokens, the LKA pair).
-SMOKE_ROUTED = [("8x8-w2-top1", 1, 8, 8, 16, 2, 2, 1)]
+SMOKE_ROUTED = [("8x8-w2-top1", 1, 8, 8, 32, 2, 2, 1)]
 SMOKE_CLEAR = [("8x8-r2", 1, 8, 8, 2, 0), ("8x8-r2-d4", 1, 8, 8, 2, 4)]
 SMOKE_CLEAR_HEADS = (2, 16)
 SMOKE_NA = [("6x6-h2-k3-rpb", 1, 6, 6, 2, 3, 1, True), ("6x6-h2-k3-d2", 1, 6, 6, 2, 3, 2, False)]
-SMOKE_NA_HEAD_DIM = 8
+SMOKE_NA_HEAD_DIM = 16  # tl.dot needs 16 on a GPU (--smoke runs there too)
 SMOKE_DW = [("8x8-c2-lka", 1, 2, 8, 8, LKA)]
 SMOKE_DIT = dict(model="dit_s_2", sizes=[64], radii=[2], overrides=dict(depth=2))
 
@@ -1359,7 +1364,13 @@ def main(argv: list[str] | None = None) -> int:
     clear = _select(p, "--clear-shapes", args.clear_shapes, SMOKE_CLEAR if smoke else CLEAR_SHAPES)
     na = _select(p, "--na-shapes", args.na_shapes, SMOKE_NA if smoke else NA_SHAPES)
     dw = _select(p, "--dw-shapes", args.dw_shapes, SMOKE_DW if smoke else DW_SHAPES)
-    flex_shapes = None if args.flex_shapes is None else {n for n in args.flex_shapes.split(",") if n}
+    flex_shapes = None
+    if args.flex_shapes is not None:
+        flex_shapes = {n for n in args.flex_shapes.split(",") if n}
+        known = [s[0] for s in (*na, *routed, *clear)]
+        if flex_shapes - set(known):
+            p.error(f"--flex-shapes: {', '.join(sorted(flex_shapes - set(known)))} is not among the selected "
+                    f"neighborhood, routed or CLEAR shapes: {', '.join(known)}")
     dit_model = args.dit_model or (SMOKE_DIT["model"] if smoke else "dit_xl_2")
     dit_overrides = SMOKE_DIT["overrides"] if smoke and args.dit_model is None else {}
     dit_sizes = _ints(p, "--dit-sizes", args.dit_sizes) if args.dit_sizes is not None else (
@@ -1422,17 +1433,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.kernels and routed:  # last: measured in an earlier run (docs/benchmarks.md), the first to give way
         groups.append(("routed", lambda: bench_routed(routed, args.check, args.impls.split(","), dev, flex_shapes)))
 
-    for key, run in groups:
-        print(f"\n== {key}", flush=True)
-        t0 = time.perf_counter()
-        try:
-            result[key] = run()
-        except Exception as e:  # noqa: BLE001 - one group must not lose the others' numbers
-            result[key] = [dict(model=key, shape="-", impl="-", error=_err(e))]
-            print(f"[{key}] failed: {result[key][0]['error']}", file=sys.stderr)
-        _free(dev)
-        result["group_seconds"][key] = round(time.perf_counter() - t0, 1)
-        _write_json(args.out, result)
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        # Smoke figures mean nothing; one thread keeps a shared machine's cores from being oversubscribed (tens of
+        # times slower with other jobs running).
+        torch.set_num_threads(1)
+    try:
+        for key, run in groups:
+            print(f"\n== {key}", flush=True)
+            t0 = time.perf_counter()
+            try:
+                result[key] = run()
+            except Exception as e:  # noqa: BLE001 - one group must not lose the others' numbers
+                result[key] = [dict(model=key, shape="-", impl="-", error=_err(e))]
+                print(f"[{key}] failed: {result[key][0]['error']}", file=sys.stderr)
+            _free(dev)
+            result["group_seconds"][key] = round(time.perf_counter() - t0, 1)
+            _write_json(args.out, result)
+    finally:
+        torch.set_num_threads(threads)
 
     tables = io.StringIO()
     with contextlib.redirect_stdout(tables):

@@ -1,0 +1,31 @@
+"""The two memory formats the depthwise kernels take, NCHW (contiguous) and NHWC (channels_last).
+
+A (B, C, H, W) map keeps its logical shape in both; only the strides differ. Outputs and input gradients come back in
+their input's format, as ``torch.nn.functional.conv2d`` returns them. Kept apart from the kernels so that the fake
+implementations of the custom ops (which must give the real outputs' strides) do not import Triton.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["is_nhwc", "to_kernel_layout", "empty_map"]
+
+
+def is_nhwc(x: torch.Tensor) -> bool:
+    """Whether the kernels treat a dense (B, C, H, W) map as NHWC; a map dense in both formats counts as NCHW."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def to_kernel_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself when dense NCHW or NHWC, else one copy: NHWC when its channels are innermost, NCHW otherwise."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    channels_last = x.stride(1) == 1 and x.shape[1] > 1
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def empty_map(like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised map of ``like``'s shape in the format :func:`is_nhwc` gives ``like`` (for fake kernels)."""
+    fmt = torch.channels_last if is_nhwc(like) else torch.contiguous_format
+    return torch.empty(like.shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
