@@ -134,3 +134,16 @@ def test_pretrained_path_loads_through_the_family_filter(shapes_tiny, tmp_path):
     other = build_model("biformer_t", 5, kwargs, pretrained_path=str(run.output_dir / "last.pth")).state_dict()
     assert other["head.weight"].shape == (5, 32)
     assert all(torch.equal(other[k], v) for k, v in saved.items() if not k.startswith("head."))
+
+
+def test_randaugment_posterize_at_full_magnitude():
+    # The recipes' rand-m9-mstd0.5 reaches magnitude 10, where PosterizeIncreasing keeps 0 bits: Pillow >= 12 raises
+    # there; vizattn.train gives the black image older Pillow gave.
+    from PIL import Image
+    from timm.data.auto_augment import AugmentOp
+
+    import vizattn.train.loaders  # noqa: F401  (patches timm's posterize)
+
+    img = Image.new("RGB", (8, 8), (200, 100, 50))
+    assert AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)(img).getextrema() == ((0, 0), (0, 0), (0, 0))
+    assert AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=0)(img).getpixel((0, 0)) == (192, 96, 48)
