@@ -35,6 +35,9 @@ import triton.language as tl
 
 from vizattn.kernels._alloc import new_output
 from vizattn.kernels._halo2d.tiles import AxisTiles
+from vizattn.kernels._triton_util import dot as _dot
+from vizattn.kernels._triton_util import dot_precision as _dot_precision
+from vizattn.kernels._triton_util import head_block as _head_block
 
 __all__ = ["DeviceTables", "device_tables", "halo_fwd", "halo_bwd"]
 
@@ -71,14 +74,6 @@ def device_tables(axis: AxisTiles, device: torch.device) -> DeviceTables:
     store = torch.where(real, axis.q_idx, -1)
     tabs = (x.to(device=device, dtype=torch.int32).contiguous() for x in (axis.q_idx, store, axis.k_idx, axis.rel_idx))
     return DeviceTables(*tabs, n, slots, axis.k_idx.shape[1])
-
-
-@triton.jit
-def _dot(a, b, DOT_PRECISION: tl.constexpr):
-    if DOT_PRECISION == "upcast":
-        # Triton's interpreter multiplies bfloat16 tiles wrongly; their exact float32 products are the same math.
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -297,20 +292,6 @@ def _halo_bwd_kernel(
             tl.atomic_add(dev_base + e[:, None] * s_dfm + cv[None, :] * s_dfd, dxv, mask=e_ok[:, None] & cv_ok)
     dq_ptr = DQ + b * s_dqb + head * s_dqn + row[:, None] * s_dqh + col[:, None] * s_dqw + cq[None, :] * s_dqd
     tl.store(dq_ptr, (dq * scale).to(DQ.dtype.element_ty), mask=real[:, None] & cq_ok)
-
-
-def _head_block(d: int) -> int:
-    # head dims that are not powers of two (72, 40) are padded up to one and masked
-    return max(16, triton.next_power_of_2(d))
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    # float32 inputs get true float32 products so they match the float32 reference; 16-bit inputs ignore it.
-    if dtype == torch.float32:
-        return "ieee"
-    if dtype == torch.bfloat16 and triton.knobs.runtime.interpret:
-        return "upcast"
-    return "tf32"
 
 
 def _launch_meta(

@@ -39,6 +39,9 @@ import triton
 import triton.language as tl
 
 from vizattn.kernels._alloc import new_output
+from vizattn.kernels._triton_util import dot as _dot
+from vizattn.kernels._triton_util import dot_precision as _dot_precision
+from vizattn.kernels._triton_util import head_block as _head_block
 
 __all__ = ["routed_attention_fwd", "routed_attention_bwd", "choose_mode", "CONFIGS", "MAX_INDEX"]
 
@@ -64,14 +67,6 @@ def _token_offset(region, tok, n_win, inv_n_win, h, w, inv_w, s_h, s_w):
     rj, ri = _divmod(region, n_win, inv_n_win)
     tr, tc = _divmod(tok, w, inv_w)
     return (rj * h + tr) * s_h + (ri * w + tc) * s_w
-
-
-@triton.jit
-def _dot(a, b, DOT_PRECISION: tl.constexpr):
-    if DOT_PRECISION == "upcast":
-        # Triton's interpreter multiplies bfloat16 tiles wrongly; their exact float32 products are the same math.
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -530,19 +525,6 @@ def _config(kernel: str, mode: str, n_tok: int, n_keys: int) -> dict[str, int]:
         else:
             cfg["BLOCK_N"] = min(cfg["BLOCK_N"], region_rows)
     return cfg
-
-
-def _head_block(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    # float32 inputs get true float32 products so they match the float32 reference; 16-bit inputs ignore it.
-    if dtype == torch.float32:
-        return "ieee"
-    if dtype == torch.bfloat16 and triton.knobs.runtime.interpret:
-        return "upcast"
-    return "tf32"
 
 
 class _Geometry:

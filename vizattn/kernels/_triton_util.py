@@ -1,0 +1,33 @@
+"""Small pieces the Triton attention kernels share (routed attention, the halo kernels of na2d and CLEAR)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["dot", "dot_precision", "head_block"]
+
+
+@triton.jit
+def dot(a, b, DOT_PRECISION: tl.constexpr):
+    """``tl.dot`` with the precision :func:`dot_precision` chose for the input dtype."""
+    if DOT_PRECISION == "upcast":
+        # Triton's interpreter multiplies bfloat16 tiles wrongly; their exact float32 products are the same math.
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+def head_block(d: int) -> int:
+    """Block size covering a head dim: head dims that are not powers of two (72, 40) are padded up and masked."""
+    return max(16, triton.next_power_of_2(d))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """The ``DOT_PRECISION`` constexpr of :func:`dot` for inputs of ``dtype``."""
+    # float32 inputs get true float32 products so they match the float32 reference; 16-bit inputs ignore it.
+    if dtype == torch.float32:
+        return "ieee"
+    if dtype == torch.bfloat16 and triton.knobs.runtime.interpret:
+        return "upcast"
+    return "tf32"
