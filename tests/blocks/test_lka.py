@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from vizattn.blocks import LKA, VANAttention
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 
 def _dw(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
     """Depthwise 'same' convolution as a sum of shifted copies of the zero-padded input."""
@@ -92,3 +94,34 @@ def test_attention_unit_and_official_names():
 def test_wrong_channels_raise():
     with pytest.raises(ValueError, match=r"expects an NCHW map \(B, 8, H, W\), got shape \(1, 4, 5, 5\)"):
         LKA(8)(torch.randn(1, 4, 5, 5))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_triton_backend_matches_the_torch_path(layout, monkeypatch):
+    """LKA on the fused Triton op (interpreted without CUDA) against the torch convs: output, input and every
+    parameter gradient, in NCHW and channels_last, outputs NaN-poisoned so an unwritten element fails."""
+    monkeypatch.setenv("VIZATTN_POISON_OUTPUTS", "1")
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    ref = LKA(3)
+    _randomize(ref)
+    ref = ref.to(DEVICE)
+    ours = LKA(3, backend="triton").to(DEVICE)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 12, 10).to(DEVICE).contiguous(memory_format=fmt).requires_grad_()
+    out, want = ours(x), ref(x)
+    assert out.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, *ours.parameters()], g)
+    expected = torch.autograd.grad(want, [x, *ref.parameters()], g)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_backend_is_passed_down_and_the_state_dict_is_unchanged():
+    m = VANAttention(4, backend="torch")
+    assert m.spatial_gating_unit.backend == "torch"
+    assert VANAttention(4).spatial_gating_unit.backend == "auto"
+    assert set(LKA(4, backend="triton").state_dict()) == set(LKA(4).state_dict())
+    with pytest.raises(ValueError, match="backend='cuda' is not one of"):
+        LKA(4, backend="cuda")(torch.randn(1, 4, 5, 5))

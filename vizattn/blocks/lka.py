@@ -1,15 +1,19 @@
 """Large kernel attention (VAN, "Visual Attention Network", Guo et al., CVMJ 2023, https://arxiv.org/abs/2202.09741).
 
-Both modules take and return NCHW maps ``(B, C, H, W)``: VAN is a convolutional network whose blocks run NCHW
-(BatchNorm, depthwise and 1x1 convs), so no layout change is needed around them. Parameter names follow the official
-code (Visual-Attention-Network/VAN-Classification ``models/van.py``: ``conv0``, ``conv_spatial``, ``conv1``;
-``proj_1``, ``spatial_gating_unit``, ``proj_2``) so the released checkpoints load without renaming.
+Both modules take and return ``(B, C, H, W)`` maps: VAN is a convolutional network whose blocks run on such maps
+(BatchNorm, depthwise and 1x1 convs), so no layout change is needed around them. The maps may be NCHW or
+channels_last in memory; the output keeps the input's format, and the Triton depthwise kernels are fastest on
+channels_last. Parameter names follow the official code (Visual-Attention-Network/VAN-Classification
+``models/van.py``: ``conv0``, ``conv_spatial``, ``conv1``; ``proj_1``, ``spatial_gating_unit``, ``proj_2``) so the
+released checkpoints load without renaming.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from vizattn.kernels.dwconv import lka_spatial
 
 __all__ = ["LKA", "VANAttention"]
 
@@ -27,23 +31,31 @@ class LKA(nn.Module):
     bias. The two depthwise convs are separately zero-padded, so the dilated conv sees zeros (not conv0 evaluated
     outside the image) beyond the border, as in the official code.
 
+    The two depthwise convs run as one op, :func:`vizattn.kernels.dwconv.lka_spatial`, with the modules' parameters
+    (the modules are kept for their names and initialisation; their own forward is not called).
+
     Args:
         dim: channels C.
+        backend: kernel backend of :func:`~vizattn.kernels.dwconv.lka_spatial`, ``'auto'``, ``'triton'`` or
+            ``'torch'``.
 
     Shape:
-        (B, dim, H, W) -> (B, dim, H, W).
+        (B, dim, H, W) -> (B, dim, H, W), NCHW or channels_last (kept).
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, backend: str = "auto"):
         super().__init__()
         self.dim = dim
+        self.backend = backend
         self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
         self.conv_spatial = nn.Conv2d(dim, dim, 7, stride=1, padding=9, groups=dim, dilation=3)
         self.conv1 = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_channels(self, x, self.dim)
-        return x * self.conv1(self.conv_spatial(self.conv0(x)))
+        c0, cs = self.conv0, self.conv_spatial
+        attn = lka_spatial(x, c0.weight, c0.bias, cs.weight, cs.bias, dilations=(1, 3), backend=self.backend)
+        return x * self.conv1(attn)
 
 
 class VANAttention(nn.Module):
@@ -54,16 +66,17 @@ class VANAttention(nn.Module):
 
     Args:
         dim: channels C.
+        backend: kernel backend of the LKA (see :class:`LKA`).
 
     Shape:
         (B, dim, H, W) -> (B, dim, H, W).
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, backend: str = "auto"):
         super().__init__()
         self.proj_1 = nn.Conv2d(dim, dim, 1)
         self.activation = nn.GELU()
-        self.spatial_gating_unit = LKA(dim)
+        self.spatial_gating_unit = LKA(dim, backend=backend)
         self.proj_2 = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,15 +3,17 @@
 Layouts. Every kernel addresses a map through its element strides (batch, channel, row, column), so one kernel serves
 both memory formats, and an output or gradient is allocated in its input's format. The launchers choose the tile:
 
-- NCHW (contiguous): a program owns a pixel tile of one (image, channel) plane (``BLOCK_C = 1``); the pixels of a
-  tile row are contiguous, so loads vectorise along W.
+- NCHW (contiguous): a program owns a 16 x 16 pixel tile of one (image, channel) plane (``BLOCK_C = 1``). A tap
+  shifts the tile by a column offset that is not a multiple of the vector width, so its loads are scalar (2 bytes in
+  bf16): this is the compatible layout, not the fast one.
 - NHWC (channels_last): a program owns a pixel tile times a block of ``BLOCK_C`` channels; a pixel's channels are
-  contiguous, so loads vectorise along C, and each tap's weights are one contiguous ``BLOCK_C`` vector (weights are
-  passed tap-major, ``(k * k, C)``).
+  contiguous whatever the tap, so loads are 16-byte vectors (when C is a multiple of 8), and each tap's weights are
+  one contiguous ``BLOCK_C`` vector (weights are passed tap-major, ``(k * k, C)``).
 
 Single convolution, forward: accumulate the ``k * k`` shifted, masked input tiles times their tap weights in float32
-(zero padding = masked loads; neighbouring taps overlap, so after the first taps the loads mostly hit L1). Kernels up
-to 11 x 11 are unrolled fully; larger ones (up to 31 x 31 and beyond) loop over kernel rows to bound code size.
+(zero padding = masked loads; neighbouring taps overlap, so after the first taps the loads mostly hit L1). How much of
+the tap loop is unrolled depends on the layout and k (see ``_unroll``): enough for the loads of several taps to be in
+flight, not so much that they spill registers.
 
 Backward: the input gradient is the same convolution of ``grad_out`` with the spatially flipped kernel (stride 1,
 symmetric padding), so it runs the forward kernel. The weight and bias gradients are per-channel reductions over
@@ -28,6 +30,14 @@ threads and computes conv1 from the slot. The slot is reused by every work item 
 makes a round trip through HBM. Bands overlap by the halo rows, which are recomputed; the launcher takes the whole
 map as one band when its slot fits a budget (VAN's 56x56 maps and smaller). The backward recomputes the
 intermediate with the single-conv forward and runs the single-conv backward twice.
+
+What bounds them: each tap reloads its shifted tile (from L1 after the first taps), so the L1 traffic per output is
+``k * k`` loads, 2 bytes each in bf16 NHWC: about 50 bytes for 5x5 and 100 for 7x7, where HBM needs 4. Triton has
+no cheap way to shift a tile held in registers (``tl.gather`` goes through shared memory, whose bandwidth is L1's), so
+a load does not serve several taps. At roughly 33 TB/s of L1 bandwidth on an H200 that estimates 19 us (5x5) and
+38 us (7x7 dilation 3) at B64 C64 56x56, and about 57 us for the fused op (25 + 49 loads per output), all above the
+HBM floor of 12 us. Reusing loads across taps needs tensor cores on banded (Toeplitz) weight matrices, or explicit
+shared-memory windows (Gluon or CUDA).
 
 Nothing here has run on a GPU yet: the tile sizes and launch budgets below come from sm_90 compile reports
 (registers, spills), not from timings.
@@ -46,8 +56,6 @@ from vizattn.kernels.dwconv.layout import is_nhwc
 
 __all__ = ["dwconv2d_fwd", "dwconv2d_bwd", "lka_spatial_fwd", "lka_spatial_bwd"]
 
-# Kernels up to this size are unrolled fully (every tap's address is a constant offset); larger ones loop over rows.
-_UNROLL_K = tl.constexpr(11)
 # Fused LKA: largest scratch slot, in elements, for which a whole map is one band (a 56x56 map of 16 channels is
 # 50176); above it bands are cut so that band + halo rows fit it, at the price of recomputing the halo rows.
 _SLOT_BUDGET = 64 * 1024
@@ -181,16 +189,27 @@ def _dw_fwd_kernel(
 
 
 @triton.jit
-def _wgrad_row(dy, ptrs, oh, ow, pm, H, W, s_h, s_w, out, cm, C, i, K: tl.constexpr, DIL: tl.constexpr):
-    """Store ``sum_pixels dy * x[shifted by tap (i, j)]`` per channel for the K taps of kernel row i."""
-    pad = DIL * (K - 1) // 2
-    ih = oh + (i * DIL - pad)
+def _wgrad_tap(dy, ptrs, ih, mh, ow, W, s_h, s_w, out, cm, C, i, j, K: tl.constexpr, DIL: tl.constexpr):
+    """Store ``sum_pixels dy * x[ih, ow + j*DIL - pad]`` per channel, the partial gradient of tap (i, j)."""
+    iw = ow + (j * DIL - DIL * (K - 1) // 2)
+    m = mh & (iw >= 0) & (iw < W)
+    xv = tl.load(ptrs + (ih * s_h + iw * s_w)[:, None], mask=m[:, None] & cm[None, :], other=0.0)
+    tl.store(out + (i * K + j) * C, tl.sum(dy * xv.to(tl.float32), axis=0), mask=cm)
+
+
+@triton.jit
+def _wgrad_row(
+    dy, ptrs, oh, ow, pm, H, W, s_h, s_w, out, cm, C, i, K: tl.constexpr, DIL: tl.constexpr, STATIC_COLS: tl.constexpr
+):
+    """The partial weight gradients of the K taps of kernel row i."""
+    ih = oh + (i * DIL - DIL * (K - 1) // 2)
     mh = pm & (ih >= 0) & (ih < H)
-    for j in tl.static_range(K):
-        iw = ow + (j * DIL - pad)
-        m = mh & (iw >= 0) & (iw < W)
-        xv = tl.load(ptrs + (ih * s_h + iw * s_w)[:, None], mask=m[:, None] & cm[None, :], other=0.0)
-        tl.store(out + (i * K + j) * C, tl.sum(dy * xv.to(tl.float32), axis=0), mask=cm)
+    if STATIC_COLS:
+        for j in tl.static_range(K):
+            _wgrad_tap(dy, ptrs, ih, mh, ow, W, s_h, s_w, out, cm, C, i, j, K, DIL)
+    else:
+        for j in range(K):
+            _wgrad_tap(dy, ptrs, ih, mh, ow, W, s_h, s_w, out, cm, C, i, j, K, DIL)
 
 
 @triton.jit
@@ -213,6 +232,7 @@ def _dw_wgrad_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     tile = tl.program_id(0)
     b = tl.program_id(1)
@@ -231,12 +251,13 @@ def _dw_wgrad_kernel(
     if HAS_BIAS:
         tl.store(DBP + row * C + c, tl.sum(dy, axis=0), mask=cm)
     out = DWP + row * (K * K) * C + c
-    if K <= _UNROLL_K:
+    src = X + img + chan
+    if UNROLL == 2:
         for i in tl.static_range(K):
-            _wgrad_row(dy, X + img + chan, oh, ow, pm, H, W, s_h, s_w, out, cm, C, i, K, DIL)
+            _wgrad_row(dy, src, oh, ow, pm, H, W, s_h, s_w, out, cm, C, i, K, DIL, True)
     else:
         for i in range(K):
-            _wgrad_row(dy, X + img + chan, oh, ow, pm, H, W, s_h, s_w, out, cm, C, i, K, DIL)
+            _wgrad_row(dy, src, oh, ow, pm, H, W, s_h, s_w, out, cm, C, i, K, DIL, UNROLL == 1)
 
 
 @triton.jit
@@ -277,7 +298,7 @@ def _lka_fwd_kernel(
 ):
     pid = tl.program_id(0)
     halo = D1 * (K1 - 1) // 2
-    P = CH_H * CH_W
+    P: tl.constexpr = CH_H * CH_W
     p = tl.arange(0, P)
     ph = p // CH_W
     pw = p % CH_W
@@ -370,8 +391,17 @@ def _wgrad_tile(nhwc: bool, c: int) -> tuple[int, int, int, int]:
 
 
 def _unroll(nhwc: bool, k: int) -> int:
-    """The ``UNROLL`` of :func:`_conv_tile` (how much of the tap loop is unrolled), from sm_90 register reports."""
-    return 2 if k <= 11 else 1
+    """How much of the tap loop to unroll (``UNROLL`` of :func:`_conv_tile`), from sm_90 register reports.
+
+    Unrolled taps let ptxas issue every tap's loads early, one set of registers per tap in flight. An NHWC thread
+    holds a vector of channels per pixel: fully unrolled 7x7 taps take 255 registers and spill (133 with the rows
+    looped, no spills), and a row of 31 unrolled taps spills too. An NCHW thread holds scalars: 5x5 unrolls in 48-56
+    registers, but fully unrolled 7x7 spills in fp16 and 11x11 takes about 200 (rows looped: 32-40 up to 11x11, 80
+    for 31x31 with a row unrolled).
+    """
+    if nhwc:
+        return 1 if k <= 11 else 0
+    return 2 if k <= 5 else 1
 
 
 def _grid(x: torch.Tensor, block_h: int, block_w: int, block_c: int) -> tuple[int, int, int]:
@@ -445,6 +475,7 @@ def dwconv2d_bwd(
         BLOCK_H=block_h,
         BLOCK_W=block_w,
         BLOCK_C=block_c,
+        UNROLL=_unroll(nhwc, k),
         num_warps=num_warps,
     )
     dweight = dw_part.sum(0).t().reshape(weight.shape).to(weight.dtype)
@@ -463,9 +494,10 @@ def _lka_chunk(nhwc: bool, c: int) -> tuple[int, int, int]:
     """(CH_H, CH_W, BLOCK_C) of the fused LKA kernel: the pixel chunk each step computes, and the channel block.
 
     NHWC: 16 channels (32 bytes of bf16 per pixel: whole sectors) times 64 pixels, 8 elements per thread with 4 warps.
+    NCHW: one channel, 16 rows of 32 pixels.
     """
     if not nhwc:
-        return 8, 32, 1
+        return 16, 32, 1
     block_c = min(triton.next_power_of_2(c), 16)
     return min(1024 // (16 * block_c), 16), 16, block_c
 
@@ -545,8 +577,9 @@ def lka_spatial_fwd(
         CH_H=ch_h,
         CH_W=ch_w,
         BLOCK_C=block_c,
-        UNROLL0=_unroll(nhwc, k0),
-        UNROLL1=_unroll(nhwc, k1),
+        # Both convs unrolled in one body take all 255 registers even in NCHW (40 with their rows looped).
+        UNROLL0=min(_unroll(nhwc, k0), 1),
+        UNROLL1=min(_unroll(nhwc, k1), 1),
     )
     return y
 
