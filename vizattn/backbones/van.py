@@ -80,6 +80,7 @@ class VANBlock(nn.Module):
         drop: dropout in the MLP.
         drop_path: stochastic depth rate of both residual branches.
         layer_scale_init_value: initial value of the per-channel ``layer_scale_1`` / ``layer_scale_2`` (1e-2).
+        kernel_backend: backend of the LKA spatial op (``'auto'``, ``'triton'``, ``'torch'``).
 
     Shape: (B, dim, H, W) -> (B, dim, H, W).
     """
@@ -91,10 +92,11 @@ class VANBlock(nn.Module):
         drop: float = 0.0,
         drop_path: float = 0.0,
         layer_scale_init_value: float = 1e-2,
+        kernel_backend: str = "auto",
     ):
         super().__init__()
         self.norm1 = nn.BatchNorm2d(dim)
-        self.attn = VANAttention(dim)
+        self.attn = VANAttention(dim, backend=kernel_backend)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.BatchNorm2d(dim)
         self.mlp = VANMlp(dim, int(dim * mlp_ratio), drop=drop)
@@ -138,6 +140,8 @@ class VAN(ClassifierMixin, nn.Module):
         drop_path_rate: stochastic depth, linear from 0 over all blocks.
         norm_eps: eps of the stage-end LayerNorms (1e-6 in every classification release).
         layer_scale_init_value: initial layer scale (1e-2).
+        kernel_backend: backend of the depthwise convolutions of LKA (``'auto'``, ``'triton'``, ``'torch'``; see
+            :func:`vizattn.kernels.dwconv.lka_spatial`).
     """
 
     def __init__(
@@ -152,6 +156,7 @@ class VAN(ClassifierMixin, nn.Module):
         drop_path_rate: float = 0.0,
         norm_eps: float = 1e-6,
         layer_scale_init_value: float = 1e-2,
+        kernel_backend: str = "auto",
     ):
         super().__init__()
         if not len(embed_dims) == len(mlp_ratios) == len(depths):
@@ -177,7 +182,8 @@ class VAN(ClassifierMixin, nn.Module):
                 ),
             )
             blocks = [
-                VANBlock(dim, mlp_ratios[i], drop_rate, dpr[start + j], layer_scale_init_value) for j in range(depth)
+                VANBlock(dim, mlp_ratios[i], drop_rate, dpr[start + j], layer_scale_init_value, kernel_backend)
+                for j in range(depth)
             ]
             self.add_module(f"block{i + 1}", nn.ModuleList(blocks))
             self.add_module(f"norm{i + 1}", nn.LayerNorm(dim, eps=norm_eps))
