@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from vizattn.diffusion.distill import load_student, resolve_device, sample_latents
 from vizattn.diffusion.dit import create_dit, list_dit_models
@@ -30,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("model (a teacher, or --student)")
     src.add_argument("--model", default="dit_xl_2", help=f"DiT name, one of {', '.join(list_dit_models())}")
     src.add_argument("--image-size", type=int, default=256, help="image side in pixels (latent side = size / 8)")
+    src.add_argument("--model-kwargs", type=yaml.safe_load, default={}, metavar="YAML",
+                     help="extra DiT constructor arguments, e.g. '{depth: 4, num_classes: 10}'")
     src.add_argument("--pretrained", action="store_true", help="download the official weights (dit_xl_2 only)")
     src.add_argument("--teacher-path", help="DiT weights: official .pt, train.py checkpoint or diffusers file/folder")
     src.add_argument("--student", help="a tools/distill_clear.py checkpoint; the teacher comes from its settings "
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.image_size % 8:
                 raise ConfigError(f"--image-size must be a multiple of 8, got {args.image_size}.")
             model = create_dit(args.model, pretrained=args.pretrained, checkpoint_path=args.teacher_path,
-                               input_size=args.image_size // 8)
+                               **dict(args.model_kwargs or {}, input_size=args.image_size // 8))
     except (ConfigError, ValueError) as e:
         print(f"sample_dit.py: error: {e}", file=sys.stderr)
         return 2

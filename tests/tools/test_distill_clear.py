@@ -68,6 +68,8 @@ def test_distillation_halves_the_error_and_samples(teacher_file, tmp_path, capsy
     before, after = ckpt["error_before"], ckpt["history"][-1]["error"]
     assert before > 0.01, "the teacher does not use attention beyond the radius: the test would prove nothing"
     assert after <= 0.5 * before, (before, after)
+    buckets = ckpt["history"][-1]["errors"]
+    assert buckets["all"] == after and len(buckets) > 2 and all(v >= 0 for v in buckets.values())
     assert all(".attn.qkv." in k or ".attn.proj." in k for k in ckpt["student"])  # only the trained part is saved
 
     student = load_student(tmp_path / "runs" / "distill" / "last.pth")
@@ -133,3 +135,24 @@ def test_bad_configs(tmp_path, capsys):
     assert "exactly one teacher source" in capsys.readouterr().err
     assert distill_clear.main(["--data-dir", str(tmp_path), "--radius", "3", "--random-teacher", "--radus", "2"]) == 2
     assert "--radius" in capsys.readouterr().err
+
+
+def test_sample_dit_decodes_with_a_vae(tmp_path, capsys):
+    from diffusers import AutoencoderKL  # in the dev extra
+    torch.manual_seed(0)
+    teacher = reinit_zero_layers_(create_dit("dit_s_2", input_size=8, **TINY))
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",))
+    vae.save_pretrained(tmp_path / "vae")
+    args = ["--model", "dit_s_2", "--image-size", "64", "--teacher-path", str(tmp_path / "teacher.pt"),
+            "--classes", "3", "7", "--sampler", "ddpm", "--steps", "3", "--out", str(tmp_path / "out"),
+            "--vae", str(tmp_path / "vae")]
+    assert sample_dit.main(args) == 2  # the tiny teacher does not fit dit_s_2's default shapes
+    assert "sample_dit.py: error:" in capsys.readouterr().err
+    assert sample_dit.main(args + ["--model-kwargs", "{depth: 4, hidden_size: 64, num_heads: 4, num_classes: 8}"]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert pngs == ["000_class3.png", "001_class7.png"]
+    assert "sampled 2 latents of shape (4, 8, 8)" in capsys.readouterr().out
+    assert sample_dit.main(["--pretrained", "--teacher-path", "x.pt"]) == 2
+    assert "exactly one of --pretrained and --teacher-path" in capsys.readouterr().err

@@ -47,6 +47,7 @@ __all__ = [
     "generate_teacher_set",
     "load_teacher_set",
     "noise_prediction_error",
+    "noise_prediction_errors",
     "reinit_zero_layers_",
     "sample_latents",
     "synthetic_latents",
@@ -376,23 +377,38 @@ def make_eval_triples(latents: torch.Tensor, labels: torch.Tensor, num_timesteps
 
 
 @torch.no_grad()
-def noise_prediction_error(teacher: DiT, student: DiT, triples, batch_size: int = 32) -> float:
+def noise_prediction_errors(teacher: DiT, student: DiT, triples, batch_size: int = 32, num_buckets: int = 4,
+                            num_timesteps: int = 1000) -> dict[str, float]:
     """Relative MSE ``sum |eps_s - eps_t|^2 / sum |eps_t|^2`` of the noise predictions (the first ``in_channels``
-    outputs) over the triples."""
+    outputs) over the triples: under ``'all'``, and per timestep bucket (``'t0-249'``, ... for 4 buckets), since
+    the error of nearly clean inputs (small t) and of nearly pure noise behave very differently."""
     device = next(student.parameters()).device
     x_t, t, y = triples
-    num = den = 0.0
+    num = torch.zeros(len(x_t), dtype=torch.float64)
+    den = torch.zeros(len(x_t), dtype=torch.float64)
     was_training = student.training
     student.eval()
+    c = teacher.in_channels
     for i in range(0, len(x_t), batch_size):
         args = (x_t[i:i + batch_size].to(device), t[i:i + batch_size].to(device), y[i:i + batch_size].to(device))
-        c = teacher.in_channels
         e_t = teacher(*args)[:, :c].float()
         e_s = student(*args)[:, :c].float()
-        num += (e_s - e_t).pow(2).sum().item()
-        den += e_t.pow(2).sum().item()
+        num[i:i + batch_size] = (e_s - e_t).pow(2).flatten(1).sum(1).double().cpu()
+        den[i:i + batch_size] = e_t.pow(2).flatten(1).sum(1).double().cpu()
     student.train(was_training)
-    return num / max(den, 1e-30)
+    out = {"all": (num.sum() / den.sum().clamp_min(1e-30)).item()}
+    width = num_timesteps // num_buckets
+    for k in range(num_buckets):
+        lo, hi = k * width, (k + 1) * width if k < num_buckets - 1 else num_timesteps
+        sel = (t >= lo) & (t < hi)
+        if sel.any():
+            out[f"t{lo}-{hi - 1}"] = (num[sel].sum() / den[sel].sum().clamp_min(1e-30)).item()
+    return out
+
+
+def noise_prediction_error(teacher: DiT, student: DiT, triples, batch_size: int = 32) -> float:
+    """The overall relative noise-prediction error of :func:`noise_prediction_errors`."""
+    return noise_prediction_errors(teacher, student, triples, batch_size)["all"]
 
 
 # ------------------------------------------------------------------------------------------------------ loop
@@ -513,10 +529,12 @@ def distill(cfg: DistillConfig) -> DistillResult:
                          cfg.steps, loss.item(), l_diff.item(), l_pred.item(), l_attn.item(), rate,
                          _hms((cfg.steps - step) * cfg.batch_size / rate))
         if step % cfg.eval_interval == 0 or last:
-            error = noise_prediction_error(teacher, student, triples)
-            history.append(dict(step=step, error=error, loss=loss.item()))
-            _logger.info("eval at step %d: held-out noise-prediction error %.4f (undistilled %.4f)", step, error,
-                         error_before)
+            errors = noise_prediction_errors(teacher, student, triples)
+            error = errors["all"]
+            history.append(dict(step=step, error=error, loss=loss.item(), errors=errors))
+            by_t = "  ".join(f"{k} {v:.4f}" for k, v in errors.items() if k != "all")
+            _logger.info("eval at step %d: held-out noise-prediction error %.4f (undistilled %.4f); by timestep: %s",
+                         step, error, error_before, by_t)
         if step % cfg.save_interval == 0 or last:
             _save(out_dir / "last.pth", cfg, student, opt, step, error_before, history)
     taps_s.remove()
