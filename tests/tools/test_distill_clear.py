@@ -83,8 +83,9 @@ def test_distillation_halves_the_error_and_samples(teacher_file, tmp_path, capsy
 
 
 def test_resume_continues_the_run(teacher_file, tmp_path, capsys):
+    # The recipe's optimizer (Prodigy), whose state must survive the resume too.
     config = _config(tmp_path, teacher_file, num_samples=48, gen_batch_size=16, gen_steps=2, eval_samples=16,
-                     steps=2, save_interval=1, eval_interval=1)
+                     steps=2, save_interval=1, eval_interval=1, opt="prodigy", lr=1.0, weight_decay=1e-4)
     assert distill_clear.main(["--config", str(config)]) == 0
     run = tmp_path / "runs" / "distill"
     first = torch.load(run / "last.pth", weights_only=False)
@@ -95,6 +96,7 @@ def test_resume_continues_the_run(teacher_file, tmp_path, capsys):
     assert second["step"] == 4 and second["error_before"] == first["error_before"]
     assert [h["step"] for h in second["history"]] == [1, 2, 3, 4]
     assert any(not torch.equal(second["student"][k], first["student"][k]) for k in first["student"])
+    assert second["optimizer"]["param_groups"][0]["k"] == 4  # Prodigy's own step count continued
 
 
 def test_teacher_set_resumes_identically(tmp_path):
