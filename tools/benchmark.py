@@ -986,7 +986,7 @@ def _bench_dit_size(model_name: str, size: int, radii: list[int], warmup: int, i
             continue
         student = None
         try:
-            student = build_student(teacher, radius).eval()
+            student = build_student(teacher, radius, backend="triton").eval()  # the kernel under test
             out = step(student).float()
             row["check_finite"] = bool(torch.isfinite(out).all())
             row["rel_diff_vs_teacher"] = _rel(out, teacher_out)

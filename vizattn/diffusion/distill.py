@@ -72,6 +72,7 @@ class DistillConfig:
     # student
     radius: int = _f(8, "CLEAR radius r in latent tokens (strict distance < r)")
     down_factor: int = _f(1, "pooled key/value tokens from d x d patches (1: none)")
+    kernel_backend: str = _f("auto", "backend of the CLEAR attention op: auto, triton or torch")
     # teacher set
     data_dir: str | None = _f(None, "folder of the teacher-generated latents (created and resumed) (required)", "str?")
     num_samples: int = _f(10000, "latents in the teacher set (the last eval_samples are held out)")
@@ -167,10 +168,11 @@ def _check_teacher(cfg: DistillConfig) -> None:
                           f"random_teacher={cfg.random_teacher}).")
 
 
-def build_student(teacher: DiT, radius: int, down_factor: int = 1) -> DiT:
+def build_student(teacher: DiT, radius: int, down_factor: int = 1, backend: str = "auto") -> DiT:
     """A CLEAR copy of ``teacher``: every attention layer local, the teacher's weights kept; only the parameters
-    :func:`vizattn.blocks.clear.is_clear_trainable` names require gradients."""
-    student = convert_to_clear(copy.deepcopy(teacher), radius, down_factor=down_factor)
+    :func:`vizattn.blocks.clear.is_clear_trainable` names require gradients. ``backend`` is the kernel backend of
+    :func:`vizattn.kernels.clear.clear_attention`."""
+    student = convert_to_clear(copy.deepcopy(teacher), radius, down_factor=down_factor, backend=backend)
     for name, p in student.named_parameters():
         p.requires_grad_(is_clear_trainable(name))
     return student
@@ -441,6 +443,8 @@ def check_config(cfg: DistillConfig) -> None:
                 "eval_interval", "log_interval", "save_interval"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}.")
+    if cfg.kernel_backend not in ("auto", "triton", "torch"):
+        raise ConfigError(f"kernel_backend must be auto, triton or torch, got {cfg.kernel_backend!r}.")
     if cfg.gen_sampler not in ("ddim", "ddpm"):
         raise ConfigError(f"gen_sampler must be ddim or ddpm, got {cfg.gen_sampler!r}.")
     if not 0 <= cfg.eval_samples < cfg.num_samples:
@@ -465,7 +469,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
     triples = make_eval_triples(latents[n_train:], labels[n_train:], seed=cfg.seed + 1)
     latents, labels = latents[:n_train], labels[:n_train]
 
-    student = build_student(teacher, cfg.radius, cfg.down_factor).train()
+    student = build_student(teacher, cfg.radius, cfg.down_factor, cfg.kernel_backend).train()
     student.y_embedder.dropout_prob = 0.0  # labels are dropped below, identically for teacher and student
     if cfg.grad_checkpointing:
         student.set_grad_checkpointing(True)
@@ -565,7 +569,7 @@ def load_student(checkpoint: str | Path, teacher: DiT | None = None, **teacher_o
     cfg = DistillConfig(**{**ckpt["config"], **teacher_overrides})
     if teacher is None:
         teacher = build_teacher(cfg, torch.device("cpu"))
-    student = build_student(teacher, cfg.radius, cfg.down_factor)
+    student = build_student(teacher, cfg.radius, cfg.down_factor, cfg.kernel_backend)
     result = student.load_state_dict(ckpt["student"], strict=False)
     if result.unexpected_keys:
         raise ValueError(f"{checkpoint} does not fit the student: unexpected keys {result.unexpected_keys[:5]}.")

@@ -25,10 +25,21 @@ from vizattn.kernels._dispatch import select_backend
 from vizattn.kernels.clear.reference import circle_mask, clear_attention_reference
 from vizattn.kernels.clear.tiles import DEFAULT_TILE, clear_tiled
 
-__all__ = ["circle_mask", "clear_attention", "clear_attention_reference", "triton_unsupported_reasons"]
+__all__ = [
+    "TRITON_BY_DEFAULT",
+    "circle_mask",
+    "clear_attention",
+    "clear_attention_reference",
+    "triton_unsupported_reasons",
+]
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_HEAD_DIM = 128
+
+# Whether backend='auto' takes the Triton kernels on CUDA tensors. False until they have passed the kernel tests and
+# tools/benchmark.py on a GPU (issue #8): so far they have run only under the Triton interpreter and been compiled
+# for sm_90. backend='triton' or VIZATTN_BACKEND=triton runs them regardless.
+TRITON_BY_DEFAULT = False
 
 
 def _kernels():
@@ -194,7 +205,8 @@ def clear_attention(
     _check_args(q, k, v, radius, extra_k, extra_v, scale)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     tensors = (q, k, v) if extra_k is None else (q, k, v, extra_k, extra_v)
-    if select_backend("clear_attention", backend, tensors, unsupported=triton_unsupported_reasons(q)) == "triton":
+    reasons = triton_unsupported_reasons(q)
+    if select_backend("clear_attention", backend, tensors, reasons, auto_triton=TRITON_BY_DEFAULT) == "triton":
         return _clear_op(q, k, v, extra_k, extra_v, radius, scale)[0]
     halo = [min(DEFAULT_TILE + 2 * radius - 2, side) for side in q.shape[1:3]]
     if 2 * halo[0] * halo[1] >= q.shape[1] * q.shape[2]:
