@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sample_dit.py: error: {e}", file=sys.stderr)
         return 2
     model = model.to(device).eval()
+    if device.type == "cuda":  # as DiT's sample.py
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(args.seed)
     labels = torch.tensor(args.classes)
     latents = sample_latents(model, labels, args.sampler, args.steps, args.cfg_scale, progress=True)

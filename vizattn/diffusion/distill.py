@@ -93,7 +93,7 @@ class DistillConfig:
     attn_layers: list | None = _f(None, "blocks whose pre-proj attention output is distilled; default every 4th "
                                   "block from 0", "list?")
     grad_checkpointing: bool = _f(True, "recompute the student's blocks in the backward pass")
-    amp: bool = _f(True, "bfloat16 autocast on CUDA (ignored on the CPU)")
+    amp: bool = _f(True, "bfloat16 autocast on CUDA for the teacher set and the distillation (ignored on the CPU)")
     eval_samples: int = _f(64, "held-out (x_t, t, y) triples for the noise-prediction error")
     eval_interval: int = _f(500, "steps between evaluations (the last step is always evaluated)")
     # run
@@ -313,10 +313,11 @@ def _shard_path(folder: Path, idx: int) -> Path:
 
 def generate_teacher_set(teacher: DiT, folder: str | Path, num_samples: int, batch_size: int = 32,
                          sampler: str = "ddim", steps: int = 50, cfg_scale: float = 1.5, seed: int = 0,
-                         progress: bool = True) -> Path:
+                         progress: bool = True, amp: bool = False) -> Path:
     """Write ``num_samples`` teacher latents with random labels to ``folder`` (``meta.json`` + shards), resuming
-    from the shards already there. Settings that would change the data (model shape, sampler, seed ...) must match
-    the folder's ``meta.json``; otherwise a :class:`ConfigError` says which one differs."""
+    from the shards already there; ``amp`` samples under bfloat16 autocast on CUDA. Settings that would change the
+    data (model shape, sampler, seed ...) must match the folder's ``meta.json``; otherwise a :class:`ConfigError`
+    says which one differs."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = dict(num_classes=teacher.y_embedder.num_classes, latent_shape=None, batch_size=batch_size,
@@ -339,7 +340,9 @@ def generate_teacher_set(teacher: DiT, folder: str | Path, num_samples: int, bat
         labels = torch.randint(0, teacher.y_embedder.num_classes, (count,), generator=g)
         noise = torch.randn(count, teacher.in_channels, *_latent_hw(teacher), generator=g)
         torch.manual_seed(seed * 1_000_003 + idx)  # DDPM draws its per-step noise from the global RNG
-        lat = sample_latents(teacher, labels, sampler, steps, cfg_scale, noise=noise)
+        device = next(teacher.parameters()).device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            lat = sample_latents(teacher, labels, sampler, steps, cfg_scale, noise=noise)
         tmp = _shard_path(folder, idx).with_suffix(".tmp")
         torch.save(dict(latents=lat.float().cpu(), labels=labels), tmp)
         tmp.replace(_shard_path(folder, idx))  # a shard exists only once complete
@@ -462,8 +465,11 @@ def distill(cfg: DistillConfig) -> DistillResult:
     torch.manual_seed(cfg.seed)
 
     teacher = build_teacher(cfg, device)
+    if device.type == "cuda":  # as DiT's train.py and sample.py
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     generate_teacher_set(teacher, cfg.data_dir, cfg.num_samples, cfg.gen_batch_size, cfg.gen_sampler, cfg.gen_steps,
-                         cfg.gen_cfg_scale, cfg.seed)
+                         cfg.gen_cfg_scale, cfg.seed, amp=cfg.amp)
     latents, labels = load_teacher_set(cfg.data_dir, cfg.num_samples)
     n_train = len(latents) - cfg.eval_samples
     triples = make_eval_triples(latents[n_train:], labels[n_train:], seed=cfg.seed + 1)
