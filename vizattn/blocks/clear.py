@@ -108,13 +108,12 @@ class ClearAttention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(2)  # each (B, N, heads, hd), views of the packed projection
         q_img, k_img, v_img = (m[:, t:].reshape(b, h, w, self.num_heads, self.head_dim) for m in (q, k, v))
-        extra_k = [k[:, :t]] if t else []
-        extra_v = [v[:, :t]] if t else []
+        # Every image query also sees the prefix tokens and the pooled tokens: the op's extra key/value tokens.
+        ek, ev = k[:, :t], v[:, :t]
         if d > 1:
-            extra_k.append(self._pool(k_img))
-            extra_v.append(self._pool(v_img))
-        ek = torch.cat(extra_k, 1) if len(extra_k) > 1 else (extra_k[0] if extra_k else None)
-        ev = torch.cat(extra_v, 1) if len(extra_v) > 1 else (extra_v[0] if extra_v else None)
+            ek, ev = torch.cat([ek, self._pool(k_img)], 1), torch.cat([ev, self._pool(v_img)], 1)
+        if ek.shape[1] == 0:
+            ek = ev = None
         out = clear_attention(q_img, k_img, v_img, self.radius, ek, ev, backend=self.backend).reshape(b, h * w, c)
         if t:
             # Prefix queries see every prefix and image token, not the pooled ones: plain attention.
@@ -170,7 +169,9 @@ def convert_to_clear(
         state = {k: v for k, v in old.state_dict().items() if k != "spatial_weight"}
         if isinstance(old, ClearAttention) and old.down_factor == down_factor and down_factor > 1:
             state["spatial_weight"] = old.spatial_weight.detach()
-        new.load_state_dict(state, strict=new.spatial_weight is None or "spatial_weight" in state)
+        missing, unexpected = new.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"spatial_weight"}:  # a new spatial_weight keeps its average-pooling start
+            raise ValueError(f"{name} cannot become a ClearAttention: missing {missing}, unexpected {unexpected}.")
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     return model

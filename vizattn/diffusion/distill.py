@@ -31,12 +31,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from vizattn.blocks.clear import convert_to_clear, is_clear_trainable
 from vizattn.diffusion.dit import DiT, create_dit
 from vizattn.diffusion.gaussian_diffusion import create_diffusion
 from vizattn.train.config import ConfigError, config_field, config_to_dict
+from vizattn.train.engine import format_duration, run_dir
 
 __all__ = [
     "DistillConfig",
@@ -320,15 +322,18 @@ def generate_teacher_set(teacher: DiT, folder: str | Path, num_samples: int, bat
     says which one differs."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    meta = dict(num_classes=teacher.y_embedder.num_classes, latent_shape=None, batch_size=batch_size,
-                sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed)
+    meta = dict(num_classes=teacher.y_embedder.num_classes, latent_shape=[teacher.in_channels, *_latent_hw(teacher)],
+                batch_size=batch_size, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed)
     meta_path = folder / "meta.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        for key in ("num_classes", "batch_size", "sampler", "steps", "cfg_scale", "seed"):
-            if old.get(key) != meta[key]:
+        for key, value in meta.items():
+            if old.get(key) != value:
                 raise ConfigError(f"{folder} holds a teacher set made with {key}={old.get(key)!r}, this run asks for "
-                                  f"{key}={meta[key]!r}: use another data_dir or the same settings.")
+                                  f"{key}={value!r}: use another data_dir or the same settings.")
+    else:  # written first, so an interrupted generation is checked when it resumes
+        meta_path.write_text(json.dumps(meta, indent=1))
+    device = next(teacher.parameters()).device
     shards = math.ceil(num_samples / batch_size)
     todo = [i for i in range(shards) if not _shard_path(folder, i).exists()]
     if todo:
@@ -340,7 +345,6 @@ def generate_teacher_set(teacher: DiT, folder: str | Path, num_samples: int, bat
         labels = torch.randint(0, teacher.y_embedder.num_classes, (count,), generator=g)
         noise = torch.randn(count, teacher.in_channels, *_latent_hw(teacher), generator=g)
         torch.manual_seed(seed * 1_000_003 + idx)  # DDPM draws its per-step noise from the global RNG
-        device = next(teacher.parameters()).device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             lat = sample_latents(teacher, labels, sampler, steps, cfg_scale, noise=noise)
         tmp = _shard_path(folder, idx).with_suffix(".tmp")
@@ -349,9 +353,8 @@ def generate_teacher_set(teacher: DiT, folder: str | Path, num_samples: int, bat
         if progress:
             done = n + 1
             eta = (time.time() - start) / done * (len(todo) - done)
-            _logger.info("teacher set: shard %d/%d  (%d latents)  eta %s", done, len(todo), count, _hms(eta))
-    meta["latent_shape"] = list(torch.load(_shard_path(folder, 0))["latents"].shape[1:])
-    meta_path.write_text(json.dumps(meta, indent=1))
+            _logger.info("teacher set: shard %d/%d  (%d latents)  eta %s", done, len(todo), count,
+                         format_duration(eta))
     return folder
 
 
@@ -419,11 +422,6 @@ def noise_prediction_error(teacher: DiT, student: DiT, triples, batch_size: int 
 # ------------------------------------------------------------------------------------------------------ loop
 
 
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def _make_optimizer(cfg: DistillConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     if cfg.opt == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -459,9 +457,9 @@ def distill(cfg: DistillConfig) -> DistillResult:
     check_config(cfg)
     start = time.time()
     device = resolve_device(cfg.device)
-    out_dir = Path(cfg.output) / (cfg.experiment or f"clear_{cfg.model}_{cfg.image_size}_r{cfg.radius}")
+    out_dir = run_dir(cfg.output, cfg.experiment or f"clear_{cfg.model}_{cfg.image_size}_r{cfg.radius}", cfg.resume)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "args.yaml").write_text(json.dumps(config_to_dict(cfg), indent=1))
+    (out_dir / "args.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     torch.manual_seed(cfg.seed)
 
     teacher = build_teacher(cfg, device)
@@ -537,7 +535,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
             rate = seen / max(time.time() - t0, 1e-9)
             _logger.info("step %d/%d  loss %.4f (diff %.4f pred %.4f attn %.4f)  %.3g latents/s  eta %s", step,
                          cfg.steps, loss.item(), l_diff.item(), l_pred.item(), l_attn.item(), rate,
-                         _hms((cfg.steps - step) * cfg.batch_size / rate))
+                         format_duration((cfg.steps - step) * cfg.batch_size / rate))
         if step % cfg.eval_interval == 0 or last:
             errors = noise_prediction_errors(teacher, student, triples)
             error = errors["all"]

@@ -38,7 +38,7 @@ from vizattn.train.evaluation import Metrics, evaluate
 from vizattn.train.loaders import BatchPrep, check_image_folder, eval_loader, image_dataset, seed_step, train_loader
 from vizattn.train.models import build_model, data_config, load_checkpoint_file, set_data_config
 
-__all__ = ["TrainResult", "train", "setup_logging", "check_config"]
+__all__ = ["TrainResult", "train", "setup_logging", "check_config", "format_duration", "run_dir"]
 _logger = logging.getLogger("vizattn.train")
 CHECKPOINT_VERSION = 1
 SUMMARY_FIELDS = ("epoch", "step", "train_loss", "lr", "eval_loss", "top1", "top5", "ema_eval_loss", "ema_top1",
@@ -122,10 +122,12 @@ def check_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key} must be a [low, high] pair, got {getattr(cfg, key)}.")
 
 
-def _run_dir(cfg: TrainConfig) -> Path:
-    if cfg.resume:
-        return Path(cfg.resume).resolve().parent
-    base = Path(cfg.output) / (cfg.experiment or cfg.model)
+def run_dir(output: str, name: str, resume: str | None = None) -> Path:
+    """The folder of a run: the resumed checkpoint's folder, else ``output/name``, or ``output/name-2``, ``-3`` ...
+    when that one already holds a run (a new run never overwrites an earlier one)."""
+    if resume:
+        return Path(resume).resolve().parent
+    base = Path(output) / name
     out, n = base, 1
     while out.exists() and any(out.iterdir()):
         n += 1
@@ -133,7 +135,8 @@ def _run_dir(cfg: TrainConfig) -> Path:
     return out
 
 
-def _fmt_time(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss`` (what the progress lines print as ETA)."""
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -168,7 +171,7 @@ class _Run:
         self._wrap()
         self.out = None
         if self.info.is_main:
-            self.out = _run_dir(cfg)
+            self.out = run_dir(cfg.output, cfg.experiment or cfg.model, cfg.resume)
             self.out.mkdir(parents=True, exist_ok=True)
             with open(self.out / "args.yaml", "w") as f:
                 yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
@@ -374,7 +377,7 @@ class _Run:
         per_step = (now - self.t_start) / (self.global_step - self.step_start)
         _logger.info("epoch %d/%d  %d/%d  step %d  loss %.4f  lr %.3e  %.0f img/s  eta %s", self.epoch + 1,
                      self.num_epochs, self.epoch_step, self.steps_per_epoch, self.global_step, mean_loss, self._lr(),
-                     rate, _fmt_time(per_step * (self.target_steps - self.global_step)))
+                     rate, format_duration(per_step * (self.target_steps - self.global_step)))
         self.interval_sum.zero_()
         self.interval_steps, self.t_log = 0, now
 
