@@ -15,17 +15,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_checks import ATTN_TOL, DEVICE, DTYPES, ON_GPU, rel_errors
 
 from vizattn.kernels.clear import clear_attention
 from vizattn.kernels.clear.reference import circle_mask, clear_attention_reference
 from vizattn.kernels.clear.tiles import circle_axis_tiles, clear_tiled
-
-ON_GPU = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Relative error bounds (L2 over the tensor, and max-abs over max |ref|) per input dtype.
-TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 2e-2), torch.float16: (1.5e-3, 3e-3)}
 
 
 @dataclass(frozen=True)
@@ -69,13 +63,6 @@ GPU_CASES = [
 CASES = GPU_CASES if ON_GPU else CPU_CASES
 
 
-def _rel_errors(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    ours, ref = ours.double(), ref.double()
-    l2 = ((ours - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-    mx = ((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
-    return l2, mx
-
-
 def _inputs(c: Case, seed: int = 0) -> list[torch.Tensor]:
     """q, k, v, extra_k, extra_v, grad_out on DEVICE in the case's dtype (the extras have M = c.m rows)."""
     g = torch.Generator().manual_seed(seed)
@@ -106,11 +93,6 @@ def _loop_mask(hh: int, ww: int, r: int) -> torch.Tensor:
                 for j2 in range(ww):
                     mask[i * ww + j, i2 * ww + j2] = math.hypot(i - i2, j - j2) < r
     return mask
-
-
-@pytest.fixture(autouse=True)
-def _poison(monkeypatch):
-    monkeypatch.setenv("VIZATTN_POISON_OUTPUTS", "1")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -164,13 +146,13 @@ def test_forward_and_gradients_match_reference(case, backend):
     ref.backward(grad.double())
 
     assert out.dtype == q.dtype and out.shape == ref.shape
-    l2_tol, max_tol = TOL[q.dtype]
+    l2_tol, max_tol = ATTN_TOL[q.dtype]
     names = ["out", "dq", "dk", "dv", "d_extra_k", "d_extra_v"]
     for name, ours, theirs in zip(names, [out] + [t.grad for t in leaves], [ref] + [t.grad for t in ref_leaves]):
         assert ours.shape == theirs.shape, name
         assert torch.isfinite(ours).all(), f"{name}: unwritten (NaN) or non-finite elements"
         if theirs.numel():
-            l2, mx = _rel_errors(ours, theirs)
+            l2, mx = rel_errors(ours, theirs)
             assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
 
 

@@ -15,16 +15,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from kernel_checks import DEVICE, DTYPES, ON_GPU
 
 import vizattn.kernels.dwconv as dw
 from vizattn.kernels._dispatch import select_backend
 from vizattn.kernels.dwconv import _dwconv2d_op, _lka_spatial_op, dwconv2d, lka_spatial
 from vizattn.kernels.dwconv.reference import dwconv2d_reference, lka_spatial_reference
 
-ON_GPU = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # max |ours - ref| / max |ref| per input dtype (the reference in float64 on the same, rounded, inputs)
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 CL = torch.channels_last
@@ -77,11 +74,6 @@ GPU_CASES = [Case(8, 64, 56, 56, 7, 3, layout, "bf16") for layout in ("nchw", "n
     Case(2, 35, 30, 31, 9, 2, "nhwc", "fp32", bias=False),
 ]
 CASES = GPU_CASES + CPU_CASES if ON_GPU else CPU_CASES
-
-
-@pytest.fixture(autouse=True)
-def _poison(monkeypatch):
-    monkeypatch.setenv("VIZATTN_POISON_OUTPUTS", "1")
 
 
 def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:

@@ -12,17 +12,11 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from kernel_checks import ATTN_TOL, DEVICE, DTYPES, ON_GPU, rel_errors
 
 from vizattn.kernels.na2d import na2d
 from vizattn.kernels.na2d import triton as kernels
 from vizattn.kernels.na2d.reference import na2d_reference
-
-ON_GPU = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Relative error bounds (L2 over the tensor, and max-abs over max |ref|) per input dtype.
-TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 2e-2), torch.float16: (1.5e-3, 3e-3)}
 
 
 @dataclass(frozen=True)
@@ -71,13 +65,6 @@ GPU_CASES = [
 CASES = GPU_CASES if ON_GPU else CPU_CASES
 
 
-def _rel_errors(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    ours, ref = ours.double(), ref.double()
-    l2 = ((ours - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-    mx = ((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
-    return l2, mx
-
-
 def _inputs(c: Case, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     dt = DTYPES[c.dtype]
@@ -87,11 +74,6 @@ def _inputs(c: Case, seed: int = 0):
     grad = torch.randn(c.b, c.hh, c.ww, c.heads, c.dim_v or c.head_dim, generator=g)
     move = lambda t: None if t is None else t.to(DEVICE, dt)  # noqa: E731
     return move(q), move(k), move(v), None if rpb is None else rpb.to(DEVICE), move(grad)
-
-
-@pytest.fixture(autouse=True)
-def _poison(monkeypatch):
-    monkeypatch.setenv("VIZATTN_POISON_OUTPUTS", "1")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -106,11 +88,11 @@ def test_forward_and_gradients_match_reference(case):
     ref.backward(grad.double())
 
     assert out.dtype == v.dtype and out.shape == ref.shape
-    l2_tol, max_tol = TOL[q.dtype]
+    l2_tol, max_tol = ATTN_TOL[q.dtype]
     names = ["out", "dq", "dk", "dv", "drpb"][: 4 + case.rpb]
     for name, ours, theirs in zip(names, [out] + [t.grad for t in leaves], [ref] + [t.grad for t in ref_leaves]):
         assert torch.isfinite(ours).all(), f"{name}: unwritten (NaN) or non-finite elements"
-        l2, mx = _rel_errors(ours, theirs)
+        l2, mx = rel_errors(ours, theirs)
         assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
 
 

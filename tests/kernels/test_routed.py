@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from kernel_checks import ATTN_TOL, DEVICE, DTYPES, ON_GPU
 
 from vizattn.kernels.routed import (
     bi_level_routing_attention,
@@ -19,14 +20,6 @@ from vizattn.kernels.routed import (
 )
 from vizattn.kernels.routed import triton as kernels
 from vizattn.kernels.routed.reference import routed_attention_reference
-
-ON_GPU = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Relative error bounds (L2 over the tensor, and max-abs over max |ref|) per input dtype. 16-bit inputs round q, k,
-# v, p and ds to their precision once each (unit roundoff 2^-9 bf16, 2^-12 fp16); float32 runs exact float32 dots.
-TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 2e-2), torch.float16: (1.5e-3, 3e-3)}
 
 
 @dataclass(frozen=True)
@@ -69,11 +62,6 @@ GPU_CASES = [
 CASES = GPU_CASES if ON_GPU else CPU_CASES
 
 
-@pytest.fixture(autouse=True)
-def _poison_outputs(monkeypatch):
-    monkeypatch.setenv("VIZATTN_POISON_OUTPUTS", "1")
-
-
 def _inputs(case: Case, seed: int = 0, duplicates: bool = False):
     """q, k, v as channel slices of one tensor (as the model's projection makes them), and a routing."""
     g = torch.Generator().manual_seed(seed)
@@ -89,7 +77,7 @@ def _inputs(case: Case, seed: int = 0, duplicates: bool = False):
 
 
 def _assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
-    rel_l2, rel_max = TOL[dtype]
+    rel_l2, rel_max = ATTN_TOL[dtype]
     assert torch.isfinite(got).all(), f"{name}: non-finite values (an element was not written?)"
     diff = (got.double() - ref).abs()
     err = diff.norm() / ref.norm()
