@@ -42,7 +42,11 @@ from vizattn.kernels._triton_util import head_block as _head_block
 __all__ = ["DeviceTables", "device_tables", "halo_fwd", "halo_bwd"]
 
 _LOG2E = 1.4426950408889634
-_BLOCK_N = 64  # halo keys per inner step on a GPU
+_BLOCK_N = 32  # halo keys per inner step on a GPU
+# Software pipelining of the gathered key loads (Triton's default of 3 stages on Hopper) made the kernels 5-7x slower
+# on the H200 (NA, 56x56, 2 heads of 32, batch 64: forward 1.12-1.42 ms with 2-3 stages, 0.20 ms with 1), so the
+# loops run unpipelined unless a caller asks otherwise.
+_NUM_STAGES = 1
 _BLOCK_N_INTERPRET = 256  # under the interpreter each step costs Python overhead whatever its size
 
 
@@ -295,10 +299,18 @@ def _halo_bwd_kernel(
 
 
 def _launch_meta(
-    q: torch.Tensor, v: torch.Tensor, rows: DeviceTables, cols: DeviceTables, block_n: int | None, num_warps: int | None
+    q: torch.Tensor,
+    v: torch.Tensor,
+    rows: DeviceTables,
+    cols: DeviceTables,
+    block_n: int | None,
+    num_warps: int | None,
+    num_stages: int | None = None,
 ) -> dict:
-    # None keeps Triton's default number of warps (what the NA kernels were validated with).
-    warps = {} if num_warps is None else dict(num_warps=num_warps)
+    # None keeps Triton's default number of warps and this module's number of pipeline stages.
+    warps = dict(num_stages=_NUM_STAGES if num_stages is None else num_stages)
+    if num_warps is not None:
+        warps["num_warps"] = num_warps
     return dict(
         T_H=rows.tile,
         T_W=cols.tile,
@@ -338,6 +350,7 @@ def halo_fwd(
     extra_v: torch.Tensor | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward launcher; arguments already validated by the op.
 
@@ -348,8 +361,8 @@ def halo_fwd(
         rpb: NA mode only: optional (heads, S, S) relative position bias indexed by the tables' relative indices.
         circle_radius: r selects the circle mask; None the NA window of the tables.
         extra_k, extra_v: optional (B, M, heads, D) and (B, M, heads, Dv) keys every query sees.
-        block_n, num_warps: launch configuration on a GPU; None keeps the defaults (64 keys per step, Triton's
-            default number of warps), which the NA kernels use.
+        block_n, num_warps, num_stages: launch configuration on a GPU; None keeps the defaults (32 keys per step,
+            Triton's default number of warps, one pipeline stage), which the NA kernels use.
 
     Returns:
         out (B, H, W, heads, Dv) contiguous in v's dtype, and lse (B, H, W, heads) float32, the base-2 logsumexp of
@@ -368,7 +381,7 @@ def halo_fwd(
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, scale * _LOG2E,
         rpb_t.shape[-1] if has_rpb else 1, (circle_radius or 0) ** 2,
         HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0,
-        **_launch_meta(q, v, rows, cols, block_n, num_warps),
+        **_launch_meta(q, v, rows, cols, block_n, num_warps, num_stages),
     )
     return out, lse
 
@@ -390,6 +403,7 @@ def halo_bwd(
     extra_v: torch.Tensor | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Backward launcher, arguments as :func:`halo_fwd` plus the forward's ``out`` and ``lse``.
 
@@ -417,7 +431,7 @@ def halo_bwd(
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, scale * _LOG2E, scale,
         rpb_t.shape[-1] if has_rpb else 1, (circle_radius or 0) ** 2,
         HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0,
-        **_launch_meta(q, v, rows, cols, block_n, num_warps),
+        **_launch_meta(q, v, rows, cols, block_n, num_warps, num_stages),
     )
     if extra_k is None:
         d_extra = (None, None)
