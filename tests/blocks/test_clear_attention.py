@@ -158,3 +158,26 @@ def test_bad_arguments():
         attn(torch.randn(1, 31, 16), (4, 8))
     with pytest.raises(ValueError, match="no attention module"):
         convert_to_clear(nn.Linear(3, 3), radius=2)
+
+
+class _SumInFloat32(torch.overrides.TorchFunctionMode):
+    """What CUDA autocast does to ``sum`` (it is on autocast's float32 list; CPU autocast leaves it alone)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.sum, torch.Tensor.sum) and out.is_floating_point():
+            return out.float()
+        return out
+
+
+@pytest.mark.parametrize("t", [0, 2])
+def test_pooled_tokens_keep_the_dtype_of_q_when_sum_runs_in_float32(t):
+    # Seen on the H200: under bf16 autocast the pooled tokens came out float32 and clear_attention refused them.
+    torch.manual_seed(0)
+    attn = ClearAttention(16, 2, radius=2, down_factor=2, num_prefix_tokens=t).to(torch.bfloat16)
+    x = torch.randn(1, t + 16, 16, dtype=torch.bfloat16)
+    with _SumInFloat32():
+        out = attn(x, (4, 4))
+    assert out.dtype == torch.bfloat16
+    ref = dense_clear(attn.float(), x.float(), (4, 4))
+    assert torch.allclose(out.float(), ref, atol=5e-2, rtol=5e-2), (out.float() - ref).abs().max()

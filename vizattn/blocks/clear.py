@@ -92,7 +92,8 @@ class ClearAttention(nn.Module):
         d = self.down_factor
         patches = m.reshape(b, h // d, d, w // d, d, nh, hd)
         weight = self.spatial_weight.reshape(d, 1, d, 1, 1).to(m.dtype)
-        return (patches * weight).sum(dim=(2, 4)).reshape(b, (h // d) * (w // d), nh, hd)
+        # .to: CUDA autocast runs sum in float32, and the op wants the extra tokens in the dtype of q
+        return (patches * weight).sum(dim=(2, 4)).to(m.dtype).reshape(b, (h // d) * (w // d), nh, hd)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         b, n, c = x.shape
