@@ -30,7 +30,7 @@ biases). Floor: x read and out written once (also for the pair, the floor of a f
 - ``vizattn`` / ``vizattn-nhwc``: ``dwconv2d(..., backend='triton')``, one call per convolution, on an NCHW /
   channels_last input (``out_layout`` says what came out; if the op refuses the layout, the error is recorded);
 - ``vizattn-fused`` / ``vizattn-fused-nhwc``: ``lka_spatial`` (5x5 then 7x7 d3 in one op), when
-  ``vizattn.kernels.dwconv`` has it, called as ``lka_spatial(x, w0, b0, w1, b1, backend='triton')``;
+  ``vizattn.kernels.dwconv`` has it, called as ``lka_spatial(x, w0, b0, w1, b1, backend='triton', fused=True)``;
 - ``torch-nchw`` / ``torch-nhwc``: ``F.conv2d(groups=C)`` (cuDNN) on either layout.
 
 Routed attention (``--shapes``, ``--impls``): BiFormer-S's three stage shapes. Implementations:
@@ -848,7 +848,8 @@ def _lka_op():
 
 def _lka_fused(x, w0, b0, w1, b1):
     op, _ = _lka_op()
-    return op(x, w0, b0, w1, b1, backend="triton")
+    kwargs = dict(fused=True) if "fused" in inspect.signature(op).parameters else {}
+    return op(x, w0, b0, w1, b1, backend="triton", **kwargs)
 
 
 def _bench_dw_shape(name, b, c, hh, ww, convs, *, dev: torch.device, check: bool, impls: list[str]) -> list[dict]:

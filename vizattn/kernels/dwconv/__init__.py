@@ -17,7 +17,8 @@ Backends:
   backwards are the ops ``vizattn::dwconv2d_backward`` and ``vizattn::lka_spatial_backward``), so ``torch.compile``
   sees one node each. The kernel module is imported on first use: Triton decides at import time whether it runs
   compiled or under ``TRITON_INTERPRET=1``.
-- ``'auto'``: the torch path, on CUDA too, while :data:`TRITON_BY_DEFAULT` is False (see there).
+- ``'auto'``: on CUDA, Triton for channels_last maps and torch for NCHW maps (the measurements behind this are at
+  :data:`TRITON_BY_DEFAULT`); torch on the CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from vizattn.kernels._dispatch import select_backend
-from vizattn.kernels.dwconv.layout import empty_map, to_kernel_layout
+from vizattn.kernels.dwconv.layout import empty_map, is_nhwc, to_kernel_layout
 from vizattn.kernels.dwconv.reference import dwconv2d_reference, lka_spatial_reference
 
 __all__ = [
@@ -38,13 +39,21 @@ __all__ = [
     "triton_unsupported_reasons",
 ]
 
-# Whether backend='auto' takes the Triton kernels on CUDA tensors. False until tools/benchmark.py on a GPU shows them
-# faster than the torch path (issue #7): so far they have run only under the Triton interpreter and been compiled for
-# sm_90. backend='triton' or VIZATTN_BACKEND=triton runs them regardless.
+# Whether backend='auto' takes the Triton kernels on CUDA for NCHW maps. Measured on the H200 (2026-11-29, B64 C64
+# 56x56 bf16, kernel time): on NCHW maps the Triton kernels are no faster than PyTorch's (5x5 0.239 against 0.226 ms,
+# 7x7 dilation 3 0.445 against 0.439), so NCHW stays on torch; on channels_last maps they are (7x7 dilation 3: 0.135
+# against 0.439 for PyTorch's best layout and 1.27 for PyTorch on channels_last; 5x5: 0.071 against 0.079), so 'auto'
+# takes Triton for every channels_last map on CUDA (see _auto_triton). backend='triton' or VIZATTN_BACKEND=triton
+# runs them on NCHW maps too.
 TRITON_BY_DEFAULT = False
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_IMAGE_NUMEL = 2**31 - 1  # offsets inside one image are int32 in the kernels
+
+
+def _auto_triton(x: torch.Tensor) -> bool:
+    """Whether ``backend='auto'`` may take the Triton kernels for map ``x`` (see :data:`TRITON_BY_DEFAULT`)."""
+    return TRITON_BY_DEFAULT or is_nhwc(x)
 
 
 def _kernels():
@@ -217,8 +226,8 @@ def dwconv2d(
         weight: (C, 1, k, k), k odd.
         bias: optional (C,).
         dilation: d >= 1.
-        backend: ``'auto'``, ``'triton'`` or ``'torch'`` (see :mod:`vizattn.kernels._dispatch`; ``'auto'`` runs torch
-            while :data:`TRITON_BY_DEFAULT` is False).
+        backend: ``'auto'``, ``'triton'`` or ``'torch'`` (see :mod:`vizattn.kernels._dispatch`; ``'auto'`` runs
+            Triton for channels_last maps on CUDA, torch otherwise).
 
     Returns:
         (B, C, H, W) in x's dtype and memory format (float32 accumulation).
@@ -230,7 +239,7 @@ def dwconv2d(
     _check_conv_args("dwconv2d", x, weight, bias, dilation, ("weight", "bias", "dilation"))
     tensors = (x, weight) if bias is None else (x, weight, bias)
     reasons = triton_unsupported_reasons(x, weight, bias)
-    if select_backend("dwconv2d", backend, tensors, reasons, auto_triton=TRITON_BY_DEFAULT) == "triton":
+    if select_backend("dwconv2d", backend, tensors, reasons, auto_triton=_auto_triton(x)) == "triton":
         return _dwconv2d_op(to_kernel_layout(x), weight, bias, dilation)
     return dwconv2d_reference(x, weight, bias, dilation)
 
@@ -260,12 +269,16 @@ def lka_spatial(
     *,
     dilations: tuple[int, int] = (1, 3),
     backend: str = "auto",
+    fused: bool = False,
 ) -> torch.Tensor:
     """LKA's spatial op: ``dwconv2d(dwconv2d(x, w0, b0, d0), w1, b1, d1)``, each conv zero-padded on its own.
 
     VAN's LKA uses ``w0`` 5x5 and ``w1`` 7x7 with ``dilations=(1, 3)`` (a 23-pixel receptive field); beyond the border
-    the second conv sees zeros, not the first conv evaluated outside the image. The Triton forward computes both convs
-    in one kernel with the intermediate kept on chip (see :mod:`vizattn.kernels.dwconv.triton`).
+    the second conv sees zeros, not the first conv evaluated outside the image. On the Triton backend the two convs
+    run as two :func:`dwconv2d` kernels; ``fused=True`` runs the fused forward instead, which computes both in one
+    kernel with the intermediate kept on chip (see :mod:`vizattn.kernels.dwconv.triton`) but measured slower on the
+    H200 (B64 C64 56x56 bf16 channels_last: 0.367 ms against 0.204 for the two kernels; 28x28 C128: 0.153 against
+    0.132), so it is not the default.
 
     Args:
         x: (B, C, H, W), NCHW or channels_last in memory; any other strides are made dense once.
@@ -274,8 +287,9 @@ def lka_spatial(
         w1: (C, 1, k1, k1), k1 odd.
         b1: (C,) or None.
         dilations: (d0, d1), each >= 1.
-        backend: ``'auto'``, ``'triton'`` or ``'torch'`` (``'auto'`` runs torch while :data:`TRITON_BY_DEFAULT` is
-            False).
+        backend: ``'auto'``, ``'triton'`` or ``'torch'`` (``'auto'`` runs Triton for channels_last maps on CUDA,
+            torch otherwise).
+        fused: on the Triton backend, the one-kernel forward (see above); ignored on the torch path.
 
     Returns:
         (B, C, H, W) in x's dtype and memory format; the intermediate is rounded to x's dtype (as two convs round it),
@@ -293,6 +307,9 @@ def lka_spatial(
     _check_conv_args(op, x, w1, b1, d1, ("w1", "b1", "dilations[1]"))
     tensors = [t for t in (x, w0, b0, w1, b1) if t is not None]
     reasons = triton_unsupported_reasons(x, w0, b0, w1, b1)
-    if select_backend(op, backend, tensors, reasons, auto_triton=TRITON_BY_DEFAULT) == "triton":
-        return _lka_spatial_op(to_kernel_layout(x), w0, b0, w1, b1, d0, d1)
+    if select_backend(op, backend, tensors, reasons, auto_triton=_auto_triton(x)) == "triton":
+        x = to_kernel_layout(x)
+        if fused:
+            return _lka_spatial_op(x, w0, b0, w1, b1, d0, d1)
+        return _dwconv2d_op(_dwconv2d_op(x, w0, b0, d0), w1, b1, d1)
     return _lka_spatial_torch(x, w0, b0, w1, b1, (d0, d1))
