@@ -269,6 +269,28 @@ def test_lka_spatial_torch_path_is_the_two_module_convs():
     assert out.is_contiguous(memory_format=CL)
 
 
+def test_lka_spatial_auto_mixes_backends_per_conv(monkeypatch):
+    """What 'auto' does on CUDA for a channels_last map: the 5x5 on torch, the dilated 7x7 on Triton."""
+    calls = []
+
+    def as_on_cuda(op, backend, tensors, reasons=(), auto_triton=True):
+        calls.append(auto_triton)
+        return "triton" if auto_triton else "torch"
+
+    monkeypatch.setattr(dw, "select_backend", as_on_cuda)
+    x, w0, b0, w1, b1 = _lka_inputs(LkaCase(2, 3, 13, 11, "nhwc", "fp32"))
+    args = [t.clone().requires_grad_() for t in (x, w0, b0, w1, b1)]
+    out = lka_spatial(*args, dilations=(1, 3), fused=True)  # fused needs both convs on Triton: not taken
+    assert calls == [False, True]
+    _assert_layout(out, "nhwc")
+    ref_args = [t.detach().double().requires_grad_() for t in args]
+    ref = lka_spatial_reference(*ref_args, dilations=(1, 3))
+    assert _rel(out, ref) < TOL[torch.float32]
+    ours, theirs = _grads(out, ref, args, ref_args)
+    for name, got, want in zip(["dx", "dw0", "db0", "dw1", "db1"], ours, theirs):
+        assert _rel(got, want) < TOL[torch.float32] * 2, name
+
+
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_lka_custom_op_registration(layout):
     x, w0, b0, w1, b1 = _lka_inputs(LkaCase(1, 2, 6, 5, layout, "fp32"))
@@ -281,13 +303,15 @@ def test_lka_custom_op_registration(layout):
 # --- backend choice and argument checks ---------------------------------------------------------------------------
 
 
-def test_auto_takes_triton_for_channels_last_maps_only(monkeypatch):
-    # The H200 measurements: Triton faster on channels_last maps, not on NCHW ones (see dw.TRITON_BY_DEFAULT).
+def test_auto_takes_triton_for_dilated_convs_of_channels_last_maps_only(monkeypatch):
+    # The H200 measurements: Triton faster for dilated convs of channels_last maps only (see dw.TRITON_BY_DEFAULT).
     assert dw.TRITON_BY_DEFAULT is False
     nchw = torch.empty(2, 8, 5, 6)
-    assert dw._auto_triton(nchw) is False
-    assert dw._auto_triton(nchw.contiguous(memory_format=torch.channels_last)) is True
-    assert dw._auto_triton(torch.empty(2, 1, 5, 6)) is False  # dense in both formats: NCHW
+    nhwc = nchw.contiguous(memory_format=torch.channels_last)
+    assert dw._auto_triton(nchw, 3) is False
+    assert dw._auto_triton(nhwc, 3) is True
+    assert dw._auto_triton(nhwc, 1) is False
+    assert dw._auto_triton(torch.empty(2, 1, 5, 6), 3) is False  # dense in both formats: NCHW
     on_cuda = [SimpleNamespace(is_cuda=True)]
     assert select_backend("dwconv2d", "auto", on_cuda, auto_triton=False) == "torch"
     assert select_backend("dwconv2d", "auto", on_cuda) == "triton"  # what other ops get, unchanged

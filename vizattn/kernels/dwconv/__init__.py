@@ -17,8 +17,8 @@ Backends:
   backwards are the ops ``vizattn::dwconv2d_backward`` and ``vizattn::lka_spatial_backward``), so ``torch.compile``
   sees one node each. The kernel module is imported on first use: Triton decides at import time whether it runs
   compiled or under ``TRITON_INTERPRET=1``.
-- ``'auto'``: on CUDA, Triton for channels_last maps and torch for NCHW maps (the measurements behind this are at
-  :data:`TRITON_BY_DEFAULT`); torch on the CPU.
+- ``'auto'``: on CUDA, Triton for dilated convolutions of channels_last maps, torch otherwise (the measurements
+  behind this are at :data:`TRITON_BY_DEFAULT`); torch on the CPU.
 """
 
 from __future__ import annotations
@@ -39,21 +39,22 @@ __all__ = [
     "triton_unsupported_reasons",
 ]
 
-# Whether backend='auto' takes the Triton kernels on CUDA for NCHW maps. Measured on the H200 (2026-11-29, B64 C64
-# 56x56 bf16, kernel time): on NCHW maps the Triton kernels are no faster than PyTorch's (5x5 0.239 against 0.226 ms,
-# 7x7 dilation 3 0.445 against 0.439), so NCHW stays on torch; on channels_last maps they are (7x7 dilation 3: 0.135
-# against 0.439 for PyTorch's best layout and 1.27 for PyTorch on channels_last; 5x5: 0.071 against 0.079), so 'auto'
-# takes Triton for every channels_last map on CUDA (see _auto_triton). backend='triton' or VIZATTN_BACKEND=triton
-# runs them on NCHW maps too.
+# Whether backend='auto' takes the Triton kernels on CUDA for every map. Measured on the H200 (2026-11-29, B64 C64
+# 56x56 bf16, kernel time, forward / forward+backward in ms):
+#   NCHW:             5x5 Triton 0.239 / 1.029 against PyTorch 0.226 / 0.997; 7x7 d3 0.445 / 1.858 against 0.439 / 1.922
+#   channels_last:    5x5 Triton 0.071 / 0.538 against PyTorch 0.079 / 0.281; 7x7 d3 0.135 / 0.993 against
+#                     PyTorch 1.266 / 3.087 (and PyTorch's best layout, NCHW, 0.439 / 1.922)
+# so 'auto' takes Triton only for dilated convolutions of channels_last maps (see _auto_triton).
+# backend='triton' or VIZATTN_BACKEND=triton runs them everywhere.
 TRITON_BY_DEFAULT = False
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_IMAGE_NUMEL = 2**31 - 1  # offsets inside one image are int32 in the kernels
 
 
-def _auto_triton(x: torch.Tensor) -> bool:
-    """Whether ``backend='auto'`` may take the Triton kernels for map ``x`` (see :data:`TRITON_BY_DEFAULT`)."""
-    return TRITON_BY_DEFAULT or is_nhwc(x)
+def _auto_triton(x: torch.Tensor, dilation: int) -> bool:
+    """Whether ``backend='auto'`` may run a conv of map ``x`` on Triton (see :data:`TRITON_BY_DEFAULT`)."""
+    return TRITON_BY_DEFAULT or (is_nhwc(x) and dilation > 1)
 
 
 def _kernels():
@@ -227,7 +228,7 @@ def dwconv2d(
         bias: optional (C,).
         dilation: d >= 1.
         backend: ``'auto'``, ``'triton'`` or ``'torch'`` (see :mod:`vizattn.kernels._dispatch`; ``'auto'`` runs
-            Triton for channels_last maps on CUDA, torch otherwise).
+            Triton for dilated convolutions of channels_last maps on CUDA, torch otherwise).
 
     Returns:
         (B, C, H, W) in x's dtype and memory format (float32 accumulation).
@@ -239,25 +240,15 @@ def dwconv2d(
     _check_conv_args("dwconv2d", x, weight, bias, dilation, ("weight", "bias", "dilation"))
     tensors = (x, weight) if bias is None else (x, weight, bias)
     reasons = triton_unsupported_reasons(x, weight, bias)
-    if select_backend("dwconv2d", backend, tensors, reasons, auto_triton=_auto_triton(x)) == "triton":
+    if select_backend("dwconv2d", backend, tensors, reasons, auto_triton=_auto_triton(x, dilation)) == "triton":
         return _dwconv2d_op(to_kernel_layout(x), weight, bias, dilation)
     return dwconv2d_reference(x, weight, bias, dilation)
 
 
-def _lka_spatial_torch(
-    x: torch.Tensor,
-    w0: torch.Tensor,
-    b0: torch.Tensor | None,
-    w1: torch.Tensor,
-    b1: torch.Tensor | None,
-    dilations: tuple[int, int],
-) -> torch.Tensor:
-    """The two convs in x's dtype, exactly what LKA's ``conv_spatial(conv0(x))`` modules compute."""
-    for w, b, d in ((w0, b0, dilations[0]), (w1, b1, dilations[1])):
-        w = w.to(x.dtype)
-        b = None if b is None else b.to(x.dtype)
-        x = F.conv2d(x, w, b, padding=d * (w.shape[-1] - 1) // 2, dilation=d, groups=x.shape[1])
-    return x
+def _conv_in_dtype(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, d: int) -> torch.Tensor:
+    """One depthwise conv in x's dtype, exactly what an ``nn.Conv2d(groups=C)`` module computes."""
+    b = None if b is None else b.to(x.dtype)
+    return F.conv2d(x, w.to(x.dtype), b, padding=d * (w.shape[-1] - 1) // 2, dilation=d, groups=x.shape[1])
 
 
 def lka_spatial(
@@ -287,9 +278,9 @@ def lka_spatial(
         w1: (C, 1, k1, k1), k1 odd.
         b1: (C,) or None.
         dilations: (d0, d1), each >= 1.
-        backend: ``'auto'``, ``'triton'`` or ``'torch'`` (``'auto'`` runs Triton for channels_last maps on CUDA,
-            torch otherwise).
-        fused: on the Triton backend, the one-kernel forward (see above); ignored on the torch path.
+        backend: ``'auto'``, ``'triton'`` or ``'torch'``, chosen per conv (``'auto'`` runs Triton for a dilated conv
+            of a channels_last map on CUDA, torch otherwise).
+        fused: the one-kernel forward (see above) when both convs run on Triton; ignored otherwise.
 
     Returns:
         (B, C, H, W) in x's dtype and memory format; the intermediate is rounded to x's dtype (as two convs round it),
@@ -307,9 +298,9 @@ def lka_spatial(
     _check_conv_args(op, x, w1, b1, d1, ("w1", "b1", "dilations[1]"))
     tensors = [t for t in (x, w0, b0, w1, b1) if t is not None]
     reasons = triton_unsupported_reasons(x, w0, b0, w1, b1)
-    if select_backend(op, backend, tensors, reasons, auto_triton=_auto_triton(x)) == "triton":
-        x = to_kernel_layout(x)
-        if fused:
-            return _lka_spatial_op(x, w0, b0, w1, b1, d0, d1)
-        return _dwconv2d_op(_dwconv2d_op(x, w0, b0, d0), w1, b1, d1)
-    return _lka_spatial_torch(x, w0, b0, w1, b1, (d0, d1))
+    choice = [select_backend(op, backend, tensors, reasons, auto_triton=_auto_triton(x, d)) for d in (d0, d1)]
+    if fused and choice == ["triton", "triton"]:
+        return _lka_spatial_op(to_kernel_layout(x), w0, b0, w1, b1, d0, d1)
+    for w, b, d, use in ((w0, b0, d0, choice[0]), (w1, b1, d1, choice[1])):
+        x = _dwconv2d_op(to_kernel_layout(x), w, b, d) if use == "triton" else _conv_in_dtype(x, w, b, d)
+    return x
