@@ -190,6 +190,47 @@ def test_circle_halos_hold_distinct_keys_and_cover_every_window(length, r, tile)
     assert torch.equal(t.q_idx[t.tile_of, t.slot_of], torch.arange(length))
 
 
+TILE_CASES = [  # (H, W, r, M, tile, extra splits): the backward's key tiles and the extra keys' kernel at their corners
+    (9, 13, 3, 5, (32, 32), 1),  # tiles larger than a non-square map
+    (11, 7, 2, 70, (3, 5), 3),  # odd tiles; two blocks of extra keys, the queries in three parts
+    (10, 12, 4, 0, (1, 1), 1),  # one key per tile, extra tokens given but M = 0
+    (8, 9, 5, 1, (4, 8), 7),  # a single extra token, more parts than query steps
+]
+
+
+@pytest.mark.parametrize(
+    "hh,ww,r,m,tile,splits",
+    TILE_CASES,
+    ids=[f"{c[0]}x{c[1]}-r{c[2]}-M{c[3]}-t{c[4][0]}x{c[4][1]}-s{c[5]}" for c in TILE_CASES],
+)
+def test_triton_gradients_match_reference_for_any_tile(hh, ww, r, m, tile, splits):
+    from vizattn.kernels._halo2d.triton import Launch, halo_bwd
+    from vizattn.kernels.clear import triton as kernels
+
+    g = torch.Generator().manual_seed(10)
+    q, k, v, grad = (torch.randn(1, hh, ww, 2, 16, generator=g).to(DEVICE) for _ in range(4))
+    ek, ev = (torch.randn(1, m, 2, 16, generator=g).to(DEVICE) for _ in range(2))
+    out, lse = kernels.clear_fwd(q, k, v, ek, ev, r, 0.3, tile=tile)
+    rows, cols = kernels._axes(q, r, tile)
+    grads = halo_bwd(
+        grad, q, k, v, out, lse, rows, cols, 0.3, circle_radius=r, extra_k=ek, extra_v=ev, extra_splits=splits,
+        extra_launch=Launch(block_n=16, block_m=32),
+    )
+    leaves = [t.double().requires_grad_() for t in (q, k, v, ek, ev)]
+    ref = clear_attention_reference(*leaves[:3], r, *leaves[3:], 0.3)
+    ref.backward(grad.double())
+    assert grads[3] is None
+    l2_tol, max_tol = ATTN_TOL[torch.float32]
+    names = ["out", "dq", "dk", "dv", "d_extra_k", "d_extra_v"]
+    ours_all = [out, *grads[:3], *grads[4:]]
+    for name, ours, theirs in zip(names, ours_all, [ref] + [t.grad for t in leaves]):
+        assert ours.shape == theirs.shape, name
+        assert torch.isfinite(ours).all(), f"{name}: unwritten (NaN) or non-finite elements"
+        if theirs.numel():
+            l2, mx = rel_errors(ours, theirs)
+            assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Special radii and extra tokens
 

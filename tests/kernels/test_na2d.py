@@ -96,6 +96,36 @@ def test_forward_and_gradients_match_reference(case):
         assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
 
 
+TILE_CASES = [  # (H, W, k, d, tile): the backward's key tiles have their own halos, checked at their corners
+    (9, 11, 3, 2, (32, 32)),  # tiles larger than a non-square map (and than every dilation group)
+    (13, 10, 3, 3, (3, 5)),  # ragged dilation groups (5/4/4, 4/3/3) cut by tiles of odd sizes
+    (15, 14, 13, 1, (4, 8)),  # border keys seen by k + k // 2 = 19 queries along each axis
+    (7, 6, 5, 1, (1, 1)),  # one query (one key) per tile
+    (12, 9, 4, 2, (2, 16)),  # even kernel
+]
+
+
+@pytest.mark.parametrize("rpb_on", [True, False], ids=["rpb", "norpb"])
+@pytest.mark.parametrize(
+    "hh,ww,k,d,tile", TILE_CASES, ids=[f"{c[0]}x{c[1]}-k{c[2]}-d{c[3]}-t{c[4][0]}x{c[4][1]}" for c in TILE_CASES]
+)
+def test_gradients_match_reference_for_any_tile(hh, ww, k, d, tile, rpb_on):
+    g = torch.Generator().manual_seed(5)
+    q, kk, v, grad = (torch.randn(2, hh, ww, 2, 16, generator=g).to(DEVICE) for _ in range(4))
+    rpb = torch.randn(2, 2 * k - 1, 2 * k - 1, generator=g).to(DEVICE) if rpb_on else None
+    out, lse = kernels.na2d_fwd(q, kk, v, rpb, k, d, 0.3, tile=tile)
+    grads = kernels.na2d_bwd(grad, q, kk, v, rpb, out, lse, k, d, 0.3, tile=tile)
+    leaves = [t.double().requires_grad_() for t in (q, kk, v) + ((rpb,) if rpb_on else ())]
+    ref = na2d_reference(*leaves[:3], k, d, leaves[3] if rpb_on else None, 0.3)
+    ref.backward(grad.double())
+    l2_tol, max_tol = ATTN_TOL[torch.float32]
+    for name, ours, theirs in zip(["out", "dq", "dk", "dv", "drpb"], [out, *grads], [ref] + [t.grad for t in leaves]):
+        assert torch.isfinite(ours).all(), f"{name}: unwritten (NaN) or non-finite elements"
+        l2, mx = rel_errors(ours, theirs)
+        assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
+    assert (grads[3] is None) == (not rpb_on)
+
+
 def test_lse_is_the_base2_logsumexp_of_the_scores():
     c = CPU_CASES[0]
     q, k, v, rpb, _ = _inputs(c, seed=1)

@@ -7,11 +7,13 @@ tile's queries lie inside a halo of ``T + span - 1`` consecutive keys, ``span`` 
 reach along the axis (``k`` for NA, ``2r - 1`` for a circle of radius ``r``). A 2-D tile is then a small dense
 attention of ``T_h * T_w`` queries over ``halo_h * halo_w`` keys with a per-pair mask, built from per-axis tables:
 
-- :mod:`vizattn.kernels._halo2d.tiles`: the per-axis tables (:class:`~vizattn.kernels._halo2d.tiles.AxisTiles`) and
-  the PyTorch computation of the tiles (the ``'torch'`` backend of both ops);
-- :mod:`vizattn.kernels._halo2d.triton`: one fused Triton kernel family (forward, backward) whose mask mode is a
-  constexpr: the NA window (per-axis tables, relative position bias, dilation) or the truncated circle (from the row
-  and column offsets), optionally followed by a dense segment of extra keys that every query sees.
+- :mod:`vizattn.kernels._halo2d.tiles`: the per-axis tables (:class:`~vizattn.kernels._halo2d.tiles.AxisTiles`), their
+  transpose for the backward (tiles of keys and the halos of the queries that see them) and the PyTorch computation
+  of the tiles (the ``'torch'`` backend of both ops);
+- :mod:`vizattn.kernels._halo2d.triton`: one fused Triton kernel family (forward; backward as FlashAttention-2's, a
+  query-centric dq kernel and key-centric dk/dv kernels, without atomics) whose mask mode is a constexpr: the NA
+  window (per-axis tables, relative position bias, dilation) or the truncated circle (from the row and column
+  offsets), optionally followed by a dense segment of extra keys that every query sees.
 
 What differs per op (the window of one query along one axis) lives in the op's own ``tiles.py``. The Triton module
 is imported by the ops' launchers on first use, never from here: Triton decides at import time whether it compiles

@@ -9,6 +9,12 @@ query's window start (clipped to the group). A 2-D tile (a row tile times a colu
 
 Per axis the pairs carry a relative index ``key - query + center`` (in-group units), or -1 where the key is outside
 the query's window along that axis; NA reads its relative position bias with it, the circle its offsets.
+
+The backward's key-centric kernel needs the transposed relation: tiles of ``T`` consecutive keys and, for each, the
+halo of the queries whose windows reach any of them. :func:`build_key_axis_tiles` builds it in the same
+:class:`AxisTiles` layout, the roles swapped (tiles of keys, halos of queries), with the same relative index
+``key - query + center`` of each pair. A key near a border can be seen by more than ``span`` queries (NA shifts the
+windows inward there), so that halo is measured, not derived from ``span``.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["AxisTiles", "build_axis_tiles", "pair_rel", "tiled_attention"]
+__all__ = ["AxisTiles", "build_axis_tiles", "build_key_axis_tiles", "pair_rel", "tiled_attention"]
 
 
 class AxisTiles(NamedTuple):
     """Tiling of one axis (length L) with tile size T and halo size ``halo`` (``n`` tiles in all).
+
+    The tables of :func:`build_key_axis_tiles` swap the roles: ``q_idx`` holds tiles of keys, ``k_idx`` the halos of
+    queries that see them, ``rel_idx`` is indexed (key slot, halo query) and ``tile_of``/``slot_of`` place the keys.
 
     Attributes:
         q_idx: (n, T) global index of each query slot; the slots past a group's end repeat its last query (a real
@@ -94,6 +103,68 @@ def build_axis_tiles(
             k_rows.append(halo_pos.clamp(max=group_len - 1) * dilation + g)
             rel_rows.append(torch.where(allowed, rel, -1))
     return AxisTiles(torch.stack(q_rows), torch.stack(k_rows), torch.stack(rel_rows), tile_of, slot_of)
+
+
+def build_key_axis_tiles(
+    length: int,
+    dilation: int,
+    tile: int,
+    span: int,
+    center: int,
+    window_start: Callable[[torch.Tensor, int], torch.Tensor],
+) -> AxisTiles:
+    """The transposed relation of :func:`build_axis_tiles` (same arguments): tiles of keys, halos of queries.
+
+    Each dilation group's keys are split into tiles of ``T`` consecutive in-group keys (``T`` clipped to the longest
+    group, padded slots repeating the group's last key, as for queries). Since window starts never decrease, the
+    queries whose windows reach a tile's keys are consecutive; the halo size is the longest such run over all tiles
+    (clipped to the longest group) and each halo is shifted inward at the group's end, so its slots are distinct
+    queries except in groups shorter than the halo, whose slots past the end repeat the last query with every pair
+    masked.
+
+    Returns:
+        :class:`AxisTiles` with ``q_idx`` (n, T) the keys of each tile, ``k_idx`` (n, halo) the queries of its halo,
+        ``rel_idx`` (n, T, halo) the relative index ``key - query + center`` of (key slot, halo query) when the key is
+        inside that query's window along this axis (the forward's value for the same pair), else -1, and
+        ``tile_of``/``slot_of`` (L,) the tile and slot of each key.
+    """
+    group_lens = [(length - g + dilation - 1) // dilation for g in range(dilation)]
+    tile = min(tile, max(group_lens))
+    slots = torch.arange(tile, device="cpu")
+    tiles = []  # (group, first key, in-group keys (T,), window starts of the group's queries)
+    for g, group_len in enumerate(group_lens):
+        lo = window_start(torch.arange(group_len, device="cpu"), group_len)
+        for first in range(0, group_len, tile):
+            tiles.append((g, first, (first + slots).clamp(max=group_len - 1), lo))
+
+    def seen_by(keys: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+        # (T, group_len): whether query x's window holds key p
+        return (keys[:, None] >= lo[None, :]) & (keys[:, None] < lo[None, :] + span)
+
+    runs = []
+    for _, _, keys, lo in tiles:
+        seers = seen_by(keys, lo).any(0).nonzero()[:, 0]
+        runs.append((int(seers[0]), int(seers[-1]) + 1))
+    halo = min(max(hi - first for first, hi in runs), max(group_lens))
+    k_rows, q_rows, rel_rows = [], [], []
+    tile_of = torch.empty(length, dtype=torch.long, device="cpu")
+    slot_of = torch.empty(length, dtype=torch.long, device="cpu")
+    window = torch.arange(halo, device="cpu")
+    for n, ((g, first, keys, lo), (seer0, _)) in enumerate(zip(tiles, runs)):
+        group_len = lo.shape[0]
+        start = min(seer0, max(group_len - halo, 0))
+        halo_pos = start + window  # in-group query positions of the halo
+        real_q = halo_pos < group_len
+        halo_pos = halo_pos.clamp(max=group_len - 1)
+        allowed = seen_by(keys, lo[halo_pos]) & real_q[None, :]
+        rel = keys[:, None] - halo_pos[None, :] + center
+        real = first + slots[: min(tile, group_len - first)]
+        tile_of[real * dilation + g] = n
+        slot_of[real * dilation + g] = real - first
+        k_rows.append(keys * dilation + g)
+        q_rows.append(halo_pos * dilation + g)
+        rel_rows.append(torch.where(allowed, rel, -1))
+    return AxisTiles(torch.stack(k_rows), torch.stack(q_rows), torch.stack(rel_rows), tile_of, slot_of)
 
 
 def pair_rel(rows: AxisTiles, cols: AxisTiles) -> tuple[torch.Tensor, torch.Tensor]:

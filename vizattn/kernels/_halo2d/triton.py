@@ -19,10 +19,22 @@ the per-axis tables hold ``O(L * (T + span))`` integers.
 The maps are read in place through their strides (q, k, v are usually views of one packed ``qkv`` projection);
 logsumexp is kept per (image, row, column, head) in float32, base 2.
 
-Backward: one kernel, shaped like the forward, recomputes the probabilities from the logsumexp and
-``delta = rowsum(dO * O)``. It writes ``dq`` of its own queries once, and adds ``dk``, ``dv`` (halos of neighbouring
-tiles overlap), ``d(rpb)`` and the extra keys' gradients into float32 buffers with atomics, so those are not bitwise
-deterministic on a GPU (the order of float32 additions varies).
+Backward, as in FlashAttention-2: the probabilities are recomputed from the logsumexp, and no program adds into
+another's dq, dk or dv.
+
+- ``_halo_dq_kernel`` (shaped like the forward, one query tile): computes ``delta = rowsum(dO * O)`` of its queries
+  (stored for the next kernels), walks the halo and the extra keys, accumulates ``dq`` in float32 registers and writes
+  it once. It also adds ``d(rpb)`` with float32 atomics, into one of up to 128 private copies (by program id) summed
+  afterwards, so that programs do not queue on the same few addresses; ``d(rpb)`` is the one result whose float32
+  additions run in a varying order.
+- ``_halo_dkdv_kernel`` (key-centric): a program owns a tile of keys of one image and head, loads them once, walks the
+  halo of the queries that see them (the key-tile tables of :func:`~vizattn.kernels._halo2d.tiles.build_key_axis_tiles`
+  for NA; the forward tables for the circle, which is symmetric) and writes ``dk``, ``dv`` once.
+- ``_extra_dkdv_kernel``: dense attention backward over the ``M`` extra keys: a program owns a block of them and
+  walks the image's queries (or one of a few parts of them, whose float32 partial sums are added afterwards in a
+  fixed order).
+
+So dq, dk, dv and the extra keys' gradients are deterministic.
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ from vizattn.kernels._triton_util import dot as _dot
 from vizattn.kernels._triton_util import dot_precision as _dot_precision
 from vizattn.kernels._triton_util import head_block as _head_block
 
-__all__ = ["DeviceTables", "device_tables", "halo_fwd", "halo_bwd"]
+__all__ = ["DeviceTables", "Launch", "device_tables", "halo_fwd", "halo_bwd"]
 
 _LOG2E = 1.4426950408889634
 _BLOCK_N = 32  # halo keys per inner step on a GPU
@@ -48,6 +60,13 @@ _BLOCK_N = 32  # halo keys per inner step on a GPU
 # loops run unpipelined unless a caller asks otherwise.
 _NUM_STAGES = 1
 _BLOCK_N_INTERPRET = 256  # under the interpreter each step costs Python overhead whatever its size
+_BLOCK_E = 64  # extra keys per program of their gradient kernel on a GPU
+_BLOCK_E_INTERPRET = 64  # unless a caller asks for another block
+# Private float32 copies of d(rpb) the backward's programs add into (program i into copy i % 128), summed afterwards.
+# NA, 56x56, batch 64, 2 heads of 32, k 7, bf16 on the H200: with one copy the 6272 programs adding into the same
+# 2 * 169 addresses made the backward 3.24 ms (0.93 ms without rpb); with 128 copies it is 1.56 ms (0.51 ms without
+# rpb, forward 0.20 ms). The rest is the number of atomics (one per (query, key) pair), not contention.
+_RPB_COPIES = 128
 
 
 class DeviceTables(NamedTuple):
@@ -212,8 +231,8 @@ def _halo_fwd_kernel(
 
 
 @triton.jit
-def _halo_bwd_kernel(
-    Q, K, V, EK, EV, DO, LSE, DELTA, RPB, DQ, DK, DV, DEK, DEV, DRPB,
+def _halo_dq_kernel(
+    Q, K, V, EK, EV, DO, OUT, LSE, DELTA, RPB, DQ, DRPB,
     QH, SH, KH, RH, QW, SW, KW, RW,
     s_qb, s_qh, s_qw, s_qn, s_qd,
     s_kb, s_kh, s_kw, s_kn, s_kd,
@@ -221,17 +240,16 @@ def _halo_bwd_kernel(
     s_eb, s_em, s_en, s_ed,
     s_fb, s_fm, s_fn, s_fd,
     s_gb, s_gh, s_gw, s_gn, s_gd,
+    s_ob, s_oh, s_ow, s_on, s_od,
     s_lb, s_lh, s_lw, s_ln,
     s_dqb, s_dqh, s_dqw, s_dqn, s_dqd,
-    s_dkb, s_dkh, s_dkw, s_dkn, s_dkd,
-    s_dvb, s_dvh, s_dvw, s_dvn, s_dvd,
-    s_deb, s_dem, s_den, s_ded,
-    s_dfb, s_dfm, s_dfn, s_dfd,
-    heads, n_tw, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
+    heads, n_tw, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq, n_copies,
     T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
+    """Query-centric: dq of one query tile over its halo and the extra keys, and d(rpb) into a private copy. It also
+    writes ``delta = rowsum(dO * O)`` of its queries, which the key-centric kernels launched after it read."""
     tile = tl.program_id(0).to(tl.int64)
     bn = tl.program_id(1).to(tl.int64)
     th = tile // n_tw
@@ -247,15 +265,19 @@ def _halo_bwd_kernel(
                 mask=m_ok[:, None] & cq_ok, other=0.0)
     do = tl.load(DO + b * s_gb + head * s_gn + row[:, None] * s_gh + col[:, None] * s_gw + cv[None, :] * s_gd,
                  mask=real[:, None] & cv_ok, other=0.0)
+    o = tl.load(OUT + b * s_ob + head * s_on + row[:, None] * s_oh + col[:, None] * s_ow + cv[None, :] * s_od,
+                mask=real[:, None] & cv_ok, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     stat = b * s_lb + head * s_ln + row * s_lh + col * s_lw
+    tl.store(DELTA + stat, delta, mask=real)
     lse = tl.load(LSE + stat, mask=real, other=0.0)
-    delta = tl.load(DELTA + stat, mask=real, other=0.0)
     k_base = K + b * s_kb + head * s_kn
     v_base = V + b * s_vb + head * s_vn
-    dk_base = DK + b * s_dkb + head * s_dkn
-    dv_base = DV + b * s_dvb + head * s_dvn
     rpb_base = RPB + head * rpb_side * rpb_side
-    drpb_base = DRPB + head * rpb_side * rpb_side
+    # d(rpb): every program of a head adds into the same (2k - 1)^2 entries; spreading the programs over n_copies
+    # private copies (summed afterwards) divides the contention on each address by n_copies.
+    copy = (tile + bn * tl.num_programs(0)) % n_copies
+    drpb_base = DRPB + (copy * heads + head) * rpb_side * rpb_side
 
     dq = tl.zeros((BLOCK_M, BLOCK_DQK), dtype=tl.float32)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
@@ -268,34 +290,168 @@ def _halo_bwd_kernel(
                     mask=n_ok[:, None] & cq_ok, other=0.0)
         v = tl.load(v_base + k_row[:, None] * s_vh + k_col[:, None] * s_vw + cv[None, :] * s_vd,
                     mask=n_ok[:, None] & cv_ok, other=0.0)
-        p, ds = _grad_step(q, k, v, do, lse, delta, bias, inside, qk_scale, DOT_PRECISION)
+        _, ds = _grad_step(q, k, v, do, lse, delta, bias, inside, qk_scale, DOT_PRECISION)
         dq += _dot(ds.to(k.dtype), k, DOT_PRECISION)
-        dk = _dot(tl.trans(ds).to(q.dtype), q, DOT_PRECISION) * scale
-        dv = _dot(tl.trans(p).to(do.dtype), do, DOT_PRECISION)
-        tl.atomic_add(dk_base + k_row[:, None] * s_dkh + k_col[:, None] * s_dkw + cq[None, :] * s_dkd, dk,
-                      mask=n_ok[:, None] & cq_ok)
-        tl.atomic_add(dv_base + k_row[:, None] * s_dvh + k_col[:, None] * s_dvw + cv[None, :] * s_dvd, dv,
-                      mask=n_ok[:, None] & cv_ok)
         if HAS_RPB:
             tl.atomic_add(drpb_base + b_flat, ds, mask=inside)
     if HAS_EXTRA:
         ek_base = EK + b * s_eb + head * s_en
         ev_base = EV + b * s_fb + head * s_fn
-        dek_base = DEK + b * s_deb + head * s_den
-        dev_base = DEV + b * s_dfb + head * s_dfn
         for start in range(0, n_extra, BLOCK_N):
             e = start + tl.arange(0, BLOCK_N).to(tl.int64)
             e_ok = e < n_extra
             xk = tl.load(ek_base + e[:, None] * s_em + cq[None, :] * s_ed, mask=e_ok[:, None] & cq_ok, other=0.0)
             xv = tl.load(ev_base + e[:, None] * s_fm + cv[None, :] * s_fd, mask=e_ok[:, None] & cv_ok, other=0.0)
-            p, ds = _grad_step(q, xk, xv, do, lse, delta, 0.0, real[:, None] & e_ok[None, :], qk_scale, DOT_PRECISION)
+            _, ds = _grad_step(q, xk, xv, do, lse, delta, 0.0, real[:, None] & e_ok[None, :], qk_scale, DOT_PRECISION)
             dq += _dot(ds.to(xk.dtype), xk, DOT_PRECISION)
-            dxk = _dot(tl.trans(ds).to(q.dtype), q, DOT_PRECISION) * scale
-            dxv = _dot(tl.trans(p).to(do.dtype), do, DOT_PRECISION)
-            tl.atomic_add(dek_base + e[:, None] * s_dem + cq[None, :] * s_ded, dxk, mask=e_ok[:, None] & cq_ok)
-            tl.atomic_add(dev_base + e[:, None] * s_dfm + cv[None, :] * s_dfd, dxv, mask=e_ok[:, None] & cv_ok)
     dq_ptr = DQ + b * s_dqb + head * s_dqn + row[:, None] * s_dqh + col[:, None] * s_dqw + cq[None, :] * s_dqd
     tl.store(dq_ptr, (dq * scale).to(DQ.dtype.element_ty), mask=real[:, None] & cq_ok)
+
+
+@triton.jit
+def _halo_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
+    KQH, KSH, QKH, RH, KQW, KSW, QKW, RW,
+    s_qb, s_qh, s_qw, s_qn, s_qd,
+    s_kb, s_kh, s_kw, s_kn, s_kd,
+    s_vb, s_vh, s_vw, s_vn, s_vd,
+    s_gb, s_gh, s_gw, s_gn, s_gd,
+    s_lb, s_lh, s_lw, s_ln,
+    s_dkb, s_dkh, s_dkw, s_dkn, s_dkd,
+    s_dvb, s_dvh, s_dvw, s_dvn, s_dvd,
+    heads, n_tw, d_qk, d_v, qk_scale, scale, rpb_side, radius_sq,
+    T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Key-centric: dk, dv of one key tile, over the halo of the queries that see its keys (key-tile tables)."""
+    tile = tl.program_id(0).to(tl.int64)
+    bn = tl.program_id(1).to(tl.int64)
+    th = tile // n_tw
+    tw = tile % n_tw
+    b = bn // heads
+    head = bn % heads
+    # The key tile plays the query tile's part of the forward: _halo_chunk gives (key slot, halo query) pairs, whose
+    # relative index (and so mask and bias) the key-tile tables hold exactly as the forward has them.
+    a_h, a_w, row, col, m_ok, real = _query_slots(KQH, KSH, KQW, KSW, th, tw, T_H, T_W, BLOCK_M)
+    cq = tl.arange(0, BLOCK_DQK)
+    cv = tl.arange(0, BLOCK_DV)
+    cq_ok = (cq < d_qk)[None, :]
+    cv_ok = (cv < d_v)[None, :]
+    k = tl.load(K + b * s_kb + head * s_kn + row[:, None] * s_kh + col[:, None] * s_kw + cq[None, :] * s_kd,
+                mask=m_ok[:, None] & cq_ok, other=0.0)
+    v = tl.load(V + b * s_vb + head * s_vn + row[:, None] * s_vh + col[:, None] * s_vw + cv[None, :] * s_vd,
+                mask=m_ok[:, None] & cv_ok, other=0.0)
+    q_base = Q + b * s_qb + head * s_qn
+    do_base = DO + b * s_gb + head * s_gn
+    stat_base = b * s_lb + head * s_ln
+    rpb_base = RPB + head * rpb_side * rpb_side
+
+    dk = tl.zeros((BLOCK_M, BLOCK_DQK), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+    for start in range(0, HALO_H * HALO_W, BLOCK_N):
+        q_row, q_col, n_ok, inside, bias, _ = _halo_chunk(
+            QKH, QKW, RH, RW, rpb_base, th, tw, a_h, a_w, row, col, m_ok, start, rpb_side, radius_sq,
+            T_H, T_W, HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE,
+        )
+        q = tl.load(q_base + q_row[:, None] * s_qh + q_col[:, None] * s_qw + cq[None, :] * s_qd,
+                    mask=n_ok[:, None] & cq_ok, other=0.0)
+        do = tl.load(do_base + q_row[:, None] * s_gh + q_col[:, None] * s_gw + cv[None, :] * s_gd,
+                     mask=n_ok[:, None] & cv_ok, other=0.0)
+        stat = stat_base + q_row * s_lh + q_col * s_lw
+        lse = tl.load(LSE + stat, mask=n_ok, other=0.0)
+        delta = tl.load(DELTA + stat, mask=n_ok, other=0.0)
+        # transposed probabilities and score gradients: (keys, queries)
+        s = _dot(k, tl.trans(q), DOT_PRECISION) * qk_scale + bias * 1.4426950408889634
+        p = tl.where(inside, tl.exp2(s - lse[None, :]), 0.0)
+        dp = _dot(v, tl.trans(do), DOT_PRECISION)
+        ds = tl.where(inside, p * (dp - delta[None, :]), 0.0)
+        dv += _dot(p.to(do.dtype), do, DOT_PRECISION)
+        dk += _dot(ds.to(q.dtype), q, DOT_PRECISION)
+    dk_ptr = DK + b * s_dkb + head * s_dkn + row[:, None] * s_dkh + col[:, None] * s_dkw + cq[None, :] * s_dkd
+    tl.store(dk_ptr, (dk * scale).to(DK.dtype.element_ty), mask=real[:, None] & cq_ok)
+    dv_ptr = DV + b * s_dvb + head * s_dvn + row[:, None] * s_dvh + col[:, None] * s_dvw + cv[None, :] * s_dvd
+    tl.store(dv_ptr, dv.to(DV.dtype.element_ty), mask=real[:, None] & cv_ok)
+
+
+@triton.jit
+def _extra_dkdv_kernel(
+    Q, EK, EV, DO, LSE, DELTA, DEK, DEV,
+    s_qb, s_qh, s_qw, s_qn, s_qd,
+    s_eb, s_em, s_en, s_ed,
+    s_fb, s_fm, s_fn, s_fd,
+    s_gb, s_gh, s_gw, s_gn, s_gd,
+    s_lb, s_lh, s_lw, s_ln,
+    s_des, s_deb, s_dem, s_den, s_ded,
+    s_dfs, s_dfb, s_dfm, s_dfn, s_dfd,
+    heads, width, n_queries, per_split, d_qk, d_v, n_extra, qk_scale, scale,
+    BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Dense attention backward over the extra keys: a block of extra keys of one (image, head) walks one split of
+    the image's queries and writes that split's float32 partial dk, dv (the splits are summed afterwards)."""
+    blk = tl.program_id(0).to(tl.int64)
+    bn = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2).to(tl.int64)
+    b = bn // heads
+    head = bn % heads
+    e = blk * BLOCK_E + tl.arange(0, BLOCK_E).to(tl.int64)
+    e_ok = e < n_extra
+    cq = tl.arange(0, BLOCK_DQK)
+    cv = tl.arange(0, BLOCK_DV)
+    cq_ok = (cq < d_qk)[None, :]
+    cv_ok = (cv < d_v)[None, :]
+    xk = tl.load(EK + b * s_eb + head * s_en + e[:, None] * s_em + cq[None, :] * s_ed, mask=e_ok[:, None] & cq_ok,
+                 other=0.0)
+    xv = tl.load(EV + b * s_fb + head * s_fn + e[:, None] * s_fm + cv[None, :] * s_fd, mask=e_ok[:, None] & cv_ok,
+                 other=0.0)
+    q_base = Q + b * s_qb + head * s_qn
+    do_base = DO + b * s_gb + head * s_gn
+    stat_base = b * s_lb + head * s_ln
+
+    dk = tl.zeros((BLOCK_E, BLOCK_DQK), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_E, BLOCK_DV), dtype=tl.float32)
+    first = split * per_split
+    last = tl.minimum(first + per_split, n_queries)
+    for start in range(first, last, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N).to(tl.int64)
+        n_ok = n < last
+        q_row = tl.where(n_ok, n // width, 0)
+        q_col = tl.where(n_ok, n % width, 0)
+        q = tl.load(q_base + q_row[:, None] * s_qh + q_col[:, None] * s_qw + cq[None, :] * s_qd,
+                    mask=n_ok[:, None] & cq_ok, other=0.0)
+        do = tl.load(do_base + q_row[:, None] * s_gh + q_col[:, None] * s_gw + cv[None, :] * s_gd,
+                     mask=n_ok[:, None] & cv_ok, other=0.0)
+        stat = stat_base + q_row * s_lh + q_col * s_lw
+        lse = tl.load(LSE + stat, mask=n_ok, other=0.0)
+        delta = tl.load(DELTA + stat, mask=n_ok, other=0.0)
+        inside = e_ok[:, None] & n_ok[None, :]
+        s = _dot(xk, tl.trans(q), DOT_PRECISION) * qk_scale
+        p = tl.where(inside, tl.exp2(s - lse[None, :]), 0.0)
+        dp = _dot(xv, tl.trans(do), DOT_PRECISION)
+        ds = tl.where(inside, p * (dp - delta[None, :]), 0.0)
+        dv += _dot(p.to(do.dtype), do, DOT_PRECISION)
+        dk += _dot(ds.to(q.dtype), q, DOT_PRECISION)
+    tl.store(DEK + split * s_des + b * s_deb + head * s_den + e[:, None] * s_dem + cq[None, :] * s_ded, dk * scale,
+             mask=e_ok[:, None] & cq_ok)
+    tl.store(DEV + split * s_dfs + b * s_dfb + head * s_dfn + e[:, None] * s_dfm + cv[None, :] * s_dfd, dv,
+             mask=e_ok[:, None] & cv_ok)
+
+
+class Launch(NamedTuple):
+    """Launch configuration of one kernel on a GPU; None keeps the default.
+
+    Attributes:
+        block_n: keys (query-centric kernels) or queries (key-centric kernels) per inner step.
+        num_warps: warps per program.
+        num_stages: software-pipelining stages of the inner loop.
+        block_m: extra keys per program of the extra keys' gradient kernel (the other kernels take the tile).
+    """
+
+    block_n: int | None = None
+    num_warps: int | None = None
+    num_stages: int | None = None
+    block_m: int | None = None
 
 
 def _launch_meta(
@@ -386,6 +542,25 @@ def halo_fwd(
     return out, lse
 
 
+def _extra_splits(n_programs: int, n_queries: int, block_n: int, device: torch.device) -> int:
+    """Splits of the queries for the extra keys' gradient kernel: enough programs to fill the GPU (two per
+    multiprocessor), each split keeping at least four steps of queries."""
+    if triton.knobs.runtime.interpret or device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(triton.cdiv(2 * sms, n_programs), n_queries // (4 * block_n)))
+
+
+def _merge(config: Launch | None, block_n: int | None, num_warps: int | None, num_stages: int | None) -> Launch:
+    config = config or Launch()
+    return Launch(
+        config.block_n if config.block_n is not None else block_n,
+        config.num_warps if config.num_warps is not None else num_warps,
+        config.num_stages if config.num_stages is not None else num_stages,
+        config.block_m,
+    )
+
+
 def halo_bwd(
     grad_out: torch.Tensor,
     q: torch.Tensor,
@@ -401,42 +576,100 @@ def halo_bwd(
     circle_radius: int | None = None,
     extra_k: torch.Tensor | None = None,
     extra_v: torch.Tensor | None = None,
+    key_rows: DeviceTables | None = None,
+    key_cols: DeviceTables | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    dq_launch: Launch | None = None,
+    dkdv_launch: Launch | None = None,
+    extra_launch: Launch | None = None,
+    extra_splits: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Backward launcher, arguments as :func:`halo_fwd` plus the forward's ``out`` and ``lse``.
 
+    Three kernels, none of which adds into dq, dk or dv with atomics: the query-centric dq kernel (also d(rpb), into
+    private copies), the key-centric dk/dv kernel over ``key_rows`` x ``key_cols`` and, with extra keys, their dense
+    gradient kernel.
+
+    Args:
+        key_rows, key_cols: the key-tile tables of the two axes (from
+            :func:`~vizattn.kernels._halo2d.tiles.build_key_axis_tiles`): for each tile of keys, the halo of the
+            queries that see them. In circle mode they default to ``rows`` and ``cols``: the disc is symmetric and the
+            halos are shifted inward, so the forward's tables describe the queries around a key tile too. The NA
+            window needs them.
+        block_n, num_warps, num_stages: launch configuration shared by the three kernels on a GPU (None: 32 keys or
+            queries per step, Triton's default of 4 warps, one stage).
+        dq_launch, dkdv_launch, extra_launch: per-kernel overrides of those (and the extra keys per program).
+        extra_splits: how many parts the queries are split into for the extra keys' gradients (None: enough programs
+            to fill the GPU; 1 under the interpreter).
+
     Returns:
         (dq, dk, dv, d_rpb, d_extra_k, d_extra_v) in the dtypes of their inputs; each of the last three is None when
-        its input is None (the extras' gradients are empty tensors when M = 0).
+        its input is None (the extras' gradients are empty tensors when M = 0). Deterministic on a given GPU: every
+        element is written once by one program, or summed over a fixed number of parts in a fixed order (d(rpb)
+        sums float32 atomics and is not bitwise deterministic).
     """
-    delta = (grad_out.float() * out.float()).sum(-1)  # (B, H, W, heads), O(N)
+    circle = circle_radius is not None
+    if key_rows is None or key_cols is None:
+        if not circle:
+            raise ValueError("halo_bwd: the NA window needs the key-tile tables key_rows and key_cols.")
+        key_rows, key_cols = rows, cols
+    b, hh, ww, heads, _ = q.shape
+    grad_out = grad_out.contiguous()
+    delta = new_output(tuple(lse.shape), torch.float32, q.device)  # rowsum(dO * O), written by the dq kernel
     dq = new_output(tuple(q.shape), q.dtype, q.device)
-    dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
-    dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+    dk = new_output(tuple(k.shape), k.dtype, k.device)
+    dv = new_output(tuple(v.shape), v.dtype, v.device)
     has_rpb = rpb is not None
     rpb_t = rpb.contiguous() if has_rpb else q.new_zeros(1)
-    drpb = torch.zeros(rpb.shape if has_rpb else (1,), dtype=torch.float32, device=q.device)
+    rpb_side = rpb_t.shape[-1] if has_rpb else 1
+    n_programs = rows.n_tiles * cols.n_tiles * b * heads
+    n_copies = min(_RPB_COPIES, n_programs) if has_rpb else 1
+    drpb = torch.zeros((n_copies, *rpb.shape) if has_rpb else (1,), dtype=torch.float32, device=q.device)
     ek, ev, n_extra = _extras(q, extra_k, extra_v)
-    dek = torch.zeros(ek.shape if n_extra else (1, 1, 1, 1), dtype=torch.float32, device=q.device)
-    dev = torch.zeros(ev.shape if n_extra else (1, 1, 1, 1), dtype=torch.float32, device=q.device)
-    grad_out = grad_out.contiguous()
-    b, _, _, heads, _ = q.shape
-    _halo_bwd_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
-        q, k, v, ek, ev, grad_out, lse, delta, rpb_t, dq, dk, dv, dek, dev, drpb, *rows[:4], *cols[:4],
+    qk_scale = scale * _LOG2E
+    radius_sq = (circle_radius or 0) ** 2
+
+    cfg = _merge(dq_launch, block_n, num_warps, num_stages)
+    _halo_dq_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
+        q, k, v, ek, ev, grad_out, out, lse, delta, rpb_t, dq, drpb, *rows[:4], *cols[:4],
         *q.stride(), *k.stride(), *v.stride(), *_strides4(ek, n_extra > 0), *_strides4(ev, n_extra > 0),
-        *grad_out.stride(), *lse.stride(), *dq.stride(), *dk.stride(), *dv.stride(),
-        *_strides4(dek, n_extra > 0), *_strides4(dev, n_extra > 0),
-        heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, scale * _LOG2E, scale,
-        rpb_t.shape[-1] if has_rpb else 1, (circle_radius or 0) ** 2,
-        HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0,
-        **_launch_meta(q, v, rows, cols, block_n, num_warps, num_stages),
+        *grad_out.stride(), *out.stride(), *lse.stride(), *dq.stride(),
+        heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale, rpb_side, radius_sq, n_copies,
+        HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0,
+        **_launch_meta(q, v, rows, cols, cfg.block_n, cfg.num_warps, cfg.num_stages),
+    )
+    cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)
+    _halo_dkdv_kernel[(key_rows.n_tiles * key_cols.n_tiles, b * heads)](
+        q, k, v, grad_out, lse, delta, rpb_t, dk, dv, *key_rows[:4], *key_cols[:4],
+        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride(), *dk.stride(), *dv.stride(),
+        heads, key_cols.n_tiles, q.shape[-1], v.shape[-1], qk_scale, scale, rpb_side, radius_sq,
+        HAS_RPB=has_rpb, CIRCLE=circle,
+        **_launch_meta(q, v, key_rows, key_cols, cfg.block_n, cfg.num_warps, cfg.num_stages),
     )
     if extra_k is None:
         d_extra = (None, None)
     elif n_extra == 0:
         d_extra = (torch.zeros_like(extra_k), torch.zeros_like(extra_v))
     else:
-        d_extra = (dek.to(extra_k.dtype), dev.to(extra_v.dtype))
-    return dq, dk.to(k.dtype), dv.to(v.dtype), drpb.to(rpb.dtype) if has_rpb else None, *d_extra
+        cfg = _merge(extra_launch, block_n, num_warps, num_stages)
+        meta = _launch_meta(q, v, rows, cols, cfg.block_n, cfg.num_warps, cfg.num_stages)
+        block_e = cfg.block_m or (_BLOCK_E_INTERPRET if triton.knobs.runtime.interpret else _BLOCK_E)
+        n_blocks = triton.cdiv(n_extra, block_e)
+        splits = extra_splits or _extra_splits(n_blocks * b * heads, hh * ww, meta["BLOCK_N"], q.device)
+        per_split = triton.cdiv(triton.cdiv(hh * ww, splits), meta["BLOCK_N"]) * meta["BLOCK_N"]
+        splits = triton.cdiv(hh * ww, per_split)  # no empty split
+        dek = new_output((splits, *ek.shape), torch.float32, q.device)
+        dev = new_output((splits, *ev.shape), torch.float32, q.device)
+        _extra_dkdv_kernel[(n_blocks, b * heads, splits)](
+            q, ek, ev, grad_out, lse, delta, dek, dev,
+            *q.stride(), *ek.stride(), *ev.stride(), *grad_out.stride(), *lse.stride(), *dek.stride(), *dev.stride(),
+            heads, ww, hh * ww, per_split, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale,
+            BLOCK_E=block_e, BLOCK_N=meta["BLOCK_N"], BLOCK_DQK=meta["BLOCK_DQK"], BLOCK_DV=meta["BLOCK_DV"],
+            DOT_PRECISION=meta["DOT_PRECISION"], num_stages=meta["num_stages"],
+            **({"num_warps": meta["num_warps"]} if "num_warps" in meta else {}),
+        )
+        d_extra = (dek.sum(0).to(extra_k.dtype), dev.sum(0).to(extra_v.dtype))
+    d_rpb = drpb.sum(0).to(rpb.dtype) if has_rpb else None
+    return dq, dk, dv, d_rpb, *d_extra

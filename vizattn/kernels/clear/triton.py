@@ -4,8 +4,9 @@ The kernels are the tiled halo attention of :mod:`vizattn.kernels._halo2d.triton
 an 8x8 query tile of one image and one head, walks the ``(8 + 2r - 2)^2`` halo keys around it (shifted inward at the
 borders, see :mod:`vizattn.kernels.clear.tiles`) in chunks, keeps a key iff its squared distance to the query is
 below ``r^2``, then runs the same online softmax over the ``M`` extra tokens. Nothing of size ``N * window`` is ever
-written. The backward adds ``dk``, ``dv`` and the extra tokens' gradients with float32 atomics, so those are not
-bitwise deterministic on a GPU.
+written. The backward writes every gradient once, without atomics (so deterministically): a query-centric kernel
+``dq``, a key-centric one ``dk``, ``dv`` (the disc is symmetric and the halos are shifted inward at the borders, so the
+forward's tables also list the queries that see a key tile), and a dense kernel the extra tokens' gradients.
 """
 
 from __future__ import annotations
@@ -14,17 +15,25 @@ import functools
 
 import torch
 
-from vizattn.kernels._halo2d.triton import DeviceTables, device_tables, halo_bwd, halo_fwd
+from vizattn.kernels._halo2d.triton import DeviceTables, Launch, device_tables, halo_bwd, halo_fwd
 from vizattn.kernels.clear.tiles import circle_axis_tiles
 
 __all__ = ["clear_fwd", "clear_bwd", "TILE"]
 
 TILE = (8, 8)  # queries per program along H and W
-# Launch configuration on a GPU, from a sweep on the H200 (2026-11-29; 128x128 grid, r 8, batch 2, 16 heads of 72,
-# bf16, one pipeline stage): forward 1.29 ms with 128 keys per step and 4 warps against 2.7-9.4 ms for the other
-# (keys, warps, stages) combinations; backward 24.7 ms with 32 keys and 8 warps, the best of those tried.
+# Launch configuration on a GPU, from sweeps on the H200 (2026-11-29; 128x128 grid, r 8, batch 2, 16 heads of 72,
+# bf16, one pipeline stage). Forward: 1.29 ms with 128 keys per step and 4 warps against 2.7-9.4 ms for the other
+# (keys, warps, stages) combinations. Backward (forward 1.30 ms without extra tokens, 1.69 ms with 256): 6.6 ms, and
+# 10.2 ms with 256 extra tokens, with dq 32 keys x 4 warps, dk/dv 16 queries x 4 warps, extra tokens 64 per program x
+# 16 queries x 4 warps; 10.5-16.3 ms for the other 35 combinations of (16/32 keys or queries, 4/8 warps) per kernel
+# tried, those with 8 warps (no register spills for sm_90, while these spill 80-170 bytes) slower. The backward with
+# atomics it replaced took 24.7 ms.
 _FWD = dict(block_n=128, num_warps=4)
-_BWD = dict(block_n=32, num_warps=8)
+_BWD = dict(
+    dq_launch=Launch(block_n=32, num_warps=4),
+    dkdv_launch=Launch(block_n=16, num_warps=4),
+    extra_launch=Launch(block_n=16, num_warps=4, block_m=64),
+)
 
 
 @functools.lru_cache(maxsize=256)

@@ -21,20 +21,40 @@ import functools
 
 import torch
 
-from vizattn.kernels._halo2d.tiles import AxisTiles, build_axis_tiles, pair_rel, tiled_attention
+from vizattn.kernels._halo2d.tiles import (
+    AxisTiles,
+    build_axis_tiles,
+    build_key_axis_tiles,
+    pair_rel,
+    tiled_attention,
+)
 
-__all__ = ["AxisTiles", "axis_tiles", "na2d_tiled", "DEFAULT_TILE"]
+__all__ = ["AxisTiles", "axis_tiles", "key_axis_tiles", "na2d_tiled", "DEFAULT_TILE"]
 
 DEFAULT_TILE = 8
 
 
-@functools.lru_cache(maxsize=256)
-def _axis_tiles_cpu(length: int, kernel_size: int, dilation: int, tile: int) -> AxisTiles:
+def _window_start(kernel_size: int):
     def window_start(pos: torch.Tensor, group_len: int) -> torch.Tensor:
         # shifted inward at the borders, never truncated
         return (pos - kernel_size // 2).clamp(min=0).clamp(max=group_len - kernel_size)
 
-    return build_axis_tiles(length, dilation, tile, kernel_size, kernel_size - 1, window_start)
+    return window_start
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_tiles_cpu(length: int, kernel_size: int, dilation: int, tile: int) -> AxisTiles:
+    return build_axis_tiles(length, dilation, tile, kernel_size, kernel_size - 1, _window_start(kernel_size))
+
+
+@functools.lru_cache(maxsize=256)
+def key_axis_tiles(length: int, kernel_size: int, dilation: int, tile: int = DEFAULT_TILE) -> AxisTiles:
+    """The transposed tables of one axis, on the CPU: tiles of keys and the halos of the queries that see them.
+
+    Near a border a key is seen by up to ``k + k // 2`` queries of its group (the windows are shifted inward), so the
+    halo can be longer than the forward's ``T + k - 1``. The relative indices are the forward's (the bias index).
+    """
+    return build_key_axis_tiles(length, dilation, tile, kernel_size, kernel_size - 1, _window_start(kernel_size))
 
 
 def axis_tiles(

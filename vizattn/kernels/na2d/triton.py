@@ -4,8 +4,13 @@ The kernels are the tiled halo attention of :mod:`vizattn.kernels._halo2d.triton
 one query tile (``T_h x T_w`` queries of one dilation group, laid out by :func:`vizattn.kernels.na2d.tiles.axis_tiles`)
 of one image and one head, walks the ``halo_h x halo_w`` keys around it in chunks, masks each pair by the per-axis
 tables (-1 outside a query's window) and adds ``rpb[head, b_h, b_w]`` looked up with the same tables. Nothing of size
-``N * k * k`` is ever written. The backward adds ``dk``, ``dv`` and ``d(rpb)`` with float32 atomics, so those three
-are not bitwise deterministic on a GPU.
+``N * k * k`` is ever written.
+
+The backward is split like FlashAttention-2's: a query-centric kernel writes ``dq`` (and adds ``d(rpb)`` into
+private float32 copies with atomics, so ``d(rpb)`` alone is not bitwise deterministic on a GPU), and a key-centric one
+owns a tile of keys, walks the queries that see them (the transposed tables of
+:func:`vizattn.kernels.na2d.tiles.key_axis_tiles`: a key near a border is seen by up to ``k + k // 2`` queries per
+axis) and writes ``dk``, ``dv`` once, deterministically.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import functools
 import torch
 
 from vizattn.kernels._halo2d.triton import DeviceTables, device_tables, halo_bwd, halo_fwd
-from vizattn.kernels.na2d.tiles import axis_tiles
+from vizattn.kernels.na2d.tiles import axis_tiles, key_axis_tiles
 
 __all__ = ["na2d_fwd", "na2d_bwd", "TILE", "SMALL_MAP_TILE", "default_tile"]
 
@@ -33,11 +38,18 @@ def _tables(length: int, kernel_size: int, dilation: int, tile: int, device: tor
     return device_tables(axis_tiles(length, kernel_size, dilation, tile), device)
 
 
+@functools.lru_cache(maxsize=256)
+def _key_tables(length: int, kernel_size: int, dilation: int, tile: int, device: torch.device) -> DeviceTables:
+    return device_tables(key_axis_tiles(length, kernel_size, dilation, tile), device)
+
+
 def _axes(
-    q: torch.Tensor, kernel_size: int, dilation: int, tile: tuple[int, int] | None
+    q: torch.Tensor, kernel_size: int, dilation: int, tile: tuple[int, int] | None, tables=_tables
 ) -> tuple[DeviceTables, ...]:
+    """The two axes' tables of ``q``'s map: the forward's (query tiles) or, with ``tables=_key_tables``, the key
+    tiles of the backward's key-centric kernel."""
     tile = tile or default_tile(q.shape[1])
-    return tuple(_tables(q.shape[1 + i], kernel_size, dilation, tile[i], q.device) for i in range(2))
+    return tuple(tables(q.shape[1 + i], kernel_size, dilation, tile[i], q.device) for i in range(2))
 
 
 def na2d_fwd(
@@ -75,5 +87,8 @@ def na2d_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Backward launcher: (dq, dk, dv, d_rpb) in the dtypes of q, k, v, rpb (d_rpb None without rpb)."""
     rows, cols = _axes(q, kernel_size, dilation, tile)
-    dq, dk, dv, drpb, _, _ = halo_bwd(grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb)
+    key_rows, key_cols = _axes(q, kernel_size, dilation, tile, _key_tables)
+    dq, dk, dv, drpb, _, _ = halo_bwd(
+        grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols
+    )
     return dq, dk, dv, drpb
