@@ -160,3 +160,26 @@ def test_env_var_forces_backend(monkeypatch):
     monkeypatch.setenv("VIZATTN_BACKEND", "gpu")
     with pytest.raises(ValueError, match=r"VIZATTN_BACKEND='gpu' is not one of"):
         routed_attention(q, q, q, r_idx, 2, 1)
+
+
+def test_lepe_saves_no_dense_copy_of_v():
+    """LePE's conv must keep (for its backward) the view of v inside the qkv output, not a dense copy of v: a copy
+    per block is retained until the backward (about 0.5 GiB for BiFormer-S at batch 128)."""
+    torch.manual_seed(0)
+    n, h, w, c = 2, 7, 14, 32  # distinct sizes, so an NCHW-shaped (n, c, h, w) tensor is unambiguous
+    attn = RoutingAttention(dim=c, num_heads=2, n_win=7, topk=2, side_dwconv=5, backend="torch")
+    qkv_out = []
+    attn.qkv.qkv.register_forward_hook(lambda mod, inp, out: qkv_out.append(out))
+    saved = []
+
+    def pack(t):
+        saved.append((tuple(t.shape), t.untyped_storage().data_ptr()))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = attn(torch.randn(n, h, w, c, requires_grad=True))
+    conv_inputs = [ptr for shape, ptr in saved if shape == (n, c, h, w)]
+    assert conv_inputs, "the LePE conv saved no input of shape (N, C, H, W)"
+    assert all(ptr == qkv_out[0].untyped_storage().data_ptr() for ptr in conv_inputs)
+    out.sum().backward()
+    assert attn.lepe.weight.grad is not None and attn.lepe.weight.grad.abs().sum() > 0

@@ -17,9 +17,14 @@ __all__ = ["QKVLinear", "RoutingAttention", "AttentionLePE"]
 
 
 def _dwconv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """A depthwise conv on an NHWC map: the NCHW view of a contiguous NHWC tensor is channels_last, so the conv runs
-    its channels-last kernels and the result permutes back to a contiguous NHWC tensor, with no layout copies."""
-    return conv(x.contiguous().permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    """A depthwise conv on an NHWC map: the NCHW view of an NHWC tensor has channels_last strides, so the conv runs
+    its channels-last kernels and the result permutes back to a contiguous NHWC tensor, with no layout copies.
+
+    ``x`` may be a channel slice of a larger tensor (LePE's ``v``, a view of the qkv projection): it goes to the conv
+    as that view, so the conv's autograd saves the view (whose storage the attention saves anyway), not a dense copy;
+    the conv densifies it internally, in the forward and again in the backward.
+    """
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 def _check_channels(module: nn.Module, x: torch.Tensor, dim: int) -> None:
