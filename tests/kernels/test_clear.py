@@ -51,6 +51,9 @@ CPU_CASES = [
     # maps large against the halos: the 'torch' backend takes the tiled path here (the reference on the ones above)
     Case(1, 1, 24, 20, 2, 3),
     Case(1, 1, 26, 21, 3, 6, "bf16", 24),
+    # head dims the kernels split into a main and a tail block (head_split): 40 = 32 + 16, 96 = 64 + 32
+    Case(1, 2, 9, 10, 4, 6, "bf16", 40),
+    Case(1, 1, 11, 8, 3, 70, "fp16", 96),
 ]
 GPU_CASES = [
     Case(2, 4, 32, 32, 8, 0, "bf16", 72),  # DiT-XL/2 at 256 px
@@ -224,6 +227,41 @@ def test_triton_gradients_match_reference_for_any_tile(hh, ww, r, m, tile, split
     names = ["out", "dq", "dk", "dv", "d_extra_k", "d_extra_v"]
     ours_all = [out, *grads[:3], *grads[4:]]
     for name, ours, theirs in zip(names, ours_all, [ref] + [t.grad for t in leaves]):
+        assert ours.shape == theirs.shape, name
+        assert torch.isfinite(ours).all(), f"{name}: unwritten (NaN) or non-finite elements"
+        if theirs.numel():
+            l2, mx = rel_errors(ours, theirs)
+            assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
+
+
+SPLIT_CASES = [  # (head_dim of q/k, of v, M, dtype): the kernels split q/k and v independently (head_split)
+    (72, 40, 5, "fp32"),  # 64 + 16 and 32 + 16
+    (40, 96, 0, "fp32"),  # 32 + 16 and 64 + 32
+    (24, 72, 3, "bf16"),  # one block of 32 and 64 + 16
+    (96, 16, 4, "fp16"),  # 64 + 32 and one block of 16
+]
+
+
+@pytest.mark.parametrize("d_qk,d_v,m,dtype", SPLIT_CASES, ids=[f"d{c[0]}-v{c[1]}-M{c[2]}-{c[3]}" for c in SPLIT_CASES])
+def test_triton_kernels_take_a_value_dim_other_than_the_key_dim(d_qk, d_v, m, dtype):
+    """The op takes one head_dim; its launchers (and the reference) do not need to, which exercises a main + tail
+    split of q/k with another (or no) split of v in every kernel."""
+    from vizattn.kernels.clear import triton as kernels
+
+    g = torch.Generator().manual_seed(11)
+    q, k = (torch.randn(2, 9, 11, 2, d_qk, generator=g) for _ in range(2))
+    ek = torch.randn(2, m, 2, d_qk, generator=g)
+    v, grad = (torch.randn(2, 9, 11, 2, d_v, generator=g) for _ in range(2))
+    ev = torch.randn(2, m, 2, d_v, generator=g)
+    q, k, v, ek, ev, grad = (t.to(DEVICE, DTYPES[dtype]) for t in (q, k, v, ek, ev, grad))
+    out, lse = kernels.clear_fwd(q, k, v, ek, ev, 4, 0.2)
+    grads = kernels.clear_bwd(grad, q, k, v, ek, ev, out, lse, 4, 0.2)
+    leaves = [t.double().requires_grad_() for t in (q, k, v, ek, ev)]
+    ref = clear_attention_reference(*leaves[:3], 4, *leaves[3:], 0.2)
+    ref.backward(grad.double())
+    l2_tol, max_tol = ATTN_TOL[q.dtype]
+    names = ["out", "dq", "dk", "dv", "d_extra_k", "d_extra_v"]
+    for name, ours, theirs in zip(names, [out, *grads], [ref] + [t.grad for t in leaves]):
         assert ours.shape == theirs.shape, name
         assert torch.isfinite(ours).all(), f"{name}: unwritten (NaN) or non-finite elements"
         if theirs.numel():

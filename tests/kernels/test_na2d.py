@@ -14,6 +14,7 @@ import pytest
 import torch
 from kernel_checks import ATTN_TOL, DEVICE, DTYPES, ON_GPU, rel_errors
 
+from vizattn.kernels._triton_util import head_block, head_split
 from vizattn.kernels.na2d import na2d
 from vizattn.kernels.na2d import triton as kernels
 from vizattn.kernels.na2d.reference import na2d_reference
@@ -48,6 +49,10 @@ CPU_CASES = [
     Case(1, 1, 12, 9, 4, 2, rpb=False),  # even kernel, no bias
     Case(1, 1, 11, 13, 11, 1, head_dim=24, dim_v=40),  # k 11, non-power-of-two head dims
     Case(1, 1, 15, 16, 5, 3, head_dim=32),
+    # head dims the kernels split into a main and a tail block (head_split), q/k and v independently
+    Case(1, 2, 10, 9, 3, 2, "bf16", head_dim=72, dim_v=40),
+    Case(1, 1, 9, 12, 5, 1, "fp16", head_dim=96, dim_v=72, rpb=False),
+    Case(2, 1, 8, 11, 3, 1, head_dim=40, dim_v=96),
 ]
 GPU_CASES = [
     Case(8, 2, 56, 56, 7, 1, "bf16", 32),  # NAT-T level 0
@@ -124,6 +129,21 @@ def test_gradients_match_reference_for_any_tile(hh, ww, k, d, tile, rpb_on):
         l2, mx = rel_errors(ours, theirs)
         assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
     assert (grads[3] is None) == (not rpb_on)
+
+
+def test_head_split_covers_each_head_dim_with_the_fewest_columns():
+    """The halo kernels' (main, tail) blocks: two powers of two >= 16 (or one, tail 0) covering d in as few columns as
+    such a pair can, and one block, head_block's, whenever a split would not cover fewer columns."""
+    powers = [16, 32, 64, 128]
+    for d in range(1, 129):
+        main, tail = head_split(d)
+        assert main in powers and tail in [0, *powers] and tail <= main, (d, main, tail)
+        fewest = min(a + b for a in powers for b in [0, *powers] if a + b >= d)
+        assert main + tail >= d and main + tail == fewest, (d, main, tail)
+        if fewest == head_block(d):
+            assert (main, tail) == (head_block(d), 0), d
+    expected = {16: (16, 0), 24: (32, 0), 40: (32, 16), 64: (64, 0), 72: (64, 16), 96: (64, 32), 100: (128, 0)}
+    assert {d: head_split(d) for d in expected} == expected
 
 
 def test_lse_is_the_base2_logsumexp_of_the_scores():

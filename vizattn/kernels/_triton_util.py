@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["dot", "dot_precision", "head_block"]
+__all__ = ["dot", "dot_precision", "head_block", "head_split"]
 
 
 @triton.jit
@@ -21,6 +21,19 @@ def dot(a, b, DOT_PRECISION: tl.constexpr):
 def head_block(d: int) -> int:
     """Block size covering a head dim: head dims that are not powers of two (72, 40) are padded up and masked."""
     return max(16, triton.next_power_of_2(d))
+
+
+def head_split(d: int) -> tuple[int, int]:
+    """Blocks ``(main, tail)`` covering a head dim with the fewest columns two powers of two >= 16 can, for kernels
+    that split their head dim: 72 as 64 + 16, 40 as 32 + 16, 96 as 64 + 32 (80, 48, 96 columns of dot products instead
+    of :func:`head_block`'s 128, 64, 128). ``tail`` is 0 (one block, :func:`head_block`'s) when a split covers no fewer
+    columns: powers of two, 17-32, 49-63, 97-127."""
+    block = head_block(d)
+    main = block // 2
+    if main < 16:
+        return block, 0
+    tail = head_block(d - main)
+    return (main, tail) if main + tail < block else (block, 0)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

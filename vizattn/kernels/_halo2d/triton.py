@@ -19,6 +19,12 @@ the per-axis tables hold ``O(L * (T + span))`` integers.
 The maps are read in place through their strides (q, k, v are usually views of one packed ``qkv`` projection);
 logsumexp is kept per (image, row, column, head) in float32, base 2.
 
+A head dim that is not a power of two is covered by a main block of ``BLOCK_D`` columns and a tail block of
+``BLOCK_T`` (:func:`~vizattn.kernels._triton_util.head_split`; q/k and v each have their own): 72 runs as 64 + 16
+columns instead of 128, so every dot product does 80 columns of work and the accumulators hold 80 columns. Scores are
+``q_main . k_main + q_tail . k_tail``; the accumulators (out, dq, dk, dv) are (main, tail) pairs. With ``BLOCK_T = 0``
+(powers of two) every tail operation is compiled out and the code is that of a single block.
+
 Backward, as in FlashAttention-2: the probabilities are recomputed from the logsumexp, and no program adds into
 another's dq, dk or dv.
 
@@ -49,7 +55,7 @@ from vizattn.kernels._alloc import new_output
 from vizattn.kernels._halo2d.tiles import AxisTiles
 from vizattn.kernels._triton_util import dot as _dot
 from vizattn.kernels._triton_util import dot_precision as _dot_precision
-from vizattn.kernels._triton_util import head_block as _head_block
+from vizattn.kernels._triton_util import head_split as _head_split
 
 __all__ = ["DeviceTables", "Launch", "device_tables", "halo_fwd", "halo_bwd"]
 
@@ -144,27 +150,101 @@ def _halo_chunk(KH, KW, RH, RW, RPB, th, tw, a_h, a_w, row, col, m_ok, start, rp
 
 
 @triton.jit
-def _softmax_step(q, k, v, bias, inside, m_i, l_i, acc, qk_scale, DOT_PRECISION: tl.constexpr):
+def _load_cols(rows, rows_ok, s_d, d, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Rows of a (rows, d) block, zero outside ``rows_ok`` and ``d``, as its main columns ``[0, BLOCK_D)`` and tail
+    columns ``[BLOCK_D, BLOCK_D + BLOCK_T)``; ``rows`` points at each row's column 0. Without a tail
+    (``BLOCK_T = 0``) the second value is the first again, never read."""
+    c = tl.arange(0, BLOCK_D)
+    x = tl.load(rows[:, None] + c[None, :] * s_d, mask=rows_ok[:, None] & (c < d)[None, :], other=0.0)
+    x_t = x
+    if BLOCK_T > 0:
+        c = BLOCK_D + tl.arange(0, BLOCK_T)
+        x_t = tl.load(rows[:, None] + c[None, :] * s_d, mask=rows_ok[:, None] & (c < d)[None, :], other=0.0)
+    return x, x_t
+
+
+@triton.jit
+def _store_cols(rows, rows_ok, s_d, d, x, x_t, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Writes the (main, tail) pair of a block that :func:`_load_cols` reads, in the element type of ``rows``."""
+    c = tl.arange(0, BLOCK_D)
+    tl.store(rows[:, None] + c[None, :] * s_d, x.to(rows.dtype.element_ty), mask=rows_ok[:, None] & (c < d)[None, :])
+    if BLOCK_T > 0:
+        c = BLOCK_D + tl.arange(0, BLOCK_T)
+        tl.store(rows[:, None] + c[None, :] * s_d, x_t.to(rows.dtype.element_ty),
+                 mask=rows_ok[:, None] & (c < d)[None, :])
+
+
+@triton.jit
+def _zeros_cols(ROWS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    """A float32 (main, tail) accumulator pair; without a tail the second is the first again, never updated."""
+    acc = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+    acc_t = acc
+    if BLOCK_T > 0:
+        acc_t = tl.zeros((ROWS, BLOCK_T), dtype=tl.float32)
+    return acc, acc_t
+
+
+@triton.jit
+def _dot_nt(a, a_t, b, b_t, BLOCK_T: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``a @ b^T`` over a split head dim: the main columns' products plus the tail's."""
+    s = _dot(a, tl.trans(b), DOT_PRECISION)
+    if BLOCK_T > 0:
+        s += _dot(a_t, tl.trans(b_t), DOT_PRECISION)
+    return s
+
+
+@triton.jit
+def _dot_acc(p, b, b_t, acc, acc_t, BLOCK_T: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``(acc, acc_t) += p @ (b, b_t)``: an accumulator split like the head dim of ``b``."""
+    acc += _dot(p.to(b.dtype), b, DOT_PRECISION)
+    if BLOCK_T > 0:
+        acc_t += _dot(p.to(b.dtype), b_t, DOT_PRECISION)
+    return acc, acc_t
+
+
+@triton.jit
+def _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk_scale,
+                  BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One online-softmax step over a chunk of keys (scores in base 2); returns the new max, sum and accumulator."""
-    s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale + bias * 1.4426950408889634
+    s = _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION) * qk_scale + bias * 1.4426950408889634
     s = tl.where(inside, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet in this chunk
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION)
-    return m_new, l_i, acc
+    acc = acc * alpha[:, None]
+    if BLOCK_TV > 0:
+        acc_t = acc_t * alpha[:, None]
+    acc, acc_t = _dot_acc(p, v, v_t, acc, acc_t, BLOCK_TV, DOT_PRECISION)
+    return m_new, l_i, acc, acc_t
 
 
 @triton.jit
-def _grad_step(q, k, v, do, lse, delta, bias, inside, qk_scale, DOT_PRECISION: tl.constexpr):
-    """Probabilities and score gradients of a chunk of keys, recomputed from the logsumexp."""
-    s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale + bias * 1.4426950408889634
+def _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
+               BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Score gradients of a chunk of keys, from the probabilities recomputed from the logsumexp."""
+    s = _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION) * qk_scale + bias * 1.4426950408889634
     p = tl.where(inside, tl.exp2(s - lse[:, None]), 0.0)
-    dp = _dot(do, tl.trans(v), DOT_PRECISION)
-    ds = tl.where(inside, p * (dp - delta[:, None]), 0.0)
-    return p, ds
+    dp = _dot_nt(do, do_t, v, v_t, BLOCK_TV, DOT_PRECISION)
+    return tl.where(inside, p * (dp - delta[:, None]), 0.0)
+
+
+@triton.jit
+def _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside, dk, dk_t, dv, dv_t, qk_scale,
+                   HAS_BIAS: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr,
+                   DOT_PRECISION: tl.constexpr):
+    """Key-centric step: a chunk of queries' contribution to the dk, dv of a block of keys, from the transposed
+    probabilities and score gradients, (keys, queries). ``bias`` is read only with ``HAS_BIAS``."""
+    s = _dot_nt(k, k_t, q, q_t, BLOCK_TQK, DOT_PRECISION) * qk_scale
+    if HAS_BIAS:
+        s += bias * 1.4426950408889634
+    p = tl.where(inside, tl.exp2(s - lse[None, :]), 0.0)
+    dp = _dot_nt(v, v_t, do, do_t, BLOCK_TV, DOT_PRECISION)
+    ds = tl.where(inside, p * (dp - delta[None, :]), 0.0)
+    dv, dv_t = _dot_acc(p, do, do_t, dv, dv_t, BLOCK_TV, DOT_PRECISION)
+    dk, dk_t = _dot_acc(ds, q, q_t, dk, dk_t, BLOCK_TQK, DOT_PRECISION)
+    return dk, dk_t, dv, dv_t
 
 
 @triton.jit
@@ -180,7 +260,8 @@ def _halo_fwd_kernel(
     s_lb, s_lh, s_lw, s_ln,
     heads, n_tw, d_qk, d_v, n_extra, qk_scale, rpb_side, radius_sq,
     T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     tile = tl.program_id(0).to(tl.int64)
@@ -190,43 +271,36 @@ def _halo_fwd_kernel(
     b = bn // heads
     head = bn % heads
     a_h, a_w, row, col, m_ok, real = _query_slots(QH, SH, QW, SW, th, tw, T_H, T_W, BLOCK_M)
-    cq = tl.arange(0, BLOCK_DQK)
-    cv = tl.arange(0, BLOCK_DV)
-    cq_ok = (cq < d_qk)[None, :]
-    cv_ok = (cv < d_v)[None, :]
-    q_ptr = Q + b * s_qb + head * s_qn + row[:, None] * s_qh + col[:, None] * s_qw + cq[None, :] * s_qd
-    q = tl.load(q_ptr, mask=m_ok[:, None] & cq_ok, other=0.0)
+    q, q_t = _load_cols(Q + b * s_qb + head * s_qn + row * s_qh + col * s_qw, m_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
     k_base = K + b * s_kb + head * s_kn
     v_base = V + b * s_vb + head * s_vn
     rpb_base = RPB + head * rpb_side * rpb_side
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+    acc, acc_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
         k_row, k_col, n_ok, inside, bias, _ = _halo_chunk(
             KH, KW, RH, RW, rpb_base, th, tw, a_h, a_w, row, col, m_ok, start, rpb_side, radius_sq,
             T_H, T_W, HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE,
         )
-        k = tl.load(k_base + k_row[:, None] * s_kh + k_col[:, None] * s_kw + cq[None, :] * s_kd,
-                    mask=n_ok[:, None] & cq_ok, other=0.0)
-        v = tl.load(v_base + k_row[:, None] * s_vh + k_col[:, None] * s_vw + cv[None, :] * s_vd,
-                    mask=n_ok[:, None] & cv_ok, other=0.0)
-        m_i, l_i, acc = _softmax_step(q, k, v, bias, inside, m_i, l_i, acc, qk_scale, DOT_PRECISION)
+        k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
+        v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
+        m_i, l_i, acc, acc_t = _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk_scale,
+                                             BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
     if HAS_EXTRA:
         ek_base = EK + b * s_eb + head * s_en
         ev_base = EV + b * s_fb + head * s_fn
         for start in range(0, n_extra, BLOCK_N):
             e = start + tl.arange(0, BLOCK_N).to(tl.int64)
             e_ok = e < n_extra
-            xk = tl.load(ek_base + e[:, None] * s_em + cq[None, :] * s_ed, mask=e_ok[:, None] & cq_ok, other=0.0)
-            xv = tl.load(ev_base + e[:, None] * s_fm + cv[None, :] * s_fd, mask=e_ok[:, None] & cv_ok, other=0.0)
-            m_i, l_i, acc = _softmax_step(q, xk, xv, 0.0, m_ok[:, None] & e_ok[None, :], m_i, l_i, acc, qk_scale,
-                                          DOT_PRECISION)
+            xk, xk_t = _load_cols(ek_base + e * s_em, e_ok, s_ed, d_qk, BLOCK_DQK, BLOCK_TQK)
+            xv, xv_t = _load_cols(ev_base + e * s_fm, e_ok, s_fd, d_v, BLOCK_DV, BLOCK_TV)
+            m_i, l_i, acc, acc_t = _softmax_step(q, q_t, xk, xk_t, xv, xv_t, 0.0, m_ok[:, None] & e_ok[None, :],
+                                                 m_i, l_i, acc, acc_t, qk_scale, BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
     l_safe = tl.where(real, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    o_ptr = OUT + b * s_ob + head * s_on + row[:, None] * s_oh + col[:, None] * s_ow + cv[None, :] * s_od
-    tl.store(o_ptr, out.to(OUT.dtype.element_ty), mask=real[:, None] & cv_ok)
+    _store_cols(OUT + b * s_ob + head * s_on + row * s_oh + col * s_ow, real, s_od, d_v,
+                acc / l_safe[:, None], acc_t / l_safe[:, None], BLOCK_DV, BLOCK_TV)
     tl.store(LSE + b * s_lb + head * s_ln + row * s_lh + col * s_lw, m_i + tl.log2(l_safe), mask=real)
 
 
@@ -245,7 +319,8 @@ def _halo_dq_kernel(
     s_dqb, s_dqh, s_dqw, s_dqn, s_dqd,
     heads, n_tw, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq, n_copies,
     T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Query-centric: dq of one query tile over its halo and the extra keys, and d(rpb) into a private copy. It also
@@ -257,17 +332,12 @@ def _halo_dq_kernel(
     b = bn // heads
     head = bn % heads
     a_h, a_w, row, col, m_ok, real = _query_slots(QH, SH, QW, SW, th, tw, T_H, T_W, BLOCK_M)
-    cq = tl.arange(0, BLOCK_DQK)
-    cv = tl.arange(0, BLOCK_DV)
-    cq_ok = (cq < d_qk)[None, :]
-    cv_ok = (cv < d_v)[None, :]
-    q = tl.load(Q + b * s_qb + head * s_qn + row[:, None] * s_qh + col[:, None] * s_qw + cq[None, :] * s_qd,
-                mask=m_ok[:, None] & cq_ok, other=0.0)
-    do = tl.load(DO + b * s_gb + head * s_gn + row[:, None] * s_gh + col[:, None] * s_gw + cv[None, :] * s_gd,
-                 mask=real[:, None] & cv_ok, other=0.0)
-    o = tl.load(OUT + b * s_ob + head * s_on + row[:, None] * s_oh + col[:, None] * s_ow + cv[None, :] * s_od,
-                mask=real[:, None] & cv_ok, other=0.0)
+    q, q_t = _load_cols(Q + b * s_qb + head * s_qn + row * s_qh + col * s_qw, m_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
+    do, do_t = _load_cols(DO + b * s_gb + head * s_gn + row * s_gh + col * s_gw, real, s_gd, d_v, BLOCK_DV, BLOCK_TV)
+    o, o_t = _load_cols(OUT + b * s_ob + head * s_on + row * s_oh + col * s_ow, real, s_od, d_v, BLOCK_DV, BLOCK_TV)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    if BLOCK_TV > 0:
+        delta += tl.sum(do_t.to(tl.float32) * o_t.to(tl.float32), 1)
     stat = b * s_lb + head * s_ln + row * s_lh + col * s_lw
     tl.store(DELTA + stat, delta, mask=real)
     lse = tl.load(LSE + stat, mask=real, other=0.0)
@@ -279,19 +349,18 @@ def _halo_dq_kernel(
     copy = (tile + bn * tl.num_programs(0)) % n_copies
     drpb_base = DRPB + (copy * heads + head) * rpb_side * rpb_side
 
-    dq = tl.zeros((BLOCK_M, BLOCK_DQK), dtype=tl.float32)
+    dq, dq_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
         k_row, k_col, n_ok, inside, bias, b_flat = _halo_chunk(
             KH, KW, RH, RW, rpb_base, th, tw, a_h, a_w, row, col, m_ok, start, rpb_side, radius_sq,
             T_H, T_W, HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE,
         )
         inside = inside & real[:, None]  # padded slots repeat a real query: they must not count twice
-        k = tl.load(k_base + k_row[:, None] * s_kh + k_col[:, None] * s_kw + cq[None, :] * s_kd,
-                    mask=n_ok[:, None] & cq_ok, other=0.0)
-        v = tl.load(v_base + k_row[:, None] * s_vh + k_col[:, None] * s_vw + cv[None, :] * s_vd,
-                    mask=n_ok[:, None] & cv_ok, other=0.0)
-        _, ds = _grad_step(q, k, v, do, lse, delta, bias, inside, qk_scale, DOT_PRECISION)
-        dq += _dot(ds.to(k.dtype), k, DOT_PRECISION)
+        k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
+        v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
+        ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
+                        BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
+        dq, dq_t = _dot_acc(ds, k, k_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
         if HAS_RPB:
             tl.atomic_add(drpb_base + b_flat, ds, mask=inside)
     if HAS_EXTRA:
@@ -300,12 +369,13 @@ def _halo_dq_kernel(
         for start in range(0, n_extra, BLOCK_N):
             e = start + tl.arange(0, BLOCK_N).to(tl.int64)
             e_ok = e < n_extra
-            xk = tl.load(ek_base + e[:, None] * s_em + cq[None, :] * s_ed, mask=e_ok[:, None] & cq_ok, other=0.0)
-            xv = tl.load(ev_base + e[:, None] * s_fm + cv[None, :] * s_fd, mask=e_ok[:, None] & cv_ok, other=0.0)
-            _, ds = _grad_step(q, xk, xv, do, lse, delta, 0.0, real[:, None] & e_ok[None, :], qk_scale, DOT_PRECISION)
-            dq += _dot(ds.to(xk.dtype), xk, DOT_PRECISION)
-    dq_ptr = DQ + b * s_dqb + head * s_dqn + row[:, None] * s_dqh + col[:, None] * s_dqw + cq[None, :] * s_dqd
-    tl.store(dq_ptr, (dq * scale).to(DQ.dtype.element_ty), mask=real[:, None] & cq_ok)
+            xk, xk_t = _load_cols(ek_base + e * s_em, e_ok, s_ed, d_qk, BLOCK_DQK, BLOCK_TQK)
+            xv, xv_t = _load_cols(ev_base + e * s_fm, e_ok, s_fd, d_v, BLOCK_DV, BLOCK_TV)
+            ds = _grad_step(q, q_t, xk, xk_t, xv, xv_t, do, do_t, lse, delta, 0.0, real[:, None] & e_ok[None, :],
+                            qk_scale, BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
+            dq, dq_t = _dot_acc(ds, xk, xk_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
+    _store_cols(DQ + b * s_dqb + head * s_dqn + row * s_dqh + col * s_dqw, real, s_dqd, d_qk,
+                dq * scale, dq_t * scale, BLOCK_DQK, BLOCK_TQK)
 
 
 @triton.jit
@@ -321,7 +391,8 @@ def _halo_dkdv_kernel(
     s_dvb, s_dvh, s_dvw, s_dvn, s_dvd,
     heads, n_tw, d_qk, d_v, qk_scale, scale, rpb_side, radius_sq,
     T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Key-centric: dk, dv of one key tile, over the halo of the queries that see its keys (key-tile tables)."""
@@ -334,44 +405,31 @@ def _halo_dkdv_kernel(
     # The key tile plays the query tile's part of the forward: _halo_chunk gives (key slot, halo query) pairs, whose
     # relative index (and so mask and bias) the key-tile tables hold exactly as the forward has them.
     a_h, a_w, row, col, m_ok, real = _query_slots(KQH, KSH, KQW, KSW, th, tw, T_H, T_W, BLOCK_M)
-    cq = tl.arange(0, BLOCK_DQK)
-    cv = tl.arange(0, BLOCK_DV)
-    cq_ok = (cq < d_qk)[None, :]
-    cv_ok = (cv < d_v)[None, :]
-    k = tl.load(K + b * s_kb + head * s_kn + row[:, None] * s_kh + col[:, None] * s_kw + cq[None, :] * s_kd,
-                mask=m_ok[:, None] & cq_ok, other=0.0)
-    v = tl.load(V + b * s_vb + head * s_vn + row[:, None] * s_vh + col[:, None] * s_vw + cv[None, :] * s_vd,
-                mask=m_ok[:, None] & cv_ok, other=0.0)
+    k, k_t = _load_cols(K + b * s_kb + head * s_kn + row * s_kh + col * s_kw, m_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
+    v, v_t = _load_cols(V + b * s_vb + head * s_vn + row * s_vh + col * s_vw, m_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
     q_base = Q + b * s_qb + head * s_qn
     do_base = DO + b * s_gb + head * s_gn
     stat_base = b * s_lb + head * s_ln
     rpb_base = RPB + head * rpb_side * rpb_side
 
-    dk = tl.zeros((BLOCK_M, BLOCK_DQK), dtype=tl.float32)
-    dv = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+    dk, dk_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
+    dv, dv_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
         q_row, q_col, n_ok, inside, bias, _ = _halo_chunk(
             QKH, QKW, RH, RW, rpb_base, th, tw, a_h, a_w, row, col, m_ok, start, rpb_side, radius_sq,
             T_H, T_W, HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE,
         )
-        q = tl.load(q_base + q_row[:, None] * s_qh + q_col[:, None] * s_qw + cq[None, :] * s_qd,
-                    mask=n_ok[:, None] & cq_ok, other=0.0)
-        do = tl.load(do_base + q_row[:, None] * s_gh + q_col[:, None] * s_gw + cv[None, :] * s_gd,
-                     mask=n_ok[:, None] & cv_ok, other=0.0)
+        q, q_t = _load_cols(q_base + q_row * s_qh + q_col * s_qw, n_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
+        do, do_t = _load_cols(do_base + q_row * s_gh + q_col * s_gw, n_ok, s_gd, d_v, BLOCK_DV, BLOCK_TV)
         stat = stat_base + q_row * s_lh + q_col * s_lw
         lse = tl.load(LSE + stat, mask=n_ok, other=0.0)
         delta = tl.load(DELTA + stat, mask=n_ok, other=0.0)
-        # transposed probabilities and score gradients: (keys, queries)
-        s = _dot(k, tl.trans(q), DOT_PRECISION) * qk_scale + bias * 1.4426950408889634
-        p = tl.where(inside, tl.exp2(s - lse[None, :]), 0.0)
-        dp = _dot(v, tl.trans(do), DOT_PRECISION)
-        ds = tl.where(inside, p * (dp - delta[None, :]), 0.0)
-        dv += _dot(p.to(do.dtype), do, DOT_PRECISION)
-        dk += _dot(ds.to(q.dtype), q, DOT_PRECISION)
-    dk_ptr = DK + b * s_dkb + head * s_dkn + row[:, None] * s_dkh + col[:, None] * s_dkw + cq[None, :] * s_dkd
-    tl.store(dk_ptr, (dk * scale).to(DK.dtype.element_ty), mask=real[:, None] & cq_ok)
-    dv_ptr = DV + b * s_dvb + head * s_dvn + row[:, None] * s_dvh + col[:, None] * s_dvw + cv[None, :] * s_dvd
-    tl.store(dv_ptr, dv.to(DV.dtype.element_ty), mask=real[:, None] & cv_ok)
+        dk, dk_t, dv, dv_t = _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside,
+                                            dk, dk_t, dv, dv_t, qk_scale, True, BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
+    _store_cols(DK + b * s_dkb + head * s_dkn + row * s_dkh + col * s_dkw, real, s_dkd, d_qk,
+                dk * scale, dk_t * scale, BLOCK_DQK, BLOCK_TQK)
+    _store_cols(DV + b * s_dvb + head * s_dvn + row * s_dvh + col * s_dvw, real, s_dvd, d_v,
+                dv, dv_t, BLOCK_DV, BLOCK_TV)
 
 
 @triton.jit
@@ -385,7 +443,8 @@ def _extra_dkdv_kernel(
     s_des, s_deb, s_dem, s_den, s_ded,
     s_dfs, s_dfb, s_dfm, s_dfn, s_dfd,
     heads, width, n_queries, per_split, d_qk, d_v, n_extra, qk_scale, scale,
-    BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """Dense attention backward over the extra keys: a block of extra keys of one (image, head) walks one split of
@@ -397,20 +456,14 @@ def _extra_dkdv_kernel(
     head = bn % heads
     e = blk * BLOCK_E + tl.arange(0, BLOCK_E).to(tl.int64)
     e_ok = e < n_extra
-    cq = tl.arange(0, BLOCK_DQK)
-    cv = tl.arange(0, BLOCK_DV)
-    cq_ok = (cq < d_qk)[None, :]
-    cv_ok = (cv < d_v)[None, :]
-    xk = tl.load(EK + b * s_eb + head * s_en + e[:, None] * s_em + cq[None, :] * s_ed, mask=e_ok[:, None] & cq_ok,
-                 other=0.0)
-    xv = tl.load(EV + b * s_fb + head * s_fn + e[:, None] * s_fm + cv[None, :] * s_fd, mask=e_ok[:, None] & cv_ok,
-                 other=0.0)
+    xk, xk_t = _load_cols(EK + b * s_eb + head * s_en + e * s_em, e_ok, s_ed, d_qk, BLOCK_DQK, BLOCK_TQK)
+    xv, xv_t = _load_cols(EV + b * s_fb + head * s_fn + e * s_fm, e_ok, s_fd, d_v, BLOCK_DV, BLOCK_TV)
     q_base = Q + b * s_qb + head * s_qn
     do_base = DO + b * s_gb + head * s_gn
     stat_base = b * s_lb + head * s_ln
 
-    dk = tl.zeros((BLOCK_E, BLOCK_DQK), dtype=tl.float32)
-    dv = tl.zeros((BLOCK_E, BLOCK_DV), dtype=tl.float32)
+    dk, dk_t = _zeros_cols(BLOCK_E, BLOCK_DQK, BLOCK_TQK)
+    dv, dv_t = _zeros_cols(BLOCK_E, BLOCK_DV, BLOCK_TV)
     first = split * per_split
     last = tl.minimum(first + per_split, n_queries)
     for start in range(first, last, BLOCK_N):
@@ -418,24 +471,18 @@ def _extra_dkdv_kernel(
         n_ok = n < last
         q_row = tl.where(n_ok, n // width, 0)
         q_col = tl.where(n_ok, n % width, 0)
-        q = tl.load(q_base + q_row[:, None] * s_qh + q_col[:, None] * s_qw + cq[None, :] * s_qd,
-                    mask=n_ok[:, None] & cq_ok, other=0.0)
-        do = tl.load(do_base + q_row[:, None] * s_gh + q_col[:, None] * s_gw + cv[None, :] * s_gd,
-                     mask=n_ok[:, None] & cv_ok, other=0.0)
+        q, q_t = _load_cols(q_base + q_row * s_qh + q_col * s_qw, n_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
+        do, do_t = _load_cols(do_base + q_row * s_gh + q_col * s_gw, n_ok, s_gd, d_v, BLOCK_DV, BLOCK_TV)
         stat = stat_base + q_row * s_lh + q_col * s_lw
         lse = tl.load(LSE + stat, mask=n_ok, other=0.0)
         delta = tl.load(DELTA + stat, mask=n_ok, other=0.0)
-        inside = e_ok[:, None] & n_ok[None, :]
-        s = _dot(xk, tl.trans(q), DOT_PRECISION) * qk_scale
-        p = tl.where(inside, tl.exp2(s - lse[None, :]), 0.0)
-        dp = _dot(xv, tl.trans(do), DOT_PRECISION)
-        ds = tl.where(inside, p * (dp - delta[None, :]), 0.0)
-        dv += _dot(p.to(do.dtype), do, DOT_PRECISION)
-        dk += _dot(ds.to(q.dtype), q, DOT_PRECISION)
-    tl.store(DEK + split * s_des + b * s_deb + head * s_den + e[:, None] * s_dem + cq[None, :] * s_ded, dk * scale,
-             mask=e_ok[:, None] & cq_ok)
-    tl.store(DEV + split * s_dfs + b * s_dfb + head * s_dfn + e[:, None] * s_dfm + cv[None, :] * s_dfd, dv,
-             mask=e_ok[:, None] & cv_ok)
+        dk, dk_t, dv, dv_t = _key_grad_step(xk, xk_t, xv, xv_t, q, q_t, do, do_t, lse, delta, None,
+                                            e_ok[:, None] & n_ok[None, :], dk, dk_t, dv, dv_t, qk_scale,
+                                            False, BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
+    _store_cols(DEK + split * s_des + b * s_deb + head * s_den + e * s_dem, e_ok, s_ded, d_qk,
+                dk * scale, dk_t * scale, BLOCK_DQK, BLOCK_TQK)
+    _store_cols(DEV + split * s_dfs + b * s_dfb + head * s_dfn + e * s_dfm, e_ok, s_dfd, d_v,
+                dv, dv_t, BLOCK_DV, BLOCK_TV)
 
 
 class Launch(NamedTuple):
@@ -452,6 +499,12 @@ class Launch(NamedTuple):
     num_warps: int | None = None
     num_stages: int | None = None
     block_m: int | None = None
+
+
+def _head_blocks(d_qk: int, d_v: int) -> dict:
+    """The head-dim constexprs: main and tail blocks of q/k and of v (see :func:`_head_split`)."""
+    (qk, qk_tail), (v, v_tail) = _head_split(d_qk), _head_split(d_v)
+    return dict(BLOCK_DQK=qk, BLOCK_TQK=qk_tail, BLOCK_DV=v, BLOCK_TV=v_tail)
 
 
 def _launch_meta(
@@ -474,8 +527,7 @@ def _launch_meta(
         HALO_W=cols.halo,
         BLOCK_M=max(16, triton.next_power_of_2(rows.tile * cols.tile)),
         BLOCK_N=_BLOCK_N_INTERPRET if triton.knobs.runtime.interpret else block_n or _BLOCK_N,
-        BLOCK_DQK=_head_block(q.shape[-1]),
-        BLOCK_DV=_head_block(v.shape[-1]),
+        **_head_blocks(q.shape[-1], v.shape[-1]),
         DOT_PRECISION=_dot_precision(q.dtype),
         **warps,
     )
@@ -666,7 +718,7 @@ def halo_bwd(
             q, ek, ev, grad_out, lse, delta, dek, dev,
             *q.stride(), *ek.stride(), *ev.stride(), *grad_out.stride(), *lse.stride(), *dek.stride(), *dev.stride(),
             heads, ww, hh * ww, per_split, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale,
-            BLOCK_E=block_e, BLOCK_N=meta["BLOCK_N"], BLOCK_DQK=meta["BLOCK_DQK"], BLOCK_DV=meta["BLOCK_DV"],
+            BLOCK_E=block_e, BLOCK_N=meta["BLOCK_N"], **_head_blocks(q.shape[-1], v.shape[-1]),
             DOT_PRECISION=meta["DOT_PRECISION"], num_stages=meta["num_stages"],
             **({"num_warps": meta["num_warps"]} if "num_warps" in meta else {}),
         )

@@ -27,7 +27,10 @@ TILE = (8, 8)  # queries per program along H and W
 # 10.2 ms with 256 extra tokens, with dq 32 keys x 4 warps, dk/dv 16 queries x 4 warps, extra tokens 64 per program x
 # 16 queries x 4 warps; 10.5-16.3 ms for the other 35 combinations of (16/32 keys or queries, 4/8 warps) per kernel
 # tried, those with 8 warps (no register spills for sm_90, while these spill 80-170 bytes) slower. The backward with
-# atomics it replaced took 24.7 ms.
+# atomics it replaced took 24.7 ms. These sweeps ran with head_dim 72 padded to 128 columns; it is now split as 64 + 16
+# (head_split), after which ptxas for sm_90 reports, with these configurations and 0 / 256 extra tokens, 204 / 248
+# bytes of spill stores for the forward (the circle mask: each thread holds 64 query rows of one key column), 0 / 12
+# for dq, 16 for dk/dv, 0 for the extra tokens' kernel; with 8 warps only the forward at 128 keys spills.
 _FWD = dict(block_n=128, num_warps=4)
 _BWD = dict(
     dq_launch=Launch(block_n=32, num_warps=4),
