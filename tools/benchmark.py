@@ -848,8 +848,7 @@ def _lka_op():
 
 def _lka_fused(x, w0, b0, w1, b1):
     op, _ = _lka_op()
-    kwargs = dict(fused=True) if "fused" in inspect.signature(op).parameters else {}
-    return op(x, w0, b0, w1, b1, backend="triton", **kwargs)
+    return op(x, w0, b0, w1, b1, backend="triton", fused=True)
 
 
 def _bench_dw_shape(name, b, c, hh, ww, convs, *, dev: torch.device, check: bool, impls: list[str]) -> list[dict]:
