@@ -212,3 +212,97 @@ def test_torch_compile_has_no_graph_break():
     fn(q, k, v, rpb).backward()
     for ours, eager in zip(grads, [t.grad for t in (q, k, v, rpb)]):
         torch.testing.assert_close(ours, eager, rtol=1e-5, atol=1e-5)
+
+
+# d(rpb) has its own kernel (vizattn.kernels.na2d.rpb_grad): windows from arithmetic, border queries' off-centre bias
+# entries, blocks of queries that straddle dilation groups and the map's edges.
+RPB_CASES = [
+    Case(2, 3, 14, 14, 7, 2),  # maps exactly k * d: every query of a group sees the whole group
+    Case(1, 2, 13, 13, 13, 1, "bf16"),  # k = map, k 13: every query a border query
+    Case(2, 2, 23, 17, 3, 3, "fp16"),  # ragged dilation groups: 8/8/7 rows, 6/6/5 columns
+    Case(1, 3, 21, 14, 7, 2, "bf16", head_dim=40, dim_v=24),  # non-square, exact on W only; split head dim
+    Case(2, 1, 13, 12, 4, 3),  # even kernel with dilation: k // 2 keys before the query, k // 2 - 1 after
+    Case(1, 2, 9, 33, 6, 1, "fp16"),  # even kernel, wide map: more than one column block on a GPU
+]
+
+
+@pytest.mark.parametrize("case", RPB_CASES, ids=[c.id for c in RPB_CASES])
+def test_rpb_grad_alone_matches_reference(case):
+    """Only the bias requires a gradient (q, k, v are constants), through the op."""
+    q, k, v, rpb, grad = _inputs(case, seed=6)
+    scale = case.head_dim**-0.5
+    leaf = rpb.clone().requires_grad_()
+    na2d(q, k, v, case.k, case.d, leaf, scale, backend="triton").backward(grad)
+    ref_leaf = rpb.double().requires_grad_()
+    na2d_reference(q.double(), k.double(), v.double(), case.k, case.d, ref_leaf, scale).backward(grad.double())
+    assert leaf.grad.dtype == rpb.dtype and torch.isfinite(leaf.grad).all()
+    l2_tol, max_tol = ATTN_TOL[q.dtype]
+    l2, mx = rel_errors(leaf.grad, ref_leaf.grad)
+    assert l2 < l2_tol and mx < max_tol, f"drpb: rel L2 {l2:.2e}, rel max {mx:.2e}"
+
+
+BLOCK_CASES = [  # (H, W, k, d, block, rows per program): the GPU's block shapes and partial chunks, on the CPU
+    (14, 14, 7, 2, (1, 16), 3),  # one row per block, chunks of 3 rows (the last one 2)
+    (23, 17, 3, 3, (2, 8), 5),  # ragged groups; 5 rows rounded up to 6 per program
+    (7, 7, 7, 1, (8, 8), None),  # a level-3 map in one block of 8 x 8 (one row and one column padded)
+    (13, 12, 4, 3, (4, 4), 4),  # even kernel, blocks that cut the map's columns in three
+    (11, 9, 5, 1, (16, 1), 1),  # one column per block
+]
+
+
+@pytest.mark.parametrize(
+    "hh,ww,k,d,block,rows",
+    BLOCK_CASES,
+    ids=[f"{c[0]}x{c[1]}-k{c[2]}-d{c[3]}-b{c[4][0]}x{c[4][1]}-r{c[5]}" for c in BLOCK_CASES],
+)
+def test_rpb_grad_for_any_block(hh, ww, k, d, block, rows):
+    from vizattn.kernels.na2d.rpb_grad import na2d_rpb_grad
+
+    g = torch.Generator().manual_seed(7)
+    q, kk, v, grad = (torch.randn(1, hh, ww, 2, 16, generator=g).to(DEVICE) for _ in range(4))
+    rpb = torch.randn(2, 2 * k - 1, 2 * k - 1, generator=g).to(DEVICE)
+    out, lse = kernels.na2d_fwd(q, kk, v, rpb, k, d, 0.3)
+    delta = (grad * out).sum(-1)
+    drpb = na2d_rpb_grad(grad, q, kk, v, rpb, lse, delta, k, d, 0.3, block=block, rows_per_program=rows)
+    ref_rpb = rpb.double().requires_grad_()
+    na2d_reference(q.double(), kk.double(), v.double(), k, d, ref_rpb, 0.3).backward(grad.double())
+    l2_tol, max_tol = ATTN_TOL[torch.float32]
+    l2, mx = rel_errors(drpb, ref_rpb.grad)
+    assert l2 < l2_tol and mx < max_tol, f"drpb: rel L2 {l2:.2e}, rel max {mx:.2e}"
+    if ON_GPU:  # a fixed-order sum of partial tables, no atomics (the interpreter runs programs in order anyway)
+        again = na2d_rpb_grad(grad, q, kk, v, rpb, lse, delta, k, d, 0.3, block=block, rows_per_program=rows)
+        assert torch.equal(drpb, again), "d(rpb) is not bitwise reproducible"
+
+
+def test_rpb_grad_runs_only_with_rpb(monkeypatch):
+    """Without a bias no d(rpb) kernel runs and the backward returns None for it; with one, the NA kernel computes
+    it (once) from the halo backward's delta."""
+    calls = []
+    halo_bwd = kernels.halo_bwd
+
+    def spy_halo_bwd(*args, **kwargs):
+        calls.append(("halo", kwargs["rpb"] is not None))
+        return halo_bwd(*args, **kwargs)
+
+    rpb_grad = kernels.na2d_rpb_grad
+
+    def spy_rpb_grad(*args, **kwargs):
+        calls.append(("rpb_grad",))
+        return rpb_grad(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "halo_bwd", spy_halo_bwd)
+    monkeypatch.setattr(kernels, "na2d_rpb_grad", spy_rpb_grad)
+    g = torch.Generator().manual_seed(8)
+    q, k, v, grad = (torch.randn(1, 9, 10, 2, 16, generator=g).to(DEVICE) for _ in range(4))
+    rpb = torch.randn(2, 5, 5, generator=g).to(DEVICE)
+    out, lse = kernels.na2d_fwd(q, k, v, None, 3, 3, 0.25)
+    assert kernels.na2d_bwd(grad, q, k, v, None, out, lse, 3, 3, 0.25)[3] is None
+    assert calls == [("halo", False)]
+    calls.clear()
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    na2d(*leaves, 3, 3, None, 0.25, backend="triton").backward(grad)
+    assert calls == [("halo", False)]
+    calls.clear()
+    out, lse = kernels.na2d_fwd(q, k, v, rpb, 3, 3, 0.25)
+    assert kernels.na2d_bwd(grad, q, k, v, rpb, out, lse, 3, 3, 0.25)[3].shape == rpb.shape
+    assert calls == [("halo", True), ("rpb_grad",)]

@@ -30,9 +30,9 @@ another's dq, dk or dv.
 
 - ``_halo_dq_kernel`` (shaped like the forward, one query tile): computes ``delta = rowsum(dO * O)`` of its queries
   (stored for the next kernels), walks the halo and the extra keys, accumulates ``dq`` in float32 registers and writes
-  it once. It also adds ``d(rpb)`` with float32 atomics, into one of up to 128 private copies (by program id) summed
-  afterwards, so that programs do not queue on the same few addresses; ``d(rpb)`` is the one result whose float32
-  additions run in a varying order.
+  it once. It adds the bias to the recomputed scores but leaves ``d(rpb)`` to the caller (NA computes it in
+  :mod:`vizattn.kernels.na2d.rpb_grad` from the ``delta`` this kernel stores: adding it here took one float32 atomic
+  per (query, key) pair, about 1 ms of NA's 1.56 ms backward at its first stage on the H200).
 - ``_halo_dkdv_kernel`` (key-centric): a program owns a tile of keys of one image and head, loads them once, walks the
   halo of the queries that see them (the key-tile tables of :func:`~vizattn.kernels._halo2d.tiles.build_key_axis_tiles`
   for NA; the forward tables for the circle, which is symmetric) and writes ``dk``, ``dv`` once.
@@ -68,11 +68,6 @@ _NUM_STAGES = 1
 _BLOCK_N_INTERPRET = 256  # under the interpreter each step costs Python overhead whatever its size
 _BLOCK_E = 64  # extra keys per program of their gradient kernel on a GPU
 _BLOCK_E_INTERPRET = 64  # unless a caller asks for another block
-# Private float32 copies of d(rpb) the backward's programs add into (program i into copy i % 128), summed afterwards.
-# NA, 56x56, batch 64, 2 heads of 32, k 7, bf16 on the H200: with one copy the 6272 programs adding into the same
-# 2 * 169 addresses made the backward 3.24 ms (0.93 ms without rpb); with 128 copies it is 1.56 ms (0.51 ms without
-# rpb, forward 0.20 ms). The rest is the number of atomics (one per (query, key) pair), not contention.
-_RPB_COPIES = 128
 
 
 class DeviceTables(NamedTuple):
@@ -146,7 +141,7 @@ def _halo_chunk(KH, KW, RH, RW, RPB, th, tw, a_h, a_w, row, col, m_ok, start, rp
         bias = tl.load(RPB + b_flat, mask=inside, other=0.0).to(tl.float32)
     else:
         bias = tl.zeros(inside.shape, dtype=tl.float32)
-    return k_row, k_col, n_ok, inside, bias, b_flat
+    return k_row, k_col, n_ok, inside, bias
 
 
 @triton.jit
@@ -280,7 +275,7 @@ def _halo_fwd_kernel(
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc, acc_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
-        k_row, k_col, n_ok, inside, bias, _ = _halo_chunk(
+        k_row, k_col, n_ok, inside, bias = _halo_chunk(
             KH, KW, RH, RW, rpb_base, th, tw, a_h, a_w, row, col, m_ok, start, rpb_side, radius_sq,
             T_H, T_W, HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE,
         )
@@ -306,7 +301,7 @@ def _halo_fwd_kernel(
 
 @triton.jit
 def _halo_dq_kernel(
-    Q, K, V, EK, EV, DO, OUT, LSE, DELTA, RPB, DQ, DRPB,
+    Q, K, V, EK, EV, DO, OUT, LSE, DELTA, RPB, DQ,
     QH, SH, KH, RH, QW, SW, KW, RW,
     s_qb, s_qh, s_qw, s_qn, s_qd,
     s_kb, s_kh, s_kw, s_kn, s_kd,
@@ -317,14 +312,14 @@ def _halo_dq_kernel(
     s_ob, s_oh, s_ow, s_on, s_od,
     s_lb, s_lh, s_lw, s_ln,
     s_dqb, s_dqh, s_dqw, s_dqn, s_dqd,
-    heads, n_tw, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq, n_copies,
+    heads, n_tw, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
     T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Query-centric: dq of one query tile over its halo and the extra keys, and d(rpb) into a private copy. It also
-    writes ``delta = rowsum(dO * O)`` of its queries, which the key-centric kernels launched after it read."""
+    """Query-centric: dq of one query tile over its halo and the extra keys (the bias added to the recomputed
+    scores). It also writes ``delta = rowsum(dO * O)`` of its queries, which the kernels launched after it read."""
     tile = tl.program_id(0).to(tl.int64)
     bn = tl.program_id(1).to(tl.int64)
     th = tile // n_tw
@@ -344,14 +339,10 @@ def _halo_dq_kernel(
     k_base = K + b * s_kb + head * s_kn
     v_base = V + b * s_vb + head * s_vn
     rpb_base = RPB + head * rpb_side * rpb_side
-    # d(rpb): every program of a head adds into the same (2k - 1)^2 entries; spreading the programs over n_copies
-    # private copies (summed afterwards) divides the contention on each address by n_copies.
-    copy = (tile + bn * tl.num_programs(0)) % n_copies
-    drpb_base = DRPB + (copy * heads + head) * rpb_side * rpb_side
 
     dq, dq_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
-        k_row, k_col, n_ok, inside, bias, b_flat = _halo_chunk(
+        k_row, k_col, n_ok, inside, bias = _halo_chunk(
             KH, KW, RH, RW, rpb_base, th, tw, a_h, a_w, row, col, m_ok, start, rpb_side, radius_sq,
             T_H, T_W, HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE,
         )
@@ -361,8 +352,6 @@ def _halo_dq_kernel(
         ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
                         BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
         dq, dq_t = _dot_acc(ds, k, k_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
-        if HAS_RPB:
-            tl.atomic_add(drpb_base + b_flat, ds, mask=inside)
     if HAS_EXTRA:
         ek_base = EK + b * s_eb + head * s_en
         ev_base = EV + b * s_fb + head * s_fn
@@ -415,7 +404,7 @@ def _halo_dkdv_kernel(
     dk, dk_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     dv, dv_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
-        q_row, q_col, n_ok, inside, bias, _ = _halo_chunk(
+        q_row, q_col, n_ok, inside, bias = _halo_chunk(
             QKH, QKW, RH, RW, rpb_base, th, tw, a_h, a_w, row, col, m_ok, start, rpb_side, radius_sq,
             T_H, T_W, HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE,
         )
@@ -637,11 +626,12 @@ def halo_bwd(
     dkdv_launch: Launch | None = None,
     extra_launch: Launch | None = None,
     extra_splits: int | None = None,
+    delta: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Backward launcher, arguments as :func:`halo_fwd` plus the forward's ``out`` and ``lse``.
 
-    Three kernels, none of which adds into dq, dk or dv with atomics: the query-centric dq kernel (also d(rpb), into
-    private copies), the key-centric dk/dv kernel over ``key_rows`` x ``key_cols`` and, with extra keys, their dense
+    Three kernels, none of which adds into dq, dk or dv with atomics: the query-centric dq kernel, the key-centric
+    dk/dv kernel over ``key_rows`` x ``key_cols`` and, with extra keys, their dense
     gradient kernel.
 
     Args:
@@ -655,12 +645,14 @@ def halo_bwd(
         dq_launch, dkdv_launch, extra_launch: per-kernel overrides of those (and the extra keys per program).
         extra_splits: how many parts the queries are split into for the extra keys' gradients (None: enough programs
             to fill the GPU; 1 under the interpreter).
+        delta: optional float32 tensor of lse's shape and strides that receives ``rowsum(grad_out * out)`` (the dq
+            kernel writes it), for a caller whose own kernels read it afterwards; None allocates it here.
 
     Returns:
-        (dq, dk, dv, d_rpb, d_extra_k, d_extra_v) in the dtypes of their inputs; each of the last three is None when
-        its input is None (the extras' gradients are empty tensors when M = 0). Deterministic on a given GPU: every
-        element is written once by one program, or summed over a fixed number of parts in a fixed order (d(rpb)
-        sums float32 atomics and is not bitwise deterministic).
+        (dq, dk, dv, d_extra_k, d_extra_v) in the dtypes of their inputs; the last two are None when their inputs are
+        None (empty tensors when M = 0). d(rpb) is not computed here (NA: :mod:`vizattn.kernels.na2d.rpb_grad`, from
+        ``delta``). Deterministic on a given GPU: every element is written once by one program, or summed over a fixed
+        number of parts in a fixed order.
     """
     circle = circle_radius is not None
     if key_rows is None or key_cols is None:
@@ -669,26 +661,24 @@ def halo_bwd(
         key_rows, key_cols = rows, cols
     b, hh, ww, heads, _ = q.shape
     grad_out = grad_out.contiguous()
-    delta = new_output(tuple(lse.shape), torch.float32, q.device)  # rowsum(dO * O), written by the dq kernel
+    if delta is None:
+        delta = new_output(tuple(lse.shape), torch.float32, q.device)  # rowsum(dO * O), written by the dq kernel
     dq = new_output(tuple(q.shape), q.dtype, q.device)
     dk = new_output(tuple(k.shape), k.dtype, k.device)
     dv = new_output(tuple(v.shape), v.dtype, v.device)
     has_rpb = rpb is not None
     rpb_t = rpb.contiguous() if has_rpb else q.new_zeros(1)
     rpb_side = rpb_t.shape[-1] if has_rpb else 1
-    n_programs = rows.n_tiles * cols.n_tiles * b * heads
-    n_copies = min(_RPB_COPIES, n_programs) if has_rpb else 1
-    drpb = torch.zeros((n_copies, *rpb.shape) if has_rpb else (1,), dtype=torch.float32, device=q.device)
     ek, ev, n_extra = _extras(q, extra_k, extra_v)
     qk_scale = scale * _LOG2E
     radius_sq = (circle_radius or 0) ** 2
 
     cfg = _merge(dq_launch, block_n, num_warps, num_stages)
     _halo_dq_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
-        q, k, v, ek, ev, grad_out, out, lse, delta, rpb_t, dq, drpb, *rows[:4], *cols[:4],
+        q, k, v, ek, ev, grad_out, out, lse, delta, rpb_t, dq, *rows[:4], *cols[:4],
         *q.stride(), *k.stride(), *v.stride(), *_strides4(ek, n_extra > 0), *_strides4(ev, n_extra > 0),
         *grad_out.stride(), *out.stride(), *lse.stride(), *dq.stride(),
-        heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale, rpb_side, radius_sq, n_copies,
+        heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale, rpb_side, radius_sq,
         HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0,
         **_launch_meta(q, v, rows, cols, cfg.block_n, cfg.num_warps, cfg.num_stages),
     )
@@ -723,5 +713,4 @@ def halo_bwd(
             **({"num_warps": meta["num_warps"]} if "num_warps" in meta else {}),
         )
         d_extra = (dek.sum(0).to(extra_k.dtype), dev.sum(0).to(extra_v.dtype))
-    d_rpb = drpb.sum(0).to(rpb.dtype) if has_rpb else None
-    return dq, dk, dv, d_rpb, *d_extra
+    return dq, dk, dv, *d_extra

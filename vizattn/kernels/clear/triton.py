@@ -86,7 +86,7 @@ def clear_bwd(
     """Backward launcher: (dq, dk, dv, d_extra_k, d_extra_v) in their inputs' dtypes (the last two None without
     extra tokens)."""
     rows, cols = _axes(q, radius, tile)
-    dq, dk, dv, _, dek, dev = halo_bwd(
+    dq, dk, dv, dek, dev = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, circle_radius=radius, extra_k=extra_k, extra_v=extra_v,
         **_BWD,
     )

@@ -6,11 +6,13 @@ of one image and one head, walks the ``halo_h x halo_w`` keys around it in chunk
 tables (-1 outside a query's window) and adds ``rpb[head, b_h, b_w]`` looked up with the same tables. Nothing of size
 ``N * k * k`` is ever written.
 
-The backward is split like FlashAttention-2's: a query-centric kernel writes ``dq`` (and adds ``d(rpb)`` into
-private float32 copies with atomics, so ``d(rpb)`` alone is not bitwise deterministic on a GPU), and a key-centric one
-owns a tile of keys, walks the queries that see them (the transposed tables of
+The backward is split like FlashAttention-2's: a query-centric kernel writes ``dq`` (and ``delta = rowsum(dO * O)``),
+and a key-centric one owns a tile of keys, walks the queries that see them (the transposed tables of
 :func:`vizattn.kernels.na2d.tiles.key_axis_tiles`: a key near a border is seen by up to ``k + k // 2`` queries per
-axis) and writes ``dk``, ``dv`` once, deterministically.
+axis) and writes ``dk``, ``dv`` once. With a bias, ``d(rpb)`` comes from a third kernel,
+:func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad`, which walks each query's ``k x k`` window slot by slot and sums
+the score gradients in registers (the halo dq kernel's per-pair atomics cost twice the rest of the backward). Every
+gradient, ``d(rpb)`` included, is deterministic.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import functools
 
 import torch
 
+from vizattn.kernels._alloc import new_output
 from vizattn.kernels._halo2d.triton import DeviceTables, device_tables, halo_bwd, halo_fwd
+from vizattn.kernels.na2d.rpb_grad import na2d_rpb_grad
 from vizattn.kernels.na2d.tiles import axis_tiles, key_axis_tiles
 
 __all__ = ["na2d_fwd", "na2d_bwd", "TILE", "SMALL_MAP_TILE", "default_tile"]
@@ -88,7 +92,13 @@ def na2d_bwd(
     """Backward launcher: (dq, dk, dv, d_rpb) in the dtypes of q, k, v, rpb (d_rpb None without rpb)."""
     rows, cols = _axes(q, kernel_size, dilation, tile)
     key_rows, key_cols = _axes(q, kernel_size, dilation, tile, _key_tables)
-    dq, dk, dv, drpb, _, _ = halo_bwd(
-        grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols
+    grad_out = grad_out.contiguous()
+    delta = new_output(tuple(lse.shape), torch.float32, q.device)  # written by the dq kernel, read by the others
+    dq, dk, dv, _, _ = halo_bwd(
+        grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
+        delta=delta,
     )
+    drpb = None
+    if rpb is not None:
+        drpb = na2d_rpb_grad(grad_out, q, k, v, rpb, lse, delta, kernel_size, dilation, scale)
     return dq, dk, dv, drpb
