@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vizattn.kernels._halo2d.triton import slot_windows
 from vizattn.kernels.clear.reference import circle_mask
 from vizattn.kernels.clear.tiles import circle_axis_tiles
 from vizattn.kernels.na2d.reference import neighborhood_indices
@@ -63,6 +64,44 @@ def test_na_key_tiles_enumerate_the_forward_pairs(k, d, tile):
         group = inverse.q_idx[:, :1] % d
         assert torch.equal(inverse.k_idx % d, group.expand_as(inverse.k_idx))
         assert int(inverse.k_idx.min()) >= 0 and int(inverse.k_idx.max()) < length
+
+
+def _check_windows(t, key_tiles: bool) -> torch.Tensor:
+    """What the NA kernels read instead of ``rel_idx``: per slot one run ``[lo, hi)`` of halo slots, inside the halo,
+    along which the relative index is ``off + c`` (query tiles) or ``off - c`` (key tiles), and -1 elsewhere."""
+    window = slot_windows(t.rel_idx, key_tiles)
+    halo = t.k_idx.shape[1]
+    assert window.shape == (t.q_idx.shape[0], 3, t.q_idx.shape[1])
+    sign = -1 if key_tiles else 1
+    for n in range(window.shape[0]):
+        for slot in range(window.shape[2]):
+            lo, hi, off = window[n, :, slot].tolist()
+            assert 0 <= lo < hi <= halo  # every slot pairs with something, and only with halo slots
+            rel = [off + sign * c if lo <= c < hi else -1 for c in range(halo)]
+            assert rel == t.rel_idx[n, slot].tolist(), (n, slot)
+    return window
+
+
+@pytest.mark.parametrize("tile", [1, 3, 8, 16])
+@pytest.mark.parametrize("k,d", [(3, 1), (4, 1), (7, 1), (13, 1), (3, 2), (6, 2), (5, 3), (7, 4), (3, 7)])
+def test_na_slot_windows_encode_the_tables(k, d, tile):
+    """The kernels' per-slot windows rebuild the tables' relative indices exactly, for query tiles (each window k
+    wide: NA windows are shifted inward, never truncated) and key tiles (runs of the queries that see a key)."""
+    for length in sorted({k * d, k * d + 1, k * d + d - 1, 2 * k * d + 3, k * d + tile * d + 1, 3 * k * d + 5}):
+        window = _check_windows(axis_tiles(length, k, d, tile), key_tiles=False)
+        assert torch.equal(window[:, 1] - window[:, 0], torch.full_like(window[:, 0], k)), length
+        _check_windows(key_axis_tiles(length, k, d, tile), key_tiles=True)
+
+
+def test_slot_windows_reject_what_is_not_a_run():
+    rel = torch.tensor([[[0, 1, 2, -1]], [[0, -1, 2, -1]], [[0, 2, 3, -1]]])
+    slot_windows(rel[:1])
+    with pytest.raises(ValueError, match="run"):
+        slot_windows(rel[1:2])  # a hole in the run
+    with pytest.raises(ValueError, match="run"):
+        slot_windows(rel[2:])  # a step of two
+    with pytest.raises(ValueError, match="run"):
+        slot_windows(rel[:1], key_tiles=True)  # rising where a key tile's index falls
 
 
 @pytest.mark.parametrize("k", [3, 7])

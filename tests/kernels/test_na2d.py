@@ -306,3 +306,18 @@ def test_rpb_grad_runs_only_with_rpb(monkeypatch):
     out, lse = kernels.na2d_fwd(q, k, v, rpb, 3, 3, 0.25)
     assert kernels.na2d_bwd(grad, q, k, v, rpb, out, lse, 3, 3, 0.25)[3].shape == rpb.shape
     assert calls == [("halo", True), ("rpb_grad",)]
+
+
+def test_halo_kernels_refuse_tables_of_the_wrong_role():
+    """The NA kernels read a query tile's windows as ``off + c`` and a key tile's as ``off - c``: swapped tables would
+    give wrong masks and biases silently, so the launchers refuse them."""
+    from vizattn.kernels._halo2d.triton import halo_bwd, halo_fwd
+
+    q = torch.randn(1, 9, 10, 1, 16, device=DEVICE)
+    rows, cols = kernels._axes(q, 3, 2, None)
+    key_rows, key_cols = kernels._axes(q, 3, 2, None, kernels._key_tables)
+    lse = torch.zeros(1, 9, 10, 1, device=DEVICE)
+    with pytest.raises(ValueError, match="query-tile tables"):
+        halo_fwd(q, q, q, key_rows, key_cols, 0.25)
+    with pytest.raises(ValueError, match="key-tile tables"):
+        halo_bwd(q, q, q, q, q, lse, rows, cols, 0.25, key_rows=rows, key_cols=cols)

@@ -5,12 +5,15 @@ A program owns one query tile (``T_h x T_w`` queries laid out by the per-axis ta
 ``halo_h x halo_w`` block of keys; the program walks that halo in chunks of ``BLOCK_N`` keys and runs an online
 softmax in float32. The constexpr ``CIRCLE`` picks the per-pair mask:
 
-- ``CIRCLE=False`` (neighborhood attention): the pair's per-axis relative indices come from the tables (-1 outside a
-  query's window, which masks the key; dilation is in the tables) and index the relative position bias
-  ``rpb[head, b_h, b_w]`` when ``HAS_RPB``;
+- ``CIRCLE=False`` (neighborhood attention): along each axis a tile slot pairs with one run of consecutive halo slots,
+  along which the relative index (the bias index) steps by one (:func:`slot_windows`, from the tables' relative
+  indices; dilation is in the tables). A program loads each slot's run and bias offset once; per (slot, halo key)
+  pair the mask is then two int32 subtractions and two unsigned compares, and the bias ``rpb[head, b_h, b_w]``
+  (when ``HAS_RPB``) one gather at the slot's bias pointer plus the halo slot's part of the index. Nothing is
+  gathered per pair from the tables;
 - ``CIRCLE=True`` (CLEAR): key ``(i', j')`` is kept iff ``(i - i')^2 + (j - j')^2 < r^2``, from the row and column
-  offsets; the halos were shifted inward at the borders, so every halo key is a distinct real key and the tables'
-  relative indices are not read.
+  offsets; the halos were shifted inward at the borders, so every halo key is a distinct real key and the windows
+  are not read.
 
 With ``HAS_EXTRA`` the same online softmax then runs over ``M`` extra keys that every query sees (CLEAR's pooled or
 prefix tokens), a dense segment read from ``(B, M, heads, D)`` maps. Nothing of size ``N * window`` is ever written:
@@ -57,7 +60,7 @@ from vizattn.kernels._triton_util import dot as _dot
 from vizattn.kernels._triton_util import dot_precision as _dot_precision
 from vizattn.kernels._triton_util import head_split as _head_split
 
-__all__ = ["DeviceTables", "Launch", "device_tables", "halo_fwd", "halo_bwd"]
+__all__ = ["DeviceTables", "Launch", "device_tables", "halo_fwd", "halo_bwd", "slot_windows"]
 
 _LOG2E = 1.4426950408889634
 _BLOCK_N = 32  # halo keys per inner step on a GPU
@@ -77,27 +80,61 @@ class DeviceTables(NamedTuple):
         q_idx: (n, T) query index of each slot (padded slots repeat the last query).
         store: (n, T) the same, or -1 for padded slots (their results are not written).
         k_idx: (n, halo) key index of each halo slot.
-        rel_idx: (n, T, halo) relative index of (query slot, halo key), -1 outside the window along this axis.
+        window: (n, 3, T) the NA window of each slot along this axis (see :func:`slot_windows`): ``[lo, hi)`` the halo
+            slots it pairs with, and ``off``, from which the relative index of halo slot ``c`` is ``off + c`` (query
+            tiles) or ``off - c`` (key tiles). The circle does not read it.
         n_tiles, tile, halo: n, T and the halo size.
+        key_tiles: whether these are key-tile tables (``window`` then reads ``off - c``).
     """
 
     q_idx: torch.Tensor
     store: torch.Tensor
     k_idx: torch.Tensor
-    rel_idx: torch.Tensor
+    window: torch.Tensor
     n_tiles: int
     tile: int
     halo: int
+    key_tiles: bool = False
 
 
-def device_tables(axis: AxisTiles, device: torch.device) -> DeviceTables:
-    """The kernels' view of one axis's :class:`AxisTiles` (callers cache it per shape and device)."""
+def slot_windows(rel_idx: torch.Tensor, key_tiles: bool = False) -> torch.Tensor:
+    """The relative indices of one axis's tables as one interval per slot: (n, T, halo) -> (n, 3, T), on rel's device.
+
+    Along one axis a slot pairs with a run of consecutive halo slots ``[lo, hi)`` (a query's window in a query tile's
+    halo; in a key tile, the run of halo queries whose windows hold the key), and since the halo's slots are
+    consecutive in-group positions, the relative index ``key - query + center`` along the run is ``off + c`` for halo
+    slot ``c`` of a query tile and ``off - c`` of a key tile (``key_tiles``). The kernels rebuild the mask and the bias
+    index of a (slot, halo slot) pair from these three numbers, instead of gathering ``rel_idx`` per pair. Slots that
+    pair with nothing get ``lo = hi = off = 0``.
+
+    Raises:
+        ValueError: if ``rel_idx`` is not of that form (then the kernels' windows would differ from the tables).
+    """
+    halo = rel_idx.shape[-1]
+    inside = rel_idx >= 0
+    c = torch.arange(halo, device=rel_idx.device)
+    sign = -1 if key_tiles else 1
+    hi = torch.where(inside, c + 1, 0).amax(-1)
+    lo = torch.where(inside, c, halo).amin(-1).masked_fill(hi == 0, 0)
+    off = (rel_idx.gather(-1, lo.clamp(max=halo - 1)[..., None])[..., 0] - sign * lo).masked_fill(hi == 0, 0)
+    run = (c >= lo[..., None]) & (c < hi[..., None])
+    if not torch.equal(torch.where(run, off[..., None] + sign * c, -1), rel_idx):
+        raise ValueError(
+            f"slot_windows: relative indices that are not one run of {'-' if key_tiles else '+'}1 steps per slot."
+        )
+    return torch.stack((lo, hi, off), -2)
+
+
+def device_tables(axis: AxisTiles, device: torch.device, key_tiles: bool = False) -> DeviceTables:
+    """The kernels' view of one axis's :class:`AxisTiles` (callers cache it per shape and device); ``key_tiles`` for
+    the tables of :func:`~vizattn.kernels._halo2d.tiles.build_key_axis_tiles` (the key-centric kernel's)."""
     n, slots = axis.q_idx.shape
     real = torch.zeros(n, slots, dtype=torch.bool, device="cpu")
     real[axis.tile_of, axis.slot_of] = True
     store = torch.where(real, axis.q_idx, -1)
-    tabs = (x.to(device=device, dtype=torch.int32).contiguous() for x in (axis.q_idx, store, axis.k_idx, axis.rel_idx))
-    return DeviceTables(*tabs, n, slots, axis.k_idx.shape[1])
+    window = slot_windows(axis.rel_idx, key_tiles)
+    tabs = (x.to(device=device, dtype=torch.int32).contiguous() for x in (axis.q_idx, store, axis.k_idx, window))
+    return DeviceTables(*tabs, n, slots, axis.k_idx.shape[1], key_tiles)
 
 
 @triton.jit
@@ -115,11 +152,30 @@ def _query_slots(QH, SH, QW, SW, th, tw, T_H: tl.constexpr, T_W: tl.constexpr, B
 
 
 @triton.jit
-def _halo_chunk(KH, KW, RH, RW, RPB, th, tw, a_h, a_w, row, col, m_ok, start, rpb_side, radius_sq,
-                T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
-                BLOCK_N: tl.constexpr, HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr):
+def _slot_windows(WH, WW, RPB, th, tw, a_h, a_w, m_ok, rpb_side, T_H: tl.constexpr, T_W: tl.constexpr):
+    """NA, once per program: each tile slot's window along the two axes, ``[lo, lo + width)`` in halo slots (width 0
+    for the padded slots: they pair with nothing), and the bias pointer advanced by the slot's part of the flat bias
+    index (see :func:`slot_windows`)."""
+    wh = WH + th * 3 * T_H + a_h
+    ww = WW + tw * 3 * T_W + a_w
+    lo_h = tl.load(wh)
+    lo_w = tl.load(ww)
+    width_h = tl.where(m_ok, tl.load(wh + T_H) - lo_h, 0)
+    width_w = tl.where(m_ok, tl.load(ww + T_W) - lo_w, 0)
+    rpb_rows = RPB + (tl.load(wh + 2 * T_H) * rpb_side + tl.load(ww + 2 * T_W))
+    return lo_h, width_h, lo_w, width_w, rpb_rows
+
+
+@triton.jit
+def _halo_chunk(KH, KW, RPB, th, tw, row, col, m_ok, lo_h, width_h, lo_w, width_w, start, rpb_side, radius_sq,
+                HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RPB: tl.constexpr,
+                CIRCLE: tl.constexpr, KEY_TILE: tl.constexpr):
     """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row/column, validity, the (query, key)
-    mask, the bias (zero without rpb) and the flat bias index."""
+    mask and the bias (zero without rpb; the circle has none).
+
+    NA: the window of each tile slot comes from :func:`_slot_windows` and ``RPB`` holds one bias pointer per tile
+    slot; ``KEY_TILE`` says the tile holds keys and the halo queries (the relative index then falls as the halo slot
+    grows)."""
     n = start + tl.arange(0, BLOCK_N).to(tl.int64)
     n_ok = n < HALO_H * HALO_W
     c_h = tl.where(n_ok, n // HALO_W, 0)
@@ -131,16 +187,25 @@ def _halo_chunk(KH, KW, RH, RW, RPB, th, tw, a_h, a_w, row, col, m_ok, start, rp
         d_h = k_row.to(tl.int32)[None, :] - row.to(tl.int32)[:, None]
         d_w = k_col.to(tl.int32)[None, :] - col.to(tl.int32)[:, None]
         inside = (d_h * d_h + d_w * d_w < radius_sq) & m_ok[:, None] & n_ok[None, :]
-        b_flat = tl.zeros(inside.shape, dtype=tl.int64)
-    else:
-        b_h = tl.load(RH + (th * T_H + a_h)[:, None] * HALO_H + c_h[None, :]).to(tl.int64)
-        b_w = tl.load(RW + (tw * T_W + a_w)[:, None] * HALO_W + c_w[None, :]).to(tl.int64)
-        inside = (b_h >= 0) & (b_w >= 0) & m_ok[:, None] & n_ok[None, :]
-        b_flat = tl.where(inside, b_h * rpb_side + b_w, 0)
-    if HAS_RPB:
-        bias = tl.load(RPB + b_flat, mask=inside, other=0.0).to(tl.float32)
-    else:
         bias = tl.zeros(inside.shape, dtype=tl.float32)
+    else:
+        # Per pair two int32 subtractions, each range-checked by one unsigned compare (a negative difference wraps
+        # above any width), and no table gather. Past the halo's end (n_ok false) the row slot is HALO_H or more,
+        # outside every window: the windows lie in the halo.
+        s_h = (n // HALO_W).to(tl.int32)
+        s_w = c_w.to(tl.int32)
+        e_h = (s_h[None, :] - lo_h[:, None]).to(tl.uint32, bitcast=True)
+        e_w = (s_w[None, :] - lo_w[:, None]).to(tl.uint32, bitcast=True)
+        inside = (e_h < width_h.to(tl.uint32, bitcast=True)[:, None]) & (
+            e_w < width_w.to(tl.uint32, bitcast=True)[:, None]
+        )
+        if HAS_RPB:
+            c = s_h * rpb_side + s_w  # the halo slot's part of the flat bias index
+            if KEY_TILE:
+                c = -c
+            bias = tl.load(RPB[:, None] + c[None, :], mask=inside, other=0.0).to(tl.float32)
+        else:
+            bias = tl.zeros(inside.shape, dtype=tl.float32)
     return k_row, k_col, n_ok, inside, bias
 
 
@@ -245,7 +310,7 @@ def _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside, d
 @triton.jit
 def _halo_fwd_kernel(
     Q, K, V, EK, EV, OUT, LSE, RPB,
-    QH, SH, KH, RH, QW, SW, KW, RW,
+    QH, SH, KH, WH, QW, SW, KW, WW,
     s_qb, s_qh, s_qw, s_qn, s_qd,
     s_kb, s_kh, s_kw, s_kn, s_kd,
     s_vb, s_vh, s_vw, s_vn, s_vd,
@@ -269,15 +334,20 @@ def _halo_fwd_kernel(
     q, q_t = _load_cols(Q + b * s_qb + head * s_qn + row * s_qh + col * s_qw, m_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
     k_base = K + b * s_kb + head * s_kn
     v_base = V + b * s_vb + head * s_vn
-    rpb_base = RPB + head * rpb_side * rpb_side
+    if CIRCLE:
+        lo_h, width_h, lo_w, width_w, rpb_rows = 0, 0, 0, 0, RPB
+    else:
+        lo_h, width_h, lo_w, width_w, rpb_rows = _slot_windows(
+            WH, WW, RPB + head * rpb_side * rpb_side, th, tw, a_h, a_w, m_ok, rpb_side, T_H, T_W
+        )
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc, acc_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
         k_row, k_col, n_ok, inside, bias = _halo_chunk(
-            KH, KW, RH, RW, rpb_base, th, tw, a_h, a_w, row, col, m_ok, start, rpb_side, radius_sq,
-            T_H, T_W, HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE,
+            KH, KW, rpb_rows, th, tw, row, col, m_ok, lo_h, width_h, lo_w, width_w, start, rpb_side, radius_sq,
+            HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False,
         )
         k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
         v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
@@ -302,7 +372,7 @@ def _halo_fwd_kernel(
 @triton.jit
 def _halo_dq_kernel(
     Q, K, V, EK, EV, DO, OUT, LSE, DELTA, RPB, DQ,
-    QH, SH, KH, RH, QW, SW, KW, RW,
+    QH, SH, KH, WH, QW, SW, KW, WW,
     s_qb, s_qh, s_qw, s_qn, s_qd,
     s_kb, s_kh, s_kw, s_kn, s_kd,
     s_vb, s_vh, s_vw, s_vn, s_vd,
@@ -338,13 +408,18 @@ def _halo_dq_kernel(
     lse = tl.load(LSE + stat, mask=real, other=0.0)
     k_base = K + b * s_kb + head * s_kn
     v_base = V + b * s_vb + head * s_vn
-    rpb_base = RPB + head * rpb_side * rpb_side
+    if CIRCLE:
+        lo_h, width_h, lo_w, width_w, rpb_rows = 0, 0, 0, 0, RPB
+    else:
+        lo_h, width_h, lo_w, width_w, rpb_rows = _slot_windows(
+            WH, WW, RPB + head * rpb_side * rpb_side, th, tw, a_h, a_w, m_ok, rpb_side, T_H, T_W
+        )
 
     dq, dq_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
         k_row, k_col, n_ok, inside, bias = _halo_chunk(
-            KH, KW, RH, RW, rpb_base, th, tw, a_h, a_w, row, col, m_ok, start, rpb_side, radius_sq,
-            T_H, T_W, HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE,
+            KH, KW, rpb_rows, th, tw, row, col, m_ok, lo_h, width_h, lo_w, width_w, start, rpb_side, radius_sq,
+            HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False,
         )
         inside = inside & real[:, None]  # padded slots repeat a real query: they must not count twice
         k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
@@ -370,7 +445,7 @@ def _halo_dq_kernel(
 @triton.jit
 def _halo_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
-    KQH, KSH, QKH, RH, KQW, KSW, QKW, RW,
+    KQH, KSH, QKH, WH, KQW, KSW, QKW, WW,
     s_qb, s_qh, s_qw, s_qn, s_qd,
     s_kb, s_kh, s_kw, s_kn, s_kd,
     s_vb, s_vh, s_vw, s_vn, s_vd,
@@ -391,22 +466,28 @@ def _halo_dkdv_kernel(
     tw = tile % n_tw
     b = bn // heads
     head = bn % heads
-    # The key tile plays the query tile's part of the forward: _halo_chunk gives (key slot, halo query) pairs, whose
-    # relative index (and so mask and bias) the key-tile tables hold exactly as the forward has them.
+    # The key tile plays the query tile's part of the forward: _halo_chunk gives (key slot, halo query) pairs. In NA
+    # a key slot's window is the run of halo queries that see the key, and the pair's relative index (the forward's,
+    # so the same bias) falls by one per halo slot (KEY_TILE).
     a_h, a_w, row, col, m_ok, real = _query_slots(KQH, KSH, KQW, KSW, th, tw, T_H, T_W, BLOCK_M)
     k, k_t = _load_cols(K + b * s_kb + head * s_kn + row * s_kh + col * s_kw, m_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
     v, v_t = _load_cols(V + b * s_vb + head * s_vn + row * s_vh + col * s_vw, m_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
     q_base = Q + b * s_qb + head * s_qn
     do_base = DO + b * s_gb + head * s_gn
     stat_base = b * s_lb + head * s_ln
-    rpb_base = RPB + head * rpb_side * rpb_side
+    if CIRCLE:
+        lo_h, width_h, lo_w, width_w, rpb_rows = 0, 0, 0, 0, RPB
+    else:
+        lo_h, width_h, lo_w, width_w, rpb_rows = _slot_windows(
+            WH, WW, RPB + head * rpb_side * rpb_side, th, tw, a_h, a_w, m_ok, rpb_side, T_H, T_W
+        )
 
     dk, dk_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     dv, dv_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
         q_row, q_col, n_ok, inside, bias = _halo_chunk(
-            QKH, QKW, RH, RW, rpb_base, th, tw, a_h, a_w, row, col, m_ok, start, rpb_side, radius_sq,
-            T_H, T_W, HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE,
+            QKH, QKW, rpb_rows, th, tw, row, col, m_ok, lo_h, width_h, lo_w, width_w, start, rpb_side, radius_sq,
+            HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True,
         )
         q, q_t = _load_cols(q_base + q_row * s_qh + q_col * s_qw, n_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
         do, do_t = _load_cols(do_base + q_row * s_gh + q_col * s_gw, n_ok, s_gd, d_v, BLOCK_DV, BLOCK_TV)
@@ -555,7 +636,7 @@ def halo_fwd(
         q, k: (B, H, W, heads, D); v: (B, H, W, heads, Dv); any strides, one dtype.
         rows, cols: the tables of the two axes.
         scale: multiplies the logits.
-        rpb: NA mode only: optional (heads, S, S) relative position bias indexed by the tables' relative indices.
+        rpb: NA mode only: optional (heads, S, S) relative position bias indexed by the pairs' relative indices.
         circle_radius: r selects the circle mask; None the NA window of the tables.
         extra_k, extra_v: optional (B, M, heads, D) and (B, M, heads, Dv) keys every query sees.
         block_n, num_warps, num_stages: launch configuration on a GPU; None keeps the defaults (32 keys per step,
@@ -565,6 +646,8 @@ def halo_fwd(
         out (B, H, W, heads, Dv) contiguous in v's dtype, and lse (B, H, W, heads) float32, the base-2 logsumexp of
         each query's scores (what the backward needs).
     """
+    if circle_radius is None and (rows.key_tiles or cols.key_tiles):
+        raise ValueError("halo_fwd: the NA window needs query-tile tables, got key-tile tables.")
     b, hh, ww, heads, _ = q.shape
     out = new_output((b, hh, ww, heads, v.shape[-1]), v.dtype, v.device)
     lse = new_output((b, hh, ww, heads), torch.float32, v.device)
@@ -637,9 +720,9 @@ def halo_bwd(
     Args:
         key_rows, key_cols: the key-tile tables of the two axes (from
             :func:`~vizattn.kernels._halo2d.tiles.build_key_axis_tiles`): for each tile of keys, the halo of the
-            queries that see them. In circle mode they default to ``rows`` and ``cols``: the disc is symmetric and the
-            halos are shifted inward, so the forward's tables describe the queries around a key tile too. The NA
-            window needs them.
+            queries that see them, made with ``device_tables(..., key_tiles=True)``. In circle mode they default to
+            ``rows`` and ``cols``: the disc is symmetric and the halos are shifted inward, so the forward's tables
+            describe the queries around a key tile too. The NA window needs them.
         block_n, num_warps, num_stages: launch configuration shared by the three kernels on a GPU (None: 32 keys or
             queries per step, Triton's default of 4 warps, one stage).
         dq_launch, dkdv_launch, extra_launch: per-kernel overrides of those (and the extra keys per program).
@@ -659,6 +742,9 @@ def halo_bwd(
         if not circle:
             raise ValueError("halo_bwd: the NA window needs the key-tile tables key_rows and key_cols.")
         key_rows, key_cols = rows, cols
+    if not circle and (rows.key_tiles or cols.key_tiles or not key_rows.key_tiles or not key_cols.key_tiles):
+        raise ValueError("halo_bwd: the NA window needs query-tile tables rows, cols and key-tile tables key_rows, "
+                         "key_cols (device_tables(..., key_tiles=True)).")
     b, hh, ww, heads, _ = q.shape
     grad_out = grad_out.contiguous()
     if delta is None:

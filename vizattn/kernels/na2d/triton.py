@@ -2,13 +2,13 @@
 
 The kernels are the tiled halo attention of :mod:`vizattn.kernels._halo2d.triton` in its window mode: a program owns
 one query tile (``T_h x T_w`` queries of one dilation group, laid out by :func:`vizattn.kernels.na2d.tiles.axis_tiles`)
-of one image and one head, walks the ``halo_h x halo_w`` keys around it in chunks, masks each pair by the per-axis
-tables (-1 outside a query's window) and adds ``rpb[head, b_h, b_w]`` looked up with the same tables. Nothing of size
-``N * k * k`` is ever written.
+of one image and one head, walks the ``halo_h x halo_w`` keys around it in chunks, masks each pair by the query's
+window along each axis (a run of halo slots, loaded once per program from the tables) and adds ``rpb[head, b_h, b_w]``,
+whose per-axis index steps by one along that run. Nothing of size ``N * k * k`` is ever written.
 
 The backward is split like FlashAttention-2's: a query-centric kernel writes ``dq`` (and ``delta = rowsum(dO * O)``),
 and a key-centric one owns a tile of keys, walks the queries that see them (the transposed tables of
-:func:`vizattn.kernels.na2d.tiles.key_axis_tiles`: a key near a border is seen by up to ``k + k // 2`` queries per
+:func:`vizattn.kernels.na2d.tiles.key_axis_tiles`: a key near a border can be seen by more than ``k`` queries per
 axis) and writes ``dk``, ``dv`` once. With a bias, ``d(rpb)`` comes from a third kernel,
 :func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad`, which walks each query's ``k x k`` window slot by slot and sums
 the score gradients in registers (the halo dq kernel's per-pair atomics cost twice the rest of the backward). Every
@@ -44,7 +44,7 @@ def _tables(length: int, kernel_size: int, dilation: int, tile: int, device: tor
 
 @functools.lru_cache(maxsize=256)
 def _key_tables(length: int, kernel_size: int, dilation: int, tile: int, device: torch.device) -> DeviceTables:
-    return device_tables(key_axis_tiles(length, kernel_size, dilation, tile), device)
+    return device_tables(key_axis_tiles(length, kernel_size, dilation, tile), device, key_tiles=True)
 
 
 def _axes(
