@@ -52,7 +52,7 @@ def key_axis_tiles(length: int, kernel_size: int, dilation: int, tile: int = DEF
     """The transposed tables of one axis, on the CPU: tiles of keys and the halos of the queries that see them.
 
     Near a border a key can be seen by more than ``k`` queries of its group (the windows are shifted inward: up to
-    ``k + k // 2`` next to one border of a long group, the whole group when it is shorter than ``2k - 1``), so the
+    ``k + k // 2`` next to one border of a long group, the whole group when it is at most ``2k - 1`` long), so the
     halo can be longer than the forward's ``T + k - 1``; it is measured, not derived from a bound. The relative
     indices are the forward's (the bias index).
     """
