@@ -408,20 +408,21 @@ def _halo_dq_kernel(
     lse = tl.load(LSE + stat, mask=real, other=0.0)
     k_base = K + b * s_kb + head * s_kn
     v_base = V + b * s_vb + head * s_vn
+    # The pair masks take `real`, not `m_ok`: padded slots repeat a real query and their dq is never stored; with lse
+    # and delta read as 0 their scores could overflow, and masking them once in the windows costs nothing per pair.
     if CIRCLE:
         lo_h, width_h, lo_w, width_w, rpb_rows = 0, 0, 0, 0, RPB
     else:
         lo_h, width_h, lo_w, width_w, rpb_rows = _slot_windows(
-            WH, WW, RPB + head * rpb_side * rpb_side, th, tw, a_h, a_w, m_ok, rpb_side, T_H, T_W
+            WH, WW, RPB + head * rpb_side * rpb_side, th, tw, a_h, a_w, real, rpb_side, T_H, T_W
         )
 
     dq, dq_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
         k_row, k_col, n_ok, inside, bias = _halo_chunk(
-            KH, KW, rpb_rows, th, tw, row, col, m_ok, lo_h, width_h, lo_w, width_w, start, rpb_side, radius_sq,
+            KH, KW, rpb_rows, th, tw, row, col, real, lo_h, width_h, lo_w, width_w, start, rpb_side, radius_sq,
             HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False,
         )
-        inside = inside & real[:, None]  # padded slots repeat a real query: they must not count twice
         k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
         v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
         ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,

@@ -1,9 +1,9 @@
 """Gradient of neighborhood attention's relative position bias, ``d(rpb)``, in its own Triton kernel.
 
 ``d(rpb)[head, b_h, b_w]`` is the sum of the score gradients ``ds = p * (dp - delta)`` over every (image, query, key)
-pair whose per-axis bias indices are ``(b_h, b_w)``. The halo backward's dq kernel can add each pair's ``ds`` into
-the table with an atomic (one per pair, ~20 M at batch 64 on a 56x56 map: about 1 ms on an H200, twice the rest of
-the backward); this kernel instead sums them in registers and writes one small partial table per program.
+pair whose per-axis bias indices are ``(b_h, b_w)``. The halo backward's dq kernel used to add each pair's ``ds``
+into the table with an atomic (one per pair, ~20 M at batch 64 on a 56x56 map: about 1 ms on an H200, twice the rest
+of the backward); this kernel instead sums them in registers and writes one small partial table per program.
 
 A program owns a chunk of consecutive rows of one image and head and a block of ``COLS`` consecutive columns (any
 dilation groups), and walks the chunk one row at a time on a GPU (``ROWS`` rows at a time under the interpreter).
