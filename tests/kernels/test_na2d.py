@@ -274,6 +274,19 @@ def test_rpb_grad_for_any_block(hh, ww, k, d, block, rows):
         assert torch.equal(drpb, again), "d(rpb) is not bitwise reproducible"
 
 
+def test_rpb_grad_default_warps_are_a_power_of_two():
+    # Triton refuses other counts on a GPU (the interpreter ignores them): 16 queries of head dim 96 once asked for 6.
+    from vizattn.kernels.na2d.rpb_grad import _num_warps
+
+    for block in (1, 2, 4, 8, 16, 32, 64):
+        for d_qk in range(1, 129):
+            for d_v in (d_qk, 96, 128):
+                warps = _num_warps(block, d_qk, d_v)
+                assert warps in (1, 2, 4, 8), (block, d_qk, d_v, warps)
+    assert _num_warps(16, 40, 96) == 4
+    assert _num_warps(64, 32, 32) == 8
+
+
 def test_rpb_grad_runs_only_with_rpb(monkeypatch):
     """Without a bias no d(rpb) kernel runs and the backward returns None for it; with one, the NA kernel computes
     it (once) from the halo backward's delta."""

@@ -56,9 +56,11 @@ import triton.language as tl
 
 from vizattn.kernels._alloc import new_output
 from vizattn.kernels._halo2d.tiles import AxisTiles
+from vizattn.kernels._triton_util import cdiv as _cdiv
 from vizattn.kernels._triton_util import dot as _dot
 from vizattn.kernels._triton_util import dot_precision as _dot_precision
 from vizattn.kernels._triton_util import head_split as _head_split
+from vizattn.kernels._triton_util import next_pow2 as _next_pow2
 
 __all__ = ["DeviceTables", "Launch", "device_tables", "halo_fwd", "halo_bwd", "slot_windows"]
 
@@ -596,7 +598,7 @@ def _launch_meta(
         T_W=cols.tile,
         HALO_H=rows.halo,
         HALO_W=cols.halo,
-        BLOCK_M=max(16, triton.next_power_of_2(rows.tile * cols.tile)),
+        BLOCK_M=max(16, _next_pow2(rows.tile * cols.tile)),
         BLOCK_N=_BLOCK_N_INTERPRET if triton.knobs.runtime.interpret else block_n or _BLOCK_N,
         **_head_blocks(q.shape[-1], v.shape[-1]),
         DOT_PRECISION=_dot_precision(q.dtype),
@@ -673,7 +675,7 @@ def _extra_splits(n_programs: int, n_queries: int, block_n: int, device: torch.d
     if triton.knobs.runtime.interpret or device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(triton.cdiv(2 * sms, n_programs), n_queries // (4 * block_n)))
+    return max(1, min(_cdiv(2 * sms, n_programs), n_queries // (4 * block_n)))
 
 
 def _merge(config: Launch | None, block_n: int | None, num_warps: int | None, num_stages: int | None) -> Launch:
@@ -785,10 +787,10 @@ def halo_bwd(
         cfg = _merge(extra_launch, block_n, num_warps, num_stages)
         meta = _launch_meta(q, v, rows, cols, cfg.block_n, cfg.num_warps, cfg.num_stages)
         block_e = cfg.block_m or (_BLOCK_E_INTERPRET if triton.knobs.runtime.interpret else _BLOCK_E)
-        n_blocks = triton.cdiv(n_extra, block_e)
+        n_blocks = _cdiv(n_extra, block_e)
         splits = extra_splits or _extra_splits(n_blocks * b * heads, hh * ww, meta["BLOCK_N"], q.device)
-        per_split = triton.cdiv(triton.cdiv(hh * ww, splits), meta["BLOCK_N"]) * meta["BLOCK_N"]
-        splits = triton.cdiv(hh * ww, per_split)  # no empty split
+        per_split = _cdiv(_cdiv(hh * ww, splits), meta["BLOCK_N"]) * meta["BLOCK_N"]
+        splits = _cdiv(hh * ww, per_split)  # no empty split
         dek = new_output((splits, *ek.shape), torch.float32, q.device)
         dev = new_output((splits, *ev.shape), torch.float32, q.device)
         _extra_dkdv_kernel[(n_blocks, b * heads, splits)](

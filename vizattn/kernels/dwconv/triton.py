@@ -52,6 +52,8 @@ import triton
 import triton.language as tl
 
 from vizattn.kernels._alloc import new_output
+from vizattn.kernels._triton_util import cdiv as _cdiv
+from vizattn.kernels._triton_util import next_pow2 as _next_pow2
 from vizattn.kernels.dwconv.layout import is_nhwc
 
 __all__ = ["dwconv2d_fwd", "dwconv2d_bwd", "lka_spatial_fwd", "lka_spatial_bwd"]
@@ -372,7 +374,7 @@ def _fwd_tile(nhwc: bool, c: int) -> tuple[int, int, int]:
     """(BLOCK_H, BLOCK_W, BLOCK_C) of the forward: about 2048 elements per program, 16 per thread with 4 warps."""
     if not nhwc:
         return 16, 16, 1
-    block_c = min(triton.next_power_of_2(c), 32)
+    block_c = min(_next_pow2(c), 32)
     pixels = min(max(2048 // block_c, 64), 256)
     block_h = 8 if pixels <= 128 else 16
     return block_h, pixels // block_h, block_c
@@ -386,7 +388,7 @@ def _wgrad_tile(nhwc: bool, c: int) -> tuple[int, int, int, int]:
     """
     if not nhwc:
         return 16, 16, 1, 4
-    block_c = min(triton.next_power_of_2(c), 16)
+    block_c = min(_next_pow2(c), 16)
     return 16, 16, block_c, 8 if block_c >= 16 else 4
 
 
@@ -406,7 +408,7 @@ def _unroll(nhwc: bool, k: int) -> int:
 
 def _grid(x: torch.Tensor, block_h: int, block_w: int, block_c: int) -> tuple[int, int, int]:
     b, c, h, w = x.shape
-    return triton.cdiv(h, block_h) * triton.cdiv(w, block_w), b, triton.cdiv(c, block_c)
+    return _cdiv(h, block_h) * _cdiv(w, block_w), b, _cdiv(c, block_c)
 
 
 def dwconv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
@@ -498,7 +500,7 @@ def _lka_chunk(nhwc: bool, c: int) -> tuple[int, int, int]:
     """
     if not nhwc:
         return 16, 32, 1
-    block_c = min(triton.next_power_of_2(c), 16)
+    block_c = min(_next_pow2(c), 16)
     return min(1024 // (16 * block_c), 16), 16, block_c
 
 
@@ -537,8 +539,8 @@ def lka_spatial_fwd(
     halo = dilations[1] * (k1 - 1) // 2
     ch_h, ch_w, block_c = _lka_chunk(nhwc, c)
     band = band_rows or _band_rows(h, w, block_c, halo, ch_h)
-    n_bands = triton.cdiv(h, band)
-    n_cb = triton.cdiv(c, block_c)
+    n_bands = _cdiv(h, band)
+    n_cb = _cdiv(c, block_c)
     n_work = bsz * n_bands * n_cb
     n_prog = min(n_work, programs or _max_programs(x.device))
     slot_rows = min(h, band + 2 * halo)

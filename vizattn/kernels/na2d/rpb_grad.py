@@ -31,7 +31,9 @@ import triton.language as tl
 
 from vizattn.kernels._alloc import new_output
 from vizattn.kernels._halo2d.triton import _load_cols
+from vizattn.kernels._triton_util import cdiv as _cdiv
 from vizattn.kernels._triton_util import head_split
+from vizattn.kernels._triton_util import next_pow2 as _next_pow2
 
 __all__ = ["na2d_rpb_grad"]
 
@@ -146,8 +148,9 @@ def _na2d_rpb_grad_kernel(
 
 def _num_warps(block: int, d_qk: int, d_v: int) -> int:
     """About 8 elements of each (queries, head dim) block per thread: 8 warps for 64 queries of head dim 32 (sm_90:
-    79 registers, 3 programs of 8 warps per SM; with 4 warps 128 registers and 4 programs, 16 warps per SM)."""
-    return max(1, min(8, block * max(d_qk, d_v) // 256))
+    79 registers, 3 programs of 8 warps per SM; with 4 warps 128 registers and 4 programs, 16 warps per SM), rounded
+    down to a power of two (Triton's rule: 16 queries of head dim 96 get 4, not 6)."""
+    return 1 << (max(1, min(8, block * max(d_qk, d_v) // 256)).bit_length() - 1)
 
 
 def _block_shape(height: int, width: int, head_dim: int) -> tuple[int, int]:
@@ -156,9 +159,9 @@ def _block_shape(height: int, width: int, head_dim: int) -> tuple[int, int]:
     rather than blocks of several rows, whose reshaped accumulator costs registers and spills. Under the interpreter,
     whose cost is per operation, blocks of up to 1024 queries, several rows each."""
     if triton.knobs.runtime.interpret:
-        cols = min(_BLOCK_INTERPRET, triton.next_power_of_2(width))
-        return min(_BLOCK_INTERPRET // cols, triton.next_power_of_2(height)), cols
-    return 1, min(_BLOCK if head_dim <= 64 else _BLOCK // 2, triton.next_power_of_2(width))
+        cols = min(_BLOCK_INTERPRET, _next_pow2(width))
+        return min(_BLOCK_INTERPRET // cols, _next_pow2(height)), cols
+    return 1, min(_BLOCK if head_dim <= 64 else _BLOCK // 2, _next_pow2(width))
 
 
 def na2d_rpb_grad(
@@ -199,21 +202,21 @@ def na2d_rpb_grad(
     d_v = v.shape[-1]
     side = 2 * kernel_size - 1
     rows, cols = block or _block_shape(hh, ww, max(d_qk, d_v))
-    n_cb = triton.cdiv(ww, cols)
+    n_cb = _cdiv(ww, cols)
     if rows_per_program is None:
         if triton.knobs.runtime.interpret:
             rows_per_program = hh
         else:
-            rows_per_program = triton.cdiv(hh * n_cb * b * heads, _TARGET_PROGRAMS)
-    rows_per_program = triton.cdiv(min(rows_per_program, hh), rows) * rows
-    n_chunks = triton.cdiv(hh, rows_per_program)
+            rows_per_program = _cdiv(hh * n_cb * b * heads, _TARGET_PROGRAMS)
+    rows_per_program = _cdiv(min(rows_per_program, hh), rows) * rows
+    n_chunks = _cdiv(hh, rows_per_program)
     part = new_output((b * heads, n_chunks * n_cb, side, side), torch.float32, q.device)
     (dqk, tqk), (dv, tv) = head_split(d_qk), head_split(d_v)
     _na2d_rpb_grad_kernel[(n_chunks * n_cb, b * heads)](
         q, k, v, grad_out, lse, delta, rpb.contiguous(), part,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride(),
         heads, hh, ww, n_cb, rows_per_program, dilation, d_qk, d_v, scale * _LOG2E,
-        KS=kernel_size, BINS=triton.next_power_of_2(side), ROWS=rows, COLS=cols,
+        KS=kernel_size, BINS=_next_pow2(side), ROWS=rows, COLS=cols,
         BLOCK_DQK=dqk, BLOCK_TQK=tqk, BLOCK_DV=dv, BLOCK_TV=tv,
         num_warps=num_warps or _num_warps(rows * cols, d_qk, d_v), num_stages=1,
     )

@@ -39,9 +39,11 @@ import triton
 import triton.language as tl
 
 from vizattn.kernels._alloc import new_output
+from vizattn.kernels._triton_util import cdiv as _cdiv
 from vizattn.kernels._triton_util import dot as _dot
 from vizattn.kernels._triton_util import dot_precision as _dot_precision
 from vizattn.kernels._triton_util import head_block as _head_block
+from vizattn.kernels._triton_util import next_pow2 as _next_pow2
 
 __all__ = ["routed_attention_fwd", "routed_attention_bwd", "choose_mode", "CONFIGS", "MAX_INDEX"]
 
@@ -497,7 +499,7 @@ def choose_mode(n_win: int, h: int, w: int, topk: int) -> str:
     # Score elements per real query: a gather tile pads a region's n_tok rows to 16, each meeting topk * n_tok
     # keys; the dense kernel meets every token of the image, padded to whole 64-key blocks.
     gather_cost = 16 * topk
-    dense_cost = triton.cdiv(n_win * n_win * n_tok, 64) * 64
+    dense_cost = _cdiv(n_win * n_win * n_tok, 64) * 64
     return "dense" if dense_cost <= 2 * gather_cost else "gather"
 
 
@@ -518,10 +520,10 @@ def _config(kernel: str, mode: str, n_tok: int, n_keys: int) -> dict[str, int]:
     cfg = dict(CONFIGS[(kernel, mode)])
     if mode == "gather":
         # Never pad a tile far beyond a region's tokens or a query's keys.
-        region_rows = max(16, triton.next_power_of_2(n_tok))
+        region_rows = max(16, _next_pow2(n_tok))
         cfg["BLOCK_M"] = min(cfg["BLOCK_M"], region_rows)
         if kernel in ("fwd", "dq"):
-            cfg["BLOCK_N"] = min(cfg["BLOCK_N"], max(16, triton.next_power_of_2(n_keys)))
+            cfg["BLOCK_N"] = min(cfg["BLOCK_N"], max(16, _next_pow2(n_keys)))
         else:
             cfg["BLOCK_N"] = min(cfg["BLOCK_N"], region_rows)
     return cfg
@@ -565,13 +567,13 @@ def routed_attention_fwd(
     lse = new_output((g.n, num_heads, g.hh * g.ww), torch.float32, v.device)
     cfg = _config("fwd", mode, g.n_tok, g.topk * g.n_tok)
     bm = cfg.pop("BLOCK_M")
-    rows = triton.cdiv(g.p2 * g.n_tok, bm) if mode == "dense" else g.p2 * triton.cdiv(g.n_tok, bm)
+    rows = _cdiv(g.p2 * g.n_tok, bm) if mode == "dense" else g.p2 * _cdiv(g.n_tok, bm)
     _routed_fwd_kernel[(g.n * rows * num_heads,)](
         q, k, v, out, lse, ridx,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         scale * _LOG2E, *g.scalars,
         DENSE=mode == "dense", COUNT=not distinct, BLOCK_M=bm, BLOCK_DQK=_head_block(g.d_qk),
-        BLOCK_DV=_head_block(g.d_v), TOPK_PAD=triton.next_power_of_2(g.topk), DOT_PRECISION=_dot_precision(q.dtype),
+        BLOCK_DV=_head_block(g.d_v), TOPK_PAD=_next_pow2(g.topk), DOT_PRECISION=_dot_precision(q.dtype),
         **cfg,
     )
     return out, lse
@@ -600,7 +602,7 @@ def routed_attention_bwd(
     dk = new_output(tuple(k.shape), k.dtype, k.device)
     dv = new_output(tuple(v.shape), v.dtype, v.device)
     delta = new_output((g.n, num_heads, g.hh * g.ww), torch.float32, q.device)
-    topk_pad = triton.next_power_of_2(g.topk)
+    topk_pad = _next_pow2(g.topk)
     if dense:
         masks = new_output((g.n, g.p2), torch.int64, q.device)
         lists = counts = masks
@@ -608,7 +610,7 @@ def routed_attention_bwd(
         masks = ridx
         lists = new_output((g.n, g.p2, g.p2), torch.int32, q.device)
         counts = new_output((g.n, g.p2), torch.int32, q.device)
-        qc = max(1, min(64, triton.next_power_of_2(g.p2), 2048 // topk_pad))
+        qc = max(1, min(64, _next_pow2(g.p2), 2048 // topk_pad))
         _inverse_routing_kernel[(g.n * g.p2,)](ridx, lists, counts, n_win, g.topk, QC=qc, TOPK_PAD=topk_pad)
     common = dict(
         DENSE=dense, COUNT=not distinct, BLOCK_DQK=_head_block(g.d_qk), BLOCK_DV=_head_block(g.d_v),
@@ -618,7 +620,7 @@ def routed_attention_bwd(
 
     cfg = _config("dq", mode, g.n_tok, g.topk * g.n_tok)
     bm = cfg.pop("BLOCK_M")
-    rows = triton.cdiv(g.p2 * g.n_tok, bm) if dense else g.p2 * triton.cdiv(g.n_tok, bm)
+    rows = _cdiv(g.p2 * g.n_tok, bm) if dense else g.p2 * _cdiv(g.n_tok, bm)
     _routed_bwd_dq_kernel[(g.n * rows * num_heads,)](
         q, k, v, out, grad_out, dq, lse, delta, ridx, masks,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *grad_out.stride(), *dq.stride(),
@@ -627,7 +629,7 @@ def routed_attention_bwd(
 
     cfg = _config("dkdv", mode, g.n_tok, g.topk * g.n_tok)
     bn = cfg.pop("BLOCK_N")
-    cols = triton.cdiv(g.p2 * g.n_tok, bn) if dense else g.p2 * triton.cdiv(g.n_tok, bn)
+    cols = _cdiv(g.p2 * g.n_tok, bn) if dense else g.p2 * _cdiv(g.n_tok, bn)
     _routed_bwd_dkdv_kernel[(g.n * cols * num_heads,)](
         q, k, v, grad_out, dk, dv, lse, delta, ridx, masks, lists, counts,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
