@@ -13,7 +13,8 @@ reference itself when the halos would cover most of the map anyway);
 ``'triton'`` the fused kernels of :mod:`vizattn.kernels.clear.triton` (the tiled halo kernels neighborhood attention
 uses, in their circle mode), as the op ``torch.ops.vizattn.clear_attention`` (a ``torch.library`` custom op with a
 fake implementation and an autograd formula whose backward is the op ``vizattn::clear_attention_backward``), so
-``torch.compile`` sees one node. The kernel module is imported on first use: Triton decides at import time whether it
+``torch.compile`` sees one node; eager calls skip the custom op's dispatch (:class:`vizattn.kernels._eager.KernelOp`).
+The kernel module is imported on first use: Triton decides at import time whether it
 runs compiled or under ``TRITON_INTERPRET=1``.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from vizattn.kernels._dispatch import select_backend
+from vizattn.kernels._eager import KernelOp
 from vizattn.kernels.clear.reference import circle_mask, clear_attention_reference
 from vizattn.kernels.clear.tiles import DEFAULT_TILE, clear_tiled
 
@@ -48,8 +50,7 @@ def _kernels():
     return kernels
 
 
-@torch.library.custom_op("vizattn::clear_attention", mutates_args=())
-def _clear_op(
+def _clear_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -61,13 +62,15 @@ def _clear_op(
     return _kernels().clear_fwd(q, k, v, extra_k, extra_v, radius, scale)
 
 
+_clear_op = torch.library.custom_op("vizattn::clear_attention", _clear_fwd, mutates_args=())
+
+
 @_clear_op.register_fake
 def _(q, k, v, extra_k, extra_v, radius, scale):
     return q.new_empty(q.shape), q.new_empty(q.shape[:4], dtype=torch.float32)
 
 
-@torch.library.custom_op("vizattn::clear_attention_backward", mutates_args=())
-def _clear_backward_op(
+def _clear_bwd(
     grad_out: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -84,6 +87,9 @@ def _clear_backward_op(
     return dq, dk, dv, (dek if dek is not None else q.new_zeros(0)), (dev if dev is not None else q.new_zeros(0))
 
 
+_clear_backward_op = torch.library.custom_op("vizattn::clear_attention_backward", _clear_bwd, mutates_args=())
+
+
 @_clear_backward_op.register_fake
 def _(grad_out, q, k, v, extra_k, extra_v, out, lse, radius, scale):
     dek = extra_k.new_empty(extra_k.shape) if extra_k is not None else q.new_empty(0)
@@ -98,14 +104,14 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (radius, scale)
 
 
-def _backward(ctx, grad_out, grad_lse):
+def _backward(ctx, run_backward, grad_out, grad_lse):
     q, k, v, extra_k, extra_v, out, lse = ctx.saved_tensors
-    dq, dk, dv, dek, dev = _clear_backward_op(grad_out, q, k, v, extra_k, extra_v, out, lse, *ctx.args)
+    dq, dk, dv, dek, dev = run_backward(grad_out, q, k, v, extra_k, extra_v, out, lse, *ctx.args)
     has_extra = extra_k is not None
     return dq, dk, dv, (dek if has_extra else None), (dev if has_extra else None), None, None
 
 
-_clear_op.register_autograd(_backward, setup_context=_setup_context)
+_CLEAR = KernelOp(_clear_op, _clear_fwd, _clear_backward_op, _clear_bwd, _setup_context, _backward)
 
 
 def triton_unsupported_reasons(q: torch.Tensor) -> list[str]:
@@ -207,7 +213,7 @@ def clear_attention(
     tensors = (q, k, v) if extra_k is None else (q, k, v, extra_k, extra_v)
     reasons = triton_unsupported_reasons(q)
     if select_backend("clear_attention", backend, tensors, reasons, auto_triton=TRITON_BY_DEFAULT) == "triton":
-        return _clear_op(q, k, v, extra_k, extra_v, radius, scale)[0]
+        return _CLEAR(q, k, v, extra_k, extra_v, radius, scale)[0]
     halo = [min(DEFAULT_TILE + 2 * radius - 2, side) for side in q.shape[1:3]]
     if 2 * halo[0] * halo[1] >= q.shape[1] * q.shape[2]:
         # The halos cover most of the map: tiling would only add gathers to the dense computation.

@@ -15,7 +15,8 @@ Backends:
 - ``'triton'``: the kernels of :mod:`vizattn.kernels.dwconv.triton`, as the ops ``torch.ops.vizattn.dwconv2d`` and
   ``torch.ops.vizattn.lka_spatial`` (``torch.library`` custom ops with fake implementations and autograd formulas whose
   backwards are the ops ``vizattn::dwconv2d_backward`` and ``vizattn::lka_spatial_backward``), so ``torch.compile``
-  sees one node each. The kernel module is imported on first use: Triton decides at import time whether it runs
+  sees one node each; eager calls skip the custom ops' dispatch (:class:`vizattn.kernels._eager.KernelOp`). The
+  kernel module is imported on first use: Triton decides at import time whether it runs
   compiled or under ``TRITON_INTERPRET=1``.
 - ``'auto'``: on CUDA, Triton for dilated convolutions of channels_last maps, torch otherwise (the measurements
   behind this are at :data:`TRITON_BY_DEFAULT`); torch on the CPU.
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from vizattn.kernels._dispatch import select_backend
+from vizattn.kernels._eager import KernelOp
 from vizattn.kernels.dwconv.layout import empty_map, is_nhwc, to_kernel_layout
 from vizattn.kernels.dwconv.reference import dwconv2d_reference, lka_spatial_reference
 
@@ -63,9 +65,11 @@ def _kernels():
     return kernels
 
 
-@torch.library.custom_op("vizattn::dwconv2d", mutates_args=())
-def _dwconv2d_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
+def _dwconv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
     return _kernels().dwconv2d_fwd(x, weight, bias, dilation)
+
+
+_dwconv2d_op = torch.library.custom_op("vizattn::dwconv2d", _dwconv2d_fwd, mutates_args=())
 
 
 @_dwconv2d_op.register_fake
@@ -73,12 +77,14 @@ def _(x, weight, bias, dilation):
     return empty_map(x)
 
 
-@torch.library.custom_op("vizattn::dwconv2d_backward", mutates_args=())
-def _dwconv2d_backward_op(
+def _dwconv2d_bwd(
     grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dilation: int, needs_bias: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dx, dweight, dbias = _kernels().dwconv2d_bwd(grad_out, x, weight, dilation, needs_bias)
     return dx, dweight, (dbias if dbias is not None else weight.new_zeros(0))
+
+
+_dwconv2d_backward_op = torch.library.custom_op("vizattn::dwconv2d_backward", _dwconv2d_bwd, mutates_args=())
 
 
 @_dwconv2d_backward_op.register_fake
@@ -94,17 +100,16 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, grad_out):
+def _backward(ctx, run_backward, grad_out):
     x, weight = ctx.saved_tensors
-    dx, dweight, dbias = _dwconv2d_backward_op(grad_out, x, weight, ctx.dilation, ctx.has_bias)
+    dx, dweight, dbias = run_backward(grad_out, x, weight, ctx.dilation, ctx.has_bias)
     return dx, dweight, (dbias if ctx.has_bias else None), None
 
 
-_dwconv2d_op.register_autograd(_backward, setup_context=_setup_context)
+_DWCONV2D = KernelOp(_dwconv2d_op, _dwconv2d_fwd, _dwconv2d_backward_op, _dwconv2d_bwd, _setup_context, _backward)
 
 
-@torch.library.custom_op("vizattn::lka_spatial", mutates_args=())
-def _lka_spatial_op(
+def _lka_spatial_fwd(
     x: torch.Tensor,
     w0: torch.Tensor,
     b0: torch.Tensor | None,
@@ -116,13 +121,15 @@ def _lka_spatial_op(
     return _kernels().lka_spatial_fwd(x, w0, b0, w1, b1, (dilation0, dilation1))
 
 
+_lka_spatial_op = torch.library.custom_op("vizattn::lka_spatial", _lka_spatial_fwd, mutates_args=())
+
+
 @_lka_spatial_op.register_fake
 def _(x, w0, b0, w1, b1, dilation0, dilation1):
     return empty_map(x)
 
 
-@torch.library.custom_op("vizattn::lka_spatial_backward", mutates_args=())
-def _lka_spatial_backward_op(
+def _lka_spatial_bwd(
     grad_out: torch.Tensor,
     x: torch.Tensor,
     w0: torch.Tensor,
@@ -142,6 +149,11 @@ def _lka_spatial_backward_op(
     return dx, dw0, db0, dw1, db1
 
 
+_lka_spatial_backward_op = torch.library.custom_op(
+    "vizattn::lka_spatial_backward", _lka_spatial_bwd, mutates_args=()
+)
+
+
 @_lka_spatial_backward_op.register_fake
 def _(grad_out, x, w0, b0, w1, dilation0, dilation1, needs_b0, needs_b1):
     c = w0.shape[0]
@@ -158,14 +170,16 @@ def _lka_setup_context(ctx, inputs, output):
     ctx.has_biases = (b0 is not None, b1 is not None)
 
 
-def _lka_backward(ctx, grad_out):
+def _lka_backward(ctx, run_backward, grad_out):
     x, w0, b0, w1 = ctx.saved_tensors
     has_b0, has_b1 = ctx.has_biases
-    dx, dw0, db0, dw1, db1 = _lka_spatial_backward_op(grad_out, x, w0, b0, w1, *ctx.dilations, has_b0, has_b1)
+    dx, dw0, db0, dw1, db1 = run_backward(grad_out, x, w0, b0, w1, *ctx.dilations, has_b0, has_b1)
     return dx, dw0, (db0 if has_b0 else None), dw1, (db1 if has_b1 else None), None, None
 
 
-_lka_spatial_op.register_autograd(_lka_backward, setup_context=_lka_setup_context)
+_LKA_SPATIAL = KernelOp(
+    _lka_spatial_op, _lka_spatial_fwd, _lka_spatial_backward_op, _lka_spatial_bwd, _lka_setup_context, _lka_backward
+)
 
 
 def triton_unsupported_reasons(x: torch.Tensor, *params: torch.Tensor | None) -> list[str]:
@@ -241,7 +255,7 @@ def dwconv2d(
     tensors = (x, weight) if bias is None else (x, weight, bias)
     reasons = triton_unsupported_reasons(x, weight, bias)
     if select_backend("dwconv2d", backend, tensors, reasons, auto_triton=_auto_triton(x, dilation)) == "triton":
-        return _dwconv2d_op(to_kernel_layout(x), weight, bias, dilation)
+        return _DWCONV2D(to_kernel_layout(x), weight, bias, dilation)
     return dwconv2d_reference(x, weight, bias, dilation)
 
 
@@ -300,7 +314,7 @@ def lka_spatial(
     reasons = triton_unsupported_reasons(x, w0, b0, w1, b1)
     choice = [select_backend(op, backend, tensors, reasons, auto_triton=_auto_triton(x, d)) for d in (d0, d1)]
     if fused and choice == ["triton", "triton"]:
-        return _lka_spatial_op(to_kernel_layout(x), w0, b0, w1, b1, d0, d1)
+        return _LKA_SPATIAL(to_kernel_layout(x), w0, b0, w1, b1, d0, d1)
     for w, b, d, use in ((w0, b0, d0, choice[0]), (w1, b1, d1, choice[1])):
-        x = _dwconv2d_op(to_kernel_layout(x), w, b, d) if use == "triton" else _conv_in_dtype(x, w, b, d)
+        x = _DWCONV2D(to_kernel_layout(x), w, b, d) if use == "triton" else _conv_in_dtype(x, w, b, d)
     return x

@@ -8,7 +8,8 @@ Backends: ``'torch'`` runs :func:`vizattn.kernels.na2d.tiles.na2d_tiled` (the sa
 computed as dense attention of query tiles over key halos: several times faster on the CPU and without the
 reference's ``k * k`` copies of K and V); ``'triton'`` the fused kernels of :mod:`vizattn.kernels.na2d.triton`, as
 the op ``torch.ops.vizattn.na2d`` (a ``torch.library`` custom op with a fake implementation and an autograd formula
-whose backward is the op ``vizattn::na2d_backward``), so ``torch.compile`` sees one node. The kernel module is
+whose backward is the op ``vizattn::na2d_backward``), so ``torch.compile`` sees one node; eager calls skip the custom
+op's dispatch (:class:`vizattn.kernels._eager.KernelOp`). The kernel module is
 imported on first use: Triton decides at import time whether it runs compiled or under ``TRITON_INTERPRET=1``.
 
 Maps smaller than ``kernel_size * dilation`` on either side are an error here, as in NATTEN >= 0.17; the official
@@ -21,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from vizattn.kernels._dispatch import select_backend
+from vizattn.kernels._eager import KernelOp
 from vizattn.kernels.na2d.reference import neighborhood_indices
 from vizattn.kernels.na2d.tiles import na2d_tiled
 
@@ -37,8 +39,7 @@ def _kernels():
     return kernels
 
 
-@torch.library.custom_op("vizattn::na2d", mutates_args=())
-def _na2d_op(
+def _na2d_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -50,13 +51,15 @@ def _na2d_op(
     return _kernels().na2d_fwd(q, k, v, rpb, kernel_size, dilation, scale)
 
 
+_na2d_op = torch.library.custom_op("vizattn::na2d", _na2d_fwd, mutates_args=())
+
+
 @_na2d_op.register_fake
 def _(q, k, v, rpb, kernel_size, dilation, scale):
     return v.new_empty((*q.shape[:4], v.shape[-1])), q.new_empty(q.shape[:4], dtype=torch.float32)
 
 
-@torch.library.custom_op("vizattn::na2d_backward", mutates_args=())
-def _na2d_backward_op(
+def _na2d_bwd(
     grad_out: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -72,6 +75,9 @@ def _na2d_backward_op(
     return dq, dk, dv, (drpb if drpb is not None else q.new_zeros(0))
 
 
+_na2d_backward_op = torch.library.custom_op("vizattn::na2d_backward", _na2d_bwd, mutates_args=())
+
+
 @_na2d_backward_op.register_fake
 def _(grad_out, q, k, v, rpb, out, lse, kernel_size, dilation, scale):
     drpb = rpb.new_empty(rpb.shape) if rpb is not None else q.new_empty(0)
@@ -85,13 +91,13 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (kernel_size, dilation, scale)
 
 
-def _backward(ctx, grad_out, grad_lse):
+def _backward(ctx, run_backward, grad_out, grad_lse):
     q, k, v, rpb, out, lse = ctx.saved_tensors
-    dq, dk, dv, drpb = _na2d_backward_op(grad_out, q, k, v, rpb, out, lse, *ctx.args)
+    dq, dk, dv, drpb = run_backward(grad_out, q, k, v, rpb, out, lse, *ctx.args)
     return dq, dk, dv, (drpb if rpb is not None else None), None, None, None
 
 
-_na2d_op.register_autograd(_backward, setup_context=_setup_context)
+_NA2D = KernelOp(_na2d_op, _na2d_fwd, _na2d_backward_op, _na2d_bwd, _setup_context, _backward)
 
 
 def triton_unsupported_reasons(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> list[str]:
@@ -195,5 +201,5 @@ def na2d(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     tensors = (q, k, v) if rpb is None else (q, k, v, rpb)
     if select_backend("na2d", backend, tensors, unsupported=triton_unsupported_reasons(q, k, v)) == "triton":
-        return _na2d_op(q, k, v, rpb, kernel_size, dilation, scale)[0]
+        return _NA2D(q, k, v, rpb, kernel_size, dilation, scale)[0]
     return na2d_tiled(q, k, v, kernel_size, dilation, rpb, scale)
