@@ -4,6 +4,7 @@ from vizattn.blocks.clear import ClearAttention, convert_to_clear
 from vizattn.blocks.ela import ELA, ELA_VARIANTS
 from vizattn.blocks.lka import LKA, VANAttention
 from vizattn.blocks.neighborhood import NeighborhoodAttention2d
+from vizattn.blocks.pointwise import PointwiseConv2d
 from vizattn.blocks.routing import AttentionLePE, QKVLinear, RoutingAttention
 from vizattn.blocks.ulsam import ULSAM, SubSpace
 
@@ -15,6 +16,7 @@ __all__ = [
     "LKA",
     "AttentionLePE",
     "NeighborhoodAttention2d",
+    "PointwiseConv2d",
     "QKVLinear",
     "RoutingAttention",
     "SubSpace",
