@@ -45,7 +45,7 @@ class Case:
         return f"B{self.b}-C{self.c}-{self.h}x{self.w}-k{self.k}-d{self.d}-{self.layout}-{self.dtype}{bias}"
 
 
-# Small enough for the interpreter (about 55 s for the whole file on one core); together they cover both formats,
+# Small enough for the interpreter (about 80 s for the whole file on one core); together they cover both formats,
 # every dtype, kernels 1 to 31, dilations 1 to 4, odd and non-square maps, channel blocks with a masked tail (C = 33
 # is two NHWC forward blocks of 32 and three weight-gradient blocks of 16) and maps smaller than the window.
 CPU_CASES = [
@@ -66,6 +66,12 @@ CPU_CASES = [
     Case(1, 2, 7, 9, 13, 4, "nhwc", "fp32"),  # above 11 x 11 the kernels loop over taps instead of unrolling them
     Case(1, 1, 8, 9, 15, 2, "nchw", "bf16"),
     Case(1, 3, 9, 7, 31, 1, "nhwc", "fp32"),  # 31 x 31 on a small map (most taps are padding)
+    # bfloat16 NHWC with an even C: the weight gradient reads channel pairs. Two column strips (the second 1 wide),
+    # a masked tail of pairs; two channel blocks (the second masked) on a map narrower than a strip, no bias; two tap
+    # chunks with the bias slot in the second.
+    Case(2, 6, 13, 9, 7, 3, "nhwc", "bf16"),
+    Case(1, 18, 9, 6, 3, 1, "nhwc", "bf16", bias=False),
+    Case(1, 4, 7, 9, 9, 1, "nhwc", "bf16"),
 ]
 GPU_CASES = [Case(8, 64, 56, 56, 7, 3, layout, "bf16") for layout in ("nchw", "nhwc")] + [
     Case(4, 160, 28, 28, 5, 1, "nhwc", "fp16"),
@@ -124,6 +130,31 @@ def test_forward_and_gradients_match_reference(case):
     for name, got, want in zip(("dx", "dweight", "dbias"), ours, theirs):
         assert got.dtype == dtype
         assert _rel(got, want) < TOL[dtype] * 2, name
+
+
+@pytest.mark.parametrize(("layout", "dtype"), [("nhwc", "bf16"), ("nhwc", "fp16"), ("nchw", "fp32")])
+def test_weight_gradient_in_runs_of_rows(layout, dtype):
+    """However the batch's rows are cut into runs (one row each, runs crossing images, one run), the weight and bias
+    gradients are the reference's; a bfloat16 map that is not 4-byte aligned is read channel by channel. The weight
+    is float32, so the gradients are not rounded to the map's dtype: float32 sums of exact products."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    x, w, _ = _inputs(Case(2, 4, 5, 6, 3, 2, layout, dtype))
+    w = w.float()
+    grad = _to_layout(torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, x.dtype), layout)
+    ref_leaves = [x.double(), w.double().requires_grad_(), torch.zeros(4, device=DEVICE).double().requires_grad_()]
+    want = torch.autograd.grad(dwconv2d_reference(*ref_leaves, 2), ref_leaves[1:], grad.double())
+    maps = [(x, grad)]
+    if dtype == "bf16":
+        assert kernels._wgrad_pairs(True, x, grad)
+        shifted = torch.empty(x.numel() + 1, dtype=x.dtype, device=DEVICE)[1:]  # 2 bytes past an aligned address
+        x_odd = shifted.view(2, 5, 6, 4).permute(0, 3, 1, 2).copy_(x)
+        assert x_odd.is_contiguous(memory_format=CL) and not kernels._wgrad_pairs(True, x_odd, grad)
+        maps.append((x_odd, grad))
+    for xx, gg in maps:
+        for rows in (1, 3, 7, 10):  # a row each; runs of 3 and 7 rows cross the first image's end; the whole batch
+            _, dw, db = kernels.dwconv2d_bwd(gg, xx, w, 2, True, rows_per_program=rows)
+            assert _rel(dw, want[0]) < 1e-5 and _rel(db, want[1]) < 1e-5, rows
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])

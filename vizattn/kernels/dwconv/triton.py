@@ -1,7 +1,8 @@
 """Triton kernels of the depthwise 'same' convolution and of LKA's fused spatial op, NCHW and NHWC, with launchers.
 
 Layouts. Every kernel addresses a map through its element strides (batch, channel, row, column), so one kernel serves
-both memory formats, and an output or gradient is allocated in its input's format. The launchers choose the tile:
+both memory formats, and an output or gradient is allocated in its input's format. The launchers choose the tile
+(here the forward's; the weight gradient's programs own strips of columns, see Backward):
 
 - NCHW (contiguous): a program owns a 16 x 16 pixel tile of one (image, channel) plane (``BLOCK_C = 1``). A tap
   shifts the tile by a column offset that is not a multiple of the vector width, so its loads are scalar (2 bytes in
@@ -17,8 +18,18 @@ flight, not so much that they spill registers.
 
 Backward: the input gradient is the same convolution of ``grad_out`` with the spatially flipped kernel (stride 1,
 symmetric padding), so it runs the forward kernel. The weight and bias gradients are per-channel reductions over
-(B, H, W): a program reduces one tile to one float32 partial sum per (tap, channel) (and per channel for the bias),
-written to a buffer of ``B * tiles`` rows that the launcher sums; nothing of size ``N * k * k`` is written.
+(B, H, W) of ``dy * x`` shifted by each tap (and of ``dy``). A program owns a strip of columns, a block of channels
+and a chunk of up to 64 taps, and reduces a run of the batch's ``B * H`` rows (runs may cross images): it keeps one
+float32 accumulator per (tap, column, channel) in registers, and per row loads the dy strip once and the chunk's
+``k * k`` shifted x strips as one gathered load, multiplying elementwise. Threads exchange data only once, in the
+sum over columns after the last row, which gives one float32 partial sum per (tap, channel), written to a row of a
+buffer (about 12 programs per SM, a few MB) that the launcher sums in a fixed order: deterministic, no atomics. The
+bias gradient rides in a padded tap slot whose masked load reads one instead of zero. bfloat16 NHWC maps with an
+even C are read as uint32 pairs of channels, widened by one integer instruction per value. Per row and thread (k = 7,
+bfloat16 NHWC, 64 taps x 8 columns x 16 channels, 8 warps): 5 vector loads, 32 FMAs (49 of each 64 taps real) in a
+loop of 122 sm_90 instructions, 80 registers: about 5 instructions per real product. The previous kernel (a
+cross-thread ``tl.sum`` per tap, 49 per 16x16 tile) took 1304 per kernel row of 7 taps, 112 products per thread
+(11.6 each), 42 of them barriers and 392 shuffles.
 
 LKA spatial op (``conv1(conv0(x))``, two depthwise convs, VAN's 5x5 then 7x7 dilation 3), forward fused: a persistent
 program takes work items (image, band of output rows, channel block) in turn. For each it computes conv0 over the
@@ -39,8 +50,11 @@ a load does not serve several taps. At roughly 33 TB/s of L1 bandwidth on an H20
 HBM floor of 12 us. Reusing loads across taps needs tensor cores on banded (Toeplitz) weight matrices, or explicit
 shared-memory windows (Gluon or CUDA).
 
-Nothing here has run on a GPU yet: the tile sizes and launch budgets below come from sm_90 compile reports
-(registers, spills), not from timings.
+The tile sizes and launch budgets below come from sm_90 compile reports (registers, spills, instruction counts), not
+from tuning runs. The forward kernels and the previous weight-gradient kernel have been timed on an H200 (see
+:mod:`vizattn.kernels.dwconv`; that weight gradient took 0.6 ms per call, 5x the forward, on VAN-B2's 7x7 dilation-3
+convs at B128 bf16 channels_last); the weight-gradient kernel described above has not run on a GPU yet, only under
+the interpreter.
 """
 
 from __future__ import annotations
@@ -64,6 +78,15 @@ _SLOT_BUDGET = 64 * 1024
 # Fused LKA: persistent programs per SM (each holds one slot), and how many programs run under the interpreter.
 _PROGRAMS_PER_SM = 4
 _INTERPRETER_PROGRAMS = 4
+# Weight gradient, NHWC: channels per program (16: 32 bytes of a 16-bit map per pixel, one sector; 32 or 64 would
+# touch fewer L1 lines per gathered load but narrow the column strips, so more of x is fetched again from L2 by the
+# neighbouring strips: untimed, to be measured).
+_WGRAD_CHANNELS = 16
+# Weight gradient: float32 accumulator values per program (32 per thread with 8 warps), and programs per SM, a
+# multiple of the 1 to 4 that fit an SM at once so that they run in whole waves; the programs of one (column strip,
+# channel block, tap chunk) share the batch's rows in equal runs.
+_WGRAD_ACC = 8192
+_WGRAD_PROGRAMS_PER_SM = 12
 
 
 @triton.jit
@@ -191,27 +214,13 @@ def _dw_fwd_kernel(
 
 
 @triton.jit
-def _wgrad_tap(dy, ptrs, ih, mh, ow, W, s_h, s_w, out, cm, C, i, j, K: tl.constexpr, DIL: tl.constexpr):
-    """Store ``sum_pixels dy * x[ih, ow + j*DIL - pad]`` per channel, the partial gradient of tap (i, j)."""
-    iw = ow + (j * DIL - DIL * (K - 1) // 2)
-    m = mh & (iw >= 0) & (iw < W)
-    xv = tl.load(ptrs + (ih * s_h + iw * s_w)[:, None], mask=m[:, None] & cm[None, :], other=0.0)
-    tl.store(out + (i * K + j) * C, tl.sum(dy * xv.to(tl.float32), axis=0), mask=cm)
+def _bf16_pairs(v):
+    """uint32 words each holding two bfloat16 (little-endian: the even channel low) -> (even, odd) in float32.
 
-
-@triton.jit
-def _wgrad_row(
-    dy, ptrs, oh, ow, pm, H, W, s_h, s_w, out, cm, C, i, K: tl.constexpr, DIL: tl.constexpr, STATIC_COLS: tl.constexpr
-):
-    """The partial weight gradients of the K taps of kernel row i."""
-    ih = oh + (i * DIL - DIL * (K - 1) // 2)
-    mh = pm & (ih >= 0) & (ih < H)
-    if STATIC_COLS:
-        for j in tl.static_range(K):
-            _wgrad_tap(dy, ptrs, ih, mh, ow, W, s_h, s_w, out, cm, C, i, j, K, DIL)
-    else:
-        for j in range(K):
-            _wgrad_tap(dy, ptrs, ih, mh, ow, W, s_h, s_w, out, cm, C, i, j, K, DIL)
+    One integer instruction per value (a shift, a mask): ``.to(tl.float32)`` of a bfloat16 takes two for the value in
+    the high half of a register.
+    """
+    return (v << 16).to(tl.float32, bitcast=True), (v & 0xFFFF0000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -227,39 +236,92 @@ def _dw_wgrad_kernel(
     s_c,
     s_h,
     s_w,
-    n_tiles,
+    n_rows,
+    rows_per_prog,
     K: tl.constexpr,
     DIL: tl.constexpr,
     HAS_BIAS: tl.constexpr,
-    BLOCK_H: tl.constexpr,
+    PAIRS: tl.constexpr,
+    KK_CHUNK: tl.constexpr,
     BLOCK_W: tl.constexpr,
     BLOCK_C: tl.constexpr,
-    UNROLL: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    b = tl.program_id(1)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cm = c < C
-    n_tw = tl.cdiv(W, BLOCK_W)
-    p = tl.arange(0, BLOCK_H * BLOCK_W)
-    oh = (tile // n_tw) * BLOCK_H + p // BLOCK_W
-    ow = (tile % n_tw) * BLOCK_W + p % BLOCK_W
-    pm = (oh < H) & (ow < W)
-    img = b.to(tl.int64) * s_b
-    chan = c[None, :] * s_c
-    dy = tl.load(DY + img + chan + (oh * s_h + ow * s_w)[:, None], mask=pm[:, None] & cm[None, :], other=0.0)
-    dy = dy.to(tl.float32)
-    row = (b * n_tiles + tile).to(tl.int64)  # this program's partial-sum row
+    """Partial weight and bias gradients of one run of rows, strip of columns, block of channels and chunk of taps.
+
+    Program (split, strip, block * n_chunks + chunk) owns columns ``[strip * BLOCK_W, +BLOCK_W)``, BLOCK_C channel
+    units, taps ``[chunk * KK_CHUNK, +KK_CHUNK)`` (flattened, ``i * K + j``) and the rows
+    ``[split * rows_per_prog, +rows_per_prog)`` of the ``n_rows = B * H`` rows of the batch (a run may cross images).
+    A unit is a channel, or with ``PAIRS`` (bfloat16 NHWC, C even) a uint32 word holding two adjacent channels: then
+    ``C`` and the strides count words. It keeps a float32 (KK_CHUNK, BLOCK_W, BLOCK_C) accumulator (two with
+    ``PAIRS``: even and odd channels). Each row loads its dy strip once and the chunk's shifted x strips as one
+    gathered load (zero padding and padded taps are masked), and adds their products elementwise: threads exchange
+    data only in the one reduction over columns after the last row. The bias gradient rides in padded tap slot
+    ``K * K`` (in the last chunk: ``K * K`` is odd, so never a multiple of KK_CHUNK), whose masked load yields one
+    instead of zero. Writes partial-sum row ``split * n_strips + strip`` of DWP (rows, K * K, channels) and DBP
+    (rows, channels).
+    """
+    KK: tl.constexpr = K * K
+    N_CHUNKS: tl.constexpr = (KK + KK_CHUNK - 1) // KK_CHUNK
+    PAD: tl.constexpr = DIL * (K - 1) // 2
+    if PAIRS:
+        X = X.to(tl.pointer_type(tl.uint32))
+        DY = DY.to(tl.pointer_type(tl.uint32))
+    split = tl.program_id(0)
+    strip = tl.program_id(1)
+    u = tl.program_id(2) // N_CHUNKS * BLOCK_C + tl.arange(0, BLOCK_C)
+    tap = tl.program_id(2) % N_CHUNKS * KK_CHUNK + tl.arange(0, KK_CHUNK)
+    um = u < C
+    ow = strip * BLOCK_W + tl.arange(0, BLOCK_W)
+    pm = (ow < W)[:, None] & um[None, :]  # (BLOCK_W, BLOCK_C)
+    pix = ow[:, None] * s_w + u[None, :] * s_c  # offsets of the strip's pixels in a row
+    dh = tap // K * DIL - PAD
+    dw = tap % K * DIL - PAD
+    iw = ow[None, :] + dw[:, None]  # (KK_CHUNK, BLOCK_W)
+    tm = (tap < KK)[:, None] & (iw >= 0) & (iw < W)
+    # Offsets from a row's origin, and masks, of the chunk's shifted strips: loop invariants.
+    x_off = (dh * s_h + dw * s_w)[:, None, None] + pix[None, :, :]
+    xm = tm[:, :, None] & pm[None, :, :]
     if HAS_BIAS:
-        tl.store(DBP + row * C + c, tl.sum(dy, axis=0), mask=cm)
-    out = DWP + row * (K * K) * C + c
-    src = X + img + chan
-    if UNROLL == 2:
-        for i in tl.static_range(K):
-            _wgrad_row(dy, src, oh, ow, pm, H, W, s_h, s_w, out, cm, C, i, K, DIL, True)
+        if PAIRS:
+            other = tl.where(tap == KK, 0x3F803F80, 0).to(tl.uint32)[:, None, None]  # bfloat16 1.0 twice
+        else:
+            other = tl.where(tap == KK, 1.0, 0.0).to(X.dtype.element_ty)[:, None, None]
     else:
-        for i in range(K):
-            _wgrad_row(dy, src, oh, ow, pm, H, W, s_h, s_w, out, cm, C, i, K, DIL, UNROLL == 1)
+        other = 0.0
+    acc = tl.zeros((KK_CHUNK, BLOCK_W, BLOCK_C), dtype=tl.float32)
+    acc_odd = tl.zeros((KK_CHUNK, BLOCK_W, BLOCK_C), dtype=tl.float32)
+    # Row r is row oh of image r // H, stepped without a division per row. The image offset is int64
+    # (B * C * H * W may pass 2**31); offsets inside one image stay int32.
+    r0 = split * rows_per_prog
+    oh = r0 % H
+    row = (r0 // H).to(tl.int64) * s_b + oh * s_h
+    for _ in range(r0, tl.minimum(r0 + rows_per_prog, n_rows)):
+        hm = (oh + dh).to(tl.uint32) < H  # the tap's row is inside the image (rows above it wrap to large values)
+        xv = tl.load(X + row + x_off, mask=xm & hm[:, None, None], other=other)
+        dy = tl.load(DY + row + pix, mask=pm, other=0)[None, :, :]
+        if PAIRS:
+            dy_even, dy_odd = _bf16_pairs(dy)
+            x_even, x_odd = _bf16_pairs(xv)
+            acc += dy_even * x_even
+            acc_odd += dy_odd * x_odd
+        else:
+            acc += dy.to(tl.float32) * xv.to(tl.float32)
+        oh += 1
+        row += tl.where(oh == H, s_b - (H - 1) * s_h, s_h)  # the next row, or the next image's first
+        oh = tl.where(oh == H, 0, oh)
+    # Slot KK (the bias) goes to DBP, the real taps to DWP.
+    n_ch = 2 * C if PAIRS else C
+    ch = 2 * u if PAIRS else u  # the (even) channel of a unit
+    part = (split * tl.num_programs(1) + strip).to(tl.int64)
+    slot = tap[:, None]
+    dst = tl.where(slot < KK, DWP + part * (KK * n_ch) + slot * n_ch, DBP + part * n_ch) + ch[None, :]
+    if HAS_BIAS:
+        sm = (slot <= KK) & um[None, :]
+    else:
+        sm = (slot < KK) & um[None, :]
+    tl.store(dst, tl.sum(acc, axis=1), mask=sm)
+    if PAIRS:
+        tl.store(dst + 1, tl.sum(acc_odd, axis=1), mask=sm)
 
 
 @triton.jit
@@ -380,16 +442,37 @@ def _fwd_tile(nhwc: bool, c: int) -> tuple[int, int, int]:
     return block_h, pixels // block_h, block_c
 
 
-def _wgrad_tile(nhwc: bool, c: int) -> tuple[int, int, int, int]:
-    """(BLOCK_H, BLOCK_W, BLOCK_C, num_warps) of the weight gradient.
+def _wgrad_tile(nhwc: bool, pairs: bool, c: int, k: int, w: int) -> tuple[int, int, int, int]:
+    """(KK_CHUNK, BLOCK_W, BLOCK_C, num_warps) of the weight gradient (BLOCK_C in units: channels, or pairs).
 
-    Larger tiles than the forward: the partial-sum buffer has ``B * tiles * k * k * C`` float32 entries, so a 16x16
-    tile keeps it at about a quarter of an (N, C) float32 map for k = 7 (12.8 MB at B64 C64 56x56).
+    Taps: chunks of at most 64, and at least ``k * k + 1`` when that fits (the bias slot). Channels: NHWC blocks of
+    ``_WGRAD_CHANNELS``, NCHW one. Columns: as many as an accumulator of ``_WGRAD_ACC`` float32 values leaves room
+    for, with a warp per 32 values a thread (at most 8 warps), but fewer (or more warps) when the dy strip
+    (BLOCK_W x BLOCK_C units) would outnumber half the threads: in sm_90 compiles Triton then gives dy's load a layout
+    of its own and converts it to the accumulator's through shared memory every row, where at or below half it loads
+    dy straight in the accumulator's layout. For k = 7, bfloat16 NHWC: 64 taps x 8 columns x 16 channels, 8 warps,
+    80 registers on sm_90 without spills, so 3 programs fit an SM.
     """
-    if not nhwc:
-        return 16, 16, 1, 4
-    block_c = min(_next_pow2(c), 16)
-    return 16, 16, block_c, 8 if block_c >= 16 else 4
+    kk_chunk = min(_next_pow2(k * k + 1), 64)
+    if nhwc:
+        lanes = min(_next_pow2(c), _WGRAD_CHANNELS)  # accumulated channels per (tap, column)
+        block_c = lanes // 2 if pairs else lanes
+    else:
+        block_c = lanes = 1
+    block_w = max(1, min(_WGRAD_ACC // (kk_chunk * lanes), _next_pow2(w)))
+    while True:
+        num_warps = max(1, min(8, kk_chunk * block_w * lanes // 1024))
+        while block_w * block_c > 16 * num_warps and num_warps < 8:
+            num_warps *= 2
+        if block_w * block_c <= 16 * num_warps or block_w == 1:
+            return kk_chunk, block_w, block_c, num_warps
+        block_w //= 2
+
+
+def _wgrad_pairs(nhwc: bool, *maps: torch.Tensor) -> bool:
+    """Whether the weight gradient reads bfloat16 channels in uint32 pairs (NHWC, even C, 4-byte aligned maps)."""
+    c = maps[0].shape[1]
+    return nhwc and c % 2 == 0 and all(t.dtype == torch.bfloat16 and t.data_ptr() % 4 == 0 for t in maps)
 
 
 def _unroll(nhwc: bool, k: int) -> int:
@@ -442,11 +525,19 @@ def dwconv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 def dwconv2d_bwd(
-    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dilation: int, needs_bias: bool
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    dilation: int,
+    needs_bias: bool,
+    *,
+    rows_per_program: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients of :func:`dwconv2d_fwd`: (dx in x's dtype and format, dweight and dbias in the weight's dtype).
 
-    ``grad_out`` may have any strides; it is brought to x's format once.
+    ``grad_out`` may have any strides; it is brought to x's format once. ``rows_per_program``: rows of the batch
+    (``B * H`` in all) each weight-gradient program reduces (tests use it to cut small maps into several runs); by
+    default enough runs for about ``_WGRAD_PROGRAMS_PER_SM`` programs per SM.
     """
     nhwc = is_nhwc(x)
     x = _in_layout(x, nhwc)
@@ -456,28 +547,38 @@ def dwconv2d_bwd(
     k = weight.shape[-1]
     if x.numel() == 0:
         return dx, torch.zeros_like(weight), (weight.new_zeros(c) if needs_bias else None)
-    block_h, block_w, block_c, num_warps = _wgrad_tile(nhwc, c)
-    grid = _grid(x, block_h, block_w, block_c)
-    n_rows = x.shape[0] * grid[0]
-    dw_part = new_output((n_rows, k * k, c), torch.float32, x.device)
-    db_part = new_output((n_rows, c), torch.float32, x.device) if needs_bias else dw_part
-    _dw_wgrad_kernel[grid](
+    bsz, _, h, w = x.shape
+    pairs = _wgrad_pairs(nhwc, x, grad_out)
+    kk_chunk, block_w, block_c, num_warps = _wgrad_tile(nhwc, pairs, c, k, w)
+    units = c // 2 if pairs else c
+    strips, blocks, chunks = _cdiv(w, block_w), _cdiv(units, block_c), _cdiv(k * k, kk_chunk)
+    n_rows = bsz * h
+    if rows_per_program is None:
+        splits = _cdiv(_sm_count(x.device) * _WGRAD_PROGRAMS_PER_SM, strips * blocks * chunks)
+        rows_per_program = _cdiv(n_rows, min(splits, n_rows))
+    splits = _cdiv(n_rows, rows_per_program)
+    dw_part = new_output((splits * strips, k * k, c), torch.float32, x.device)
+    db_part = new_output((splits * strips, c), torch.float32, x.device) if needs_bias else dw_part
+    s_b, s_c, s_h, s_w = x.stride()
+    strides = (s_b // 2, s_c, s_h // 2, s_w // 2) if pairs else (s_b, s_c, s_h, s_w)  # in units
+    _dw_wgrad_kernel[(splits, strips, blocks * chunks)](
         x,
         grad_out,
         dw_part,
         db_part,
-        c,
-        x.shape[2],
-        x.shape[3],
-        *x.stride(),
-        grid[0],
+        units,
+        h,
+        w,
+        *strides,
+        n_rows,
+        rows_per_program,
         K=k,
         DIL=dilation,
         HAS_BIAS=needs_bias,
-        BLOCK_H=block_h,
+        PAIRS=pairs,
+        KK_CHUNK=kk_chunk,
         BLOCK_W=block_w,
         BLOCK_C=block_c,
-        UNROLL=_unroll(nhwc, k),
         num_warps=num_warps,
     )
     dweight = dw_part.sum(0).t().reshape(weight.shape).to(weight.dtype)
@@ -486,10 +587,17 @@ def dwconv2d_bwd(
 
 
 @functools.lru_cache(maxsize=16)
+def _sm_count(device: torch.device) -> int:
+    """SMs of a GPU; under the interpreter, 1 (so the launchers make few, long programs)."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _max_programs(device: torch.device) -> int:
     if device.type != "cuda":
         return _INTERPRETER_PROGRAMS
-    return torch.cuda.get_device_properties(device).multi_processor_count * _PROGRAMS_PER_SM
+    return _sm_count(device) * _PROGRAMS_PER_SM
 
 
 def _lka_chunk(nhwc: bool, c: int) -> tuple[int, int, int]:
