@@ -65,13 +65,11 @@ Models (``--models a,b,...``; empty skips): inference img/s (no grad), training 
 and peak memory, batch 128 at 224 px under bf16 autocast. ``name@torch`` builds a vizattn model with
 ``kernel_backend='torch'``. ``--hires`` adds BiFormer-S forward+backward on one 1024x1024 image with ``n_win=16``.
 
-Groups run in this order: DiT, models, hires, then neighborhood, depthwise, CLEAR, routed (measured in an earlier
-run, so the first to give way), and last the profiler's kern columns of every kernel row: a process that has run the
-profiler launches kernels more slowly, so nothing wall-clock is timed after it. Output: ``--out x.json`` (keys
-``na2d``, ``dwconv``, ``clear``, ``dit``, ``models``, ``hires``, ``routed``, ``group_seconds``, ``environment``) is
-rewritten after every group, so a run cut short keeps what it measured, and the tables are printed and written to
-``x.txt``. ``--budget-s`` skips (and records as skipped) every shape, model or DiT size that would start after that
-many seconds. The exit status is 1 when a vizattn check
+Groups run in this order: neighborhood, depthwise, CLEAR, DiT, models, hires, routed (measured in an earlier run,
+so the first to give way). Output: ``--out x.json`` (keys ``na2d``, ``dwconv``, ``clear``, ``dit``, ``models``,
+``hires``, ``routed``, ``group_seconds``, ``environment``) is rewritten after every group, so a run cut short keeps
+what it measured, and the tables are printed and written to ``x.txt``. ``--budget-s`` skips (and records as skipped)
+every shape, model or DiT size that would start after that many seconds. The exit status is 1 when a vizattn check
 failed or raised.
 
 Smoke mode (``--smoke``): every group at tiny shapes with few iterations, to test the script. With ``--device cpu``
@@ -192,7 +190,6 @@ class RunSettings:
         self.smoke = False
         self.profile = True
         self.deadline = math.inf  # time.perf_counter() after which nothing new starts (--budget-s)
-        self.pending: list[tuple] = []  # (row, label, fwd, fwdbwd) whose kernel time is still to be profiled
 
 
 RUN = RunSettings()
@@ -311,33 +308,14 @@ def _check_into(row: dict, label: str, run_check: Callable[[], dict], dev: torch
 
 def _time_into(row: dict, label: str, fwd: Callable[[], object], fwdbwd: Callable[[], object],
                dev: torch.device) -> None:
-    """Wall-clock times now; the kernels' GPU time later (:func:`_profile_pending`), after every wall-clock figure of
-    the run: once the profiler has run in a process, CUPTI stays attached and every later launch costs more host time
-    (seen on the H200: nat_tiny training 1039 img/s after the kernel groups against 1437 in a fresh process)."""
     try:
         row["fwd_ms"] = _bench(fwd, dev)
+        row["fwd_kernel_ms"] = _kernel_ms(fwd, dev)
         row["fwdbwd_ms"] = _bench(fwdbwd, dev)
-        if dev.type == "cuda" and RUN.profile:
-            RUN.pending.append((row, label, fwd, fwdbwd))
+        row["fwdbwd_kernel_ms"] = _kernel_ms(fwdbwd, dev)
     except Exception as e:  # noqa: BLE001 - report and go on: an anchor may not support a shape
         row["error"] = _err(e)
         print(f"[{label}] {row['impl']} failed: {row['error']}", file=sys.stderr)
-    _free(dev)
-
-
-def _profile_pending(dev: torch.device) -> None:
-    """The kern columns of every row timed so far, then their targets again (the kern half of them)."""
-    pending, RUN.pending = RUN.pending, []
-    for row, label, fwd, fwdbwd in pending:
-        try:
-            row["fwd_kernel_ms"] = _kernel_ms(fwd, dev)
-            row["fwdbwd_kernel_ms"] = _kernel_ms(fwdbwd, dev)
-        except Exception as e:  # noqa: BLE001 - the wall-clock figures stand
-            row["kernel_error"] = _err(e)
-            print(f"[{label}] {row['impl']} profiling failed: {row['kernel_error']}", file=sys.stderr)
-        if "group" in row:
-            _targets_into(row, row["group"])
-    del pending
     _free(dev)
 
 
@@ -373,7 +351,6 @@ def _run_shapes(group: str, shapes: list[tuple], bench_shape: Callable[..., list
             print(f"[{shape[0]}] failed: {rows[-1]['error']}", file=sys.stderr)
         _free(dev)
     for row in rows:
-        row["group"] = group
         _targets_into(row, group)
     return rows
 
@@ -1429,7 +1406,16 @@ def main(argv: list[str] | None = None) -> int:
                         hires=[])
     _write_json(args.out, result)  # an unwritable --out fails now, not after the measurements
     groups: list[tuple[str, Callable[[], list[dict]]]] = []
-    # Whole-model groups first, the kernel groups after them: see _time_into on the profiler.
+    if args.kernels:
+        if na:
+            groups.append(("na2d", lambda: bench_na(na, args.check, args.na_impls.split(","), dev, flex_shapes,
+                                                    SMOKE_NA_HEAD_DIM if smoke else NA_HEAD_DIM)))
+        if dw:
+            groups.append(("dwconv", lambda: bench_dw(dw, args.check, args.dw_impls.split(","), dev)))
+        if clear:
+            heads, head_dim = SMOKE_CLEAR_HEADS if smoke else (CLEAR_HEADS, CLEAR_HEAD_DIM)
+            groups.append(("clear", lambda: bench_clear(clear, args.check, args.clear_impls.split(","), dev,
+                                                        flex_shapes, heads, head_dim)))
     if args.dit and dit_sizes:
         groups.append(("dit", lambda: bench_dit(dit_model, dit_sizes, dit_radii, args.dit_warmup, args.dit_iters, dev,
                                                 dit_overrides)))
@@ -1444,19 +1430,9 @@ def main(argv: list[str] | None = None) -> int:
             return [bench_hires(args.hires_model, args.hires_size, args.hires_n_win, dev)]
 
         groups.append(("hires", hires))
-    if args.kernels:
-        if na:
-            groups.append(("na2d", lambda: bench_na(na, args.check, args.na_impls.split(","), dev, flex_shapes,
-                                                    SMOKE_NA_HEAD_DIM if smoke else NA_HEAD_DIM)))
-        if dw:
-            groups.append(("dwconv", lambda: bench_dw(dw, args.check, args.dw_impls.split(","), dev)))
-        if clear:
-            heads, head_dim = SMOKE_CLEAR_HEADS if smoke else (CLEAR_HEADS, CLEAR_HEAD_DIM)
-            groups.append(("clear", lambda: bench_clear(clear, args.check, args.clear_impls.split(","), dev,
-                                                        flex_shapes, heads, head_dim)))
-        if routed:  # last: measured in an earlier run (docs/benchmarks.md), the first to give way
-            groups.append(("routed", lambda: bench_routed(routed, args.check, args.impls.split(","), dev,
-                                                          flex_shapes)))
+    if args.kernels and routed:  # last: measured in an earlier run (docs/benchmarks.md), the first to give way
+        groups.append(("routed", lambda: bench_routed(routed, args.check, args.impls.split(","), dev, flex_shapes)))
+
     threads = torch.get_num_threads()
     if dev.type == "cpu":
         # Smoke figures mean nothing; one thread keeps a shared machine's cores from being oversubscribed (tens of
@@ -1473,11 +1449,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{key}] failed: {result[key][0]['error']}", file=sys.stderr)
             _free(dev)
             result["group_seconds"][key] = round(time.perf_counter() - t0, 1)
-            _write_json(args.out, result)
-        if RUN.pending:
-            t0 = time.perf_counter()
-            _profile_pending(dev)
-            result["group_seconds"]["kernel profile"] = round(time.perf_counter() - t0, 1)
             _write_json(args.out, result)
     finally:
         torch.set_num_threads(threads)
