@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_checks import DEVICE
 
 from vizattn.kernels import clear as clear_mod
 from vizattn.kernels import dwconv as dwconv_mod
@@ -53,13 +54,14 @@ CASES = {"na2d": _na2d_case, "clear": _clear_case, "dwconv2d": _dwconv_case, "lk
 def _run(fn, inputs):
     leaves = [t.clone().requires_grad_() for t in inputs]
     out = fn(*leaves)
-    out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))
+    out.backward(torch.linspace(-1, 1, out.numel(), device=out.device).reshape(out.shape))
     return out.detach(), [t.grad for t in leaves]
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_eager_path_matches_the_custom_op_bit_for_bit(name, monkeypatch):
     kernel_op, inputs, fn = CASES[name]()
+    inputs = [t.to(DEVICE) for t in inputs]
     calls = []
     op = kernel_op.op
 
@@ -86,13 +88,13 @@ def test_fake_tensors_take_the_custom_op():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
-        q = torch.empty(1, 9, 10, 2, 16)
+        q = torch.empty(1, 9, 10, 2, 16, device=DEVICE)
         out = na2d(q, q, q, 3, 2, backend="triton")
     assert out.shape == (1, 9, 10, 2, 16)
 
 
 def test_unused_output_gives_no_gradient():
-    q, k, v = (torch.randn(1, 7, 7, 1, 8, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(1, 7, 7, 1, 8, device=DEVICE, requires_grad=True) for _ in range(3))
     out, lse = na2d_mod._NA2D(q, k, v, None, 3, 1, 0.5)
     lse.sum().backward(retain_graph=True)  # the logsumexp is not differentiable through the op, as with the custom op
     assert q.grad is None and k.grad is None and v.grad is None
