@@ -11,7 +11,6 @@ from timm.data import resolve_data_config
 
 import vizattn  # noqa: F401
 from vizattn.backbones.van import checkpoint_filter_fn
-from vizattn.blocks import PointwiseConv2d
 
 # Counted from the official constructors with 1000 classes (VAN-Classification @ e19779b models/van.py, by
 # /work/golden/gen_van_fixtures.py); spec §1 / §4.1: 4.11M ... 199.83M, 402 ... 3062 keys.
@@ -78,23 +77,6 @@ def test_init_layer_scale_and_norm_eps():
     big = timm.create_model("van_b2")
     w = big.block3[0].attn.spatial_gating_unit.conv_spatial.weight
     assert abs(w.std().item() - (2 / 49) ** 0.5) < 0.01
-
-
-def test_every_1x1_conv_is_pointwise_and_gets_channels_last_maps():
-    """fc1, fc2, proj_1, proj_2 and LKA's conv1 run as GEMMs: that needs channels_last maps between the blocks."""
-    model = timm.create_model("van_b0", **SMALL)
-    pointwise = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)}
-    assert len(pointwise) == 5 * 5
-    assert all(isinstance(model.get_submodule(n), PointwiseConv2d) for n in pointwise)
-    layouts = {}
-    for name in pointwise:
-        model.get_submodule(name).register_forward_pre_hook(
-            lambda mod, args, name=name: layouts.__setitem__(
-                name, args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous()
-            )
-        )
-    model(torch.randn(2, 3, 45, 38)).sum().backward()
-    assert layouts == dict.fromkeys(pointwise, True)
 
 
 def test_drop_path_is_linear_over_all_blocks():

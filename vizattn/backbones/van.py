@@ -37,7 +37,6 @@ from vizattn.backbones._helpers import (
     unwrap_state_dict,
 )
 from vizattn.blocks.lka import VANAttention
-from vizattn.blocks.pointwise import PointwiseConv2d
 
 __all__ = ["VAN", "VANBlock", "VANMlp", "DWConv", "OverlapPatchEmbed", "checkpoint_filter_fn"]
 
@@ -54,17 +53,17 @@ class DWConv(nn.Module):
 
 
 class VANMlp(nn.Module):
-    """``fc2(drop(GELU(dwconv(fc1(x)))))`` with 1x1 convs (:class:`PointwiseConv2d`); the dwconv precedes the GELU.
+    """``fc2(drop(GELU(dwconv(fc1(x)))))`` with 1x1 convs; the depthwise conv comes before the activation.
 
     Shape: (B, dim, H, W) -> (B, dim, H, W).
     """
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = PointwiseConv2d(dim, hidden_dim)
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
         self.dwconv = DWConv(hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = PointwiseConv2d(hidden_dim, dim)
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -245,9 +244,8 @@ class VAN(ClassifierMixin, nn.Module):
         for i in range(n_run):
             patch_embed, blocks, norm = self._stage(i)
             # channels_last between blocks: the depthwise convs of LKA then take the channels_last Triton kernels on
-            # CUDA (3x faster than PyTorch's best layout for the dilated 7x7), the 1x1 convs (PointwiseConv2d) run as
-            # GEMMs with the bias in the epilogue, and the stage-end LayerNorm reads a view; the values are those of
-            # the NCHW model
+            # CUDA (3x faster than PyTorch's best layout for the dilated 7x7), the 1x1 convs cuDNN's NHWC GEMMs, and
+            # the stage-end LayerNorm reads a view; the values are those of the NCHW model
             x = patch_embed(x).contiguous(memory_format=torch.channels_last)
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint_seq(blocks, x)

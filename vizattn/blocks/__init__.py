@@ -4,7 +4,6 @@ from vizattn.blocks.clear import ClearAttention, convert_to_clear
 from vizattn.blocks.ela import ELA, ELA_VARIANTS
 from vizattn.blocks.lka import LKA, VANAttention
 from vizattn.blocks.neighborhood import NeighborhoodAttention2d
-from vizattn.blocks.pointwise import PointwiseConv2d
 from vizattn.blocks.routing import AttentionLePE, QKVLinear, RoutingAttention
 from vizattn.blocks.ulsam import ULSAM, SubSpace
 
@@ -16,7 +15,6 @@ __all__ = [
     "LKA",
     "AttentionLePE",
     "NeighborhoodAttention2d",
-    "PointwiseConv2d",
     "QKVLinear",
     "RoutingAttention",
     "SubSpace",

@@ -2,11 +2,10 @@
 
 Both modules take and return ``(B, C, H, W)`` maps: VAN is a convolutional network whose blocks run on such maps
 (BatchNorm, depthwise and 1x1 convs), so no layout change is needed around them. The maps may be NCHW or
-channels_last in memory; the output keeps the input's format. channels_last is the fast one: the Triton depthwise
-kernels are fastest on it, and the 1x1 convs (:class:`~vizattn.blocks.pointwise.PointwiseConv2d`) then run as GEMMs
-with the bias added in the epilogue. Parameter names follow the official code
-(Visual-Attention-Network/VAN-Classification ``models/van.py``: ``conv0``, ``conv_spatial``, ``conv1``; ``proj_1``,
-``spatial_gating_unit``, ``proj_2``) so the released checkpoints load without renaming.
+channels_last in memory; the output keeps the input's format, and the Triton depthwise kernels are fastest on
+channels_last. Parameter names follow the official code (Visual-Attention-Network/VAN-Classification
+``models/van.py``: ``conv0``, ``conv_spatial``, ``conv1``; ``proj_1``, ``spatial_gating_unit``, ``proj_2``) so the
+released checkpoints load without renaming.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vizattn.blocks.pointwise import PointwiseConv2d
 from vizattn.kernels.dwconv import lka_spatial
 
 __all__ = ["LKA", "VANAttention"]
@@ -51,7 +49,7 @@ class LKA(nn.Module):
         self.backend = backend
         self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
         self.conv_spatial = nn.Conv2d(dim, dim, 7, stride=1, padding=9, groups=dim, dilation=3)
-        self.conv1 = PointwiseConv2d(dim, dim)
+        self.conv1 = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_channels(self, x, self.dim)
@@ -63,8 +61,8 @@ class LKA(nn.Module):
 class VANAttention(nn.Module):
     """VAN's attention unit (official class ``Attention``): ``proj_2(LKA(GELU(proj_1(x)))) + x``.
 
-    ``proj_1`` and ``proj_2`` are 1x1 convs with bias (:class:`~vizattn.blocks.pointwise.PointwiseConv2d`), the GELU
-    is the exact (erf) one, and the shortcut is the unit's own input (in a VAN block, the input after ``norm1``).
+    ``proj_1`` and ``proj_2`` are 1x1 convs with bias, the GELU is the exact (erf) one, and the shortcut is the unit's
+    own input (in a VAN block, the input after ``norm1``).
 
     Args:
         dim: channels C.
@@ -76,10 +74,10 @@ class VANAttention(nn.Module):
 
     def __init__(self, dim: int, backend: str = "auto"):
         super().__init__()
-        self.proj_1 = PointwiseConv2d(dim, dim)
+        self.proj_1 = nn.Conv2d(dim, dim, 1)
         self.activation = nn.GELU()
         self.spatial_gating_unit = LKA(dim, backend=backend)
-        self.proj_2 = PointwiseConv2d(dim, dim)
+        self.proj_2 = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj_2(self.spatial_gating_unit(self.activation(self.proj_1(x)))) + x
