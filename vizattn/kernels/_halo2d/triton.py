@@ -50,6 +50,7 @@ So dq, dk, dv and the extra keys' gradients are deterministic.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -616,19 +617,26 @@ def _launch_meta(
     num_warps: int | None,
     num_stages: int | None = None,
 ) -> dict:
+    """The launch's constexprs and options (cached: a launch's host time matters as much as a small map's kernel)."""
+    return _cached_meta(rows.tile, cols.tile, rows.halo, cols.halo, q.shape[-1], v.shape[-1], q.dtype, block_n,
+                        num_warps, num_stages, bool(triton.knobs.runtime.interpret))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_meta(t_h, t_w, halo_h, halo_w, d_qk, d_v, dtype, block_n, num_warps, num_stages, interpret) -> dict:
     # None keeps Triton's default number of warps and this module's number of pipeline stages.
     warps = dict(num_stages=_NUM_STAGES if num_stages is None else num_stages)
     if num_warps is not None:
         warps["num_warps"] = num_warps
     return dict(
-        T_H=rows.tile,
-        T_W=cols.tile,
-        HALO_H=rows.halo,
-        HALO_W=cols.halo,
-        BLOCK_M=max(16, _next_pow2(rows.tile * cols.tile)),
-        BLOCK_N=_BLOCK_N_INTERPRET if triton.knobs.runtime.interpret else block_n or _BLOCK_N,
-        **_head_blocks(q.shape[-1], v.shape[-1]),
-        DOT_PRECISION=_dot_precision(q.dtype),
+        T_H=t_h,
+        T_W=t_w,
+        HALO_H=halo_h,
+        HALO_W=halo_w,
+        BLOCK_M=max(16, _next_pow2(t_h * t_w)),
+        BLOCK_N=_BLOCK_N_INTERPRET if interpret else block_n or _BLOCK_N,
+        **_head_blocks(d_qk, d_v),
+        DOT_PRECISION=_dot_precision(dtype),
         **warps,
     )
 
@@ -682,7 +690,7 @@ def halo_fwd(
     out = new_output((b, hh, ww, heads, v.shape[-1]), v.dtype, v.device)
     lse = new_output((b, hh, ww, heads), torch.float32, v.device)
     has_rpb = rpb is not None
-    rpb_t = rpb.contiguous() if has_rpb else q.new_zeros(1)
+    rpb_t = rpb.contiguous() if has_rpb else q  # placeholder, never read
     ek, ev, n_extra = _extras(q, extra_k, extra_v)
     _halo_fwd_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
         q, k, v, ek, ev, out, lse, rpb_t, *rows[:4], *cols[:4],
@@ -800,7 +808,7 @@ def halo_bwd(
     dk = new_output(tuple(k.shape), k.dtype, k.device)
     dv = new_output(tuple(v.shape), v.dtype, v.device)
     has_rpb = rpb is not None
-    rpb_t = rpb.contiguous() if has_rpb else q.new_zeros(1)
+    rpb_t = rpb.contiguous() if has_rpb else q  # placeholder, never read
     rpb_side = rpb_t.shape[-1] if has_rpb else 1
     ek, ev, n_extra = _extras(q, extra_k, extra_v)
     qk_scale = scale * _LOG2E
