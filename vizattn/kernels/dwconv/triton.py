@@ -50,11 +50,11 @@ a load does not serve several taps. At roughly 33 TB/s of L1 bandwidth on an H20
 HBM floor of 12 us. Reusing loads across taps needs tensor cores on banded (Toeplitz) weight matrices, or explicit
 shared-memory windows (Gluon or CUDA).
 
-The tile sizes and launch budgets below come from sm_90 compile reports (registers, spills, instruction counts), not
-from tuning runs. The forward kernels and the previous weight-gradient kernel have been timed on an H200 (see
-:mod:`vizattn.kernels.dwconv`; that weight gradient took 0.6 ms per call, 5x the forward, on VAN-B2's 7x7 dilation-3
-convs at B128 bf16 channels_last); the weight-gradient kernel described above has not run on a GPU yet, only under
-the interpreter.
+The tile sizes and launch budgets below come from sm_90 compile reports (registers, spills, instruction counts); of
+them only the weight gradient's channel block was tuned on a GPU. On an H200 (bf16 channels_last, VAN-B2's 7x7
+dilation-3 convs, B128 training) the weight gradient above takes 6.1 ms per step against 12.6 ms for the previous
+kernel (a cross-thread sum per tap and tile), and ``tools/benchmark.py``'s 14x14-c320-k7d3 forward+backward 0.216 ms
+of kernel time against 0.329 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -78,9 +78,10 @@ _SLOT_BUDGET = 64 * 1024
 # Fused LKA: persistent programs per SM (each holds one slot), and how many programs run under the interpreter.
 _PROGRAMS_PER_SM = 4
 _INTERPRETER_PROGRAMS = 4
-# Weight gradient, NHWC: channels per program (16: 32 bytes of a 16-bit map per pixel, one sector; 32 or 64 would
-# touch fewer L1 lines per gathered load but narrow the column strips, so more of x is fetched again from L2 by the
-# neighbouring strips: untimed, to be measured).
+# Weight gradient, NHWC: channels per program (16: 32 bytes of a 16-bit map per pixel, one sector). 32 or 64 touch
+# fewer L1 lines per gathered load but narrow the column strips; on the H200 16 was the fastest at all four VAN-B2
+# stage shapes (B128 k7 d3 backward: 1.09 / 0.54 / 0.34 / 0.17 ms against 1.11-1.11 / 0.60-0.65 / 0.39-0.41 /
+# 0.19-0.21).
 _WGRAD_CHANNELS = 16
 # Weight gradient: float32 accumulator values per program (32 per thread with 8 warps), and programs per SM, a
 # multiple of the 1 to 4 that fit an SM at once so that they run in whole waves; the programs of one (column strip,
