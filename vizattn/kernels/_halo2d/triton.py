@@ -16,9 +16,8 @@ softmax in float32. The constexpr ``CIRCLE`` picks the per-pair mask:
   are not read.
 
 With ``HAS_EXTRA`` the same online softmax then runs over ``M`` extra keys that every query sees (CLEAR's pooled or
-prefix tokens), a dense segment read from ``(B, M, heads, D)`` maps. Nothing of size ``N * window`` is written
-(except the NA score gradients the dq kernel stores on request, see below): the per-axis tables hold
-``O(L * (T + span))`` integers.
+prefix tokens), a dense segment read from ``(B, M, heads, D)`` maps. Nothing of size ``N * window`` is ever written:
+the per-axis tables hold ``O(L * (T + span))`` integers.
 
 The maps are read in place through their strides (q, k, v are usually views of one packed ``qkv`` projection);
 logsumexp is kept per (image, row, column, head) in float32, base 2.
@@ -34,10 +33,9 @@ another's dq, dk or dv.
 
 - ``_halo_dq_kernel`` (shaped like the forward, one query tile): computes ``delta = rowsum(dO * O)`` of its queries
   (stored for the next kernels), walks the halo and the extra keys, accumulates ``dq`` in float32 registers and writes
-  it once. It adds the bias to the recomputed scores but leaves ``d(rpb)`` to the caller: with ``STORE_DS`` (NA) it
-  stores the float32 score gradient of every (query, window key) pair at the key's slot in the query's window, and
-  :mod:`vizattn.kernels.na2d.rpb_grad` sums those by bias entry (adding them into the table here took one float32
-  atomic per pair, about 1 ms of NA's 1.56 ms backward at its first stage on the H200).
+  it once. It adds the bias to the recomputed scores but leaves ``d(rpb)`` to the caller (NA computes it in
+  :mod:`vizattn.kernels.na2d.rpb_grad` from the ``delta`` this kernel stores: adding it here took one float32 atomic
+  per (query, key) pair, about 1 ms of NA's 1.56 ms backward at its first stage on the H200).
 - ``_halo_dkdv_kernel`` (key-centric): a program owns a tile of keys of one image and head, loads them once, walks the
   halo of the queries that see them (the key-tile tables of :func:`~vizattn.kernels._halo2d.tiles.build_key_axis_tiles`
   for NA; the forward tables for the circle, which is symmetric) and writes ``dk``, ``dv`` once.
@@ -51,7 +49,6 @@ So dq, dk, dv and the extra keys' gradients are deterministic.
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import torch
@@ -377,7 +374,7 @@ def _halo_fwd_kernel(
 
 @triton.jit
 def _halo_dq_kernel(
-    Q, K, V, EK, EV, DO, OUT, LSE, DELTA, RPB, DQ, DS,
+    Q, K, V, EK, EV, DO, OUT, LSE, DELTA, RPB, DQ,
     QH, SH, KH, WH, QW, SW, KW, WW,
     s_qb, s_qh, s_qw, s_qn, s_qd,
     s_kb, s_kh, s_kw, s_kn, s_kd,
@@ -388,20 +385,14 @@ def _halo_dq_kernel(
     s_ob, s_oh, s_ow, s_on, s_od,
     s_lb, s_lh, s_lw, s_ln,
     s_dqb, s_dqh, s_dqw, s_dqn, s_dqd,
-    s_sb, s_sh, s_sw, s_sn,
-    heads, n_tw, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq, ds_side,
+    heads, n_tw, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
     T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    STORE_DS: tl.constexpr,
 ):
     """Query-centric: dq of one query tile over its halo and the extra keys (the bias added to the recomputed
-    scores). It also writes ``delta = rowsum(dO * O)`` of its queries, which the kernels launched after it read.
-
-    NA with ``STORE_DS``: it also stores the float32 score gradient of every (real query, window key) pair into
-    ``DS[b, head, row, col, e_h * ds_side + e_w]`` (strides ``s_s*``, the slot stride 1), where ``(e_h, e_w)`` is
-    the key's position in the query's window (``ds_side`` slots a side), for the caller's d(rpb)."""
+    scores). It also writes ``delta = rowsum(dO * O)`` of its queries, which the kernels launched after it read."""
     tile = tl.program_id(0).to(tl.int64)
     bn = tl.program_id(1).to(tl.int64)
     th = tile // n_tw
@@ -428,13 +419,6 @@ def _halo_dq_kernel(
         lo_h, width_h, lo_w, width_w, rpb_rows = _slot_windows(
             WH, WW, RPB + head * rpb_side * rpb_side, th, tw, a_h, a_w, real, rpb_side, T_H, T_W
         )
-    tl.static_assert(not (STORE_DS and CIRCLE), "STORE_DS needs the NA window")
-    if STORE_DS:
-        # Window slot e_h * ds_side + e_w of a pair is (s_h * ds_side + s_w) - (lo_h * ds_side + lo_w) (halo slot
-        # (s_h, s_w), e = s - lo as in _halo_chunk): each query's part is one int32 offset (the launcher checks that
-        # an (image, head) slab of DS is addressable in int32), each halo key's part one int32 per chunk.
-        ds_base = DS + b * s_sb + head * s_sn
-        ds_rows = (row * s_sh + col * s_sw).to(tl.int32) - (lo_h * ds_side + lo_w)
 
     dq, dq_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
@@ -446,17 +430,6 @@ def _halo_dq_kernel(
         v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
         ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
                         BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
-        if STORE_DS:
-            n = start + tl.arange(0, BLOCK_N)
-            c = (n // HALO_W) * ds_side + n % HALO_W
-            # The store mask is read from the value: pairs outside the window carry a NaN of a payload no arithmetic
-            # makes (0x7FC0DEAD), so Triton converts the mask with ds out of the dot's layout instead of rebuilding
-            # the windows in the store's layout (sm_90, NA d32 k7: 183 registers instead of 215, and at a cap of
-            # 128 no spills instead of 160 bytes). Stored (keys, queries): the fewest registers of the layouts tried.
-            flagged = tl.where(inside, ds, tl.full(ds.shape, 0x7FC0DEAD, tl.uint32).to(tl.float32, bitcast=True))
-            flagged = tl.trans(flagged)
-            tl.store(ds_base + (ds_rows[None, :] + c[:, None]), flagged,
-                     mask=flagged.to(tl.uint32, bitcast=True) != 0x7FC0DEAD)
         dq, dq_t = _dot_acc(ds, k, k_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
     if HAS_EXTRA:
         ek_base = EK + b * s_eb + head * s_en
@@ -748,7 +721,6 @@ def halo_bwd(
     extra_launch: Launch | None = None,
     extra_splits: int | None = None,
     delta: torch.Tensor | None = None,
-    ds_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Backward launcher, arguments as :func:`halo_fwd` plus the forward's ``out`` and ``lse``.
 
@@ -769,17 +741,12 @@ def halo_bwd(
             to fill the GPU; 1 under the interpreter).
         delta: optional float32 tensor of lse's shape and strides that receives ``rowsum(grad_out * out)`` (the dq
             kernel writes it), for a caller whose own kernels read it afterwards; None allocates it here.
-        ds_out: NA mode only: optional float32 (B, heads, H, W, w * w) tensor, unit stride on its last dim, that
-            receives the score gradient ``ds`` of every (query, key) pair inside the query's window, at window slot
-            ``e_h * w + e_w`` (the key's position in the window along each axis, counted in halo slots: consecutive
-            in-group keys). ``w`` must be the windows' width along both axes for every query (NA: k). The dq kernel
-            writes each element exactly once, so it needs no zero-fill. None (the default) stores nothing.
 
     Returns:
         (dq, dk, dv, d_extra_k, d_extra_v) in the dtypes of their inputs; the last two are None when their inputs are
         None (empty tensors when M = 0). d(rpb) is not computed here (NA: :mod:`vizattn.kernels.na2d.rpb_grad`, from
-        ``ds_out``). Deterministic on a given GPU: every element is written once by one program, or summed over a
-        fixed number of parts in a fixed order.
+        ``delta``). Deterministic on a given GPU: every element is written once by one program, or summed over a fixed
+        number of parts in a fixed order.
     """
     circle = circle_radius is not None
     if key_rows is None or key_cols is None:
@@ -790,17 +757,6 @@ def halo_bwd(
         raise ValueError("halo_bwd: the NA window needs query-tile tables rows, cols and key-tile tables key_rows, "
                          "key_cols (device_tables(..., key_tiles=True)).")
     b, hh, ww, heads, _ = q.shape
-    store_ds = ds_out is not None
-    if store_ds:
-        side = math.isqrt(ds_out.shape[-1])
-        if circle or ds_out.dtype != torch.float32 or ds_out.shape != (b, heads, hh, ww, side * side) or (
-            ds_out.stride(-1) != 1
-        ):
-            raise ValueError(f"halo_bwd: ds_out must be a float32 (B, heads, H, W, w * w) = ({b}, {heads}, {hh}, "
-                             f"{ww}, w * w) tensor with unit stride on its last dim, in NA mode; got "
-                             f"{ds_out.dtype} {tuple(ds_out.shape)}{' (circle mode)' if circle else ''}.")
-        if (hh - 1) * ds_out.stride(2) + (ww - 1) * ds_out.stride(3) + side * side > 2**31 - 1:
-            raise ValueError("halo_bwd: one (image, head) slab of ds_out is too large for the kernel's int32 offsets.")
     grad_out = grad_out.contiguous()
     if delta is None:
         delta = new_output(tuple(lse.shape), torch.float32, q.device)  # rowsum(dO * O), written by the dq kernel
@@ -815,15 +771,12 @@ def halo_bwd(
     radius_sq = (circle_radius or 0) ** 2
 
     cfg = _merge(dq_launch, block_n, num_warps, num_stages)
-    ds_t = ds_out if store_ds else dq  # a placeholder pointer without STORE_DS, never written
-    ds_strides = tuple(ds_out.stride(i) for i in (0, 2, 3, 1)) if store_ds else (0, 0, 0, 0)  # (b, h, w, head)
     _halo_dq_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
-        q, k, v, ek, ev, grad_out, out, lse, delta, rpb_t, dq, ds_t, *rows[:4], *cols[:4],
+        q, k, v, ek, ev, grad_out, out, lse, delta, rpb_t, dq, *rows[:4], *cols[:4],
         *q.stride(), *k.stride(), *v.stride(), *_strides4(ek, n_extra > 0), *_strides4(ev, n_extra > 0),
-        *grad_out.stride(), *out.stride(), *lse.stride(), *dq.stride(), *ds_strides,
+        *grad_out.stride(), *out.stride(), *lse.stride(), *dq.stride(),
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale, rpb_side, radius_sq,
-        side if store_ds else 0,
-        HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0, STORE_DS=store_ds,
+        HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0,
         **_launch_meta(q, v, rows, cols, cfg.block_n, cfg.num_warps, cfg.num_stages),
     )
     cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)

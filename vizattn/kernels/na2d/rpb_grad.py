@@ -1,84 +1,223 @@
-"""Gradient of neighborhood attention's relative position bias, ``d(rpb)``, from the score gradients the dq kernel
-stores.
+"""Gradient of neighborhood attention's relative position bias, ``d(rpb)``, in its own Triton kernel.
 
 ``d(rpb)[head, b_h, b_w]`` is the sum of the score gradients ``ds = p * (dp - delta)`` over every (image, query, key)
-pair whose per-axis bias indices are ``(b_h, b_w)``. The halo backward's dq kernel computes every pair's ``ds`` anyway;
-with a bias it also stores those of each query's ``k x k`` window (``STORE_DS`` in
-:mod:`vizattn.kernels._halo2d.triton`) into a float32 buffer ``DS`` of shape ``(B, heads, H, W, k * k)``, slot
-``jy * k + jx`` holding the pair of window row ``jy`` and column ``jx`` (the reference's order, see
-:func:`vizattn.kernels.na2d.reference.neighborhood_indices`). Every (query, slot) is written once, so the buffer needs
-no zero-fill. This module reduces it with PyTorch, in a fixed order and without atomics, so ``d(rpb)`` is
-deterministic like every other gradient.
+pair whose per-axis bias indices are ``(b_h, b_w)``. The halo backward's dq kernel used to add each pair's ``ds``
+into the table with an atomic (one per pair, ~20 M at batch 64 on a 56x56 map: about 1 ms on an H200, twice the rest
+of the backward); this kernel instead sums them in registers and writes one small partial table per program.
 
-Along one axis the bias index of window slot ``j`` of position ``i`` is ``base(i) + j``: ``base(i) = ws - p + k - 1``
-(window start ``ws`` and in-group position ``p``, in ``[0, k - 1]``; ``k - 1 - k // 2`` away from the borders) depends
-only on the position, i.e. on the map row for ``b_h`` and on the map column for ``b_w``. So:
+A program owns a chunk of consecutive rows of one image and head and a block of ``COLS`` consecutive columns (any
+dilation groups), and walks the chunk one row at a time on a GPU (``ROWS`` rows at a time under the interpreter).
+Along one axis, NA's window is plain arithmetic: position ``pos`` is in group ``g = pos % d`` at in-group position
+``i = pos // d``; its window starts at ``ws = clamp(i - k // 2, 0, L_g - k)``, slot ``j``'s key is the global position
+``(ws + j) * d + g`` and its bias index is ``off + j`` with ``off = ws - i + k - 1`` in ``[0, k - 1]``
+(``k - 1 - k // 2`` away from the borders; even k included). For one row ``off_h`` is one number, ``off_w`` one per
+column. So for each window row ``jy`` the program walks the ``k`` window columns ``jx``: it gathers each query's key
+and value rows, recomputes ``p`` from the forward's base-2 logsumexp, takes ``dp = dO . v`` and ``delta`` (written
+by the dq kernel) and adds ``ds`` into a ``(queries, BINS)`` register accumulator at column ``off_w + jx`` (a select
+in the query's own registers: border queries cost what interior ones do, and no thread talks to another). After the
+``k`` columns it sums the accumulator over the queries of a row and adds the result to table row ``off_h + jy``: one
+reduction per ``k`` slots. Dot products run on CUDA cores in float32 (one key per query: nothing for a tensor core).
 
-1. ``S = DS.sum(0)``: (heads, H, W, k * k), accumulated in float64, the only pass over the big buffer;
-2. rows grouped by ``base_h`` and columns by ``base_w`` with one-hot ``(k, H)`` and ``(k, W)`` matrices (``base`` read
-   off :func:`~vizattn.kernels.na2d.reference.neighborhood_indices`, cached per axis length, kernel, dilation and
-   device): (heads, k, k, k * k), one small matmul each;
-3. each class's ``k x k`` block added at its offset into the ``(2k - 1, 2k - 1)`` table by a one-hot matmul on each
-   side.
-
-Steps 2 and 3 are matmuls on about ``heads * H * W * k^2`` numbers, in float64 like ``S``: the one-hot operands are
-exact, and in float32 a TF32 setting (``torch.backends.cuda.matmul``) would round the sums.
+At the end each program stores its float32 ``(2k - 1, 2k - 1)`` partial table; the partials are summed by one
+PyTorch reduction in a fixed order. No atomics: ``d(rpb)`` is deterministic like every other gradient, and there is
+no contention on the table's few addresses to spread over private copies.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
+import triton
+import triton.language as tl
 
-from vizattn.kernels.na2d.reference import neighborhood_indices
+from vizattn.kernels._alloc import new_output
+from vizattn.kernels._halo2d.triton import _load_cols
+from vizattn.kernels._triton_util import cdiv as _cdiv
+from vizattn.kernels._triton_util import head_split
+from vizattn.kernels._triton_util import next_pow2 as _next_pow2
 
 __all__ = ["na2d_rpb_grad"]
 
-
-@functools.lru_cache(maxsize=256)
-def _classes(length: int, kernel_size: int, dilation: int, device: torch.device) -> torch.Tensor:
-    """(k, L) float64 one-hot: entry ``[c, i]`` is 1 where position ``i``'s window slot ``j`` has bias index ``c + j``
-    along this axis."""
-    # Built on the CPU explicitly: a cached table must not capture tensors of a default-device context (e.g. "meta").
-    _, bias = neighborhood_indices(length, kernel_size, dilation, torch.device("cpu"))
-    base = bias[:, 0]
-    slots = torch.arange(kernel_size, device="cpu")
-    if not torch.equal(bias, base[:, None] + slots):
-        raise AssertionError("na2d_rpb_grad: bias indices that do not step by one along a window")
-    return (slots[:, None] == base[None, :]).to(device=device, dtype=torch.float64)
+_LOG2E = 1.4426950408889634
+_BLOCK = 64  # queries (of one row) per block on a GPU
+_BLOCK_INTERPRET = 1024
+# Rows per program on a GPU: as many as keep about this many programs (a dozen or more per SM of an H200, for the
+# load balance), each writing one (2k - 1)^2 float32 partial table (about 2048 * 625 * 4 B = 5 MB at k = 13).
+_TARGET_PROGRAMS = 2048
 
 
-@functools.lru_cache(maxsize=64)
-def _offsets(kernel_size: int, device: torch.device) -> torch.Tensor:
-    """(k * k, 2k - 1) float64 one-hot: entry ``[c * k + j, t]`` is 1 where ``c + j = t`` (class ``c``'s window slot
-    ``j`` lands on table index ``t``)."""
-    c = torch.arange(kernel_size, device="cpu")[:, None, None]
-    j = torch.arange(kernel_size, device="cpu")[None, :, None]
-    t = torch.arange(2 * kernel_size - 1, device="cpu")[None, None, :]
-    return (c + j == t).reshape(kernel_size * kernel_size, -1).to(device=device, dtype=torch.float64)
+@triton.jit
+def _window(pos, length, dilation, KS: tl.constexpr):
+    """Along one axis: the dilation group, the in-group window start and the bias offset of window slot 0."""
+    g = pos % dilation
+    i = pos // dilation
+    group_len = (length - g + dilation - 1) // dilation
+    ws = tl.minimum(tl.maximum(i - KS // 2, 0), group_len - KS)
+    return g, ws, ws - i + KS - 1
 
 
-def na2d_rpb_grad(ds: torch.Tensor, kernel_size: int, dilation: int, rpb_dtype: torch.dtype) -> torch.Tensor:
-    """d(rpb) of :func:`vizattn.kernels.na2d.na2d` from the stored score gradients.
+@triton.jit
+def _rowdot(a, a_t, b, b_t, BLOCK_T: tl.constexpr):
+    """Per-row dot products of two (rows, d) blocks split like the head dim, in float32."""
+    s = tl.sum(a * b.to(tl.float32), 1)
+    if BLOCK_T > 0:
+        s += tl.sum(a_t * b_t.to(tl.float32), 1)
+    return s
+
+
+@triton.jit
+def _na2d_rpb_grad_kernel(
+    Q, K, V, DO, LSE, DELTA, RPB, PART,
+    s_qb, s_qh, s_qw, s_qn, s_qd,
+    s_kb, s_kh, s_kw, s_kn, s_kd,
+    s_vb, s_vh, s_vw, s_vn, s_vd,
+    s_gb, s_gh, s_gw, s_gn, s_gd,
+    s_lb, s_lh, s_lw, s_ln,
+    heads, height, width, n_cb, rows_per_program, dilation, d_qk, d_v, qk_scale,
+    KS: tl.constexpr, BINS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
+):
+    """One (row chunk, column block) of one image and head: its partial ``(2k - 1, 2k - 1)`` d(rpb) table. The chunk
+    is walked in blocks of ``ROWS x COLS`` queries."""
+    blk = tl.program_id(0).to(tl.int64)
+    bn = tl.program_id(1).to(tl.int64)
+    chunk = blk // n_cb
+    b = bn // heads
+    head = bn % heads
+    side = 2 * KS - 1
+    # Window arithmetic in int32 (fewer registers; positions are < 2^31), offsets into the maps in int64.
+    m = tl.arange(0, ROWS * COLS)
+    col = (blk % n_cb).to(tl.int32) * COLS + m % COLS
+    col_ok = col < width
+    col = tl.where(col_ok, col, 0)
+    g_w, ws_w, off_w = _window(col, width, dilation, KS)
+    bins = tl.arange(0, BINS)
+    rpb_base = RPB + head * side * side
+    q_base = Q + b * s_qb + head * s_qn + col.to(tl.int64) * s_qw
+    do_base = DO + b * s_gb + head * s_gn + col.to(tl.int64) * s_gw
+    k_base = K + b * s_kb + head * s_kn
+    v_base = V + b * s_vb + head * s_vn
+    stat_base = b * s_lb + head * s_ln + col.to(tl.int64) * s_lw
+
+    table = tl.zeros((BINS, BINS), dtype=tl.float32)
+    first = chunk.to(tl.int32) * rows_per_program
+    for r0 in range(first, tl.minimum(first + rows_per_program, height), ROWS):
+        row = r0 + m // COLS
+        ok = col_ok & (row < height)
+        row = tl.where(ok, row, 0)
+        g_h, ws_h, off_h = _window(row, height, dilation, KS)
+        block_rows = tl.minimum(r0 + tl.arange(0, ROWS), height - 1)  # the block's rows, each once
+        _, _, block_off_h = _window(block_rows, height, dilation, KS)
+        q, q_t = _load_cols(q_base + row.to(tl.int64) * s_qh, ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
+        do, do_t = _load_cols(do_base + row.to(tl.int64) * s_gh, ok, s_gd, d_v, BLOCK_DV, BLOCK_TV)
+        q = q.to(tl.float32) * qk_scale  # scores in base 2, as the forward's logsumexp
+        do = do.to(tl.float32)
+        if BLOCK_TQK > 0:
+            q_t = q_t.to(tl.float32) * qk_scale
+        if BLOCK_TV > 0:
+            do_t = do_t.to(tl.float32)
+        lse = tl.load(LSE + stat_base + row.to(tl.int64) * s_lh, mask=ok, other=0.0)
+        delta = tl.load(DELTA + stat_base + row.to(tl.int64) * s_lh, mask=ok, other=0.0)
+        for jy in range(KS):
+            key_row = ((ws_h + jy) * dilation + g_h).to(tl.int64)
+            k_row = k_base + key_row * s_kh
+            v_row = v_base + key_row * s_vh
+            bias_row = rpb_base + (off_h + jy) * side
+            acc = tl.zeros((ROWS * COLS, BINS), dtype=tl.float32)
+            for jx in range(KS):
+                key_col = ((ws_w + jx) * dilation + g_w).to(tl.int64)
+                k, k_t = _load_cols(k_row + key_col * s_kw, ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
+                v, v_t = _load_cols(v_row + key_col * s_vw, ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
+                bias = tl.load(bias_row + off_w + jx, mask=ok, other=0.0).to(tl.float32)
+                s = _rowdot(q, q_t, k, k_t, BLOCK_TQK) + bias * 1.4426950408889634
+                p = tl.exp2(s - lse)
+                dp = _rowdot(do, do_t, v, v_t, BLOCK_TV)
+                ds = tl.where(ok, p * (dp - delta), 0.0)
+                # column off_w + jx of the table, in the query's own row of the accumulator: no thread talks to another
+                acc += tl.where(bins[None, :] == (off_w + jx)[:, None], ds[:, None], 0.0)
+            # sum each map row's queries, then add map row r's sums into table row off_h(r) + jy
+            if ROWS == 1:
+                table += tl.where(bins[:, None] == block_off_h + jy, tl.sum(acc, 0)[None, :], 0.0)
+            else:
+                # (a 3-D layout that Triton propagates into the whole loop on a GPU: only the interpreter's blocks)
+                by_row = tl.sum(tl.reshape(acc, (ROWS, COLS, BINS)), 1)
+                hit = bins[None, :] == (block_off_h + jy)[:, None]
+                table += tl.sum(tl.where(hit[:, :, None], by_row[:, None, :], 0.0), 0)
+    part = PART + (bn * tl.num_programs(0) + blk) * side * side
+    tl.store(part + bins[:, None] * side + bins[None, :], table, mask=(bins[:, None] < side) & (bins[None, :] < side))
+
+
+def _num_warps(block: int, d_qk: int, d_v: int) -> int:
+    """About 8 elements of each (queries, head dim) block per thread: 8 warps for 64 queries of head dim 32 (sm_90:
+    79 registers, 3 programs of 8 warps per SM; with 4 warps 128 registers and 4 programs, 16 warps per SM), rounded
+    down to a power of two (Triton's rule: 16 queries of head dim 96 get 4, not 6)."""
+    return 1 << (max(1, min(8, block * max(d_qk, d_v) // 256)).bit_length() - 1)
+
+
+def _block_shape(height: int, width: int, head_dim: int) -> tuple[int, int]:
+    """(ROWS, COLS) of a block of queries. On a GPU one row segment of up to 64 columns (32 for head dims over 64, so
+    that q and dO stay in registers): a narrow map's short rows make small programs (8 queries, one warp, at 7x7)
+    rather than blocks of several rows, whose reshaped accumulator costs registers and spills. Under the interpreter,
+    whose cost is per operation, blocks of up to 1024 queries, several rows each."""
+    if triton.knobs.runtime.interpret:
+        cols = min(_BLOCK_INTERPRET, _next_pow2(width))
+        return min(_BLOCK_INTERPRET // cols, _next_pow2(height)), cols
+    return 1, min(_BLOCK if head_dim <= 64 else _BLOCK // 2, _next_pow2(width))
+
+
+def na2d_rpb_grad(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rpb: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    kernel_size: int,
+    dilation: int,
+    scale: float,
+    *,
+    block: tuple[int, int] | None = None,
+    rows_per_program: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
+    """d(rpb) of :func:`vizattn.kernels.na2d.na2d`; arguments already validated.
 
     Args:
-        ds: (B, heads, H, W, k * k) float32, the score gradient of each query's window slot ``jy * k + jx`` (what the
-            halo dq kernel writes with ``ds_out``).
-        kernel_size, dilation: the forward's.
-        rpb_dtype: the bias's dtype.
+        grad_out: (B, H, W, heads, Dv), the gradient of the output; q, k: (B, H, W, heads, D); v: (B, H, W, heads,
+            Dv); any strides.
+        rpb: (heads, 2k - 1, 2k - 1), the bias the forward added.
+        lse: (B, H, W, heads) float32, the forward's base-2 logsumexp of each query's scores.
+        delta: float32 of lse's shape and strides, ``rowsum(grad_out * out)`` (the halo dq kernel writes it).
+        kernel_size, dilation, scale: as the forward's.
+        block: (rows, columns) of a block of queries, powers of two (None: see :func:`_block_shape`). Rows > 1 are
+            meant for the interpreter.
+        rows_per_program: map rows per program, rounded up to a multiple of the block's rows (None: enough programs
+            to fill a GPU; all rows under the interpreter).
+        num_warps: warps per program on a GPU (None: about 8 elements of each (queries, head dim) block per thread).
 
     Returns:
-        (heads, 2k - 1, 2k - 1) in ``rpb_dtype``; deterministic (fixed-order reductions, no atomics).
+        (heads, 2k - 1, 2k - 1) in rpb's dtype.
     """
-    _, heads, hh, ww, kk = ds.shape
-    k = kernel_size
-    if kk != k * k:
-        raise ValueError(f"na2d_rpb_grad: ds holds {kk} window slots per query, expected {k * k}.")
-    s = ds.sum(0, dtype=torch.float64)  # (heads, H, W, k * k)
-    by_row = torch.matmul(_classes(hh, k, dilation, ds.device), s.view(heads, hh, ww * kk))  # (heads, k, W * k * k)
-    by_class = torch.matmul(_classes(ww, k, dilation, ds.device), by_row.view(heads, k, ww, kk))  # (heads, k, k, kk)
-    # [(class_h, jy), (class_w, jx)] blocks, then each axis's pair (class, slot) onto its table index
-    blocks = by_class.view(heads, k, k, k, k).permute(0, 1, 3, 2, 4).reshape(heads, kk, kk)
-    offsets = _offsets(k, ds.device)
-    return (offsets.T @ blocks @ offsets).to(rpb_dtype)
+    b, hh, ww, heads, d_qk = q.shape
+    d_v = v.shape[-1]
+    side = 2 * kernel_size - 1
+    rows, cols = block or _block_shape(hh, ww, max(d_qk, d_v))
+    n_cb = _cdiv(ww, cols)
+    if rows_per_program is None:
+        if triton.knobs.runtime.interpret:
+            rows_per_program = hh
+        else:
+            rows_per_program = _cdiv(hh * n_cb * b * heads, _TARGET_PROGRAMS)
+    rows_per_program = _cdiv(min(rows_per_program, hh), rows) * rows
+    n_chunks = _cdiv(hh, rows_per_program)
+    part = new_output((b * heads, n_chunks * n_cb, side, side), torch.float32, q.device)
+    (dqk, tqk), (dv, tv) = head_split(d_qk), head_split(d_v)
+    _na2d_rpb_grad_kernel[(n_chunks * n_cb, b * heads)](
+        q, k, v, grad_out, lse, delta, rpb.contiguous(), part,
+        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride(),
+        heads, hh, ww, n_cb, rows_per_program, dilation, d_qk, d_v, scale * _LOG2E,
+        KS=kernel_size, BINS=_next_pow2(side), ROWS=rows, COLS=cols,
+        BLOCK_DQK=dqk, BLOCK_TQK=tqk, BLOCK_DV=dv, BLOCK_TV=tv,
+        num_warps=num_warps or _num_warps(rows * cols, d_qk, d_v), num_stages=1,
+    )
+    return part.view(b, heads, -1, side, side).sum((0, 2)).to(rpb.dtype)

@@ -4,17 +4,15 @@ The kernels are the tiled halo attention of :mod:`vizattn.kernels._halo2d.triton
 one query tile (``T_h x T_w`` queries of one dilation group, laid out by :func:`vizattn.kernels.na2d.tiles.axis_tiles`)
 of one image and one head, walks the ``halo_h x halo_w`` keys around it in chunks, masks each pair by the query's
 window along each axis (a run of halo slots, loaded once per program from the tables) and adds ``rpb[head, b_h, b_w]``,
-whose per-axis index steps by one along that run. The forward and the backward without a bias write nothing of size
-``N * k * k``; with a bias the backward writes one float32 score gradient per (query, window slot), for ``d(rpb)``.
+whose per-axis index steps by one along that run. Nothing of size ``N * k * k`` is ever written.
 
 The backward is split like FlashAttention-2's: a query-centric kernel writes ``dq`` (and ``delta = rowsum(dO * O)``),
 and a key-centric one owns a tile of keys, walks the queries that see them (the transposed tables of
 :func:`vizattn.kernels.na2d.tiles.key_axis_tiles`: a key near a border can be seen by more than ``k`` queries per
-axis) and writes ``dk``, ``dv`` once. With a bias the dq kernel also stores the score gradient of every (query, window
-slot) pair, which it computes anyway, into a float32 ``(B, heads, H, W, k * k)`` buffer, and
-:func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad` reduces that buffer to ``d(rpb)`` with a few PyTorch reductions
-(no atomics: the per-pair atomics it once took cost twice the rest of the backward). Every gradient, ``d(rpb)``
-included, is deterministic.
+axis) and writes ``dk``, ``dv`` once. With a bias, ``d(rpb)`` comes from a third kernel,
+:func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad`, which walks each query's ``k x k`` window slot by slot and sums
+the score gradients in registers (the halo dq kernel's per-pair atomics cost twice the rest of the backward). Every
+gradient, ``d(rpb)`` included, is deterministic.
 """
 
 from __future__ import annotations
@@ -24,20 +22,14 @@ import functools
 import torch
 
 from vizattn.kernels._alloc import new_output
-from vizattn.kernels._halo2d.triton import DeviceTables, Launch, device_tables, halo_bwd, halo_fwd
+from vizattn.kernels._halo2d.triton import DeviceTables, device_tables, halo_bwd, halo_fwd
 from vizattn.kernels.na2d.rpb_grad import na2d_rpb_grad
 from vizattn.kernels.na2d.tiles import axis_tiles, key_axis_tiles
 
-__all__ = ["na2d_fwd", "na2d_bwd", "TILE", "SMALL_MAP_TILE", "DQ_STORE_DS_LAUNCH", "default_tile"]
+__all__ = ["na2d_fwd", "na2d_bwd", "TILE", "SMALL_MAP_TILE", "default_tile"]
 
 TILE = (8, 8)  # queries per program along H and W
 SMALL_MAP_TILE = (4, 8)  # maps of at most 16 rows: more programs (H200, 14x14, 8 heads: 0.085 ms against 0.127)
-
-
-# The dq kernel with the score-gradient store (a bias): 16 keys per step. H200, bf16, d32 k7 backward with the store
-# (dq, dk/dv kernels): B64 56x56 2 heads 0.599 ms against 0.706 at 32 keys, 0.970 at 32 x 8 warps; B64 14x14 8 heads
-# 0.427 against 0.439.
-DQ_STORE_DS_LAUNCH = Launch(block_n=16, num_warps=4)
 
 
 def default_tile(height: int) -> tuple[int, int]:
@@ -100,14 +92,13 @@ def na2d_bwd(
     """Backward launcher: (dq, dk, dv, d_rpb) in the dtypes of q, k, v, rpb (d_rpb None without rpb)."""
     rows, cols = _axes(q, kernel_size, dilation, tile)
     key_rows, key_cols = _axes(q, kernel_size, dilation, tile, _key_tables)
-    ds = None
-    if rpb is not None:
-        # every (query, window slot) is written once by the dq kernel: no zero-fill
-        b, hh, ww, heads, _ = q.shape
-        ds = new_output((b, heads, hh, ww, kernel_size * kernel_size), torch.float32, q.device)
+    grad_out = grad_out.contiguous()
+    delta = new_output(tuple(lse.shape), torch.float32, q.device)  # written by the dq kernel, read by the others
     dq, dk, dv, _, _ = halo_bwd(
-        grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols, ds_out=ds,
-        dq_launch=None if ds is None else DQ_STORE_DS_LAUNCH,
+        grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
+        delta=delta,
     )
-    drpb = None if ds is None else na2d_rpb_grad(ds, kernel_size, dilation, rpb.dtype)
+    drpb = None
+    if rpb is not None:
+        drpb = na2d_rpb_grad(grad_out, q, k, v, rpb, lse, delta, kernel_size, dilation, scale)
     return dq, dk, dv, drpb
