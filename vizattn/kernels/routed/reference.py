@@ -30,6 +30,13 @@ def from_regions(x: torch.Tensor, n_win: int, h: int, w: int) -> torch.Tensor:
     return x.reshape(n, n_win * h, n_win * w, c)
 
 
+def _region_means(x: torch.Tensor, n_win: int) -> torch.Tensor:
+    """(N, H, W, C) -> (N, n_win^2, C): each region's mean token, reduced in place (:func:`to_regions` would copy the
+    map into region order first)."""
+    n, hh, ww, c = x.shape
+    return x.reshape(n, n_win, hh // n_win, n_win, ww // n_win, c).mean(dim=(2, 4)).reshape(n, n_win * n_win, c)
+
+
 def region_routing_reference(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, scale: float) -> torch.Tensor:
     """Top-k region routing on detached region means.
 
@@ -42,8 +49,7 @@ def region_routing_reference(q: torch.Tensor, k: torch.Tensor, n_win: int, topk:
     Returns:
         (N, n_win^2, topk) int64 indices of the routed key regions, best first; one set shared by all heads.
     """
-    q_win = to_regions(q.detach(), n_win).mean(dim=2)
-    k_win = to_regions(k.detach(), n_win).mean(dim=2)
+    q_win, k_win = (_region_means(t.detach(), n_win) for t in (q, k))
     logits = (q_win * scale) @ k_win.transpose(-2, -1)
     return torch.topk(logits, k=topk, dim=-1).indices
 
