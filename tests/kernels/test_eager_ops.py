@@ -10,9 +10,11 @@ from kernel_checks import DEVICE
 from vizattn.kernels import clear as clear_mod
 from vizattn.kernels import dwconv as dwconv_mod
 from vizattn.kernels import na2d as na2d_mod
+from vizattn.kernels import routed as routed_mod
 from vizattn.kernels.clear import clear_attention
 from vizattn.kernels.dwconv import dwconv2d, lka_spatial
 from vizattn.kernels.na2d import na2d
+from vizattn.kernels.routed import routed_attention
 
 
 def _na2d_case():
@@ -48,14 +50,29 @@ def _lka_case():
     )
 
 
-CASES = {"na2d": _na2d_case, "clear": _clear_case, "dwconv2d": _dwconv_case, "lka_spatial": _lka_case}
+def _routed_case():
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 8, 8, 32, generator=g) for _ in range(3))
+    r_idx = torch.tensor([[[0, 1], [1, 3], [2, 0], [3, 2]]])
+    return routed_mod._ROUTED, [q, k, v, r_idx], lambda q, k, v, r_idx: routed_attention(
+        q, k, v, r_idx, 2, 2, backend="triton"
+    )
+
+
+CASES = {
+    "routed": _routed_case,
+    "na2d": _na2d_case,
+    "clear": _clear_case,
+    "dwconv2d": _dwconv_case,
+    "lka_spatial": _lka_case,
+}
 
 
 def _run(fn, inputs):
-    leaves = [t.clone().requires_grad_() for t in inputs]
+    leaves = [t.clone().requires_grad_(t.is_floating_point()) for t in inputs]
     out = fn(*leaves)
     out.backward(torch.linspace(-1, 1, out.numel(), device=out.device).reshape(out.shape))
-    return out.detach(), [t.grad for t in leaves]
+    return out.detach(), [t.grad for t in leaves if t.is_floating_point()]
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -10,12 +10,12 @@ Public functions:
 All take NHWC maps whose sides are multiples of ``n_win``; padding to such a size is the caller's job (the block's
 ``auto_pad``), because the official model pads before its projection, not here.
 
-The Triton path of :func:`routed_attention` is an ``autograd.Function`` whose forward and backward are the
-``torch.library`` custom ops ``vizattn::routed_attention_fwd`` and ``vizattn::routed_attention_bwd`` (with fake
-implementations) when ``torch.compile`` traces it, so a compiled BiFormer has no graph break there; eager calls skip
-the op dispatch and launch the kernels directly. The kernels live in :mod:`vizattn.kernels.routed.triton`, imported
-on first use: Triton decides when a kernel module is imported whether it compiles or runs under
-``TRITON_INTERPRET=1``.
+The Triton path of :func:`routed_attention` is the ``torch.library`` custom op ``vizattn::routed_attention_fwd``
+(fake implementation, autograd formula whose backward is the op ``vizattn::routed_attention_bwd``) when
+``torch.compile`` traces it, so a compiled BiFormer has no graph break there; eager calls skip the op dispatch and
+launch the kernels directly (:class:`vizattn.kernels._eager.KernelOp`). The kernels live in
+:mod:`vizattn.kernels.routed.triton`, imported on first use: Triton decides when a kernel module is imported whether
+it compiles or runs under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from vizattn.kernels._dispatch import select_backend
+from vizattn.kernels._eager import KernelOp
 from vizattn.kernels.routed.reference import region_routing_reference, routed_attention_reference
 
 __all__ = ["region_routing", "routed_attention", "bi_level_routing_attention", "triton_unsupported_reasons"]
@@ -38,8 +39,7 @@ def _kernels():
     return kernels
 
 
-@torch.library.custom_op("vizattn::routed_attention_fwd", mutates_args=())
-def _routed_attention_fwd_op(
+def _routed_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -52,14 +52,16 @@ def _routed_attention_fwd_op(
     return _kernels().routed_attention_fwd(q, k, v, r_idx, n_win, num_heads, scale, distinct)
 
 
+_routed_attention_fwd_op = torch.library.custom_op("vizattn::routed_attention_fwd", _routed_fwd, mutates_args=())
+
+
 @_routed_attention_fwd_op.register_fake
 def _(q, k, v, r_idx, n_win, num_heads, scale, distinct):
     n, hh, ww, _ = q.shape
     return v.new_empty((n, hh, ww, v.shape[-1])), q.new_empty((n, num_heads, hh * ww), dtype=torch.float32)
 
 
-@torch.library.custom_op("vizattn::routed_attention_bwd", mutates_args=())
-def _routed_attention_bwd_op(
+def _routed_bwd(
     grad_out: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -75,40 +77,31 @@ def _routed_attention_bwd_op(
     return _kernels().routed_attention_bwd(grad_out, q, k, v, out, lse, r_idx, n_win, num_heads, scale, distinct)
 
 
+_routed_attention_bwd_op = torch.library.custom_op("vizattn::routed_attention_bwd", _routed_bwd, mutates_args=())
+
+
 @_routed_attention_bwd_op.register_fake
 def _(grad_out, q, k, v, out, lse, r_idx, n_win, num_heads, scale, distinct):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
-def _fwd(q, k, v, r_idx, n_win, num_heads, scale, distinct):
-    # Eager calls go straight to the launcher (a custom op costs tens of microseconds of dispatch per call, as much
-    # as a small kernel); under torch.compile the op is one opaque node with a fake implementation.
-    if torch.compiler.is_compiling():
-        return _routed_attention_fwd_op(q, k, v, r_idx, n_win, num_heads, scale, distinct)
-    return _kernels().routed_attention_fwd(q, k, v, r_idx, n_win, num_heads, scale, distinct)
+def _setup_context(ctx, inputs, output):
+    q, k, v, r_idx, n_win, num_heads, scale, distinct = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, r_idx, out, lse)
+    ctx.args = (n_win, num_heads, scale, distinct)
 
 
-def _bwd(grad_out, q, k, v, out, lse, r_idx, n_win, num_heads, scale, distinct):
-    if torch.compiler.is_compiling():
-        return _routed_attention_bwd_op(grad_out, q, k, v, out, lse, r_idx, n_win, num_heads, scale, distinct)
-    return _kernels().routed_attention_bwd(grad_out, q, k, v, out, lse, r_idx, n_win, num_heads, scale, distinct)
+def _backward(ctx, run_backward, grad_out, grad_lse):
+    # no gradient to r_idx: the routing is not differentiable
+    q, k, v, r_idx, out, lse = ctx.saved_tensors
+    dq, dk, dv = run_backward(grad_out, q, k, v, out, lse, r_idx, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None
 
 
-class _RoutedAttention(torch.autograd.Function):
-    """Triton forward and backward kernels; no gradient to ``r_idx`` (the routing is not differentiable)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, r_idx, n_win, num_heads, scale, distinct):
-        out, lse = _fwd(q, k, v, r_idx, n_win, num_heads, scale, distinct)
-        ctx.save_for_backward(q, k, v, r_idx, out, lse)
-        ctx.args = (n_win, num_heads, scale, distinct)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, r_idx, out, lse = ctx.saved_tensors
-        dq, dk, dv = _bwd(grad_out, q, k, v, out, lse, r_idx, *ctx.args)
-        return dq, dk, dv, None, None, None, None, None
+_ROUTED = KernelOp(
+    _routed_attention_fwd_op, _routed_fwd, _routed_attention_bwd_op, _routed_bwd, _setup_context, _backward
+)
 
 
 def triton_unsupported_reasons(
@@ -226,9 +219,7 @@ def routed_attention(
         raise ValueError(f"{op}: r_idx is on {r_idx.device} but q is on {q.device}; put them on one device.")
     reasons = triton_unsupported_reasons(q, k, v, n_win, num_heads, r_idx.shape[2])
     if select_backend(op, backend, (q, k, v), unsupported=reasons) == "triton":
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            return _RoutedAttention.apply(q, k, v, r_idx, n_win, num_heads, float(scale), distinct_routing)
-        return _fwd(q, k, v, r_idx, n_win, num_heads, float(scale), distinct_routing)[0]
+        return _ROUTED(q, k, v, r_idx, n_win, num_heads, float(scale), distinct_routing)[0]
     return routed_attention_reference(q, k, v, r_idx, n_win, num_heads, scale)
 
 
