@@ -141,6 +141,23 @@ def device_tables(axis: AxisTiles, device: torch.device, key_tiles: bool = False
 
 
 @triton.jit
+def _program_coords(n_tw, heads):
+    """(tile row, tile column, image, head) of this program: axis 0 runs over the tiles, axis 1 over image x head."""
+    tile = tl.program_id(0).to(tl.int64)
+    bn = tl.program_id(1).to(tl.int64)
+    return tile // n_tw, tile % n_tw, bn // heads, bn % heads
+
+
+@triton.jit
+def _rowdot(a, a_t, b, b_t, BLOCK_T: tl.constexpr):
+    """Per-row dot products of two (rows, d) blocks split like the head dim (see :func:`_load_cols`), in float32."""
+    s = tl.sum(a.to(tl.float32) * b.to(tl.float32), 1)
+    if BLOCK_T > 0:
+        s += tl.sum(a_t.to(tl.float32) * b_t.to(tl.float32), 1)
+    return s
+
+
+@triton.jit
 def _query_slots(QH, SH, QW, SW, th, tw, T_H: tl.constexpr, T_W: tl.constexpr, BLOCK_M: tl.constexpr):
     """Slot m of the tile: its row/column slot, global row/column, and whether it is a real (first-copy) query."""
     # Index math in int64: no overflow for large maps, and the interpreter does not check int64 arithmetic.
@@ -327,12 +344,7 @@ def _halo_fwd_kernel(
     BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    tile = tl.program_id(0).to(tl.int64)
-    bn = tl.program_id(1).to(tl.int64)
-    th = tile // n_tw
-    tw = tile % n_tw
-    b = bn // heads
-    head = bn % heads
+    th, tw, b, head = _program_coords(n_tw, heads)
     a_h, a_w, row, col, m_ok, real = _query_slots(QH, SH, QW, SW, th, tw, T_H, T_W, BLOCK_M)
     q, q_t = _load_cols(Q + b * s_qb + head * s_qn + row * s_qh + col * s_qw, m_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
     k_base = K + b * s_kb + head * s_kn
@@ -393,19 +405,12 @@ def _halo_dq_kernel(
 ):
     """Query-centric: dq of one query tile over its halo and the extra keys (the bias added to the recomputed
     scores). It also writes ``delta = rowsum(dO * O)`` of its queries, which the kernels launched after it read."""
-    tile = tl.program_id(0).to(tl.int64)
-    bn = tl.program_id(1).to(tl.int64)
-    th = tile // n_tw
-    tw = tile % n_tw
-    b = bn // heads
-    head = bn % heads
+    th, tw, b, head = _program_coords(n_tw, heads)
     a_h, a_w, row, col, m_ok, real = _query_slots(QH, SH, QW, SW, th, tw, T_H, T_W, BLOCK_M)
     q, q_t = _load_cols(Q + b * s_qb + head * s_qn + row * s_qh + col * s_qw, m_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
     do, do_t = _load_cols(DO + b * s_gb + head * s_gn + row * s_gh + col * s_gw, real, s_gd, d_v, BLOCK_DV, BLOCK_TV)
     o, o_t = _load_cols(OUT + b * s_ob + head * s_on + row * s_oh + col * s_ow, real, s_od, d_v, BLOCK_DV, BLOCK_TV)
-    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-    if BLOCK_TV > 0:
-        delta += tl.sum(do_t.to(tl.float32) * o_t.to(tl.float32), 1)
+    delta = _rowdot(do, do_t, o, o_t, BLOCK_TV)
     stat = b * s_lb + head * s_ln + row * s_lh + col * s_lw
     tl.store(DELTA + stat, delta, mask=real)
     lse = tl.load(LSE + stat, mask=real, other=0.0)
@@ -464,12 +469,7 @@ def _halo_dkdv_kernel(
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Key-centric: dk, dv of one key tile, over the halo of the queries that see its keys (key-tile tables)."""
-    tile = tl.program_id(0).to(tl.int64)
-    bn = tl.program_id(1).to(tl.int64)
-    th = tile // n_tw
-    tw = tile % n_tw
-    b = bn // heads
-    head = bn % heads
+    th, tw, b, head = _program_coords(n_tw, heads)
     # The key tile plays the query tile's part of the forward: _halo_chunk gives (key slot, halo query) pairs. In NA
     # a key slot's window is the run of halo queries that see the key, and the pair's relative index (the forward's,
     # so the same bias) falls by one per halo slot (KEY_TILE).

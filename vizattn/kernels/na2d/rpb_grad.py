@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from vizattn.kernels._alloc import new_output
-from vizattn.kernels._halo2d.triton import _load_cols
+from vizattn.kernels._halo2d.triton import _load_cols, _rowdot
 from vizattn.kernels._triton_util import cdiv as _cdiv
 from vizattn.kernels._triton_util import head_split
 from vizattn.kernels._triton_util import next_pow2 as _next_pow2
@@ -53,15 +53,6 @@ def _window(pos, length, dilation, KS: tl.constexpr):
     group_len = (length - g + dilation - 1) // dilation
     ws = tl.minimum(tl.maximum(i - KS // 2, 0), group_len - KS)
     return g, ws, ws - i + KS - 1
-
-
-@triton.jit
-def _rowdot(a, a_t, b, b_t, BLOCK_T: tl.constexpr):
-    """Per-row dot products of two (rows, d) blocks split like the head dim, in float32."""
-    s = tl.sum(a * b.to(tl.float32), 1)
-    if BLOCK_T > 0:
-        s += tl.sum(a_t * b_t.to(tl.float32), 1)
-    return s
 
 
 @triton.jit
