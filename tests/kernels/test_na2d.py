@@ -327,8 +327,8 @@ def test_halo_kernels_refuse_tables_of_the_wrong_role():
     from vizattn.kernels._halo2d.triton import halo_bwd, halo_fwd
 
     q = torch.randn(1, 9, 10, 1, 16, device=DEVICE)
-    rows, cols = kernels._axes(q, 3, 2, None)
-    key_rows, key_cols = kernels._axes(q, 3, 2, None, kernels._key_tables)
+    rows, cols = kernels._axes(q, 3, 2, (8, 8))
+    key_rows, key_cols = kernels._axes(q, 3, 2, (8, 8), kernels._key_tables)
     lse = torch.zeros(1, 9, 10, 1, device=DEVICE)
     with pytest.raises(ValueError, match="query-tile tables"):
         halo_fwd(q, q, q, key_rows, key_cols, 0.25)

@@ -1,12 +1,13 @@
 """Triton launchers of CLEAR's circular local attention, forward and backward.
 
 The kernels are the tiled halo attention of :mod:`vizattn.kernels._halo2d.triton` in its circle mode: a program owns
-an 8x8 query tile of one image and one head, walks the ``(8 + 2r - 2)^2`` halo keys around it (shifted inward at the
-borders, see :mod:`vizattn.kernels.clear.tiles`) in chunks, keeps a key iff its squared distance to the query is
-below ``r^2``, then runs the same online softmax over the ``M`` extra tokens. Nothing of size ``N * window`` is ever
-written. The backward writes every gradient once, without atomics (so deterministically): a query-centric kernel
-``dq``, a key-centric one ``dk``, ``dv`` (the disc is symmetric and the halos are shifted inward at the borders, so the
-forward's tables also list the queries that see a key tile), and a dense kernel the extra tokens' gradients.
+a query tile of one image and one head (8x8 queries in the forward), walks the ``(T + 2r - 2)^2`` halo keys around it
+(shifted inward at the borders, see :mod:`vizattn.kernels.clear.tiles`) in chunks, keeps a key iff its squared
+distance to the query is below ``r^2``, then runs the same online softmax over the ``M`` extra tokens. Nothing of
+size ``N * window`` is ever written. The backward writes every gradient once, without atomics (so deterministically):
+a query-centric kernel ``dq``, a key-centric one ``dk``, ``dv`` (the disc is symmetric and the halos are shifted inward
+at the borders, so the forward's tables also list the queries that see a key tile), and a dense kernel the extra
+tokens' gradients.
 """
 
 from __future__ import annotations
@@ -32,9 +33,15 @@ TILE = (8, 8)  # queries per program along H and W
 # bytes of spill stores for the forward (the circle mask: each thread holds 64 query rows of one key column), 0 / 12
 # for dq, 16 for dk/dv, 0 for the extra tokens' kernel; with 8 warps only the forward at 128 keys spills.
 _FWD = dict(block_n=128, num_warps=4)
+# A second sweep (2026-11-29 18:10 UTC; same shape, head dim split as 64 + 16) tried smaller tiles with 1-2 warps: the
+# forward stays best as above (1.03 ms; 4x8 tiles of 32 keys x 1 warp 1.13, 2x8 1.19), but the backward kernels each
+# gain ~0.7 ms with one-warp programs (each measured with the other kernel at its former 8x8 configuration, total
+# 4.95 ms): dq on 4x8 query tiles with 32 keys per step (4.18 ms), dk/dv on 4x4 key tiles with 32 queries per step
+# (4.27 ms).
+_DQ_TILE, _DKDV_TILE = (4, 8), (4, 4)
 _BWD = dict(
-    dq_launch=Launch(block_n=32, num_warps=4),
-    dkdv_launch=Launch(block_n=16, num_warps=4),
+    dq_launch=Launch(block_n=32, num_warps=1),
+    dkdv_launch=Launch(block_n=32, num_warps=1),
     extra_launch=Launch(block_n=16, num_warps=4, block_m=64),
 )
 
@@ -81,13 +88,15 @@ def clear_bwd(
     lse: torch.Tensor,
     radius: int,
     scale: float,
-    tile: tuple[int, int] = TILE,
+    tile: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Backward launcher: (dq, dk, dv, d_extra_k, d_extra_v) in their inputs' dtypes (the last two None without
-    extra tokens)."""
-    rows, cols = _axes(q, radius, tile)
+    extra tokens). ``tile`` sets the query tiles of the dq kernel and the key tiles of the dk/dv kernel (None: their
+    defaults)."""
+    rows, cols = _axes(q, radius, tile or _DQ_TILE)
+    key_rows, key_cols = _axes(q, radius, tile or _DKDV_TILE)  # the circle's key tiles are query tiles too
     dq, dk, dv, dek, dev = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, circle_radius=radius, extra_k=extra_k, extra_v=extra_v,
-        **_BWD,
+        key_rows=key_rows, key_cols=key_cols, **_BWD,
     )
     return dq, dk, dv, dek, dev

@@ -18,23 +18,51 @@ gradient, ``d(rpb)`` included, is deterministic.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 
 from vizattn.kernels._alloc import new_output
-from vizattn.kernels._halo2d.triton import DeviceTables, device_tables, halo_bwd, halo_fwd
+from vizattn.kernels._halo2d.triton import DeviceTables, Launch, device_tables, halo_bwd, halo_fwd
 from vizattn.kernels.na2d.rpb_grad import na2d_rpb_grad
 from vizattn.kernels.na2d.tiles import axis_tiles, key_axis_tiles
 
-__all__ = ["na2d_fwd", "na2d_bwd", "TILE", "SMALL_MAP_TILE", "default_tile"]
-
-TILE = (8, 8)  # queries per program along H and W
-SMALL_MAP_TILE = (4, 8)  # maps of at most 16 rows: more programs (H200, 14x14, 8 heads: 0.085 ms against 0.127)
+__all__ = ["na2d_fwd", "na2d_bwd", "KernelConfig", "launch_configs"]
 
 
-def default_tile(height: int) -> tuple[int, int]:
-    """The query tile of a map with ``height`` rows."""
-    return SMALL_MAP_TILE if height <= 16 else TILE
+class KernelConfig(NamedTuple):
+    """Where one NA kernel runs on a GPU: its tile (queries, or keys for the dk/dv kernel, along H and W) and launch."""
+
+    tile: tuple[int, int]
+    launch: Launch
+
+
+# From a sweep on the H200 (2026-11-29 18:07 UTC, bf16, head dim 32, k 7; kernel times of direct calls): small
+# one-warp programs beat the 8x8 tiles of 4 warps everywhere. A 2x8 tile's halo holds 112 keys against 8x8's 196
+# (each query needs 49), and the small programs keep more of them resident per SM (the 4-warp ones were register-
+# limited to 25% occupancy). Forward at B64 56x56 2 heads: 0.125 -> 0.107 ms (with rpb 0.209 -> 0.147); B8 128x128
+# 4 heads: 0.161 -> 0.137; B64 14x14 8 heads with one-row tiles of 16: 0.079 -> 0.040. Backward at 14x14: dk/dv
+# 0.26 -> 0.14 ms of the two kernels' sum with one-row key tiles; elsewhere the backward gains 1-3%.
+_LARGE_MAP = (
+    KernelConfig((2, 8), Launch(block_n=32, num_warps=1)),  # forward
+    KernelConfig((2, 8), Launch(block_n=16, num_warps=1)),  # dq
+    KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),  # dk/dv (key tiles)
+)
+_SMALL_MAP = (  # maps of at most 16 rows (NAT's last stages at 224 px)
+    KernelConfig((1, 16), Launch(block_n=16, num_warps=1)),
+    KernelConfig((2, 16), Launch(block_n=16, num_warps=2)),
+    KernelConfig((1, 16), Launch(block_n=16, num_warps=1)),
+)
+_SMALL_MAP_ROWS = 16
+
+
+def launch_configs(height: int, tile: tuple[int, int] | None = None) -> tuple[KernelConfig, ...]:
+    """The (forward, dq, dk/dv) configurations for a map of ``height`` rows; ``tile`` overrides every kernel's tile
+    (tests cover odd tilings with it), keeping the launches."""
+    configs = _SMALL_MAP if height <= _SMALL_MAP_ROWS else _LARGE_MAP
+    if tile is None:
+        return configs
+    return tuple(c._replace(tile=tuple(tile)) for c in configs)
 
 
 @functools.lru_cache(maxsize=256)
@@ -47,12 +75,9 @@ def _key_tables(length: int, kernel_size: int, dilation: int, tile: int, device:
     return device_tables(key_axis_tiles(length, kernel_size, dilation, tile), device, key_tiles=True)
 
 
-def _axes(
-    q: torch.Tensor, kernel_size: int, dilation: int, tile: tuple[int, int] | None, tables=_tables
-) -> tuple[DeviceTables, ...]:
-    """The two axes' tables of ``q``'s map: the forward's (query tiles) or, with ``tables=_key_tables``, the key
-    tiles of the backward's key-centric kernel."""
-    tile = tile or default_tile(q.shape[1])
+def _axes(q: torch.Tensor, kernel_size: int, dilation: int, tile: tuple[int, int], tables=_tables):
+    """The two axes' tables of ``q``'s map with ``tile``: the forward's (query tiles) or, with
+    ``tables=_key_tables``, the key tiles of the backward's key-centric kernel."""
     return tuple(tables(q.shape[1 + i], kernel_size, dilation, tile[i], q.device) for i in range(2))
 
 
@@ -72,8 +97,9 @@ def na2d_fwd(
         out (B, H, W, heads, head_dim_v) contiguous in v's dtype, and lse (B, H, W, heads) float32, the base-2
         logsumexp of each query's scores (what the backward needs).
     """
-    rows, cols = _axes(q, kernel_size, dilation, tile)
-    return halo_fwd(q, k, v, rows, cols, scale, rpb=rpb)
+    fwd = launch_configs(q.shape[1], tile)[0]
+    rows, cols = _axes(q, kernel_size, dilation, fwd.tile)
+    return halo_fwd(q, k, v, rows, cols, scale, rpb=rpb, block_n=fwd.launch.block_n, num_warps=fwd.launch.num_warps)
 
 
 def na2d_bwd(
@@ -90,13 +116,14 @@ def na2d_bwd(
     tile: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Backward launcher: (dq, dk, dv, d_rpb) in the dtypes of q, k, v, rpb (d_rpb None without rpb)."""
-    rows, cols = _axes(q, kernel_size, dilation, tile)
-    key_rows, key_cols = _axes(q, kernel_size, dilation, tile, _key_tables)
+    _, dq_cfg, dkdv_cfg = launch_configs(q.shape[1], tile)
+    rows, cols = _axes(q, kernel_size, dilation, dq_cfg.tile)
+    key_rows, key_cols = _axes(q, kernel_size, dilation, dkdv_cfg.tile, _key_tables)
     grad_out = grad_out.contiguous()
     delta = new_output(tuple(lse.shape), torch.float32, q.device)  # written by the dq kernel, read by the others
     dq, dk, dv, _, _ = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
-        delta=delta,
+        delta=delta, dq_launch=dq_cfg.launch, dkdv_launch=dkdv_cfg.launch,
     )
     drpb = None
     if rpb is not None:

@@ -45,7 +45,9 @@ from vizattn.kernels._triton_util import dot_precision as _dot_precision
 from vizattn.kernels._triton_util import head_block as _head_block
 from vizattn.kernels._triton_util import next_pow2 as _next_pow2
 
-__all__ = ["routed_attention_fwd", "routed_attention_bwd", "choose_mode", "CONFIGS", "MAX_INDEX"]
+__all__ = [
+    "routed_attention_fwd", "routed_attention_bwd", "choose_mode", "CONFIGS", "SMALL_REGION_CONFIGS", "MAX_INDEX"
+]
 
 _LOG2E = 1.4426950408889634
 MAX_INDEX = 1 << 21  # token/region indices stay below this for the float32 division to be exact
@@ -505,22 +507,32 @@ def choose_mode(n_win: int, h: int, w: int, topk: int) -> str:
 
 # Tuning knobs per (kernel, mode), from a sweep on an H200 at the BiFormer-S stage shapes (batch 64, bf16, head dim
 # 32; docs/benchmarks.md). For dk/dv, BLOCK_N is the key block a program owns and BLOCK_M the query block it walks.
-# tools/benchmark.py and tests may overwrite entries.
+# tools/benchmark.py and tests may overwrite entries. The gather forward at stage 0 (8x8 regions): 64 keys per step
+# and two stages 0.045 ms, 32 keys and one stage 0.041 (sweep of 2026-11-29 18:30 UTC, CUDA-graph kernel times).
 CONFIGS: dict[tuple[str, str], dict[str, int]] = {
-    ("fwd", "gather"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
+    ("fwd", "gather"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
     ("fwd", "dense"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
     ("dq", "gather"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
     ("dq", "dense"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
     ("dkdv", "gather"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1),
     ("dkdv", "dense"): dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=1),
 }
+# Gather mode with regions of at most 16 tokens (BiFormer-S stage 1: 4x4 regions, topk 4), where a program's tile is
+# one region's 16 rows: one warp per program (the same sweep: forward 0.052 -> 0.029 ms; backward dq 0.170 -> 0.159
+# and dk/dv 0.170 -> 0.119 ms of the two kernels' sum, each measured with the other at the general configuration).
+SMALL_REGION_CONFIGS: dict[str, dict[str, int]] = {
+    "fwd": dict(BLOCK_M=16, BLOCK_N=32, num_warps=1, num_stages=2),
+    "dq": dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1),
+    "dkdv": dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1),
+}
 
 
 def _config(kernel: str, mode: str, n_tok: int, n_keys: int) -> dict[str, int]:
-    cfg = dict(CONFIGS[(kernel, mode)])
+    region_rows = max(16, _next_pow2(n_tok))
+    small = mode == "gather" and region_rows == 16
+    cfg = dict(SMALL_REGION_CONFIGS[kernel] if small else CONFIGS[(kernel, mode)])
     if mode == "gather":
         # Never pad a tile far beyond a region's tokens or a query's keys.
-        region_rows = max(16, _next_pow2(n_tok))
         cfg["BLOCK_M"] = min(cfg["BLOCK_M"], region_rows)
         if kernel in ("fwd", "dq"):
             cfg["BLOCK_N"] = min(cfg["BLOCK_N"], max(16, _next_pow2(n_keys)))
