@@ -41,25 +41,31 @@ class KernelConfig(NamedTuple):
 # one-warp programs beat the 8x8 tiles of 4 warps everywhere. A 2x8 tile's halo holds 112 keys against 8x8's 196
 # (each query needs 49), and the small programs keep more of them resident per SM (the 4-warp ones were register-
 # limited to 25% occupancy). Forward at B64 56x56 2 heads: 0.125 -> 0.107 ms (with rpb 0.209 -> 0.147); B8 128x128
-# 4 heads: 0.161 -> 0.137; B64 14x14 8 heads with one-row tiles of 16: 0.079 -> 0.040. Backward at 14x14: dk/dv
+# 4 heads: 0.161 -> 0.137; B64 14x14 8 heads: 0.079 -> 0.033 (1x16 tiles; 2x16 below). Backward at 14x14: dk/dv
 # 0.26 -> 0.14 ms of the two kernels' sum with one-row key tiles; elsewhere the backward gains 1-3%.
 _LARGE_MAP = (
     KernelConfig((2, 8), Launch(block_n=32, num_warps=1)),  # forward
     KernelConfig((2, 8), Launch(block_n=16, num_warps=1)),  # dq
     KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),  # dk/dv (key tiles)
 )
-_SMALL_MAP = (  # maps of at most 16 rows (NAT's last stages at 224 px)
-    KernelConfig((1, 16), Launch(block_n=16, num_warps=1)),
+_SMALL_MAP = (  # maps of 9 to 16 rows (NAT's third stage at 224 px); from CUDA-graph timings (18:30 UTC), where the
+    # forward at B64 14x14 8 heads took 0.026 ms on 2x16 tiles against 0.030-0.034 on 1x16 or 2x8
+    KernelConfig((2, 16), Launch(block_n=16, num_warps=1)),
     KernelConfig((2, 16), Launch(block_n=16, num_warps=2)),
     KernelConfig((1, 16), Launch(block_n=16, num_warps=1)),
 )
-_SMALL_MAP_ROWS = 16
+_TINY_MAP = (  # maps of at most 8 rows (the last stage): B128 7x7 16 heads, forward 0.021 ms, dq and dk/dv 0.054 each
+    KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),
+    KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),
+    KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),
+)
+_SMALL_MAP_ROWS, _TINY_MAP_ROWS = 16, 8
 
 
 def launch_configs(height: int, tile: tuple[int, int] | None = None) -> tuple[KernelConfig, ...]:
     """The (forward, dq, dk/dv) configurations for a map of ``height`` rows; ``tile`` overrides every kernel's tile
     (tests cover odd tilings with it), keeping the launches."""
-    configs = _SMALL_MAP if height <= _SMALL_MAP_ROWS else _LARGE_MAP
+    configs = _TINY_MAP if height <= _TINY_MAP_ROWS else _SMALL_MAP if height <= _SMALL_MAP_ROWS else _LARGE_MAP
     if tile is None:
         return configs
     return tuple(c._replace(tile=tuple(tile)) for c in configs)
