@@ -274,6 +274,63 @@ def test_rpb_grad_for_any_block(hh, ww, k, d, block, rows):
         assert torch.equal(drpb, again), "d(rpb) is not bitwise reproducible"
 
 
+ROW_TILE_CASES = [(c, rows) for c in RPB_CASES for rows in (None, 3)]
+
+
+@pytest.mark.parametrize(
+    "case,rows", ROW_TILE_CASES, ids=[f"{c.id}-r{rows}" for c, rows in ROW_TILE_CASES]
+)
+def test_rpb_grad_by_row_tiles_matches_reference(case, rows):
+    """The tensor-core d(rpb) kernel (row tiles, window columns gathered out of the halo's scores): every RPB_CASES
+    geometry, all rows in one program or chunks of 3 (border and interior rows of a dilation group mixed)."""
+    from vizattn.kernels.na2d.rpb_grad import ROW_TILE, na2d_rpb_grad_rows
+
+    q, k, v, rpb, grad = _inputs(case, seed=8)
+    scale = case.head_dim**-0.5
+    out, lse = kernels.na2d_fwd(q, k, v, rpb, case.k, case.d, scale)
+    delta = (grad.float() * out.float()).sum(-1)
+    cols = kernels._tables(case.ww, case.k, case.d, ROW_TILE, q.device)
+    drpb = na2d_rpb_grad_rows(grad, q, k, v, rpb, lse, delta, case.k, case.d, scale, cols, rows_per_program=rows)
+    ref_rpb = rpb.double().requires_grad_()
+    na2d_reference(q.double(), k.double(), v.double(), case.k, case.d, ref_rpb, scale).backward(grad.double())
+    assert drpb.dtype == rpb.dtype and torch.isfinite(drpb).all()
+    l2_tol, max_tol = ATTN_TOL[q.dtype]
+    l2, mx = rel_errors(drpb, ref_rpb.grad)
+    assert l2 < l2_tol and mx < max_tol, f"drpb: rel L2 {l2:.2e}, rel max {mx:.2e}"
+
+
+def test_backward_runs_the_row_tile_rpb_kernel_when_chosen(monkeypatch):
+    """kernels.RPB_GRAD = 'rows' routes the backward's d(rpb) through na2d_rpb_grad_rows (the reference's result)."""
+    import vizattn.kernels.na2d.rpb_grad as rpb_grad
+
+    calls = []
+    real = rpb_grad.na2d_rpb_grad_rows
+    monkeypatch.setattr(kernels, "RPB_GRAD", "rows")
+    monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    case = RPB_CASES[3]
+    q, k, v, rpb, grad = _inputs(case, seed=9)
+    scale = case.head_dim**-0.5
+    out, lse = kernels.na2d_fwd(q, k, v, rpb, case.k, case.d, scale)
+    drpb = kernels.na2d_bwd(grad, q, k, v, rpb, out, lse, case.k, case.d, scale)[3]
+    ref_rpb = rpb.double().requires_grad_()
+    na2d_reference(q.double(), k.double(), v.double(), case.k, case.d, ref_rpb, scale).backward(grad.double())
+    assert calls == [1]
+    l2_tol, max_tol = ATTN_TOL[q.dtype]
+    l2, mx = rel_errors(drpb, ref_rpb.grad)
+    assert l2 < l2_tol and mx < max_tol, f"drpb: rel L2 {l2:.2e}, rel max {mx:.2e}"
+
+
+def test_rpb_grad_by_row_tiles_refuses_key_tile_tables():
+    from vizattn.kernels.na2d.rpb_grad import ROW_TILE, na2d_rpb_grad_rows
+
+    q = torch.randn(1, 9, 10, 1, 16, device=DEVICE)
+    rpb = torch.zeros(1, 5, 5, device=DEVICE)
+    stats = torch.zeros(1, 9, 10, 1, device=DEVICE)
+    key_cols = kernels._key_tables(10, 3, 1, ROW_TILE, q.device)
+    with pytest.raises(ValueError, match="query-tile tables"):
+        na2d_rpb_grad_rows(q, q, q, q, rpb, stats, stats, 3, 1, 0.25, key_cols)
+
+
 def test_rpb_grad_default_warps_are_a_power_of_two():
     # Triton refuses other counts on a GPU (the interpreter ignores them): 16 queries of head dim 96 once asked for 6.
     from vizattn.kernels.na2d.rpb_grad import _num_warps

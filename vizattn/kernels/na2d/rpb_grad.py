@@ -19,8 +19,16 @@ in the query's own registers: border queries cost what interior ones do, and no 
 reduction per ``k`` slots. Dot products run on CUDA cores in float32 (one key per query: nothing for a tensor core).
 
 At the end each program stores its float32 ``(2k - 1, 2k - 1)`` partial table; the partials are summed by one
-PyTorch reduction in a fixed order. No atomics: ``d(rpb)`` is deterministic like every other gradient, and there is
-no contention on the table's few addresses to spread over private copies.
+PyTorch reduction in a fixed order.
+
+:func:`na2d_rpb_grad_rows` computes the same on tensor cores: a program owns a tile of 16 queries of one map row and
+walks, per window row, the tile's halo row of keys (the forward's W tables), takes the scores and ``dO . v`` of the
+whole (queries, halo) block from two products and gathers each query's ``k`` window columns out of them before the
+softmax gradient; interior rows share their bias row, so their gradients are summed in registers and binned once per
+window row. It is not yet the backward's default (``vizattn.kernels.na2d.triton.RPB_GRAD``): it has not been timed.
+
+Neither uses atomics: ``d(rpb)`` is deterministic like every other gradient, and there is no contention on the
+table's few addresses to spread over private copies.
 """
 
 from __future__ import annotations
@@ -30,12 +38,13 @@ import triton
 import triton.language as tl
 
 from vizattn.kernels._alloc import new_output
-from vizattn.kernels._halo2d.triton import _load_cols, _rowdot
+from vizattn.kernels._halo2d.triton import DeviceTables, _dot_nt, _load_cols, _rowdot
 from vizattn.kernels._triton_util import cdiv as _cdiv
+from vizattn.kernels._triton_util import dot_precision as _dot_precision
 from vizattn.kernels._triton_util import head_split
 from vizattn.kernels._triton_util import next_pow2 as _next_pow2
 
-__all__ = ["na2d_rpb_grad"]
+__all__ = ["na2d_rpb_grad", "na2d_rpb_grad_rows", "ROW_TILE"]
 
 _LOG2E = 1.4426950408889634
 _BLOCK = 64  # queries (of one row) per block on a GPU
@@ -137,6 +146,103 @@ def _na2d_rpb_grad_kernel(
     tl.store(part + bins[:, None] * side + bins[None, :], table, mask=(bins[:, None] < side) & (bins[None, :] < side))
 
 
+@triton.jit
+def _flush(table, ds, base, bin_h, bins, KS: tl.constexpr):
+    """``table[bin_h, base[m] + j] += ds[m, j]`` for a (queries, window slots) block of score gradients: each query's
+    row moved to its bias columns by one gather, then summed over the queries."""
+    j = bins[None, :] - base[:, None]  # window slot of bias column b for query m
+    hit = (j >= 0) & (j < KS)
+    moved = tl.where(hit, tl.gather(ds, tl.where(hit, j, 0), 1), 0.0)
+    return table + tl.where(bins[:, None] == bin_h, tl.sum(moved, 0)[None, :], 0.0)
+
+
+@triton.jit
+def _na2d_rpb_grad_rows_kernel(
+    Q, K, V, DO, LSE, DELTA, RPB, PART, QW, SW, KW, WW,
+    s_qb, s_qh, s_qw, s_qn, s_qd,
+    s_kb, s_kh, s_kw, s_kn, s_kd,
+    s_vb, s_vh, s_vw, s_vn, s_vd,
+    s_gb, s_gh, s_gw, s_gn, s_gd,
+    s_lb, s_lh, s_lw, s_ln,
+    heads, height, n_wt, rows_per_program, dilation, d_qk, d_v, qk_scale,
+    KS: tl.constexpr, KS_PAD: tl.constexpr, BINS: tl.constexpr, T_W: tl.constexpr, HALO_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """One column tile (``T_W`` queries of one row, one dilation group; the forward's W tables) times a chunk of map
+    rows, of one image and head: its partial ``(2k - 1, 2k - 1)`` d(rpb) table.
+
+    For window row ``jy`` and map row ``r`` the tile's queries meet one row of keys, whose ``HALO_W`` halo columns
+    hold every query's ``k`` window columns: the scores and ``dO . v`` of the (queries, halo columns) block come from
+    two tensor-core products, and ``tl.gather`` moves each query's ``k`` window columns to the front (the "skew"),
+    after which the softmax gradient is computed on (queries, ``k``) only. The bias column of window slot ``jx`` is
+    ``off_w + lo_w + jx`` (from the W tables: fixed per tile), its row ``off_h(r) + jy``, which is the same for every
+    interior row: their gradients are summed in registers per ``jy`` and binned once; a border row's are binned at once.
+    """
+    blk = tl.program_id(0).to(tl.int64)
+    bn = tl.program_id(1).to(tl.int64)
+    wt = blk % n_wt
+    chunk = blk // n_wt
+    b = bn // heads
+    head = bn % heads
+    side = 2 * KS - 1
+    center = KS - 1 - KS // 2  # off_h of every row whose window is not shifted by a border
+
+    m = tl.arange(0, BLOCK_M)
+    m_ok = m < T_W
+    ms = tl.where(m_ok, m, 0)
+    col = tl.load(QW + wt * T_W + ms).to(tl.int64)
+    real = m_ok & (tl.load(SW + wt * T_W + ms) >= 0)
+    ww = WW + wt * 3 * T_W + ms
+    lo_w = tl.load(ww)
+    off_w = tl.load(ww + 2 * T_W)
+    c = tl.arange(0, BLOCK_N)
+    c_ok = c < HALO_W
+    k_col = tl.load(KW + wt * HALO_W + tl.where(c_ok, c, 0)).to(tl.int64)
+    jx = tl.arange(0, KS_PAD)
+    slot_ok = real[:, None] & (jx < KS)[None, :]
+    skew = tl.minimum(lo_w[:, None] + jx[None, :], BLOCK_N - 1)  # halo column of window slot jx
+    base = off_w + lo_w  # bias column of window slot 0
+    bins = tl.arange(0, BINS)
+
+    q_base = Q + b * s_qb + head * s_qn + col * s_qw
+    do_base = DO + b * s_gb + head * s_gn + col * s_gw
+    stat_base = b * s_lb + head * s_ln + col * s_lw  # offsets of lse and delta (same strides)
+    k_base = K + b * s_kb + head * s_kn + k_col * s_kw
+    v_base = V + b * s_vb + head * s_vn + k_col * s_vw
+    rpb_base = RPB + head * side * side
+
+    table = tl.zeros((BINS, BINS), dtype=tl.float32)
+    first = chunk.to(tl.int32) * rows_per_program
+    last = tl.minimum(first + rows_per_program, height)
+    for jy in range(KS):
+        acc = tl.zeros((BLOCK_M, KS_PAD), dtype=tl.float32)
+        for r in range(first, last):
+            g_h, ws_h, off_h = _window(r, height, dilation, KS)
+            r64 = tl.cast(r, tl.int64)
+            q, q_t = _load_cols(q_base + r64 * s_qh, m_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
+            do, do_t = _load_cols(do_base + r64 * s_gh, m_ok, s_gd, d_v, BLOCK_DV, BLOCK_TV)
+            lse = tl.load(LSE + stat_base + r64 * s_lh, mask=real, other=0.0)
+            delta = tl.load(DELTA + stat_base + r64 * s_lh, mask=real, other=0.0)
+            key_row = ((ws_h + jy) * dilation + g_h).to(tl.int64)
+            k, k_t = _load_cols(k_base + key_row * s_kh, c_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
+            v, v_t = _load_cols(v_base + key_row * s_vh, c_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
+            s = tl.gather(_dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION), skew, 1)
+            dp = tl.gather(_dot_nt(do, do_t, v, v_t, BLOCK_TV, DOT_PRECISION), skew, 1)
+            bias = tl.load(rpb_base + (off_h + jy) * side + base[:, None] + jx[None, :], mask=slot_ok,
+                           other=0.0).to(tl.float32)
+            p = tl.exp2(s * qk_scale + bias * 1.4426950408889634 - lse[:, None])
+            ds = tl.where(slot_ok, p * (dp - delta[:, None]), 0.0)
+            if off_h == center:
+                acc += ds
+            else:
+                table = _flush(table, ds, base, off_h + jy, bins, KS)
+        table = _flush(table, acc, base, center + jy, bins, KS)
+    part = PART + (bn * tl.num_programs(0) + blk) * side * side
+    tl.store(part + bins[:, None] * side + bins[None, :], table, mask=(bins[:, None] < side) & (bins[None, :] < side))
+
+
 def _num_warps(block: int, d_qk: int, d_v: int) -> int:
     """About 8 elements of each (queries, head dim) block per thread: 8 warps for 64 queries of head dim 32 (sm_90:
     79 registers, 3 programs of 8 warps per SM; with 4 warps 128 registers and 4 programs, 16 warps per SM), rounded
@@ -210,5 +316,60 @@ def na2d_rpb_grad(
         KS=kernel_size, BINS=_next_pow2(side), ROWS=rows, COLS=cols,
         BLOCK_DQK=dqk, BLOCK_TQK=tqk, BLOCK_DV=dv, BLOCK_TV=tv,
         num_warps=num_warps or _num_warps(rows * cols, d_qk, d_v), num_stages=1,
+    )
+    return part.view(b, heads, -1, side, side).sum((0, 2)).to(rpb.dtype)
+
+
+ROW_TILE = 16  # queries of one map row per program of the row-tile d(rpb) kernel
+_ROWS_TARGET_PROGRAMS = 4096
+
+
+def na2d_rpb_grad_rows(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rpb: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    kernel_size: int,
+    dilation: int,
+    scale: float,
+    cols: DeviceTables,
+    *,
+    rows_per_program: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
+    """d(rpb) as :func:`na2d_rpb_grad` (same arguments and result), by row tiles on tensor cores.
+
+    Args:
+        cols: the forward's W-axis query-tile tables of this map with tiles of :data:`ROW_TILE` queries
+            (``vizattn.kernels.na2d.triton._tables(W, k, d, ROW_TILE, device)``).
+        rows_per_program: map rows per program (None: about 4096 programs on a GPU; all rows under the interpreter).
+        num_warps: warps per program on a GPU (None: 4; for sm_90 ptxas reports 108 registers at 4 warps and 254 at 1
+            for 16 queries of head dim 32, 12 bytes of spills at head dim 72; Triton 3.8 fails to compile 8 warps).
+    """
+    b, hh, ww, heads, d_qk = q.shape
+    d_v = v.shape[-1]
+    side = 2 * kernel_size - 1
+    if cols.key_tiles:
+        raise ValueError("na2d_rpb_grad_rows: needs the W axis's query-tile tables, got key-tile tables.")
+    if rows_per_program is None:
+        if triton.knobs.runtime.interpret:
+            rows_per_program = hh
+        else:
+            rows_per_program = _cdiv(hh * cols.n_tiles * b * heads, _ROWS_TARGET_PROGRAMS)
+    rows_per_program = max(1, min(rows_per_program, hh))
+    n_chunks = _cdiv(hh, rows_per_program)
+    part = new_output((b * heads, n_chunks * cols.n_tiles, side, side), torch.float32, q.device)
+    (dqk, tqk), (dv, tv) = head_split(d_qk), head_split(d_v)
+    _na2d_rpb_grad_rows_kernel[(n_chunks * cols.n_tiles, b * heads)](
+        q, k, v, grad_out, lse, delta, rpb.contiguous(), part, *cols[:4],
+        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride(),
+        heads, hh, cols.n_tiles, rows_per_program, dilation, d_qk, d_v, scale * _LOG2E,
+        KS=kernel_size, KS_PAD=_next_pow2(kernel_size), BINS=_next_pow2(side), T_W=cols.tile, HALO_W=cols.halo,
+        BLOCK_M=max(16, _next_pow2(cols.tile)), BLOCK_N=max(16, _next_pow2(cols.halo)),
+        BLOCK_DQK=dqk, BLOCK_TQK=tqk, BLOCK_DV=dv, BLOCK_TV=tv, DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=num_warps or 4, num_stages=1,
     )
     return part.view(b, heads, -1, side, side).sum((0, 2)).to(rpb.dtype)

@@ -24,7 +24,7 @@ import torch
 
 from vizattn.kernels._alloc import new_output
 from vizattn.kernels._halo2d.triton import DeviceTables, Launch, device_tables, halo_bwd, halo_fwd
-from vizattn.kernels.na2d.rpb_grad import na2d_rpb_grad
+from vizattn.kernels.na2d.rpb_grad import ROW_TILE, na2d_rpb_grad, na2d_rpb_grad_rows
 from vizattn.kernels.na2d.tiles import axis_tiles, key_axis_tiles
 
 __all__ = ["na2d_fwd", "na2d_bwd", "KernelConfig", "launch_configs"]
@@ -60,6 +60,10 @@ _TINY_MAP = (  # maps of at most 8 rows (the last stage): B128 7x7 16 heads, for
     KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),
 )
 _SMALL_MAP_ROWS, _TINY_MAP_ROWS = 16, 8
+# Which d(rpb) kernel the backward runs: "slots" (na2d_rpb_grad, CUDA cores, slot by slot: timed, 0.57 ms at B64 56x56
+# 2 heads) or "rows" (na2d_rpb_grad_rows, row tiles on tensor cores: written after the device time of 2026-11-29 was
+# spent, tested under the interpreter and compiled for sm_90, not yet timed).
+RPB_GRAD = "slots"
 
 
 def launch_configs(height: int, tile: tuple[int, int] | None = None) -> tuple[KernelConfig, ...]:
@@ -132,6 +136,9 @@ def na2d_bwd(
         delta=delta, dq_launch=dq_cfg.launch, dkdv_launch=dkdv_cfg.launch,
     )
     drpb = None
-    if rpb is not None:
+    if rpb is not None and RPB_GRAD == "rows":
+        w_tiles = _tables(q.shape[2], kernel_size, dilation, ROW_TILE, q.device)
+        drpb = na2d_rpb_grad_rows(grad_out, q, k, v, rpb, lse, delta, kernel_size, dilation, scale, w_tiles)
+    elif rpb is not None:
         drpb = na2d_rpb_grad(grad_out, q, k, v, rpb, lse, delta, kernel_size, dilation, scale)
     return dq, dk, dv, drpb
