@@ -21,7 +21,7 @@ from vizattn.kernels.clear.tiles import circle_axis_tiles
 
 __all__ = ["clear_fwd", "clear_bwd", "TILE"]
 
-TILE = (8, 8)  # queries per program along H and W
+TILE = (8, 8)  # the forward's queries per program along H and W
 # Launch configuration on a GPU, from sweeps on the H200 (2026-11-29; 128x128 grid, r 8, batch 2, 16 heads of 72,
 # bf16, one pipeline stage). Forward: 1.29 ms with 128 keys per step and 4 warps against 2.7-9.4 ms for the other
 # (keys, warps, stages) combinations. Backward (forward 1.30 ms without extra tokens, 1.69 ms with 256): 6.6 ms, and
@@ -37,7 +37,7 @@ _FWD = dict(block_n=128, num_warps=4)
 # forward stays best as above (1.03 ms; 4x8 tiles of 32 keys x 1 warp 1.13, 2x8 1.19), but the backward kernels each
 # gain ~0.7 ms with one-warp programs (each measured with the other kernel at its former 8x8 configuration, total
 # 4.95 ms): dq on 4x8 query tiles with 32 keys per step (4.18 ms), dk/dv on 4x4 key tiles with 32 queries per step
-# (4.27 ms).
+# (4.27 ms); together 3.21 ms (CUDA-graph timing, 18:30), and tools/benchmark.py's fwd+bwd 6.25 -> 4.26 ms.
 _DQ_TILE, _DKDV_TILE = (4, 8), (4, 4)
 _BWD = dict(
     dq_launch=Launch(block_n=32, num_warps=1),
