@@ -392,6 +392,23 @@ def test_unsupported_triton_cases_are_explained():
     assert clear_attention(q, q, q, 2).dtype == torch.float64
 
 
+def test_auto_may_take_triton_on_cuda(monkeypatch):
+    """'auto' lets the dispatcher pick the Triton kernels for CUDA tensors (they beat flex_attention forward and
+    backward on the H200; see TRITON_BY_DEFAULT), and the PyTorch path everywhere else."""
+    import vizattn.kernels.clear as clear_mod
+
+    seen = []
+
+    def spy(op, backend, tensors, reasons=(), auto_triton=True):
+        seen.append((op, backend, auto_triton))
+        return "torch"
+
+    monkeypatch.setattr(clear_mod, "select_backend", spy)
+    q = torch.randn(1, 5, 6, 2, 16)
+    clear_attention(q, q, q, 2)
+    assert seen == [("clear_attention", "auto", True)]
+
+
 def test_custom_op_registration():
     """Schema, fake (meta) implementation and autograd registration, as torch.compile needs them."""
     g = torch.Generator().manual_seed(8)
