@@ -131,6 +131,20 @@ def test_gradients_match_reference_for_any_tile(hh, ww, k, d, tile, rpb_on):
     assert (grads[3] is None) == (not rpb_on)
 
 
+def test_launch_configs_follow_the_map_size_and_head_dim():
+    """One-warp small tiles at head dim 32 (the measured case), by map height; wider heads keep 8x8 tiles of 4 warps
+    (the one-warp programs spill there); an explicit tile replaces every kernel's tile and keeps its launch."""
+    large, small, tiny, wide = (kernels.launch_configs(h, d) for h, d in ((56, 32), (14, 32), (7, 32), (56, 64)))
+    assert [c.tile for c in large] == [(2, 8), (2, 8), (4, 8)]
+    assert [c.tile for c in small] == [(2, 16), (2, 16), (1, 16)]
+    assert [c.tile for c in tiny] == [(4, 8)] * 3
+    assert [c.tile for c in wide] == [(8, 8)] * 3 and {c.launch.num_warps for c in wide} == {4}
+    assert {c.launch.num_warps for c in large + tiny} == {1}
+    assert kernels.launch_configs(14, 128) == wide
+    forced = kernels.launch_configs(56, 32, (3, 5))
+    assert [c.tile for c in forced] == [(3, 5)] * 3 and [c.launch for c in forced] == [c.launch for c in large]
+
+
 def test_head_split_covers_each_head_dim_with_the_fewest_columns():
     """The halo kernels' (main, tail) blocks: two powers of two >= 16 (or one, tail 0) covering d in as few columns as
     such a pair can, and one block, head_block's, whenever a split would not cover fewer columns."""

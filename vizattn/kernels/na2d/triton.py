@@ -60,16 +60,29 @@ _TINY_MAP = (  # maps of at most 8 rows (the last stage): B128 7x7 16 heads, for
     KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),
 )
 _SMALL_MAP_ROWS, _TINY_MAP_ROWS = 16, 8
+# Head dims over 32 (no official NAT/DiNAT model has one; the sweeps above ran at 32): the 8x8 tiles of 4 warps, the
+# best configuration before those sweeps. Compiled for sm_90, the one-warp programs spill at head dim 64 (dk/dv 252
+# bytes) and 128 (forward 80-492, dk/dv 1244-1568), the 4-warp ones at most 8 and 364 bytes.
+_WIDE_HEADS = (KernelConfig((8, 8), Launch(block_n=32, num_warps=4)),) * 3
+_WIDE_HEAD_DIM = 32
 # Which d(rpb) kernel the backward runs: "slots" (na2d_rpb_grad, CUDA cores, slot by slot: timed, 0.57 ms at B64 56x56
 # 2 heads) or "rows" (na2d_rpb_grad_rows, row tiles on tensor cores: written after the device time of 2026-11-29 was
 # spent, tested under the interpreter and compiled for sm_90, not yet timed).
 RPB_GRAD = "slots"
 
 
-def launch_configs(height: int, tile: tuple[int, int] | None = None) -> tuple[KernelConfig, ...]:
-    """The (forward, dq, dk/dv) configurations for a map of ``height`` rows; ``tile`` overrides every kernel's tile
-    (tests cover odd tilings with it), keeping the launches."""
-    configs = _TINY_MAP if height <= _TINY_MAP_ROWS else _SMALL_MAP if height <= _SMALL_MAP_ROWS else _LARGE_MAP
+def launch_configs(
+    height: int, head_dim: int = 32, tile: tuple[int, int] | None = None
+) -> tuple[KernelConfig, ...]:
+    """The (forward, dq, dk/dv) configurations for a map of ``height`` rows and heads of ``head_dim`` (the larger of
+    the q/k and v dims); ``tile`` overrides every kernel's tile (tests cover odd tilings with it), keeping the
+    launches."""
+    if head_dim > _WIDE_HEAD_DIM:
+        configs = _WIDE_HEADS
+    elif height <= _TINY_MAP_ROWS:
+        configs = _TINY_MAP
+    else:
+        configs = _SMALL_MAP if height <= _SMALL_MAP_ROWS else _LARGE_MAP
     if tile is None:
         return configs
     return tuple(c._replace(tile=tuple(tile)) for c in configs)
@@ -107,7 +120,7 @@ def na2d_fwd(
         out (B, H, W, heads, head_dim_v) contiguous in v's dtype, and lse (B, H, W, heads) float32, the base-2
         logsumexp of each query's scores (what the backward needs).
     """
-    fwd = launch_configs(q.shape[1], tile)[0]
+    fwd = launch_configs(q.shape[1], max(q.shape[-1], v.shape[-1]), tile)[0]
     rows, cols = _axes(q, kernel_size, dilation, fwd.tile)
     return halo_fwd(q, k, v, rows, cols, scale, rpb=rpb, block_n=fwd.launch.block_n, num_warps=fwd.launch.num_warps)
 
@@ -126,7 +139,7 @@ def na2d_bwd(
     tile: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Backward launcher: (dq, dk, dv, d_rpb) in the dtypes of q, k, v, rpb (d_rpb None without rpb)."""
-    _, dq_cfg, dkdv_cfg = launch_configs(q.shape[1], tile)
+    _, dq_cfg, dkdv_cfg = launch_configs(q.shape[1], max(q.shape[-1], v.shape[-1]), tile)
     rows, cols = _axes(q, kernel_size, dilation, dq_cfg.tile)
     key_rows, key_cols = _axes(q, kernel_size, dilation, dkdv_cfg.tile, _key_tables)
     grad_out = grad_out.contiguous()
