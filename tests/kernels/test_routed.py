@@ -237,6 +237,17 @@ def test_mode_choice(n_win, hh, ww, topk, expected):
     assert kernels.choose_mode(n_win, hh // n_win, ww // n_win, topk) == expected
 
 
+def test_launch_configuration_by_region_size_and_head_dim():
+    """Gather mode: regions of <= 16 tokens at head dim <= 32 run one-warp programs (SMALL_REGION_CONFIGS); larger
+    regions or wider heads the general CONFIGS, tiles clipped to the region's rows and the query's keys."""
+    small = [kernels._config(k, "gather", 16, 64, 32) for k in ("fwd", "dq", "dkdv")]
+    assert small == [kernels.SMALL_REGION_CONFIGS[k] for k in ("fwd", "dq", "dkdv")]
+    wide = kernels._config("fwd", "gather", 16, 64, 64)
+    assert wide["num_warps"] == kernels.CONFIGS[("fwd", "gather")]["num_warps"] and wide["BLOCK_M"] == 16
+    assert kernels._config("fwd", "gather", 64, 64, 32) == kernels.CONFIGS[("fwd", "gather")]
+    assert kernels._config("fwd", "dense", 4, 64, 32) == kernels.CONFIGS[("fwd", "dense")]
+
+
 def test_argument_errors(monkeypatch):
     q = torch.randn(1, 8, 8, 16, device=DEVICE)
     r_idx = torch.zeros(1, 4, 2, dtype=torch.long, device=DEVICE)

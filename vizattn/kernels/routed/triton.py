@@ -525,11 +525,12 @@ SMALL_REGION_CONFIGS: dict[str, dict[str, int]] = {
     "dq": dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1),
     "dkdv": dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1),
 }
+_SMALL_REGION_HEAD_DIM = 32  # measured at BiFormer's head dim 32; wider heads keep CONFIGS (one warp holds less)
 
 
-def _config(kernel: str, mode: str, n_tok: int, n_keys: int) -> dict[str, int]:
+def _config(kernel: str, mode: str, n_tok: int, n_keys: int, head_dim: int) -> dict[str, int]:
     region_rows = max(16, _next_pow2(n_tok))
-    small = mode == "gather" and region_rows == 16
+    small = mode == "gather" and region_rows == 16 and head_dim <= _SMALL_REGION_HEAD_DIM
     cfg = dict(SMALL_REGION_CONFIGS[kernel] if small else CONFIGS[(kernel, mode)])
     if mode == "gather":
         # Never pad a tile far beyond a region's tokens or a query's keys.
@@ -577,7 +578,7 @@ def routed_attention_fwd(
     ridx = r_idx.contiguous()
     out = new_output((g.n, g.hh, g.ww, v.shape[-1]), v.dtype, v.device)
     lse = new_output((g.n, num_heads, g.hh * g.ww), torch.float32, v.device)
-    cfg = _config("fwd", mode, g.n_tok, g.topk * g.n_tok)
+    cfg = _config("fwd", mode, g.n_tok, g.topk * g.n_tok, max(g.d_qk, g.d_v))
     bm = cfg.pop("BLOCK_M")
     rows = _cdiv(g.p2 * g.n_tok, bm) if mode == "dense" else g.p2 * _cdiv(g.n_tok, bm)
     _routed_fwd_kernel[(g.n * rows * num_heads,)](
@@ -630,7 +631,7 @@ def routed_attention_bwd(
     )
     scalars = (scale * _LOG2E, scale, *g.scalars)
 
-    cfg = _config("dq", mode, g.n_tok, g.topk * g.n_tok)
+    cfg = _config("dq", mode, g.n_tok, g.topk * g.n_tok, max(g.d_qk, g.d_v))
     bm = cfg.pop("BLOCK_M")
     rows = _cdiv(g.p2 * g.n_tok, bm) if dense else g.p2 * _cdiv(g.n_tok, bm)
     _routed_bwd_dq_kernel[(g.n * rows * num_heads,)](
@@ -639,7 +640,7 @@ def routed_attention_bwd(
         *scalars, BLOCK_M=bm, TOPK_PAD=topk_pad, **common, **cfg,
     )
 
-    cfg = _config("dkdv", mode, g.n_tok, g.topk * g.n_tok)
+    cfg = _config("dkdv", mode, g.n_tok, g.topk * g.n_tok, max(g.d_qk, g.d_v))
     bn = cfg.pop("BLOCK_N")
     cols = _cdiv(g.p2 * g.n_tok, bn) if dense else g.p2 * _cdiv(g.n_tok, bn)
     _routed_bwd_dkdv_kernel[(g.n * cols * num_heads,)](
