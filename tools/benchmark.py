@@ -62,7 +62,9 @@ SDPA) and its CLEAR students (``build_student``, one per radius): ms per step (m
 ``--dit-warmup``), speed-up over the teacher, and peak memory (the model's weights plus the step's peak).
 
 Models (``--models a,b,...``; empty skips): inference img/s (no grad), training img/s (forward, backward, SGD step)
-and peak memory, batch 128 at 224 px under bf16 autocast. ``name@torch`` builds a vizattn model with
+and peak memory, batch 128 at 224 px under bf16 autocast, and (with ``--profile``) the GPU time of one inference and
+one training step's kernels (``infer_kern_ms``, ``train_kern_ms``): the wall-clock img/s of models made of many small
+layers are bounded by a slow host, the kernel time is not. ``name@torch`` builds a vizattn model with
 ``kernel_backend='torch'``. ``--hires`` adds BiFormer-S forward+backward on one 1024x1024 image with ``n_win=16``.
 
 Groups run in this order: neighborhood, depthwise, CLEAR, DiT, models, hires, routed (measured in an earlier run,
@@ -1072,6 +1074,7 @@ def bench_model(spec: str, batch: int, size: int, iters: int, compile_model: boo
     _timed(infer, warm, dev)
     row["infer_img_s"] = batch * iters / _timed(infer, iters, dev)
     row["infer_peak_gib"] = _peak_gib(dev)
+    row["infer_kern_ms"] = _kernel_ms(infer, dev, n=3)
 
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
@@ -1087,6 +1090,9 @@ def bench_model(spec: str, batch: int, size: int, iters: int, compile_model: boo
     _reset_peak(dev)
     row["train_img_s"] = batch * iters / _timed(train, iters, dev)
     row["train_peak_gib"] = _peak_gib(dev)
+    # GPU time of one step's kernels: what a host fast enough to keep the GPU busy would see (the img/s above are
+    # wall clock, host-bound on slow hosts for models of many small layers)
+    row["train_kern_ms"] = _kernel_ms(train, dev, n=3)
     return row
 
 
@@ -1220,14 +1226,15 @@ def print_model_table(rows: list[dict], hires: list[dict]) -> None:
     if rows:
         print("\nmodels (bf16 autocast; train = forward + backward + SGD step)")
         print(f"{'model':34} {'params':>7} {'batch':>5} {'infer img/s':>11} {'train img/s':>11} {'train GiB':>9} "
-              f"{'infer GiB':>9}")
+              f"{'infer GiB':>9} {'infer kern ms':>13} {'train kern ms':>13}")
         for r in rows:
             if "error" in r:
                 print(f"{r['model']:34} error: {r['error']}")
                 continue
             print(f"{r['model']:34} {r['params_m']:6.1f}M {r['batch']:5d} {r['infer_img_s']:11.0f} "
                   f"{r['train_img_s']:11.0f} {_fmt(r['train_peak_gib'], '.2f'):>9} "
-                  f"{_fmt(r['infer_peak_gib'], '.2f'):>9}")
+                  f"{_fmt(r['infer_peak_gib'], '.2f'):>9} {_fmt(r.get('infer_kern_ms'), '.1f'):>13} "
+                  f"{_fmt(r.get('train_kern_ms'), '.1f'):>13}")
     for r in hires:
         if "error" in r:
             print(f"hires {r['model']}: error: {r['error']}")
