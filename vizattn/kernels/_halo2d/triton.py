@@ -187,32 +187,38 @@ def _slot_windows(WH, WW, RPB, th, tw, a_h, a_w, m_ok, rpb_side, T_H: tl.constex
 
 
 @triton.jit
-def _halo_chunk(KH, KW, RPB, th, tw, row, col, m_ok, lo_h, width_h, lo_w, width_w, start, rpb_side, radius_sq,
-                HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RPB: tl.constexpr,
-                CIRCLE: tl.constexpr, KEY_TILE: tl.constexpr):
-    """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row/column, validity, the (query, key)
-    mask and the bias (zero without rpb; the circle has none).
-
-    NA: the window of each tile slot comes from :func:`_slot_windows` and ``RPB`` holds one bias pointer per tile
-    slot; ``KEY_TILE`` says the tile holds keys and the halo queries (the relative index then falls as the halo slot
-    grows)."""
+def _halo_keys(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row and column, and validity."""
     n = start + tl.arange(0, BLOCK_N).to(tl.int64)
     n_ok = n < HALO_H * HALO_W
-    c_h = tl.where(n_ok, n // HALO_W, 0)
-    c_w = tl.where(n_ok, n % HALO_W, 0)
-    k_row = tl.load(KH + th * HALO_H + c_h).to(tl.int64)
-    k_col = tl.load(KW + tw * HALO_W + c_w).to(tl.int64)
+    k_row = tl.load(KH + th * HALO_H + tl.where(n_ok, n // HALO_W, 0)).to(tl.int64)
+    k_col = tl.load(KW + tw * HALO_W + tl.where(n_ok, n % HALO_W, 0)).to(tl.int64)
+    return k_row, k_col, n_ok
+
+
+@triton.jit
+def _pair_mask(RPB, row, col, k_row, k_col, m_ok, n_ok, lo_h, width_h, lo_w, width_w, start, rpb_side, radius_sq,
+               HALO_W: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr,
+               KEY_TILE: tl.constexpr):
+    """The (tile slot, halo key) mask of the keys of :func:`_halo_keys` and the bias (0 without rpb; the circle has
+    none).
+
+    Circle: squared distance below ``r^2`` (index math in int32, cheaper than int64: the squared offsets overflow only
+    on maps over 46340 tokens a side), both real. NA: the window of each tile slot comes from :func:`_slot_windows`
+    and ``RPB`` holds one bias pointer per tile slot; ``KEY_TILE`` says the tile holds keys and the halo queries (the
+    relative index then falls as the halo slot grows)."""
     if CIRCLE:
-        # A placeholder: the kernels build the circle's mask with _circle_inside after their loads, which keeps it
-        # out of registers across them (sm_90, CLEAR d 72 r 8: forward spills 204 -> 40 bytes, dk/dv 60 -> 8).
-        inside = n_ok
+        d_h = k_row.to(tl.int32)[None, :] - row.to(tl.int32)[:, None]
+        d_w = k_col.to(tl.int32)[None, :] - col.to(tl.int32)[:, None]
+        inside = (d_h * d_h + d_w * d_w < radius_sq) & m_ok[:, None] & n_ok[None, :]
         bias = 0.0
     else:
         # Per pair two int32 subtractions, each range-checked by one unsigned compare (a negative difference wraps
         # above any width), and no table gather. Past the halo's end (n_ok false) the row slot is HALO_H or more,
         # outside every window: the windows lie in the halo.
-        s_h = (n // HALO_W).to(tl.int32)
-        s_w = c_w.to(tl.int32)
+        n = start + tl.arange(0, BLOCK_N)
+        s_h = n // HALO_W
+        s_w = n % HALO_W
         e_h = (s_h[None, :] - lo_h[:, None]).to(tl.uint32, bitcast=True)
         e_w = (s_w[None, :] - lo_w[:, None]).to(tl.uint32, bitcast=True)
         inside = (e_h < width_h.to(tl.uint32, bitcast=True)[:, None]) & (
@@ -224,17 +230,8 @@ def _halo_chunk(KH, KW, RPB, th, tw, row, col, m_ok, lo_h, width_h, lo_w, width_
                 c = -c
             bias = tl.load(RPB[:, None] + c[None, :], mask=inside, other=0.0).to(tl.float32)
         else:
-            bias = tl.zeros(inside.shape, dtype=tl.float32)
-    return k_row, k_col, n_ok, inside, bias
-
-
-@triton.jit
-def _circle_inside(row, col, k_row, k_col, m_ok, n_ok, radius_sq):
-    """The circle's (tile slot, halo key) mask: squared distance below ``r^2``, both real. Index math in int32
-    (cheaper than int64): the squared offsets overflow only on maps over 46340 tokens a side."""
-    d_h = k_row.to(tl.int32)[None, :] - row.to(tl.int32)[:, None]
-    d_w = k_col.to(tl.int32)[None, :] - col.to(tl.int32)[:, None]
-    return (d_h * d_h + d_w * d_w < radius_sq) & m_ok[:, None] & n_ok[None, :]
+            bias = 0.0
+    return inside, bias
 
 
 @triton.jit
@@ -368,14 +365,11 @@ def _halo_fwd_kernel(
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc, acc_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
-        k_row, k_col, n_ok, inside, bias = _halo_chunk(
-            KH, KW, rpb_rows, th, tw, row, col, m_ok, lo_h, width_h, lo_w, width_w, start, rpb_side, radius_sq,
-            HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False,
-        )
+        k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
         k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
         v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
-        if CIRCLE:
-            inside = _circle_inside(row, col, k_row, k_col, m_ok, n_ok, radius_sq)
+        inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, m_ok, n_ok, lo_h, width_h, lo_w, width_w, start,
+                                  rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
         m_i, l_i, acc, acc_t = _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk_scale,
                                              BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
     if HAS_EXTRA:
@@ -437,14 +431,15 @@ def _halo_dq_kernel(
 
     dq, dq_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
-        k_row, k_col, n_ok, inside, bias = _halo_chunk(
-            KH, KW, rpb_rows, th, tw, row, col, real, lo_h, width_h, lo_w, width_w, start, rpb_side, radius_sq,
-            HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False,
-        )
-        if CIRCLE:  # before the loads here: after them the one-warp dq kernel spills more (268 against 252 bytes)
-            inside = _circle_inside(row, col, k_row, k_col, real, n_ok, radius_sq)
+        k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
+        if CIRCLE:  # before the loads: after them this kernel spills more (sm_90, CLEAR d 72: 268 against 252 bytes)
+            inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, real, n_ok, lo_h, width_h, lo_w, width_w,
+                                      start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
         k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
         v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
+        if not CIRCLE:
+            inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, real, n_ok, lo_h, width_h, lo_w, width_w,
+                                      start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
         ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
                         BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
         dq, dq_t = _dot_acc(ds, k, k_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
@@ -482,9 +477,9 @@ def _halo_dkdv_kernel(
 ):
     """Key-centric: dk, dv of one key tile, over the halo of the queries that see its keys (key-tile tables)."""
     th, tw, b, head = _program_coords(n_tw, heads)
-    # The key tile plays the query tile's part of the forward: _halo_chunk gives (key slot, halo query) pairs. In NA
-    # a key slot's window is the run of halo queries that see the key, and the pair's relative index (the forward's,
-    # so the same bias) falls by one per halo slot (KEY_TILE).
+    # The key tile plays the query tile's part of the forward: _halo_keys and _pair_mask give (key slot, halo query)
+    # pairs. In NA a key slot's window is the run of halo queries that see the key, and the pair's relative index (the
+    # forward's, so the same bias) falls by one per halo slot (KEY_TILE).
     a_h, a_w, row, col, m_ok, real = _query_slots(KQH, KSH, KQW, KSW, th, tw, T_H, T_W, BLOCK_M)
     k, k_t = _load_cols(K + b * s_kb + head * s_kn + row * s_kh + col * s_kw, m_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
     v, v_t = _load_cols(V + b * s_vb + head * s_vn + row * s_vh + col * s_vw, m_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
@@ -501,17 +496,18 @@ def _halo_dkdv_kernel(
     dk, dk_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     dv, dv_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
-        q_row, q_col, n_ok, inside, bias = _halo_chunk(
-            QKH, QKW, rpb_rows, th, tw, row, col, m_ok, lo_h, width_h, lo_w, width_w, start, rpb_side, radius_sq,
-            HALO_H, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True,
-        )
+        q_row, q_col, n_ok = _halo_keys(QKH, QKW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
+        if not (CIRCLE or HAS_RPB):  # NA without bias: before the loads (sm_90, 14x14: 96 against 122 registers)
+            inside, bias = _pair_mask(rpb_rows, row, col, q_row, q_col, m_ok, n_ok, lo_h, width_h, lo_w, width_w,
+                                      start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
         q, q_t = _load_cols(q_base + q_row * s_qh + q_col * s_qw, n_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
         do, do_t = _load_cols(do_base + q_row * s_gh + q_col * s_gw, n_ok, s_gd, d_v, BLOCK_DV, BLOCK_TV)
         stat = stat_base + q_row * s_lh + q_col * s_lw
         lse = tl.load(LSE + stat, mask=n_ok, other=0.0)
         delta = tl.load(DELTA + stat, mask=n_ok, other=0.0)
-        if CIRCLE:
-            inside = _circle_inside(row, col, q_row, q_col, m_ok, n_ok, radius_sq)
+        if CIRCLE or HAS_RPB:
+            inside, bias = _pair_mask(rpb_rows, row, col, q_row, q_col, m_ok, n_ok, lo_h, width_h, lo_w, width_w,
+                                      start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
         dk, dk_t, dv, dv_t = _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside,
                                             dk, dk_t, dv, dv_t, qk_scale, True, BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
     _store_cols(DK + b * s_dkb + head * s_dkn + row * s_dkh + col * s_dkw, real, s_dkd, d_qk,
