@@ -661,7 +661,7 @@ def halo_fwd(
         circle_radius: r selects the circle mask; None the NA window of the tables.
         extra_k, extra_v: optional (B, M, heads, D) and (B, M, heads, Dv) keys every query sees.
         block_n, num_warps, num_stages: launch configuration on a GPU; None keeps the defaults (32 keys per step,
-            Triton's default number of warps, one pipeline stage), which the NA kernels use.
+            Triton's default number of warps, one pipeline stage); NA and CLEAR pass their own.
 
     Returns:
         out (B, H, W, heads, Dv) contiguous in v's dtype, and lse (B, H, W, heads) float32, the base-2 logsumexp of

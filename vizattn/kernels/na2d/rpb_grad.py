@@ -261,6 +261,25 @@ def _block_shape(height: int, width: int, head_dim: int) -> tuple[int, int]:
     return 1, min(_BLOCK if head_dim <= 64 else _BLOCK // 2, _next_pow2(width))
 
 
+def _row_chunks(hh: int, programs_per_row: int, rows_per_program: int | None, target: int, step: int = 1):
+    """(rows per program, chunks): ``rows_per_program`` (None: enough programs, about ``target``, on a GPU; all rows
+    under the interpreter) clipped to the map and rounded up to a multiple of ``step``."""
+    if rows_per_program is None:
+        rows_per_program = hh if triton.knobs.runtime.interpret else _cdiv(hh * programs_per_row, target)
+    rows_per_program = _cdiv(max(1, min(rows_per_program, hh)), step) * step
+    return rows_per_program, _cdiv(hh, rows_per_program)
+
+
+def _partial_tables(q: torch.Tensor, programs: int, side: int) -> torch.Tensor:
+    """One float32 (2k - 1, 2k - 1) d(rpb) table per program, (B * heads, programs, side, side)."""
+    return new_output((q.shape[0] * q.shape[3], programs, side, side), torch.float32, q.device)
+
+
+def _sum_partials(part: torch.Tensor, rpb: torch.Tensor) -> torch.Tensor:
+    """The partial tables summed in a fixed order into rpb's (heads, side, side) and dtype."""
+    return part.view(-1, rpb.shape[0], part.shape[1], *part.shape[2:]).sum((0, 2)).to(rpb.dtype)
+
+
 def na2d_rpb_grad(
     grad_out: torch.Tensor,
     q: torch.Tensor,
@@ -300,14 +319,8 @@ def na2d_rpb_grad(
     side = 2 * kernel_size - 1
     rows, cols = block or _block_shape(hh, ww, max(d_qk, d_v))
     n_cb = _cdiv(ww, cols)
-    if rows_per_program is None:
-        if triton.knobs.runtime.interpret:
-            rows_per_program = hh
-        else:
-            rows_per_program = _cdiv(hh * n_cb * b * heads, _TARGET_PROGRAMS)
-    rows_per_program = _cdiv(min(rows_per_program, hh), rows) * rows
-    n_chunks = _cdiv(hh, rows_per_program)
-    part = new_output((b * heads, n_chunks * n_cb, side, side), torch.float32, q.device)
+    rows_per_program, n_chunks = _row_chunks(hh, n_cb * b * heads, rows_per_program, _TARGET_PROGRAMS, rows)
+    part = _partial_tables(q, n_chunks * n_cb, side)
     (dqk, tqk), (dv, tv) = head_split(d_qk), head_split(d_v)
     _na2d_rpb_grad_kernel[(n_chunks * n_cb, b * heads)](
         q, k, v, grad_out, lse, delta, rpb.contiguous(), part,
@@ -317,7 +330,7 @@ def na2d_rpb_grad(
         BLOCK_DQK=dqk, BLOCK_TQK=tqk, BLOCK_DV=dv, BLOCK_TV=tv,
         num_warps=num_warps or _num_warps(rows * cols, d_qk, d_v), num_stages=1,
     )
-    return part.view(b, heads, -1, side, side).sum((0, 2)).to(rpb.dtype)
+    return _sum_partials(part, rpb)
 
 
 ROW_TILE = 16  # queries of one map row per program of the row-tile d(rpb) kernel
@@ -354,14 +367,8 @@ def na2d_rpb_grad_rows(
     side = 2 * kernel_size - 1
     if cols.key_tiles:
         raise ValueError("na2d_rpb_grad_rows: needs the W axis's query-tile tables, got key-tile tables.")
-    if rows_per_program is None:
-        if triton.knobs.runtime.interpret:
-            rows_per_program = hh
-        else:
-            rows_per_program = _cdiv(hh * cols.n_tiles * b * heads, _ROWS_TARGET_PROGRAMS)
-    rows_per_program = max(1, min(rows_per_program, hh))
-    n_chunks = _cdiv(hh, rows_per_program)
-    part = new_output((b * heads, n_chunks * cols.n_tiles, side, side), torch.float32, q.device)
+    rows_per_program, n_chunks = _row_chunks(hh, cols.n_tiles * b * heads, rows_per_program, _ROWS_TARGET_PROGRAMS)
+    part = _partial_tables(q, n_chunks * cols.n_tiles, side)
     (dqk, tqk), (dv, tv) = head_split(d_qk), head_split(d_v)
     _na2d_rpb_grad_rows_kernel[(n_chunks * cols.n_tiles, b * heads)](
         q, k, v, grad_out, lse, delta, rpb.contiguous(), part, *cols[:4],
@@ -372,4 +379,4 @@ def na2d_rpb_grad_rows(
         BLOCK_DQK=dqk, BLOCK_TQK=tqk, BLOCK_DV=dv, BLOCK_TV=tv, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=num_warps or 4, num_stages=1,
     )
-    return part.view(b, heads, -1, side, side).sum((0, 2)).to(rpb.dtype)
+    return _sum_partials(part, rpb)
