@@ -313,14 +313,13 @@ def test_rpb_grad_by_row_tiles_matches_reference(case, rows):
     assert l2 < l2_tol and mx < max_tol, f"drpb: rel L2 {l2:.2e}, rel max {mx:.2e}"
 
 
-def test_backward_runs_the_row_tile_rpb_kernel_when_chosen(monkeypatch):
-    """kernels.RPB_GRAD = 'rows' routes the backward's d(rpb) through na2d_rpb_grad_rows (the reference's result)."""
-    import vizattn.kernels.na2d.rpb_grad as rpb_grad
-
+@pytest.mark.parametrize("choice,fn", [("rows", "na2d_rpb_grad_rows"), ("slots", "na2d_rpb_grad")])
+def test_backward_runs_the_chosen_rpb_kernel(monkeypatch, choice, fn):
+    """kernels.RPB_GRAD routes the backward's d(rpb) through the chosen kernel (with the reference's result)."""
     calls = []
-    real = rpb_grad.na2d_rpb_grad_rows
-    monkeypatch.setattr(kernels, "RPB_GRAD", "rows")
-    monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = getattr(kernels, fn)
+    monkeypatch.setattr(kernels, "RPB_GRAD", choice)
+    monkeypatch.setattr(kernels, fn, lambda *a, **kw: calls.append(1) or real(*a, **kw))
     case = RPB_CASES[3]
     q, k, v, rpb, grad = _inputs(case, seed=9)
     scale = case.head_dim**-0.5
@@ -368,14 +367,14 @@ def test_rpb_grad_runs_only_with_rpb(monkeypatch):
         calls.append(("halo", kwargs["rpb"] is not None))
         return halo_bwd(*args, **kwargs)
 
-    rpb_grad = kernels.na2d_rpb_grad
+    rpb_grad = kernels.na2d_rpb_grad_rows
 
     def spy_rpb_grad(*args, **kwargs):
         calls.append(("rpb_grad",))
         return rpb_grad(*args, **kwargs)
 
     monkeypatch.setattr(kernels, "halo_bwd", spy_halo_bwd)
-    monkeypatch.setattr(kernels, "na2d_rpb_grad", spy_rpb_grad)
+    monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", spy_rpb_grad)
     g = torch.Generator().manual_seed(8)
     q, k, v, grad = (torch.randn(1, 9, 10, 2, 16, generator=g).to(DEVICE) for _ in range(4))
     rpb = torch.randn(2, 5, 5, generator=g).to(DEVICE)

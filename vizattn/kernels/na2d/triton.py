@@ -10,9 +10,9 @@ The backward is split like FlashAttention-2's: a query-centric kernel writes ``d
 and a key-centric one owns a tile of keys, walks the queries that see them (the transposed tables of
 :func:`vizattn.kernels.na2d.tiles.key_axis_tiles`: a key near a border can be seen by more than ``k`` queries per
 axis) and writes ``dk``, ``dv`` once. With a bias, ``d(rpb)`` comes from a third kernel,
-:func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad`, which walks each query's ``k x k`` window slot by slot and sums
-the score gradients in registers (the halo dq kernel's per-pair atomics cost twice the rest of the backward). Every
-gradient, ``d(rpb)`` included, is deterministic.
+:func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad_rows`, which recomputes the scores of row tiles of queries on
+tensor cores and sums their gradients per bias cell in registers (the halo dq kernel's per-pair atomics cost twice
+the rest of the backward). Every gradient, ``d(rpb)`` included, is deterministic.
 """
 
 from __future__ import annotations
@@ -65,10 +65,11 @@ _SMALL_MAP_ROWS, _TINY_MAP_ROWS = 16, 8
 # bytes) and 128 (forward 80-492, dk/dv 1244-1568), the 4-warp ones at most 8 and 364 bytes.
 _WIDE_HEADS = (KernelConfig((8, 8), Launch(block_n=32, num_warps=4)),) * 3
 _WIDE_HEAD_DIM = 32
-# Which d(rpb) kernel the backward runs: "slots" (na2d_rpb_grad, CUDA cores, slot by slot: timed, 0.57 ms at B64 56x56
-# 2 heads) or "rows" (na2d_rpb_grad_rows, row tiles on tensor cores: written after the device time of 2026-11-29 was
-# spent, tested under the interpreter and compiled for sm_90, not yet timed).
-RPB_GRAD = "slots"
+# Which d(rpb) kernel the backward runs: "rows" (na2d_rpb_grad_rows, row tiles on tensor cores) or "slots"
+# (na2d_rpb_grad, CUDA cores, slot by slot). H200, k 7, head dim 32, CUDA-graph kernel time (2026-11-29 20:27): B64
+# 56x56 2 heads 0.41 against 0.56 ms, 28x28 4 heads 0.23 / 0.33, 14x14 8 heads 0.090 / 0.150, B128 7x7 16 heads
+# 0.107 / 0.132, B128 56x56 0.79 / 1.09.
+RPB_GRAD = "rows"
 
 
 def launch_configs(
