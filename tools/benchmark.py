@@ -1053,8 +1053,53 @@ def _peak_gib(dev: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
 
 
+def _graph_replay(step: Callable[[], object], dev: torch.device, warm: int) -> Callable[[], None]:
+    """``step`` (static inputs) captured into a CUDA graph after ``warm`` calls on a side stream (PyTorch's
+    whole-network capture recipe); returns the graph's replay. Errors of an op that is not capture-safe surface here."""
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        for _ in range(warm):
+            step()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def _bench_graphed(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int, warm: int,
+                   dev: torch.device) -> dict:
+    """Inference and training img/s with each step captured in one CUDA graph and replayed: no host work per step,
+    so the figures are what the GPU sustains (what ``torch.compile(mode="reduce-overhead")`` aims at), independent
+    of the host CPU's speed. Autocast's cast cache is off, as capture requires."""
+    batch, row = x.shape[0], {}
+    model.eval()
+
+    def infer():
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False):
+            model(x)
+
+    replay = _graph_replay(infer, dev, warm)
+    row["graph_infer_img_s"] = batch * iters / _timed(replay, iters, dev)
+    del replay
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def train():  # no zero_grad inside: the captured backward writes the same gradient buffers on every replay
+        with torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    opt.zero_grad(set_to_none=True)
+    replay = _graph_replay(train, dev, warm)
+    row["graph_train_img_s"] = batch * iters / _timed(replay, iters, dev)
+    return row
+
+
 def bench_model(spec: str, batch: int, size: int, iters: int, compile_model: bool,
-                dev: torch.device | None = None) -> dict:
+                dev: torch.device | None = None, cuda_graph: bool = False) -> dict:
     dev = dev or torch.device("cuda")
     warm = 1 if RUN.smoke else 3
     model = _build_model(spec).to(dev)
@@ -1093,18 +1138,25 @@ def bench_model(spec: str, batch: int, size: int, iters: int, compile_model: boo
     # GPU time of one step's kernels: what a host fast enough to keep the GPU busy would see (the img/s above are
     # wall clock, host-bound on slow hosts for models of many small layers)
     row["train_kern_ms"] = _kernel_ms(train, dev, n=3)
+    if cuda_graph:
+        del opt
+        _free(dev)
+        try:
+            row.update(_bench_graphed(model, x, y, iters, warm, dev))
+        except Exception as e:  # noqa: BLE001 - keep the eager numbers of a model that cannot be captured
+            row["graph_error"] = _err(e)
     return row
 
 
 def bench_models(specs: list[str], batch: int, size: int, iters: int, compile_model: bool,
-                 dev: torch.device) -> list[dict]:
+                 dev: torch.device, cuda_graph: bool = False) -> list[dict]:
     rows = []
     for spec in specs:
         if _over_budget():
             rows.append(dict(model=spec, error=SKIPPED))
             continue
         try:
-            row = bench_model(spec, batch, size, iters, compile_model, dev)
+            row = bench_model(spec, batch, size, iters, compile_model, dev, cuda_graph)
         except Exception as e:  # noqa: BLE001 - one failing model must not lose the others' numbers
             row = dict(model=spec, error=_err(e))
         _free(dev)
@@ -1226,7 +1278,7 @@ def print_model_table(rows: list[dict], hires: list[dict]) -> None:
     if rows:
         print("\nmodels (bf16 autocast; train = forward + backward + SGD step)")
         print(f"{'model':34} {'params':>7} {'batch':>5} {'infer img/s':>11} {'train img/s':>11} {'train GiB':>9} "
-              f"{'infer GiB':>9} {'infer kern ms':>13} {'train kern ms':>13}")
+              f"{'infer GiB':>9} {'infer kern ms':>13} {'train kern ms':>13} {'graph infer':>11} {'graph train':>11}")
         for r in rows:
             if "error" in r:
                 print(f"{r['model']:34} error: {r['error']}")
@@ -1234,7 +1286,9 @@ def print_model_table(rows: list[dict], hires: list[dict]) -> None:
             print(f"{r['model']:34} {r['params_m']:6.1f}M {r['batch']:5d} {r['infer_img_s']:11.0f} "
                   f"{r['train_img_s']:11.0f} {_fmt(r['train_peak_gib'], '.2f'):>9} "
                   f"{_fmt(r['infer_peak_gib'], '.2f'):>9} {_fmt(r.get('infer_kern_ms'), '.1f'):>13} "
-                  f"{_fmt(r.get('train_kern_ms'), '.1f'):>13}")
+                  f"{_fmt(r.get('train_kern_ms'), '.1f'):>13} {_fmt(r.get('graph_infer_img_s'), '.0f'):>11} "
+                  f"{_fmt(r.get('graph_train_img_s'), '.0f'):>11}"
+                  + (f"  graph error: {r['graph_error']}" if "graph_error" in r else ""))
     for r in hires:
         if "error" in r:
             print(f"hires {r['model']}: error: {r['error']}")
@@ -1356,6 +1410,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--iters", type=int, default=20, help="timed steps per model measurement")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="also time each model's inference and training step captured in a CUDA graph (GPU-bound "
+                        "img/s, independent of the host CPU; not with --compile)")
     p.add_argument("--hires", action="store_true", help="BiFormer-S forward+backward on one 1024x1024 image")
     p.add_argument("--hires-model", default="biformer_s")
     p.add_argument("--hires-size", type=int, default=1024)
@@ -1366,6 +1423,9 @@ def main(argv: list[str] | None = None) -> int:
                    "to it (.txt)")
     args = p.parse_args(argv)
 
+    if args.cuda_graph and (args.compile or args.device != "cuda"):
+        p.error(f"--cuda-graph captures eager models on a CUDA device; got --device {args.device}"
+                + (" with --compile" if args.compile else ""))
     smoke = args.smoke
     routed = _select(p, "--shapes", args.shapes, SMOKE_ROUTED if smoke else ROUTED_SHAPES)
     clear = _select(p, "--clear-shapes", args.clear_shapes, SMOKE_CLEAR if smoke else CLEAR_SHAPES)
@@ -1428,7 +1488,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 dit_overrides)))
     specs = [s for s in args.models.split(",") if s]
     if specs:
-        groups.append(("models", lambda: bench_models(specs, args.batch, args.img_size, args.iters, args.compile, dev)))
+        groups.append(("models", lambda: bench_models(specs, args.batch, args.img_size, args.iters, args.compile, dev,
+                                                               args.cuda_graph)))
     if args.hires:
 
         def hires() -> list[dict]:

@@ -129,6 +129,15 @@ def test_empty_lists_skip_groups_and_bad_names_stop_early(tmp_path, capsys):
     assert "--na-shapes: unknown shape(s) 56x56-h2; valid: 6x6-h2-k3-rpb" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra,why", [(["--device", "cpu"], "--device cpu"), (["--compile"], "with --compile")])
+def test_cuda_graph_refuses_cpu_and_compile(capsys, extra, why):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--smoke", "--models", "van_b0", "--cuda-graph", *extra])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--cuda-graph captures eager models on a CUDA device; got --device" in err and why in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
 def test_needs_a_gpu_without_smoke(capsys):
     assert bench.main(["--models", ""]) == 2
