@@ -131,6 +131,74 @@ def test_gradients_match_reference_for_any_tile(hh, ww, k, d, tile, rpb_on):
     assert (grads[3] is None) == (not rpb_on)
 
 
+@pytest.mark.parametrize("masks", ["never", "always", "table-too-large"])
+@pytest.mark.parametrize(
+    "hh,ww,k,d,tile", TILE_CASES[1:4], ids=[f"{c[0]}x{c[1]}-k{c[2]}-d{c[3]}" for c in TILE_CASES[1:4]]
+)
+def test_masks_and_bias_both_ways_match_reference(monkeypatch, hh, ww, k, d, tile, masks):
+    """Both ways to the mask and bias in every kernel: the bias table (BIAS_TABLE = "always"; by default only the
+    backward with rpb reads it) and window arithmetic with an rpb gather per pair (BIAS_TABLE = "never", and what the
+    kernels fall back to when a table would be too large)."""
+    import vizattn.kernels._halo2d.triton as halo
+
+    monkeypatch.setattr(kernels, "BIAS_TABLE", "never" if masks == "never" else "always")
+    if masks == "table-too-large":
+        monkeypatch.setattr(halo, "_TABLE_MAX", 0)
+        assert halo.bias_table(*kernels._axes(torch.empty(1, hh, ww, 1, 16, device=DEVICE), k, d, tile), None,
+                               16, 16) is None
+    calls = []
+    real = halo.bias_table
+    monkeypatch.setattr(halo, "bias_table", lambda *a: calls.append(real(*a)) or calls[-1])
+    g = torch.Generator().manual_seed(6)
+    q, kk, v, grad = (torch.randn(2, hh, ww, 2, 16, generator=g).to(DEVICE) for _ in range(4))
+    rpb = torch.randn(2, 2 * k - 1, 2 * k - 1, generator=g).to(DEVICE)
+    out, lse = kernels.na2d_fwd(q, kk, v, rpb, k, d, 0.3, tile=tile)
+    grads = kernels.na2d_bwd(grad, q, kk, v, rpb, out, lse, k, d, 0.3, tile=tile)
+    assert len(calls) == (0 if masks == "never" else 3)
+    assert all((c is None) == (masks == "table-too-large") for c in calls)
+    leaves = [t.double().requires_grad_() for t in (q, kk, v, rpb)]
+    ref = na2d_reference(*leaves[:3], k, d, leaves[3], 0.3)
+    ref.backward(grad.double())
+    l2_tol, max_tol = ATTN_TOL[torch.float32]
+    for name, ours, theirs in zip(["out", "dq", "dk", "dv", "drpb"], [out, *grads], [ref] + [t.grad for t in leaves]):
+        l2, mx = rel_errors(ours, theirs)
+        assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
+
+
+def test_bias_table_choice_is_checked(monkeypatch):
+    monkeypatch.setattr(kernels, "BIAS_TABLE", True)
+    q = torch.randn(1, 9, 9, 1, 16, device=DEVICE)
+    with pytest.raises(ValueError, match=r"BIAS_TABLE must be one of \('never', 'backward-rpb', 'always'\), got True"):
+        kernels.na2d_fwd(q, q, q, None, 3, 1, 0.25)
+
+
+@pytest.mark.parametrize("key_tiles", [False, True], ids=["query-tiles", "key-tiles"])
+def test_bias_table_holds_each_pairs_bias(key_tiles):
+    """bias_table[class_h, class_w, head, slot, halo slot] = rpb[head, rel_h, rel_w] * log2(e) for the pairs in the
+    window (relative indices from the tables' index lists), -inf elsewhere; every tile's class reproduces its own
+    pairs; the table is contiguous (the kernels' layout)."""
+    import vizattn.kernels._halo2d.triton as halo
+
+    hh, ww, k, d, tile = 13, 10, 3, 3, (3, 5)
+    tables = kernels._key_tables if key_tiles else kernels._tables
+    rows, cols = kernels._axes(torch.empty(1, hh, ww, 1, 16, device=DEVICE), k, d, tile, tables)
+    rpb = torch.randn(2, 2 * k - 1, 2 * k - 1, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    tab, cls_h, cls_w, n_cw = halo.bias_table(rows, cols, rpb, 16, 16)
+    assert tab.is_contiguous() and tab.dtype == torch.float32 and n_cw == tab.shape[1]
+    rel_h, rel_w = halo._rel_idx(rows).cpu(), halo._rel_idx(cols).cpu()  # inverse of slot_windows (checked there)
+    tab, rpb = tab.cpu(), rpb.cpu()
+    for th in range(rows.n_tiles):
+        for tw in range(cols.n_tiles):
+            rh, rw = rel_h[th][:, None, :, None], rel_w[tw][None, :, None, :]  # (T_h, T_w, halo_h, halo_w)
+            inside = (rh >= 0) & (rw >= 0)
+            want = torch.where(inside, rpb[:, rh.clamp(min=0), rw.clamp(min=0)] * halo._LOG2E, float("-inf"))
+            got = tab[cls_h[th], cls_w[tw], :, : rows.tile * cols.tile, : rows.halo * cols.halo]
+            assert torch.equal(got, want.reshape(got.shape)), (th, tw)
+            assert (tab[cls_h[th], cls_w[tw], :, rows.tile * cols.tile :] == float("-inf")).all()
+            assert (tab[cls_h[th], cls_w[tw], :, :, rows.halo * cols.halo :] == float("-inf")).all()
+    assert tab.shape[0] < rows.n_tiles or tab.shape[1] < cols.n_tiles  # border classes shared
+
+
 def test_launch_configs_follow_the_map_size_and_head_dim():
     """One-warp small tiles at head dim 32 (the measured case), by map height; wider heads keep 8x8 tiles of 4 warps
     (the one-warp programs spill there); an explicit tile replaces every kernel's tile and keeps its launch."""

@@ -63,7 +63,7 @@ from vizattn.kernels._triton_util import dot_precision as _dot_precision
 from vizattn.kernels._triton_util import head_split as _head_split
 from vizattn.kernels._triton_util import next_pow2 as _next_pow2
 
-__all__ = ["DeviceTables", "Launch", "device_tables", "halo_fwd", "halo_bwd", "slot_windows"]
+__all__ = ["DeviceTables", "Launch", "bias_table", "device_tables", "halo_fwd", "halo_bwd", "slot_windows"]
 
 _LOG2E = 1.4426950408889634
 _BLOCK_N = 32  # halo keys per inner step on a GPU
@@ -187,6 +187,17 @@ def _slot_windows(WH, WW, RPB, th, tw, a_h, a_w, m_ok, rpb_side, T_H: tl.constex
 
 
 @triton.jit
+def _table_rows(TAB, CH, CW, th, tw, n_cw, head, heads, HAS_RPB: tl.constexpr, BLOCK_M: tl.constexpr,
+                NPAD: tl.constexpr):
+    """NA with a bias table: pointers to the rows of this program's (slot, halo slot) table, whose class along each
+    axis comes from ``CH`` / ``CW`` (see :func:`bias_table`); one table per head with rpb, one for all without."""
+    cls = tl.load(CH + th).to(tl.int64) * n_cw + tl.load(CW + tw)
+    if HAS_RPB:
+        cls = cls * heads + head
+    return TAB + (cls * BLOCK_M + tl.arange(0, BLOCK_M)) * NPAD
+
+
+@triton.jit
 def _halo_keys(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
     """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row and column, and validity."""
     n = start + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -232,6 +243,13 @@ def _pair_mask(RPB, row, col, k_row, k_col, m_ok, n_ok, lo_h, width_h, lo_w, wid
         else:
             bias = 0.0
     return inside, bias
+
+
+@triton.jit
+def _table_bias(rows, start, BLOCK_N: tl.constexpr):
+    """Columns ``start .. start + BLOCK_N`` of a program's bias table: the bias of each (slot, halo slot) pair,
+    ``-inf`` outside the window (so no mask is built per pair)."""
+    return tl.load(rows[:, None] + (start + tl.arange(0, BLOCK_N))[None, :])
 
 
 @triton.jit
@@ -288,10 +306,20 @@ def _dot_acc(p, b, b_t, acc, acc_t, BLOCK_T: tl.constexpr, DOT_PRECISION: tl.con
 
 
 @triton.jit
+def _log2_bias(bias, BIAS_LOG2: tl.constexpr):
+    """The bias in base 2, as the scores (``bias`` as is when already so)."""
+    if BIAS_LOG2:
+        return bias
+    return bias * 1.4426950408889634
+
+
+@triton.jit
 def _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk_scale,
-                  BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One online-softmax step over a chunk of keys (scores in base 2); returns the new max, sum and accumulator."""
-    s = _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION) * qk_scale + bias * 1.4426950408889634
+                  BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                  BIAS_LOG2: tl.constexpr = False):
+    """One online-softmax step over a chunk of keys (scores in base 2); returns the new max, sum and accumulator.
+    ``BIAS_LOG2``: the bias is already in base 2 (a bias table's)."""
+    s = _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION) * qk_scale + _log2_bias(bias, BIAS_LOG2)
     s = tl.where(inside, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet in this chunk
@@ -307,9 +335,10 @@ def _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk
 
 @triton.jit
 def _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
-               BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, DOT_PRECISION: tl.constexpr):
+               BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+               BIAS_LOG2: tl.constexpr = False):
     """Score gradients of a chunk of keys, from the probabilities recomputed from the logsumexp."""
-    s = _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION) * qk_scale + bias * 1.4426950408889634
+    s = _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION) * qk_scale + _log2_bias(bias, BIAS_LOG2)
     p = tl.where(inside, tl.exp2(s - lse[:, None]), 0.0)
     dp = _dot_nt(do, do_t, v, v_t, BLOCK_TV, DOT_PRECISION)
     return tl.where(inside, p * (dp - delta[:, None]), 0.0)
@@ -318,12 +347,12 @@ def _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_sc
 @triton.jit
 def _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside, dk, dk_t, dv, dv_t, qk_scale,
                    HAS_BIAS: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr):
+                   DOT_PRECISION: tl.constexpr, BIAS_LOG2: tl.constexpr = False):
     """Key-centric step: a chunk of queries' contribution to the dk, dv of a block of keys, from the transposed
     probabilities and score gradients, (keys, queries). ``bias`` is read only with ``HAS_BIAS``."""
     s = _dot_nt(k, k_t, q, q_t, BLOCK_TQK, DOT_PRECISION) * qk_scale
     if HAS_BIAS:
-        s += bias * 1.4426950408889634
+        s += _log2_bias(bias, BIAS_LOG2)
     p = tl.where(inside, tl.exp2(s - lse[None, :]), 0.0)
     dp = _dot_nt(v, v_t, do, do_t, BLOCK_TV, DOT_PRECISION)
     ds = tl.where(inside, p * (dp - delta[None, :]), 0.0)
@@ -348,13 +377,18 @@ def _halo_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    TABLE: tl.constexpr = False, TABLE_ALIGN: tl.constexpr = 64,
 ):
     th, tw, b, head = _program_coords(n_tw, heads)
     a_h, a_w, row, col, m_ok, real = _query_slots(QH, SH, QW, SW, th, tw, T_H, T_W, BLOCK_M)
     q, q_t = _load_cols(Q + b * s_qb + head * s_qn + row * s_qh + col * s_qw, m_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
     k_base = K + b * s_kb + head * s_kn
     v_base = V + b * s_vb + head * s_vn
-    if CIRCLE:
+    NPAD: tl.constexpr = (HALO_H * HALO_W + TABLE_ALIGN - 1) // TABLE_ALIGN * TABLE_ALIGN  # a table row
+    if TABLE:  # RPB is the bias table, WH / WW the tiles' classes, rpb_side the number of classes along W
+        lo_h, width_h, lo_w, width_w = 0, 0, 0, 0
+        rpb_rows = _table_rows(RPB, WH, WW, th, tw, rpb_side, head, heads, HAS_RPB, BLOCK_M, NPAD)
+    elif CIRCLE:
         lo_h, width_h, lo_w, width_w, rpb_rows = 0, 0, 0, 0, RPB
     else:
         lo_h, width_h, lo_w, width_w, rpb_rows = _slot_windows(
@@ -368,10 +402,13 @@ def _halo_fwd_kernel(
         k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
         k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
         v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
-        inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, m_ok, n_ok, lo_h, width_h, lo_w, width_w, start,
-                                  rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
+        if TABLE:
+            inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
+        else:
+            inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, m_ok, n_ok, lo_h, width_h, lo_w, width_w,
+                                      start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
         m_i, l_i, acc, acc_t = _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk_scale,
-                                             BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
+                                             BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE)
     if HAS_EXTRA:
         ek_base = EK + b * s_eb + head * s_en
         ev_base = EV + b * s_fb + head * s_fn
@@ -406,6 +443,7 @@ def _halo_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    TABLE: tl.constexpr = False, TABLE_ALIGN: tl.constexpr = 64,
 ):
     """Query-centric: dq of one query tile over its halo and the extra keys (the bias added to the recomputed
     scores). It also writes ``delta = rowsum(dO * O)`` of its queries, which the kernels launched after it read."""
@@ -417,12 +455,17 @@ def _halo_dq_kernel(
     delta = _rowdot(do, do_t, o, o_t, BLOCK_TV)
     stat = b * s_lb + head * s_ln + row * s_lh + col * s_lw
     tl.store(DELTA + stat, delta, mask=real)
-    lse = tl.load(LSE + stat, mask=real, other=0.0)
+    # Padded slots repeat a real query and their dq is never stored; with lse read as 0 their scores could
+    # overflow: the pair masks take `real`, not `m_ok` (masking them once in the windows costs nothing per pair), and
+    # a bias table, which has no per-pair mask, meets an infinite lse instead (probabilities 0).
+    lse = tl.load(LSE + stat, mask=real, other=float("inf") if TABLE else 0.0)
     k_base = K + b * s_kb + head * s_kn
     v_base = V + b * s_vb + head * s_vn
-    # The pair masks take `real`, not `m_ok`: padded slots repeat a real query and their dq is never stored; with lse
-    # and delta read as 0 their scores could overflow, and masking them once in the windows costs nothing per pair.
-    if CIRCLE:
+    NPAD: tl.constexpr = (HALO_H * HALO_W + TABLE_ALIGN - 1) // TABLE_ALIGN * TABLE_ALIGN  # a table row
+    if TABLE:
+        lo_h, width_h, lo_w, width_w = 0, 0, 0, 0
+        rpb_rows = _table_rows(RPB, WH, WW, th, tw, rpb_side, head, heads, HAS_RPB, BLOCK_M, NPAD)
+    elif CIRCLE:
         lo_h, width_h, lo_w, width_w, rpb_rows = 0, 0, 0, 0, RPB
     else:
         lo_h, width_h, lo_w, width_w, rpb_rows = _slot_windows(
@@ -437,11 +480,13 @@ def _halo_dq_kernel(
                                       start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
         k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
         v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
-        if not CIRCLE:
+        if TABLE:
+            inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
+        elif not CIRCLE:
             inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, real, n_ok, lo_h, width_h, lo_w, width_w,
                                       start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
         ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
-                        BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
+                        BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE)
         dq, dq_t = _dot_acc(ds, k, k_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
     if HAS_EXTRA:
         ek_base = EK + b * s_eb + head * s_en
@@ -473,7 +518,8 @@ def _halo_dkdv_kernel(
     T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
-    HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, DOT_PRECISION: tl.constexpr, TABLE: tl.constexpr = False,
+    TABLE_ALIGN: tl.constexpr = 64,
 ):
     """Key-centric: dk, dv of one key tile, over the halo of the queries that see its keys (key-tile tables)."""
     th, tw, b, head = _program_coords(n_tw, heads)
@@ -486,7 +532,11 @@ def _halo_dkdv_kernel(
     q_base = Q + b * s_qb + head * s_qn
     do_base = DO + b * s_gb + head * s_gn
     stat_base = b * s_lb + head * s_ln
-    if CIRCLE:
+    NPAD: tl.constexpr = (HALO_H * HALO_W + TABLE_ALIGN - 1) // TABLE_ALIGN * TABLE_ALIGN  # a table row
+    if TABLE:  # (key slot, halo query) pairs; outside the window -inf, past the halo's end too (lse read there as 0)
+        lo_h, width_h, lo_w, width_w = 0, 0, 0, 0
+        rpb_rows = _table_rows(RPB, WH, WW, th, tw, rpb_side, head, heads, HAS_RPB, BLOCK_M, NPAD)
+    elif CIRCLE:
         lo_h, width_h, lo_w, width_w, rpb_rows = 0, 0, 0, 0, RPB
     else:
         lo_h, width_h, lo_w, width_w, rpb_rows = _slot_windows(
@@ -497,7 +547,9 @@ def _halo_dkdv_kernel(
     dv, dv_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
         q_row, q_col, n_ok = _halo_keys(QKH, QKW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
-        if not (CIRCLE or HAS_RPB):  # NA without bias: before the loads (sm_90, 14x14: 96 against 122 registers)
+        if TABLE:
+            inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
+        elif not (CIRCLE or HAS_RPB):  # NA without bias: before the loads (sm_90, 14x14: 96 against 122 registers)
             inside, bias = _pair_mask(rpb_rows, row, col, q_row, q_col, m_ok, n_ok, lo_h, width_h, lo_w, width_w,
                                       start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
         q, q_t = _load_cols(q_base + q_row * s_qh + q_col * s_qw, n_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
@@ -505,11 +557,12 @@ def _halo_dkdv_kernel(
         stat = stat_base + q_row * s_lh + q_col * s_lw
         lse = tl.load(LSE + stat, mask=n_ok, other=0.0)
         delta = tl.load(DELTA + stat, mask=n_ok, other=0.0)
-        if CIRCLE or HAS_RPB:
+        if (CIRCLE or HAS_RPB) and not TABLE:
             inside, bias = _pair_mask(rpb_rows, row, col, q_row, q_col, m_ok, n_ok, lo_h, width_h, lo_w, width_w,
                                       start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
         dk, dk_t, dv, dv_t = _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside,
-                                            dk, dk_t, dv, dv_t, qk_scale, True, BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
+                                            dk, dk_t, dv, dv_t, qk_scale, True, BLOCK_TQK, BLOCK_TV, DOT_PRECISION,
+                                            TABLE)
     _store_cols(DK + b * s_dkb + head * s_dkn + row * s_dkh + col * s_dkw, real, s_dkd, d_qk,
                 dk * scale, dk_t * scale, BLOCK_DQK, BLOCK_TQK)
     _store_cols(DV + b * s_dvb + head * s_dvn + row * s_dvh + col * s_dvw, real, s_dvd, d_v,
@@ -624,6 +677,86 @@ def _cached_meta(t_h, t_w, halo_h, halo_w, d_qk, d_v, dtype, block_n, num_warps,
     )
 
 
+# Largest bias table (float32 entries) built for a launch; past it the kernels build the NA mask and bias per pair.
+_TABLE_MAX = 1 << 22
+# Halo slots per table row: a multiple of every NA key block (16, 32; 256 under the interpreter), so that the forward
+# and the dq kernel, whose blocks differ, read one table.
+_TABLE_ALIGN = 64
+_TABLE_ALIGN_INTERPRET = 256
+
+
+def _table_align() -> int:
+    return _TABLE_ALIGN_INTERPRET if triton.knobs.runtime.interpret else _TABLE_ALIGN
+
+
+def _rel_idx(t: DeviceTables) -> torch.Tensor:
+    """(n, T, halo) relative index of each (slot, halo slot) pair of one axis, -1 outside the window (the inverse
+    of :func:`slot_windows`)."""
+    lo, hi, off = t.window.long().unbind(1)
+    c = torch.arange(t.halo, device=t.window.device)
+    run = (c >= lo[..., None]) & (c < hi[..., None])
+    return torch.where(run, off[..., None] + (-1 if t.key_tiles else 1) * c, -1)
+
+
+class _TableIndex(NamedTuple):
+    index: torch.Tensor  # (Ch, Cw, heads, block_m, npad) int64 into rpb flattened; 0 where the mask is -inf
+    mask: torch.Tensor  # (Ch, Cw, 1, block_m, npad) float32: 0 where the pair is in the window, -inf elsewhere
+    cls_h: torch.Tensor  # class of each tile along H (int32)
+    cls_w: torch.Tensor  # and along W
+
+
+@functools.lru_cache(maxsize=128)
+def _table_index(rows: DeviceTables, cols: DeviceTables, side: int, heads: int, block_m: int,
+                 npad: int) -> _TableIndex:
+    """Where each (slot, halo slot) pair of each class of tiles reads its bias in a flat ``(heads, side, side)`` rpb,
+    and the mask. Tiles whose windows are the same along an axis (every interior tile) share a class, so the tables
+    are small; tile slots past the tile and halo slots past the halo are outside every window."""
+    rel_h, rel_w = _rel_idx(rows), _rel_idx(cols)
+    uh, cls_h = torch.unique(rel_h.flatten(1), dim=0, return_inverse=True)
+    uw, cls_w = torch.unique(rel_w.flatten(1), dim=0, return_inverse=True)
+    uh, uw = uh.view(-1, 1, rows.tile, 1, rows.halo, 1), uw.view(1, -1, 1, cols.tile, 1, cols.halo)
+    inside = (uh >= 0) & (uw >= 0)
+    n_h, n_w = inside.shape[:2]
+    shape = (n_h, n_w, 1, rows.tile * cols.tile, rows.halo * cols.halo)
+    mask = torch.full((n_h, n_w, 1, block_m, npad), float("-inf"), device=inside.device)
+    mask[..., : shape[3], : shape[4]] = torch.where(inside, 0.0, float("-inf")).reshape(shape)
+    index = torch.zeros((n_h, n_w, heads, block_m, npad), dtype=torch.long, device=inside.device)
+    head = torch.arange(heads, device=inside.device).view(1, 1, heads, 1, 1) * side * side
+    index[..., : shape[3], : shape[4]] = torch.where(inside, uh * side + uw, 0).reshape(shape) + head
+    return _TableIndex(index, mask, cls_h.to(torch.int32), cls_w.to(torch.int32))
+
+
+def bias_table(rows: DeviceTables, cols: DeviceTables, rpb: torch.Tensor | None, block_m: int, block_n: int):
+    """NA's mask and bias as one float32 table per class of tiles (and head, with rpb): ``(table, class of each H
+    tile, class of each W tile, number of W classes)``, or None when it would exceed ``_TABLE_MAX`` entries (many
+    border classes: large dilations) or ``block_n`` does not divide its rows. ``table[..., m, n]`` is
+    ``rpb[head, b_h, b_w] * log2(e)`` (0 without rpb) for tile slot ``m`` and halo slot ``n`` of the flat halo when
+    they pair, ``-inf`` when not. Without rpb the table (the mask) is built once per map geometry; with rpb it is
+    gathered from rpb at every launch (two small kernels), so it can never be stale."""
+    align = _table_align()
+    if align % block_n:
+        return None
+    side, heads = (rpb.shape[-1], rpb.shape[0]) if rpb is not None else (0, 1)
+    npad = _cdiv(rows.halo * cols.halo, align) * align
+    n_h = int(rows.n_tiles)  # upper bounds of the class counts, before building anything
+    if n_h * cols.n_tiles * heads * block_m * npad > _TABLE_MAX and not _table_small(rows, cols, heads, block_m, npad):
+        return None
+    ti = _table_index(rows, cols, side, heads, block_m, npad)
+    if rpb is None:
+        return ti.mask, ti.cls_h, ti.cls_w, ti.mask.shape[1]
+    # in base 2, as the kernels' scores (one fused multiply-add per pair); (Ch, Cw, heads, block_m, npad), contiguous
+    tab = torch.add(ti.mask, rpb.detach().reshape(-1)[ti.index], alpha=_LOG2E)
+    return tab, ti.cls_h, ti.cls_w, ti.mask.shape[1]
+
+
+@functools.lru_cache(maxsize=128)
+def _table_small(rows: DeviceTables, cols: DeviceTables, heads: int, block_m: int, npad: int) -> bool:
+    """Whether the classes of tiles make a table of at most ``_TABLE_MAX`` entries."""
+    n_h = torch.unique(_rel_idx(rows).flatten(1), dim=0).shape[0]
+    n_w = torch.unique(_rel_idx(cols).flatten(1), dim=0).shape[0]
+    return n_h * n_w * heads * block_m * npad <= _TABLE_MAX
+
+
 def _extras(q: torch.Tensor, extra_k: torch.Tensor | None, extra_v: torch.Tensor | None):
     """(extra_k, extra_v, M) with placeholders (never read) when there are none."""
     if extra_k is None or extra_k.shape[1] == 0:
@@ -650,6 +783,7 @@ def halo_fwd(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    table: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward launcher; arguments already validated by the op.
 
@@ -662,6 +796,8 @@ def halo_fwd(
         extra_k, extra_v: optional (B, M, heads, D) and (B, M, heads, Dv) keys every query sees.
         block_n, num_warps, num_stages: launch configuration on a GPU; None keeps the defaults (32 keys per step,
             Triton's default number of warps, one pipeline stage); NA and CLEAR pass their own.
+        table: NA mode only: read each pair's mask and bias from a table per class of tiles (:func:`bias_table`)
+            instead of building them per pair (when the table is not too large).
 
     Returns:
         out (B, H, W, heads, Dv) contiguous in v's dtype, and lse (B, H, W, heads) float32, the base-2 logsumexp of
@@ -675,16 +811,26 @@ def halo_fwd(
     has_rpb = rpb is not None
     rpb_t = rpb.contiguous() if has_rpb else q  # placeholder, never read
     ek, ev, n_extra = _extras(q, extra_k, extra_v)
+    meta = _launch_meta(q, v, rows, cols, block_n, num_warps, num_stages)
+    tab = bias_table(rows, cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"]) if table and circle_radius is None else None
+    rpb_t, win_h, win_w, rpb_side = _table_args(rows, cols, rpb_t, rpb_t.shape[-1] if has_rpb else 1, tab)
     _halo_fwd_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
-        q, k, v, ek, ev, out, lse, rpb_t, *rows[:4], *cols[:4],
+        q, k, v, ek, ev, out, lse, rpb_t, *rows[:3], win_h, *cols[:3], win_w,
         *q.stride(), *k.stride(), *v.stride(), *_strides4(ek, n_extra > 0), *_strides4(ev, n_extra > 0),
         *out.stride(), *lse.stride(),
-        heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, scale * _LOG2E,
-        rpb_t.shape[-1] if has_rpb else 1, (circle_radius or 0) ** 2,
-        HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0,
-        **_launch_meta(q, v, rows, cols, block_n, num_warps, num_stages),
+        heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, scale * _LOG2E, rpb_side, (circle_radius or 0) ** 2,
+        HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0, TABLE=tab is not None,
+        TABLE_ALIGN=_table_align(), **meta,
     )
     return out, lse
+
+
+def _table_args(rows: DeviceTables, cols: DeviceTables, rpb_t: torch.Tensor, rpb_side: int, tab):
+    """The kernels' (RPB, WH, WW, rpb_side) arguments: the bias, the windows and the bias's side, or with a bias
+    table (:func:`bias_table`) the table, the tiles' classes and the number of W classes."""
+    if tab is None:
+        return rpb_t, rows.window, cols.window, rpb_side
+    return tab
 
 
 def _extra_splits(n_programs: int, n_queries: int, block_n: int, device: torch.device) -> int:
@@ -731,6 +877,7 @@ def halo_bwd(
     extra_launch: Launch | None = None,
     extra_splits: int | None = None,
     delta: torch.Tensor | None = None,
+    table: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Backward launcher, arguments as :func:`halo_fwd` plus the forward's ``out`` and ``lse``.
 
@@ -751,6 +898,8 @@ def halo_bwd(
             to fill the GPU; 1 under the interpreter).
         delta: optional float32 tensor of lse's shape and strides that receives ``rowsum(grad_out * out)`` (the dq
             kernel writes it), for a caller whose own kernels read it afterwards; None allocates it here.
+        table: NA mode only: the dq and dk/dv kernels read each pair's mask and bias from a table per class of tiles
+            (:func:`bias_table`; one for each kernel's tiles), when not too large.
 
     Returns:
         (dq, dk, dv, d_extra_k, d_extra_v) in the dtypes of their inputs; the last two are None when their inputs are
@@ -781,21 +930,26 @@ def halo_bwd(
     radius_sq = (circle_radius or 0) ** 2
 
     cfg = _merge(dq_launch, block_n, num_warps, num_stages)
+    meta = _launch_meta(q, v, rows, cols, cfg.block_n, cfg.num_warps, cfg.num_stages)
+    tab = bias_table(rows, cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"]) if table and not circle else None
+    tab_t, win_h, win_w, side = _table_args(rows, cols, rpb_t, rpb_side, tab)
     _halo_dq_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
-        q, k, v, ek, ev, grad_out, out, lse, delta, rpb_t, dq, *rows[:4], *cols[:4],
+        q, k, v, ek, ev, grad_out, out, lse, delta, tab_t, dq, *rows[:3], win_h, *cols[:3], win_w,
         *q.stride(), *k.stride(), *v.stride(), *_strides4(ek, n_extra > 0), *_strides4(ev, n_extra > 0),
         *grad_out.stride(), *out.stride(), *lse.stride(), *dq.stride(),
-        heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale, rpb_side, radius_sq,
-        HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0,
-        **_launch_meta(q, v, rows, cols, cfg.block_n, cfg.num_warps, cfg.num_stages),
+        heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale, side, radius_sq,
+        HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
+        **meta,
     )
     cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)
+    meta = _launch_meta(q, v, key_rows, key_cols, cfg.block_n, cfg.num_warps, cfg.num_stages)
+    tab = bias_table(key_rows, key_cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"]) if table and not circle else None
+    tab_t, win_h, win_w, side = _table_args(key_rows, key_cols, rpb_t, rpb_side, tab)
     _halo_dkdv_kernel[(key_rows.n_tiles * key_cols.n_tiles, b * heads)](
-        q, k, v, grad_out, lse, delta, rpb_t, dk, dv, *key_rows[:4], *key_cols[:4],
+        q, k, v, grad_out, lse, delta, tab_t, dk, dv, *key_rows[:3], win_h, *key_cols[:3], win_w,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride(), *dk.stride(), *dv.stride(),
-        heads, key_cols.n_tiles, q.shape[-1], v.shape[-1], qk_scale, scale, rpb_side, radius_sq,
-        HAS_RPB=has_rpb, CIRCLE=circle,
-        **_launch_meta(q, v, key_rows, key_cols, cfg.block_n, cfg.num_warps, cfg.num_stages),
+        heads, key_cols.n_tiles, q.shape[-1], v.shape[-1], qk_scale, scale, side, radius_sq,
+        HAS_RPB=has_rpb, CIRCLE=circle, TABLE=tab is not None, TABLE_ALIGN=_table_align(), **meta,
     )
     if extra_k is None:
         d_extra = (None, None)
