@@ -136,9 +136,9 @@ def test_gradients_match_reference_for_any_tile(hh, ww, k, d, tile, rpb_on):
     "hh,ww,k,d,tile", TILE_CASES[1:4], ids=[f"{c[0]}x{c[1]}-k{c[2]}-d{c[3]}" for c in TILE_CASES[1:4]]
 )
 def test_masks_and_bias_both_ways_match_reference(monkeypatch, hh, ww, k, d, tile, masks):
-    """Both ways to the mask and bias in every kernel: the bias table (BIAS_TABLE = "always"; by default only the
-    backward with rpb reads it) and window arithmetic with an rpb gather per pair (BIAS_TABLE = "never", and what the
-    kernels fall back to when a table would be too large)."""
+    """Both ways to the mask and bias in every kernel: the bias table (BIAS_TABLE = "always"; by default the backward
+    with rpb and the dilated forward with rpb read it) and window arithmetic with an rpb gather per pair
+    (BIAS_TABLE = "never", and what the kernels fall back to when a table would be too large)."""
     import vizattn.kernels._halo2d.triton as halo
 
     monkeypatch.setattr(kernels, "BIAS_TABLE", "never" if masks == "never" else "always")
@@ -165,10 +165,35 @@ def test_masks_and_bias_both_ways_match_reference(monkeypatch, hh, ww, k, d, til
         assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
 
 
+@pytest.mark.parametrize("block_n", [16, 32, 64])
+@pytest.mark.parametrize(
+    "hh,ww,k,d,tile", TILE_CASES[:4], ids=[f"{c[0]}x{c[1]}-k{c[2]}-d{c[3]}" for c in TILE_CASES[:4]]
+)
+def test_forward_at_the_gpu_key_blocks(monkeypatch, hh, ww, k, d, tile, block_n):
+    """The forward at the key blocks of a GPU (the interpreter's default is 256 keys per step): one or several padded
+    halo rows per step of the row-by-row loop, halos of a height that is not a multiple of the rows per step, and
+    the flat loop where a padded halo row is wider than a step."""
+    import vizattn.kernels._halo2d.triton as halo
+
+    monkeypatch.setattr(halo, "_BLOCK_N_INTERPRET", block_n)
+    halo._cached_meta.cache_clear()
+    try:
+        g = torch.Generator().manual_seed(7)
+        q, kk, v = (torch.randn(2, hh, ww, 2, 24, generator=g).to(DEVICE) for _ in range(3))
+        rpb = torch.randn(2, 2 * k - 1, 2 * k - 1, generator=g).to(DEVICE)
+        out, lse = kernels.na2d_fwd(q, kk, v, rpb, k, d, 0.3, tile=tile)
+    finally:
+        halo._cached_meta.cache_clear()
+    ref = na2d_reference(q.double(), kk.double(), v.double(), k, d, rpb.double(), 0.3)
+    l2_tol, max_tol = ATTN_TOL[torch.float32]
+    l2, mx = rel_errors(out, ref)
+    assert l2 < l2_tol and mx < max_tol, f"out: rel L2 {l2:.2e}, rel max {mx:.2e}"
+
+
 def test_bias_table_choice_is_checked(monkeypatch):
     monkeypatch.setattr(kernels, "BIAS_TABLE", True)
     q = torch.randn(1, 9, 9, 1, 16, device=DEVICE)
-    with pytest.raises(ValueError, match=r"BIAS_TABLE must be one of \('never', 'backward-rpb', 'always'\), got True"):
+    with pytest.raises(ValueError, match=r"BIAS_TABLE must be one of \('never', 'auto', 'always'\), got True"):
         kernels.na2d_fwd(q, q, q, None, 3, 1, 0.25)
 
 

@@ -72,21 +72,27 @@ _WIDE_HEAD_DIM = 32
 RPB_GRAD = "rows"
 # Where the halo kernels read each (query, key) pair's mask and bias from a small table per class of tiles
 # (vizattn.kernels._halo2d.triton.bias_table) instead of building them per pair (window arithmetic, an rpb gather):
-# "never", "backward-rpb" or "always". The table cuts the sm_90 loop of the dk/dv kernel with rpb from 756 to 468
-# instructions (forward 603 -> 313, dq 357 -> 238), but its loads cost latency: on the H200 (2026-11-29 20:59, B64,
-# CUDA-graph kernel time, per pair -> table) the backward with rpb gains (56x56 2 heads 0.872 -> 0.750 ms, 28x28 4 heads
-# 0.488 -> 0.441, 56x56 dilation 8 0.781 -> 0.701; 14x14 0.216 -> 0.221, 7x7 0.101 -> 0.104), the forward does not
-# overall (with rpb 0.134 -> 0.134, 0.079 -> 0.082, 0.055 -> 0.045, 0.016 -> 0.020; without rpb 0.107 -> 0.127 at
-# 56x56, 0.028 -> 0.038 at 14x14, 0.140 -> 0.166 at B8 128x128).
-BIAS_TABLE = "backward-rpb"
-_BIAS_TABLE_CHOICES = ("never", "backward-rpb", "always")
+# "never", "auto" or "always". The table cuts the sm_90 loop of the dk/dv kernel with rpb from 756 to 468
+# instructions (dq 357 -> 238), but its loads cost latency. H200, B64, k 7, head dim 32, CUDA-graph kernel time
+# (2026-11-29 20:59 and 21:14; per pair -> table): the backward with rpb gains (56x56 2 heads 0.872 -> 0.750 ms,
+# 28x28 4 heads 0.488 -> 0.441, 56x56 dilation 8 0.781 -> 0.701; 14x14 0.216 -> 0.221, 7x7 0.101 -> 0.104); the
+# forward with dilation 1 is fastest with the row-by-row loop (below), with dilation and rpb with the table (56x56
+# dilation 8: flat loop 0.122, rows 0.164, table 0.109). "auto" takes the table in those two cases.
+BIAS_TABLE = "auto"
+_BIAS_TABLE_CHOICES = ("never", "auto", "always")
 
 
-def _use_table(backward: bool, rpb: torch.Tensor | None) -> bool:
+def _use_table(backward: bool, rpb: torch.Tensor | None, dilation: int) -> bool:
     if BIAS_TABLE not in _BIAS_TABLE_CHOICES:
         raise ValueError(f"vizattn.kernels.na2d.triton.BIAS_TABLE must be one of {_BIAS_TABLE_CHOICES}, got "
                          f"{BIAS_TABLE!r}.")
-    return BIAS_TABLE == "always" or (BIAS_TABLE == "backward-rpb" and backward and rpb is not None)
+    return BIAS_TABLE == "always" or (BIAS_TABLE == "auto" and rpb is not None and (backward or dilation > 1))
+
+
+# The forward walks each tile's halo by whole rows (the row-by-row loop of the halo kernels: the key columns, their
+# addresses and the W-axis window hoisted out of the loop) at dilation 1, by flat chunks otherwise. H200 (21:14, flat
+# -> rows): 56x56 2 heads 0.108 -> 0.092 ms, with rpb 0.135 -> 0.129; B8 128x128 4 heads 0.141 -> 0.119; 14x14 8 heads
+# 0.029 -> 0.027; 7x7 16 heads with rpb 0.0157 -> 0.0163; 56x56 dilation 8 with rpb 0.122 -> 0.164.
 
 
 def launch_configs(
@@ -141,7 +147,7 @@ def na2d_fwd(
     fwd = launch_configs(q.shape[1], max(q.shape[-1], v.shape[-1]), tile)[0]
     rows, cols = _axes(q, kernel_size, dilation, fwd.tile)
     return halo_fwd(q, k, v, rows, cols, scale, rpb=rpb, block_n=fwd.launch.block_n, num_warps=fwd.launch.num_warps,
-                    table=_use_table(False, rpb))
+                    table=_use_table(False, rpb, dilation), rows_loop=dilation == 1)
 
 
 def na2d_bwd(
@@ -165,7 +171,7 @@ def na2d_bwd(
     delta = new_output(tuple(lse.shape), torch.float32, q.device)  # written by the dq kernel, read by the others
     dq, dk, dv, _, _ = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
-        delta=delta, dq_launch=dq_cfg.launch, dkdv_launch=dkdv_cfg.launch, table=_use_table(True, rpb),
+        delta=delta, dq_launch=dq_cfg.launch, dkdv_launch=dkdv_cfg.launch, table=_use_table(True, rpb, dilation),
     )
     drpb = None
     if rpb is not None and RPB_GRAD == "rows":
