@@ -207,6 +207,27 @@ def _table_rows(TAB, CH, CW, th, tw, n_cw, head, heads, HAS_RPB: tl.constexpr, B
 
 
 @triton.jit
+def _pair_setup(RPB, WH, WW, th, tw, a_h, a_w, slot_ok, rpb_side, head, heads, HAS_RPB: tl.constexpr,
+                CIRCLE: tl.constexpr, TABLE: tl.constexpr, T_H: tl.constexpr, T_W: tl.constexpr,
+                HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_M: tl.constexpr, TABLE_ALIGN: tl.constexpr):
+    """Once per program, for the flat loop's pair masks: ``(lo_h, width_h, lo_w, width_w, rpb_rows)``. With a bias
+    table (``RPB`` the table, ``WH`` / ``WW`` the tiles' classes, ``rpb_side`` the number of W classes) the table
+    rows of the program; in NA the slots' windows (empty where ``slot_ok`` is false) and bias pointers
+    (:func:`_slot_windows`); the circle reads neither."""
+    if TABLE:
+        NPAD: tl.constexpr = (HALO_H * HALO_W + TABLE_ALIGN - 1) // TABLE_ALIGN * TABLE_ALIGN  # a table row
+        lo_h, width_h, lo_w, width_w = 0, 0, 0, 0
+        rpb_rows = _table_rows(RPB, WH, WW, th, tw, rpb_side, head, heads, HAS_RPB, BLOCK_M, NPAD)
+    elif CIRCLE:
+        lo_h, width_h, lo_w, width_w, rpb_rows = 0, 0, 0, 0, RPB
+    else:
+        lo_h, width_h, lo_w, width_w, rpb_rows = _slot_windows(
+            WH, WW, RPB + head * rpb_side * rpb_side, th, tw, a_h, a_w, slot_ok, rpb_side, T_H, T_W
+        )
+    return lo_h, width_h, lo_w, width_w, rpb_rows
+
+
+@triton.jit
 def _halo_keys(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
     """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row and column, and validity."""
     n = start + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -508,16 +529,10 @@ def _halo_fwd_kernel(
             EVEN_QK, EVEN_V, ROW_I32,
         )
     else:
-        NPAD: tl.constexpr = (HALO_H * HALO_W + TABLE_ALIGN - 1) // TABLE_ALIGN * TABLE_ALIGN  # a table row
-        if TABLE:  # RPB is the bias table, WH / WW the tiles' classes, rpb_side the number of classes along W
-            lo_h, width_h, lo_w, width_w = 0, 0, 0, 0
-            rpb_rows = _table_rows(RPB, WH, WW, th, tw, rpb_side, head, heads, HAS_RPB, BLOCK_M, NPAD)
-        elif CIRCLE:
-            lo_h, width_h, lo_w, width_w, rpb_rows = 0, 0, 0, 0, RPB
-        else:
-            lo_h, width_h, lo_w, width_w, rpb_rows = _slot_windows(
-                WH, WW, RPB + head * rpb_side * rpb_side, th, tw, a_h, a_w, m_ok, rpb_side, T_H, T_W
-            )
+        lo_h, width_h, lo_w, width_w, rpb_rows = _pair_setup(
+            RPB, WH, WW, th, tw, a_h, a_w, m_ok, rpb_side, head, heads, HAS_RPB, CIRCLE, TABLE, T_H, T_W, HALO_H,
+            HALO_W, BLOCK_M, TABLE_ALIGN,
+        )
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
             k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
             k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
@@ -582,16 +597,10 @@ def _halo_dq_kernel(
     lse = tl.load(LSE + stat, mask=real, other=float("inf") if TABLE else 0.0)
     k_base = K + b * s_kb + head * s_kn
     v_base = V + b * s_vb + head * s_vn
-    NPAD: tl.constexpr = (HALO_H * HALO_W + TABLE_ALIGN - 1) // TABLE_ALIGN * TABLE_ALIGN  # a table row
-    if TABLE:
-        lo_h, width_h, lo_w, width_w = 0, 0, 0, 0
-        rpb_rows = _table_rows(RPB, WH, WW, th, tw, rpb_side, head, heads, HAS_RPB, BLOCK_M, NPAD)
-    elif CIRCLE:
-        lo_h, width_h, lo_w, width_w, rpb_rows = 0, 0, 0, 0, RPB
-    else:
-        lo_h, width_h, lo_w, width_w, rpb_rows = _slot_windows(
-            WH, WW, RPB + head * rpb_side * rpb_side, th, tw, a_h, a_w, real, rpb_side, T_H, T_W
-        )
+    lo_h, width_h, lo_w, width_w, rpb_rows = _pair_setup(
+        RPB, WH, WW, th, tw, a_h, a_w, real, rpb_side, head, heads, HAS_RPB, CIRCLE, TABLE, T_H, T_W, HALO_H, HALO_W,
+        BLOCK_M, TABLE_ALIGN,
+    )
 
     dq, dq_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
@@ -653,16 +662,11 @@ def _halo_dkdv_kernel(
     q_base = Q + b * s_qb + head * s_qn
     do_base = DO + b * s_gb + head * s_gn
     stat_base = b * s_lb + head * s_ln
-    NPAD: tl.constexpr = (HALO_H * HALO_W + TABLE_ALIGN - 1) // TABLE_ALIGN * TABLE_ALIGN  # a table row
-    if TABLE:  # (key slot, halo query) pairs; outside the window -inf, past the halo's end too (lse read there as 0)
-        lo_h, width_h, lo_w, width_w = 0, 0, 0, 0
-        rpb_rows = _table_rows(RPB, WH, WW, th, tw, rpb_side, head, heads, HAS_RPB, BLOCK_M, NPAD)
-    elif CIRCLE:
-        lo_h, width_h, lo_w, width_w, rpb_rows = 0, 0, 0, 0, RPB
-    else:
-        lo_h, width_h, lo_w, width_w, rpb_rows = _slot_windows(
-            WH, WW, RPB + head * rpb_side * rpb_side, th, tw, a_h, a_w, m_ok, rpb_side, T_H, T_W
-        )
+    # with a table: (key slot, halo query) pairs, -inf outside the window and past the halo's end (lse read as 0)
+    lo_h, width_h, lo_w, width_w, rpb_rows = _pair_setup(
+        RPB, WH, WW, th, tw, a_h, a_w, m_ok, rpb_side, head, heads, HAS_RPB, CIRCLE, TABLE, T_H, T_W, HALO_H, HALO_W,
+        BLOCK_M, TABLE_ALIGN,
+    )
 
     dk, dk_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     dv, dv_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
