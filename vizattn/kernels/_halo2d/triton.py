@@ -830,15 +830,21 @@ class _TableIndex(NamedTuple):
     cls_w: torch.Tensor  # and along W
 
 
+@functools.lru_cache(maxsize=256)
+def _tile_classes(t: DeviceTables) -> tuple[torch.Tensor, torch.Tensor]:
+    """One axis's classes of tiles (tiles whose slots pair with the same halo slots at the same relative indices,
+    e.g. every interior tile): each class's (T, halo) relative indices (-1 outside the window), and the class of each
+    tile (int32)."""
+    rel, cls = torch.unique(_rel_idx(t).flatten(1), dim=0, return_inverse=True)
+    return rel.view(-1, t.tile, t.halo), cls.to(torch.int32)
+
+
 @functools.lru_cache(maxsize=128)
 def _table_index(rows: DeviceTables, cols: DeviceTables, side: int, heads: int, block_m: int,
                  npad: int) -> _TableIndex:
     """Where each (slot, halo slot) pair of each class of tiles reads its bias in a flat ``(heads, side, side)`` rpb,
-    and the mask. Tiles whose windows are the same along an axis (every interior tile) share a class, so the tables
-    are small; tile slots past the tile and halo slots past the halo are outside every window."""
-    rel_h, rel_w = _rel_idx(rows), _rel_idx(cols)
-    uh, cls_h = torch.unique(rel_h.flatten(1), dim=0, return_inverse=True)
-    uw, cls_w = torch.unique(rel_w.flatten(1), dim=0, return_inverse=True)
+    and the mask. Tile slots past the tile and halo slots past the halo are outside every window."""
+    (uh, cls_h), (uw, cls_w) = _tile_classes(rows), _tile_classes(cols)
     uh, uw = uh.view(-1, 1, rows.tile, 1, rows.halo, 1), uw.view(1, -1, 1, cols.tile, 1, cols.halo)
     inside = (uh >= 0) & (uw >= 0)
     n_h, n_w = inside.shape[:2]
@@ -848,7 +854,7 @@ def _table_index(rows: DeviceTables, cols: DeviceTables, side: int, heads: int, 
     index = torch.zeros((n_h, n_w, heads, block_m, npad), dtype=torch.long, device=inside.device)
     head = torch.arange(heads, device=inside.device).view(1, 1, heads, 1, 1) * side * side
     index[..., : shape[3], : shape[4]] = torch.where(inside, uh * side + uw, 0).reshape(shape) + head
-    return _TableIndex(index, mask, cls_h.to(torch.int32), cls_w.to(torch.int32))
+    return _TableIndex(index, mask, cls_h, cls_w)
 
 
 def bias_table(rows: DeviceTables, cols: DeviceTables, rpb: torch.Tensor | None, block_m: int, block_n: int):
@@ -863,8 +869,8 @@ def bias_table(rows: DeviceTables, cols: DeviceTables, rpb: torch.Tensor | None,
         return None
     side, heads = (rpb.shape[-1], rpb.shape[0]) if rpb is not None else (0, 1)
     npad = _cdiv(rows.halo * cols.halo, align) * align
-    n_h = int(rows.n_tiles)  # upper bounds of the class counts, before building anything
-    if n_h * cols.n_tiles * heads * block_m * npad > _TABLE_MAX and not _table_small(rows, cols, heads, block_m, npad):
+    n_classes = _tile_classes(rows)[0].shape[0] * _tile_classes(cols)[0].shape[0]
+    if n_classes * heads * block_m * npad > _TABLE_MAX:
         return None
     ti = _table_index(rows, cols, side, heads, block_m, npad)
     if rpb is None:
@@ -872,14 +878,6 @@ def bias_table(rows: DeviceTables, cols: DeviceTables, rpb: torch.Tensor | None,
     # in base 2, as the kernels' scores (one fused multiply-add per pair); (Ch, Cw, heads, block_m, npad), contiguous
     tab = torch.add(ti.mask, rpb.detach().reshape(-1)[ti.index], alpha=_LOG2E)
     return tab, ti.cls_h, ti.cls_w, ti.mask.shape[1]
-
-
-@functools.lru_cache(maxsize=128)
-def _table_small(rows: DeviceTables, cols: DeviceTables, heads: int, block_m: int, npad: int) -> bool:
-    """Whether the classes of tiles make a table of at most ``_TABLE_MAX`` entries."""
-    n_h = torch.unique(_rel_idx(rows).flatten(1), dim=0).shape[0]
-    n_w = torch.unique(_rel_idx(cols).flatten(1), dim=0).shape[0]
-    return n_h * n_w * heads * block_m * npad <= _TABLE_MAX
 
 
 @functools.lru_cache(maxsize=256)
