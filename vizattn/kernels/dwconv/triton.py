@@ -88,6 +88,17 @@ _WGRAD_CHANNELS = 16
 # channel block, tap chunk) share the batch's rows in equal runs.
 _WGRAD_ACC = 8192
 _WGRAD_PROGRAMS_PER_SM = 12
+# Forward of NHWC maps with k <= _ROWS_MAX_K: 'rows' (walk each column strip down, an input row loaded once for k
+# outputs) or 'tiles' (every tap reloads a shifted tile). Above _ROWS_MAX_K the k accumulators and k loaded strips
+# of the rows kernel outgrow the registers. Warps per program, and programs per SM below which chains are cut into
+# segments.
+FWD_ALGO = "rows"
+_ROWS_MAX_K = 9
+_ROWS_WARPS = 2
+_ROWS_COLS = 8
+_ROWS_PREFETCH = True
+_ROWS_MAX_REACH = 24  # (k - 1) * dilation: the row's span of loaded pixels is COLS + this
+_ROWS_PROGRAMS_PER_SM = 32
 
 
 @triton.jit
@@ -212,6 +223,142 @@ def _dw_fwd_kernel(
         acc += tl.load(Bias + c, mask=cm, other=0.0).to(tl.float32)[None, :]
     out = Y + img + chan + (oh * s_h + ow * s_w)[:, None]
     tl.store(out, acc.to(Y.dtype.element_ty), mask=pm[:, None] & cm[None, :])
+
+
+@triton.jit
+def _dw_rows_fwd_kernel(
+    X,
+    Wt,
+    Bias,
+    Y,
+    C,
+    H,
+    W,
+    s_b,
+    s_c,
+    s_h,
+    s_w,
+    seg_rows,
+    n_segs,
+    C_PAD,
+    K: tl.constexpr,
+    DIL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    COLS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    EVEN_C: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    """Forward of an NHWC map down a strip of ``COLS`` columns: each input row loaded once, for ``K`` output rows.
+
+    Program (image * DIL * n_segs + phase * n_segs + seg, strip, channel block) owns columns ``[strip * COLS,
+    +COLS)``, ``BLOCK_C`` channels (one per thread) and the output rows ``phase + s * DIL`` for ``s`` in its segment
+    ``[seg * seg_rows, +seg_rows)`` of the phase's chain: at dilation ``DIL`` an output row reads only input rows of
+    its own phase (residue mod ``DIL``), ``K`` consecutive ones of the chain. Every value is a (BLOCK_C,) vector of one
+    pixel (tuples index the pixels, so a shift between taps is a choice of register, not a load): the ``K * K`` tap
+    weights are loaded once, and each input row's ``COLS + (K - 1) * DIL`` pixels once, then added, with each kernel
+    row's taps, into the accumulators of the ``K`` output rows ``t - M .. t + M`` that input row ``t`` reaches (``M =
+    (K - 1) // 2``); the first of them is then complete, stored, and the accumulators rotate. Input rows outside the
+    map are skipped (zero padding), and so are the products of outputs outside the segment.
+    """
+    M: tl.constexpr = (K - 1) // 2
+    PAD: tl.constexpr = DIL * M
+    SPAN: tl.constexpr = COLS + (K - 1) * DIL  # input pixels of a row that the strip reads
+    pid = tl.program_id(0)
+    seg = pid % n_segs
+    phase = (pid // n_segs) % DIL
+    b = pid // (n_segs * DIL)
+    n_chain = tl.cdiv(H - phase, DIL)  # rows of this phase in the map
+    s0 = seg * seg_rows
+    s1 = tl.minimum(s0 + seg_rows, n_chain)
+    w0 = tl.program_id(1) * COLS
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
+    # Pointers: a scalar base (image, row, column) plus the thread's channel offset, so that a pixel's address is one
+    # 32-bit offset from a uniform base.
+    img = X + b.to(tl.int64) * s_b
+    chan = c * s_c
+    out_img = Y + b.to(tl.int64) * s_b + chan
+    # Wt is (K * K, C_PAD) float32, zero-padded to whole channel blocks: unmasked loads.
+    wts = ()
+    for tap in tl.static_range(K * K):
+        wts = wts + (tl.load(Wt + tap * C_PAD + c),)
+    if HAS_BIAS:
+        bias = tl.load(Bias + c, mask=cm, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    zero = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    accs = (zero,) * (K * COLS)  # accs[k * COLS + u]: column w0 + u of the output of chain row t - M + k
+    t_lo = tl.maximum(s0 - M, 0)
+    t_hi = tl.minimum(s1 + M, n_chain)
+    interior = (w0 >= PAD) & (w0 - PAD + SPAN <= W)  # the strip's loads need no column mask
+    if PREFETCH:
+        xs_next = _row_span(img, chan, phase + t_lo * DIL, t_lo < t_hi, interior, w0 - PAD, W, s_h, s_w, cm, SPAN, EVEN_C)
+    for t in range(t_lo, t_hi):
+        if PREFETCH:
+            # Row t was loaded during the previous step; row t + 1's loads are in flight during this one.
+            xs = xs_next
+            ok = t + 1 < t_hi
+            xs_next = _row_span(img, chan, phase + (t + 1) * DIL, ok, interior, w0 - PAD, W, s_h, s_w, cm, SPAN, EVEN_C)
+        else:
+            xs = _row_span(img, chan, phase + t * DIL, True, interior, w0 - PAD, W, s_h, s_w, cm, SPAN, EVEN_C)
+        new = ()
+        for k in tl.static_range(K):
+            s = t - M + k
+            row_accs = accs[k * COLS : (k + 1) * COLS]
+            if (s >= s0) & (s < s1):
+                updated = ()
+                for u in tl.static_range(COLS):
+                    acc = row_accs[u]
+                    for j in tl.static_range(K):
+                        acc += xs[u + j * DIL] * wts[(K - 1 - k) * K + j]
+                    updated = updated + (acc,)
+                row_accs = updated
+            new = new + row_accs
+        _store_cols(out_img, new, bias, t - M, s0, s1, phase, w0, W, s_h, s_w, cm, DIL, COLS)
+        accs = new[COLS:] + (zero,) * COLS
+    # Outputs whose last input row lies below the map: complete once the chain ends.
+    for k in tl.static_range(K - 1):
+        _store_cols(out_img, accs[k * COLS :], bias, t_hi - M + k, s0, s1, phase, w0, W, s_h, s_w, cm, DIL, COLS)
+
+
+@triton.jit
+def _row_span(img, chan, ih, ok, interior, w_first, W, s_h, s_w, cm, SPAN: tl.constexpr, EVEN_C: tl.constexpr):
+    """The ``SPAN`` pixels of row ``ih`` from column ``w_first`` on, each a float32 (BLOCK_C,) vector; columns outside
+    ``[0, W)``, channels outside the map, and the whole row unless ``ok`` read zero. ``interior``: every column is
+    inside the map (the loads then skip the column test)."""
+    row = img + ih * s_h + w_first * s_w
+    if interior:
+        xs = _load_span(row, chan, ok, w_first, W, s_w, cm, SPAN, EVEN_C, False)
+    else:
+        xs = _load_span(row, chan, ok, w_first, W, s_w, cm, SPAN, EVEN_C, True)
+    return xs
+
+
+@triton.jit
+def _load_span(
+    row, chan, ok, w_first, W, s_w, cm, SPAN: tl.constexpr, EVEN_C: tl.constexpr, COL_MASK: tl.constexpr
+):
+    xs = ()
+    for v in tl.static_range(SPAN):
+        m = ok
+        if COL_MASK:
+            m = m & (w_first + v >= 0) & (w_first + v < W)
+        if not EVEN_C:
+            m = m & cm
+        x = tl.load(row + (chan + v * s_w), mask=m, other=0.0)
+        xs = xs + (x.to(tl.float32),)
+    return xs
+
+
+@triton.jit
+def _store_cols(dst, accs, bias, s, s0, s1, phase, w0, W, s_h, s_w, cm, DIL: tl.constexpr, COLS: tl.constexpr):
+    """Store ``accs[:COLS] + bias`` as the strip's pixels of chain row ``s``, if it lies in ``[s0, s1)``."""
+    row = dst + (phase + s * DIL) * s_h
+    ok = (s >= s0) & (s < s1)
+    for u in tl.static_range(COLS):
+        out = accs[u] + bias
+        tl.store(row + (w0 + u) * s_w, out.to(dst.dtype.element_ty), mask=cm & ok & (w0 + u < W))
 
 
 @triton.jit
@@ -495,8 +642,35 @@ def _grid(x: torch.Tensor, block_h: int, block_w: int, block_c: int) -> tuple[in
     return _cdiv(h, block_h) * _cdiv(w, block_w), b, _cdiv(c, block_c)
 
 
-def dwconv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> torch.Tensor:
-    """(B, C, H, W) x (dense, NCHW or channels_last), (C, 1, k, k) weight -> (B, C, H, W) in x's dtype and format."""
+def _rows_tile(c: int) -> tuple[int, int]:
+    """(BLOCK_C, num_warps) of the row-walking forward: one channel per thread, up to ``_ROWS_WARPS`` warps."""
+    block_c = min(_next_pow2(c), 32 * _ROWS_WARPS)
+    return block_c, max(1, block_c // 32)
+
+
+def _rows_segment(n_chain: int, k: int, programs: int, device: torch.device) -> int:
+    """Output rows of a phase's chain per program: whole chains, cut into segments (of at least ``2 * k`` rows, whose
+    ``k - 1`` halo rows are loaded twice) while there are fewer than ``_ROWS_PROGRAMS_PER_SM`` programs per SM."""
+    n_segs = _cdiv(_sm_count(device) * _ROWS_PROGRAMS_PER_SM, programs)
+    n_segs = max(1, min(n_segs, n_chain // (2 * k)))
+    return _cdiv(n_chain, n_segs)
+
+
+def dwconv2d_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    dilation: int,
+    *,
+    algo: str | None = None,
+    seg_rows: int | None = None,
+) -> torch.Tensor:
+    """(B, C, H, W) x (dense, NCHW or channels_last), (C, 1, k, k) weight -> (B, C, H, W) in x's dtype and format.
+
+    ``algo``: ``'rows'`` (NHWC maps, k up to ``_ROWS_MAX_K``: :func:`_dw_rows_fwd_kernel`) or ``'tiles'``
+    (:func:`_dw_fwd_kernel`); by default rows where it applies (``FWD_ALGO``). ``seg_rows``: output rows of a phase's
+    chain per program of the rows kernel (tests use it to cut small maps into segments).
+    """
     nhwc = is_nhwc(x)
     x = _in_layout(x, nhwc)
     k = weight.shape[-1]
@@ -504,6 +678,44 @@ def dwconv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if x.numel() == 0:
         return y
     w = _tap_major(weight)
+    rows_ok = nhwc and k <= _ROWS_MAX_K and (k - 1) * dilation <= _ROWS_MAX_REACH
+    algo = algo or (FWD_ALGO if rows_ok else "tiles")
+    if algo not in ("rows", "tiles") or (algo == "rows" and not rows_ok):
+        raise ValueError(
+            f"algo={algo!r}: 'tiles', or 'rows' for channels_last maps with k <= {_ROWS_MAX_K} and (k - 1) * dilation"
+            f" <= {_ROWS_MAX_REACH}"
+        )
+    if algo == "rows":
+        bsz, c, h, wd = x.shape
+        block_c, num_warps = _rows_tile(c)
+        strips, blocks = _cdiv(wd, _ROWS_COLS), _cdiv(c, block_c)
+        n_chain = _cdiv(h, dilation)
+        seg_rows = seg_rows or _rows_segment(n_chain, k, bsz * dilation * strips * blocks, x.device)
+        n_segs = _cdiv(n_chain, seg_rows)
+        w_pad = w.new_zeros((k * k, blocks * block_c), dtype=torch.float32)
+        w_pad[:, :c] = w
+        _dw_rows_fwd_kernel[(bsz * dilation * n_segs, strips, blocks)](
+            x,
+            w_pad,
+            bias if bias is not None else w,
+            y,
+            c,
+            h,
+            wd,
+            *x.stride(),
+            seg_rows,
+            n_segs,
+            w_pad.shape[1],
+            K=k,
+            DIL=dilation,
+            HAS_BIAS=bias is not None,
+            COLS=_ROWS_COLS,
+            BLOCK_C=block_c,
+            EVEN_C=c % block_c == 0,
+            PREFETCH=_ROWS_PREFETCH,
+            num_warps=num_warps,
+        )
+        return y
     block_h, block_w, block_c = _fwd_tile(nhwc, x.shape[1])
     _dw_fwd_kernel[_grid(x, block_h, block_w, block_c)](
         x,
