@@ -301,7 +301,8 @@ def test_lka_spatial_torch_path_is_the_two_module_convs():
 
 
 def test_lka_spatial_auto_mixes_backends_per_conv(monkeypatch):
-    """What 'auto' does on CUDA for a channels_last map: the 5x5 on torch, the dilated 7x7 on Triton."""
+    """What 'auto' does on CUDA for a channels_last map: an undilated 11x11 (beyond the row-walking kernel) on torch,
+    the dilated 7x7 on Triton; VAN's 5x5 and 7x7 d3 both on Triton."""
     calls = []
 
     def as_on_cuda(op, backend, tensors, reasons=(), auto_triton=True):
@@ -309,7 +310,11 @@ def test_lka_spatial_auto_mixes_backends_per_conv(monkeypatch):
         return "triton" if auto_triton else "torch"
 
     monkeypatch.setattr(dw, "select_backend", as_on_cuda)
-    x, w0, b0, w1, b1 = _lka_inputs(LkaCase(2, 3, 13, 11, "nhwc", "fp32"))
+    x, w0, b0, w1, b1 = _lka_inputs(LkaCase(1, 2, 6, 5, "nhwc", "fp32"))
+    lka_spatial(x, w0, b0, w1, b1, dilations=(1, 3))
+    assert calls == [True, True]
+    calls.clear()
+    x, w0, b0, w1, b1 = _lka_inputs(LkaCase(2, 3, 13, 11, "nhwc", "fp32", k=(11, 7)))
     args = [t.clone().requires_grad_() for t in (x, w0, b0, w1, b1)]
     out = lka_spatial(*args, dilations=(1, 3), fused=True)  # fused needs both convs on Triton: not taken
     assert calls == [False, True]
@@ -331,18 +336,116 @@ def test_lka_custom_op_registration(layout):
     )
 
 
+# --- forward algorithms, weight-gradient source, nn.Conv2d modules ---------------------------------------------------
+
+
+ALGO_CASES = [
+    Case(2, 5, 11, 12, 5, 1, "nhwc", "bf16"),
+    Case(1, 3, 20, 17, 7, 3, "nhwc", "fp32"),
+    Case(1, 33, 6, 5, 3, 2, "nhwc", "fp16", bias=False),
+    Case(1, 2, 13, 9, 9, 1, "nhwc", "fp32"),
+]
+
+
+@pytest.mark.parametrize("algo", ["rows", "tiles"])
+@pytest.mark.parametrize("case", ALGO_CASES, ids=[c.id for c in ALGO_CASES])
+def test_forward_algorithms_match_reference(case, algo):
+    """Both forward kernels of NHWC maps; the row-walking one also with chains cut into segments of 1 and 3 rows
+    (halo rows loaded twice, outputs outside a segment skipped)."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    x, w, b = _inputs(case)
+    ref = dwconv2d_reference(x.double(), w.double(), None if b is None else b.double(), case.d)
+    for seg_rows in [None, 1, 3] if algo == "rows" else [None]:
+        out = kernels.dwconv2d_fwd(x, w, b, case.d, algo=algo, seg_rows=seg_rows)
+        _assert_layout(out, "nhwc")
+        assert _rel(out, ref) < TOL[DTYPES[case.dtype]], seg_rows
+
+
+def test_forward_algorithm_is_validated():
+    from vizattn.kernels.dwconv import triton as kernels
+
+    x, w, b = _inputs(Case(1, 2, 6, 5, 3, 1, "nchw", "fp32"))
+    with pytest.raises(ValueError, match="algo='rows': 'tiles', or 'rows' for channels_last maps with k <= 9"):
+        kernels.dwconv2d_fwd(x, w, b, 1, algo="rows")  # NCHW
+    with pytest.raises(ValueError, match="algo='cols'"):
+        kernels.dwconv2d_fwd(_to_layout(x, "nhwc"), w, b, 1, algo="cols")
+    w11 = torch.randn(2, 1, 11, 11, device=DEVICE)
+    with pytest.raises(ValueError, match="algo='rows'"):
+        kernels.dwconv2d_fwd(_to_layout(x, "nhwc"), w11, b, 1, algo="rows")
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_weight_gradient_from_aten(monkeypatch, dtype):
+    """WGRAD='aten' (what 'auto' takes for undilated 16-bit convs on CUDA): the weight and bias gradients from ATen's
+    convolution backward, in the weight's dtype, next to the kernel's input gradient."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    case = Case(2, 6, 9, 7, 3, 1, "nhwc", dtype)
+    x, w, b = _inputs(case)
+    monkeypatch.setattr(kernels, "WGRAD", "aten")
+    leaves = [x.clone().requires_grad_(), w.float().requires_grad_(), b.float().requires_grad_()]
+    out = dwconv2d(*leaves, 1, backend="triton")
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    ref = dwconv2d_reference(*ref_leaves, 1)
+    ours, theirs = _grads(out, ref, leaves, ref_leaves)
+    for name, got, want, leaf in zip(("dx", "dweight", "dbias"), ours, theirs, leaves):
+        assert got.dtype == leaf.dtype, name
+        assert _rel(got, want) < TOL[DTYPES[dtype]] * 2, name
+    monkeypatch.setattr(kernels, "WGRAD", "cudnn")
+    with pytest.raises(ValueError, match="WGRAD='cudnn': 'auto', 'triton' or 'aten'"):
+        kernels.dwconv2d_bwd(x, x, w, 1, True)
+
+
+def test_wgrad_auto_rule():
+    from vizattn.kernels.dwconv import triton as kernels
+
+    cuda16 = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16)
+    assert kernels._wgrad_on_aten(cuda16, 1) is True
+    assert kernels._wgrad_on_aten(cuda16, 3) is False
+    assert kernels._wgrad_on_aten(SimpleNamespace(is_cuda=True, dtype=torch.float32), 1) is False
+    assert kernels._wgrad_on_aten(SimpleNamespace(is_cuda=False, dtype=torch.bfloat16), 1) is False
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_dwconv2d_module(backend):
+    """An nn.Conv2d run through the backends: Triton matches the reference, torch is the module's own output."""
+    from vizattn.kernels.dwconv import dwconv2d_module
+
+    conv = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6).to(DEVICE)
+    x = _to_layout(torch.randn(2, 6, 9, 7, device=DEVICE), "nhwc").requires_grad_()
+    out = dwconv2d_module(conv, x, backend=backend)
+    want = conv(x)
+    if backend == "torch":
+        assert torch.equal(out, want)
+    else:
+        assert _rel(out, want.double()) < TOL[torch.float32]
+        (dx,) = torch.autograd.grad(out.sum(), x)
+        (want_dx,) = torch.autograd.grad(want.sum(), x)
+        assert _rel(dx, want_dx.double()) < TOL[torch.float32] * 2
+    for bad in (torch.nn.Conv2d(6, 6, 3, padding=0, groups=6), torch.nn.Conv2d(6, 6, 3, padding=1, groups=3),
+                torch.nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6)):  # fmt: skip
+        with pytest.raises(ValueError, match="dwconv2d_module: the conv must be depthwise, stride 1, 'same'"):
+            dwconv2d_module(bad.to(DEVICE), x, backend=backend)
+
+
 # --- backend choice and argument checks ---------------------------------------------------------------------------
 
 
-def test_auto_takes_triton_for_dilated_convs_of_channels_last_maps_only(monkeypatch):
-    # The H200 measurements: Triton faster for dilated convs of channels_last maps only (see dw.TRITON_BY_DEFAULT).
+def test_auto_takes_triton_for_channels_last_maps_only(monkeypatch):
+    # The H200 measurements (see dw.TRITON_BY_DEFAULT): Triton faster for channels_last maps, dilated or within the
+    # row-walking kernel's sizes; torch for NCHW maps and for large undilated kernels.
     assert dw.TRITON_BY_DEFAULT is False
     nchw = torch.empty(2, 8, 5, 6)
     nhwc = nchw.contiguous(memory_format=torch.channels_last)
-    assert dw._auto_triton(nchw, 3) is False
-    assert dw._auto_triton(nhwc, 3) is True
-    assert dw._auto_triton(nhwc, 1) is False
-    assert dw._auto_triton(torch.empty(2, 1, 5, 6), 3) is False  # dense in both formats: NCHW
+    assert dw._auto_triton(nchw, 7, 3) is False
+    assert dw._auto_triton(nchw, 3, 1) is False
+    assert dw._auto_triton(nhwc, 7, 3) is True
+    assert dw._auto_triton(nhwc, 3, 1) is True
+    assert dw._auto_triton(nhwc, 9, 1) is True
+    assert dw._auto_triton(nhwc, 11, 1) is False
+    assert dw._auto_triton(nhwc, 13, 4) is True  # dilated: the tile kernel
+    assert dw._auto_triton(torch.empty(2, 1, 5, 6), 7, 3) is False  # dense in both formats: NCHW
     on_cuda = [SimpleNamespace(is_cuda=True)]
     assert select_backend("dwconv2d", "auto", on_cuda, auto_triton=False) == "torch"
     assert select_backend("dwconv2d", "auto", on_cuda) == "triton"  # what other ops get, unchanged

@@ -37,19 +37,25 @@ from vizattn.backbones._helpers import (
     unwrap_state_dict,
 )
 from vizattn.blocks.lka import VANAttention
+from vizattn.kernels.dwconv import dwconv2d_module
 
 __all__ = ["VAN", "VANBlock", "VANMlp", "DWConv", "OverlapPatchEmbed", "checkpoint_filter_fn"]
 
 
 class DWConv(nn.Module):
-    """3x3 depthwise conv with bias, wrapped one level deep only to keep the official key (``mlp.dwconv.dwconv``)."""
+    """3x3 depthwise conv with bias, wrapped one level deep to keep the official key (``mlp.dwconv.dwconv``).
 
-    def __init__(self, dim: int):
+    It runs through :func:`vizattn.kernels.dwconv.dwconv2d_module`: on CUDA with channels_last maps the Triton kernel
+    (``backend='auto'``), elsewhere the ``nn.Conv2d`` itself.
+    """
+
+    def __init__(self, dim: int, backend: str = "auto"):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
+        self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dwconv(x)
+        return dwconv2d_module(self.dwconv, x, backend=self.backend)
 
 
 class VANMlp(nn.Module):
@@ -58,10 +64,10 @@ class VANMlp(nn.Module):
     Shape: (B, dim, H, W) -> (B, dim, H, W).
     """
 
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0, kernel_backend: str = "auto"):
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
-        self.dwconv = DWConv(hidden_dim)
+        self.dwconv = DWConv(hidden_dim, kernel_backend)
         self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
         self.drop = nn.Dropout(drop)
@@ -80,7 +86,7 @@ class VANBlock(nn.Module):
         drop: dropout in the MLP.
         drop_path: stochastic depth rate of both residual branches.
         layer_scale_init_value: initial value of the per-channel ``layer_scale_1`` / ``layer_scale_2`` (1e-2).
-        kernel_backend: backend of the LKA spatial op (``'auto'``, ``'triton'``, ``'torch'``).
+        kernel_backend: backend of the depthwise convs, LKA's and the MLP's (``'auto'``, ``'triton'``, ``'torch'``).
 
     Shape: (B, dim, H, W) -> (B, dim, H, W).
     """
@@ -99,7 +105,7 @@ class VANBlock(nn.Module):
         self.attn = VANAttention(dim, backend=kernel_backend)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.BatchNorm2d(dim)
-        self.mlp = VANMlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = VANMlp(dim, int(dim * mlp_ratio), drop=drop, kernel_backend=kernel_backend)
         self.layer_scale_1 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
 
@@ -140,8 +146,8 @@ class VAN(ClassifierMixin, nn.Module):
         drop_path_rate: stochastic depth, linear from 0 over all blocks.
         norm_eps: eps of the stage-end LayerNorms (1e-6 in every classification release).
         layer_scale_init_value: initial layer scale (1e-2).
-        kernel_backend: backend of the depthwise convolutions of LKA (``'auto'``, ``'triton'``, ``'torch'``; see
-            :func:`vizattn.kernels.dwconv.lka_spatial`).
+        kernel_backend: backend of the depthwise convolutions, LKA's and the MLP's (``'auto'``, ``'triton'``,
+            ``'torch'``; see :func:`vizattn.kernels.dwconv.lka_spatial` and ``dwconv2d_module``).
     """
 
     def __init__(

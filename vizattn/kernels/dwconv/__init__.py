@@ -18,8 +18,9 @@ Backends:
   sees one node each; eager calls skip the custom ops' dispatch (:class:`vizattn.kernels._eager.KernelOp`). The
   kernel module is imported on first use: Triton decides at import time whether it runs
   compiled or under ``TRITON_INTERPRET=1``.
-- ``'auto'``: on CUDA, Triton for dilated convolutions of channels_last maps, torch otherwise (the measurements
-  behind this are at :data:`TRITON_BY_DEFAULT`); torch on the CPU.
+- ``'auto'``: on CUDA, Triton for channels_last maps (dilated convolutions, and the kernel sizes of the row-walking
+  forward kernel: k <= 9), torch otherwise (the measurements behind this are at :data:`TRITON_BY_DEFAULT`); torch
+  on the CPU.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ import torch.nn.functional as F
 
 from vizattn.kernels._dispatch import select_backend
 from vizattn.kernels._eager import KernelOp
-from vizattn.kernels.dwconv.layout import empty_map, is_nhwc, to_kernel_layout
+from vizattn.kernels.dwconv.layout import empty_map, is_nhwc, rows_kernel_applies, to_kernel_layout
 from vizattn.kernels.dwconv.reference import dwconv2d_reference, lka_spatial_reference
 
 __all__ = [
     "TRITON_BY_DEFAULT",
     "dwconv2d",
+    "dwconv2d_module",
     "dwconv2d_reference",
     "lka_spatial",
     "lka_spatial_reference",
@@ -44,19 +46,22 @@ __all__ = [
 # Whether backend='auto' takes the Triton kernels on CUDA for every map. Measured on the H200 (2026-11-29, B64 C64
 # 56x56 bf16, kernel time, forward / forward+backward in ms):
 #   NCHW:             5x5 Triton 0.239 / 1.029 against PyTorch 0.226 / 0.997; 7x7 d3 0.445 / 1.858 against 0.439 / 1.922
-#   channels_last:    5x5 Triton 0.071 / 0.538 against PyTorch 0.079 / 0.281; 7x7 d3 0.135 / 0.993 against
-#                     PyTorch 1.266 / 3.087 (and PyTorch's best layout, NCHW, 0.439 / 1.922)
-# so 'auto' takes Triton only for dilated convolutions of channels_last maps (see _auto_triton).
-# backend='triton' or VIZATTN_BACKEND=triton runs them everywhere.
+#   channels_last, the tile kernel (before the row-walking one): 5x5 0.071 / 0.538 against PyTorch 0.079 / 0.281; 7x7
+#                     d3 0.135 / 0.993 against PyTorch 1.266 / 3.087 (and PyTorch's best layout, NCHW, 0.439 / 1.922)
+#   channels_last, the row-walking forward (23:10): forward 5x5 0.061 against cuDNN 0.077, 7x7 d3 0.089 against 1.266,
+#                     and VAN-B2's MLP 3x3 at B128 56x56 C512 0.398 against 0.884; backward = that kernel for the
+#                     input gradient and cuDNN's weight gradient when undilated (triton._wgrad_on_aten)
+# so 'auto' takes Triton for channels_last maps whose forward the row-walking kernel takes, and for every dilated
+# conv of a channels_last map (see _auto_triton). backend='triton' or VIZATTN_BACKEND=triton runs them everywhere.
 TRITON_BY_DEFAULT = False
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_IMAGE_NUMEL = 2**31 - 1  # offsets inside one image are int32 in the kernels
 
 
-def _auto_triton(x: torch.Tensor, dilation: int) -> bool:
-    """Whether ``backend='auto'`` may run a conv of map ``x`` on Triton (see :data:`TRITON_BY_DEFAULT`)."""
-    return TRITON_BY_DEFAULT or (is_nhwc(x) and dilation > 1)
+def _auto_triton(x: torch.Tensor, k: int, dilation: int) -> bool:
+    """Whether ``backend='auto'`` may run a k x k conv of map ``x`` on Triton (see :data:`TRITON_BY_DEFAULT`)."""
+    return TRITON_BY_DEFAULT or (is_nhwc(x) and (dilation > 1 or rows_kernel_applies(x, k, dilation)))
 
 
 def _kernels():
@@ -149,9 +154,7 @@ def _lka_spatial_bwd(
     return dx, dw0, db0, dw1, db1
 
 
-_lka_spatial_backward_op = torch.library.custom_op(
-    "vizattn::lka_spatial_backward", _lka_spatial_bwd, mutates_args=()
-)
+_lka_spatial_backward_op = torch.library.custom_op("vizattn::lka_spatial_backward", _lka_spatial_bwd, mutates_args=())
 
 
 @_lka_spatial_backward_op.register_fake
@@ -242,7 +245,7 @@ def dwconv2d(
         bias: optional (C,).
         dilation: d >= 1.
         backend: ``'auto'``, ``'triton'`` or ``'torch'`` (see :mod:`vizattn.kernels._dispatch`; ``'auto'`` runs
-            Triton for dilated convolutions of channels_last maps on CUDA, torch otherwise).
+            Triton for channels_last maps on CUDA (dilated, or k <= 9), torch otherwise).
 
     Returns:
         (B, C, H, W) in x's dtype and memory format (float32 accumulation).
@@ -254,9 +257,34 @@ def dwconv2d(
     _check_conv_args("dwconv2d", x, weight, bias, dilation, ("weight", "bias", "dilation"))
     tensors = (x, weight) if bias is None else (x, weight, bias)
     reasons = triton_unsupported_reasons(x, weight, bias)
-    if select_backend("dwconv2d", backend, tensors, reasons, auto_triton=_auto_triton(x, dilation)) == "triton":
+    auto = _auto_triton(x, weight.shape[-1], dilation)
+    if select_backend("dwconv2d", backend, tensors, reasons, auto_triton=auto) == "triton":
         return _DWCONV2D(to_kernel_layout(x), weight, bias, dilation)
     return dwconv2d_reference(x, weight, bias, dilation)
+
+
+def dwconv2d_module(conv: torch.nn.Conv2d, x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """Run a depthwise ``nn.Conv2d`` ('same' padding, stride 1, ``groups = C``) through :func:`dwconv2d`'s backends.
+
+    The Triton path takes the module's weight and bias; the torch path is the module itself, so it computes what it
+    always did (in x's dtype, as under autocast), bit for bit.
+
+    Raises:
+        ValueError: for a module that is not such a conv, naming what differs.
+    """
+    k = conv.kernel_size[0]
+    d = conv.dilation[0]
+    same = conv.padding == (d * (k - 1) // 2,) * 2 and conv.padding_mode == "zeros"
+    if conv.groups != conv.in_channels or conv.out_channels != conv.in_channels or conv.stride != (1, 1) or not same:
+        raise ValueError(f"dwconv2d_module: the conv must be depthwise, stride 1, 'same' zero padding; got {conv}.")
+    _check_map("dwconv2d_module", x)
+    tensors = (x, conv.weight) if conv.bias is None else (x, conv.weight, conv.bias)
+    reasons = triton_unsupported_reasons(x, conv.weight, conv.bias)
+    auto = _auto_triton(x, k, d)
+    if select_backend("dwconv2d_module", backend, tensors, reasons, auto_triton=auto) == "triton":
+        _check_conv_args("dwconv2d_module", x, conv.weight, conv.bias, d, ("weight", "bias", "dilation"))
+        return _DWCONV2D(to_kernel_layout(x), conv.weight, conv.bias, d)
+    return conv(x)
 
 
 def _conv_in_dtype(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, d: int) -> torch.Tensor:
@@ -292,8 +320,8 @@ def lka_spatial(
         w1: (C, 1, k1, k1), k1 odd.
         b1: (C,) or None.
         dilations: (d0, d1), each >= 1.
-        backend: ``'auto'``, ``'triton'`` or ``'torch'``, chosen per conv (``'auto'`` runs Triton for a dilated conv
-            of a channels_last map on CUDA, torch otherwise).
+        backend: ``'auto'``, ``'triton'`` or ``'torch'``, chosen per conv (``'auto'`` runs Triton for a
+            channels_last map on CUDA (dilated, or k <= 9), torch otherwise).
         fused: the one-kernel forward (see above) when both convs run on Triton; ignored otherwise.
 
     Returns:
@@ -312,7 +340,10 @@ def lka_spatial(
     _check_conv_args(op, x, w1, b1, d1, ("w1", "b1", "dilations[1]"))
     tensors = [t for t in (x, w0, b0, w1, b1) if t is not None]
     reasons = triton_unsupported_reasons(x, w0, b0, w1, b1)
-    choice = [select_backend(op, backend, tensors, reasons, auto_triton=_auto_triton(x, d)) for d in (d0, d1)]
+    choice = [
+        select_backend(op, backend, tensors, reasons, auto_triton=_auto_triton(x, w.shape[-1], d))
+        for w, d in ((w0, d0), (w1, d1))
+    ]
     if fused and choice == ["triton", "triton"]:
         return _LKA_SPATIAL(to_kernel_layout(x), w0, b0, w1, b1, d0, d1)
     for w, b, d, use in ((w0, b0, d0, choice[0]), (w1, b1, d1, choice[1])):

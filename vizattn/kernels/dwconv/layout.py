@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["is_nhwc", "to_kernel_layout", "empty_map"]
+__all__ = ["is_nhwc", "to_kernel_layout", "empty_map", "ROWS_MAX_K", "ROWS_MAX_REACH", "rows_kernel_applies"]
+
+# The row-walking forward kernel (vizattn.kernels.dwconv.triton._dw_rows_fwd_kernel) keeps k accumulators per column
+# and the COLS + (k - 1) * dilation pixels of an input row in registers: it takes k <= ROWS_MAX_K and a reach
+# (k - 1) * dilation <= ROWS_MAX_REACH, on NHWC maps.
+ROWS_MAX_K = 9
+ROWS_MAX_REACH = 24
 
 
 def is_nhwc(x: torch.Tensor) -> bool:
@@ -29,3 +35,8 @@ def empty_map(like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Ten
     """An uninitialised map of ``like``'s shape in the format :func:`is_nhwc` gives ``like`` (for fake kernels)."""
     fmt = torch.channels_last if is_nhwc(like) else torch.contiguous_format
     return torch.empty(like.shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
+
+
+def rows_kernel_applies(x: torch.Tensor, k: int, dilation: int) -> bool:
+    """Whether the row-walking forward kernel takes a conv of map ``x`` (NHWC) with a k x k kernel at ``dilation``."""
+    return is_nhwc(x) and k <= ROWS_MAX_K and (k - 1) * dilation <= ROWS_MAX_REACH

@@ -68,7 +68,7 @@ import triton.language as tl
 from vizattn.kernels._alloc import new_output
 from vizattn.kernels._triton_util import cdiv as _cdiv
 from vizattn.kernels._triton_util import next_pow2 as _next_pow2
-from vizattn.kernels.dwconv.layout import is_nhwc
+from vizattn.kernels.dwconv.layout import ROWS_MAX_K, ROWS_MAX_REACH, is_nhwc, rows_kernel_applies
 
 __all__ = ["dwconv2d_fwd", "dwconv2d_bwd", "lka_spatial_fwd", "lka_spatial_bwd"]
 
@@ -88,17 +88,18 @@ _WGRAD_CHANNELS = 16
 # channel block, tap chunk) share the batch's rows in equal runs.
 _WGRAD_ACC = 8192
 _WGRAD_PROGRAMS_PER_SM = 12
-# Forward of NHWC maps with k <= _ROWS_MAX_K: 'rows' (walk each column strip down, an input row loaded once for k
-# outputs) or 'tiles' (every tap reloads a shifted tile). Above _ROWS_MAX_K the k accumulators and k loaded strips
-# of the rows kernel outgrow the registers. Warps per program, and programs per SM below which chains are cut into
-# segments.
+# Forward of NHWC maps that the row-walking kernel takes (layout.rows_kernel_applies): 'rows' (walk each strip of
+# columns down, an input row loaded once for k outputs) or 'tiles' (every tap reloads a shifted tile). Columns per
+# strip by kernel size, warps per program, and programs per SM below which chains are cut into segments; on the H200
+# (2026-11-29, bf16, VAN-B2's shapes at B128) 8 columns beat 4 for k 5 and 7 (7x7 d3 56x56 C64: 0.164 against 0.219
+# ms) and 4 beat 8 for k 3 (56x56 C512: 0.398 against 0.416); 16 columns, 1 or 4 warps, 8 or 128 programs per SM
+# and a prefetch of the next row were as fast or slower.
 FWD_ALGO = "rows"
-_ROWS_MAX_K = 9
+_ROWS_COLS = {1: 4, 3: 4}  # default 8
 _ROWS_WARPS = 2
-_ROWS_COLS = 8
-_ROWS_PREFETCH = True
-_ROWS_MAX_REACH = 24  # (k - 1) * dilation: the row's span of loaded pixels is COLS + this
 _ROWS_PROGRAMS_PER_SM = 32
+# Where the weight and bias gradients come from: see _wgrad_on_aten.
+WGRAD = "auto"
 
 
 @triton.jit
@@ -247,7 +248,6 @@ def _dw_rows_fwd_kernel(
     COLS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     EVEN_C: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
     """Forward of an NHWC map down a strip of ``COLS`` columns: each input row loaded once, for ``K`` output rows.
 
@@ -292,16 +292,8 @@ def _dw_rows_fwd_kernel(
     t_lo = tl.maximum(s0 - M, 0)
     t_hi = tl.minimum(s1 + M, n_chain)
     interior = (w0 >= PAD) & (w0 - PAD + SPAN <= W)  # the strip's loads need no column mask
-    if PREFETCH:
-        xs_next = _row_span(img, chan, phase + t_lo * DIL, t_lo < t_hi, interior, w0 - PAD, W, s_h, s_w, cm, SPAN, EVEN_C)
     for t in range(t_lo, t_hi):
-        if PREFETCH:
-            # Row t was loaded during the previous step; row t + 1's loads are in flight during this one.
-            xs = xs_next
-            ok = t + 1 < t_hi
-            xs_next = _row_span(img, chan, phase + (t + 1) * DIL, ok, interior, w0 - PAD, W, s_h, s_w, cm, SPAN, EVEN_C)
-        else:
-            xs = _row_span(img, chan, phase + t * DIL, True, interior, w0 - PAD, W, s_h, s_w, cm, SPAN, EVEN_C)
+        xs = _row_span(img, chan, phase + t * DIL, interior, w0 - PAD, W, s_h, s_w, cm, SPAN, EVEN_C)
         new = ()
         for k in tl.static_range(K):
             s = t - M + k
@@ -323,30 +315,32 @@ def _dw_rows_fwd_kernel(
 
 
 @triton.jit
-def _row_span(img, chan, ih, ok, interior, w_first, W, s_h, s_w, cm, SPAN: tl.constexpr, EVEN_C: tl.constexpr):
+def _row_span(img, chan, ih, interior, w_first, W, s_h, s_w, cm, SPAN: tl.constexpr, EVEN_C: tl.constexpr):
     """The ``SPAN`` pixels of row ``ih`` from column ``w_first`` on, each a float32 (BLOCK_C,) vector; columns outside
-    ``[0, W)``, channels outside the map, and the whole row unless ``ok`` read zero. ``interior``: every column is
-    inside the map (the loads then skip the column test)."""
+    ``[0, W)`` and channels outside the map read zero. ``interior``: every column is inside the map (the loads then
+    skip the column test)."""
     row = img + ih * s_h + w_first * s_w
     if interior:
-        xs = _load_span(row, chan, ok, w_first, W, s_w, cm, SPAN, EVEN_C, False)
+        xs = _load_span(row, chan, w_first, W, s_w, cm, SPAN, EVEN_C, False)
     else:
-        xs = _load_span(row, chan, ok, w_first, W, s_w, cm, SPAN, EVEN_C, True)
+        xs = _load_span(row, chan, w_first, W, s_w, cm, SPAN, EVEN_C, True)
     return xs
 
 
 @triton.jit
-def _load_span(
-    row, chan, ok, w_first, W, s_w, cm, SPAN: tl.constexpr, EVEN_C: tl.constexpr, COL_MASK: tl.constexpr
-):
+def _load_span(row, chan, w_first, W, s_w, cm, SPAN: tl.constexpr, EVEN_C: tl.constexpr, COL_MASK: tl.constexpr):
     xs = ()
     for v in tl.static_range(SPAN):
-        m = ok
+        ptr = row + (chan + v * s_w)
         if COL_MASK:
-            m = m & (w_first + v >= 0) & (w_first + v < W)
-        if not EVEN_C:
-            m = m & cm
-        x = tl.load(row + (chan + v * s_w), mask=m, other=0.0)
+            m = (w_first + v >= 0) & (w_first + v < W)
+            if not EVEN_C:
+                m = m & cm
+            x = tl.load(ptr, mask=m, other=0.0)
+        elif EVEN_C:
+            x = tl.load(ptr)
+        else:
+            x = tl.load(ptr, mask=cm, other=0.0)
         xs = xs + (x.to(tl.float32),)
     return xs
 
@@ -667,7 +661,8 @@ def dwconv2d_fwd(
 ) -> torch.Tensor:
     """(B, C, H, W) x (dense, NCHW or channels_last), (C, 1, k, k) weight -> (B, C, H, W) in x's dtype and format.
 
-    ``algo``: ``'rows'`` (NHWC maps, k up to ``_ROWS_MAX_K``: :func:`_dw_rows_fwd_kernel`) or ``'tiles'``
+    ``algo``: ``'rows'`` (NHWC maps, see :func:`~vizattn.kernels.dwconv.layout.rows_kernel_applies`:
+    :func:`_dw_rows_fwd_kernel`) or ``'tiles'``
     (:func:`_dw_fwd_kernel`); by default rows where it applies (``FWD_ALGO``). ``seg_rows``: output rows of a phase's
     chain per program of the rows kernel (tests use it to cut small maps into segments).
     """
@@ -678,17 +673,18 @@ def dwconv2d_fwd(
     if x.numel() == 0:
         return y
     w = _tap_major(weight)
-    rows_ok = nhwc and k <= _ROWS_MAX_K and (k - 1) * dilation <= _ROWS_MAX_REACH
+    rows_ok = rows_kernel_applies(x, k, dilation)
     algo = algo or (FWD_ALGO if rows_ok else "tiles")
     if algo not in ("rows", "tiles") or (algo == "rows" and not rows_ok):
         raise ValueError(
-            f"algo={algo!r}: 'tiles', or 'rows' for channels_last maps with k <= {_ROWS_MAX_K} and (k - 1) * dilation"
-            f" <= {_ROWS_MAX_REACH}"
+            f"algo={algo!r}: 'tiles', or 'rows' for channels_last maps with k <= {ROWS_MAX_K} and (k - 1) * dilation"
+            f" <= {ROWS_MAX_REACH}"
         )
     if algo == "rows":
         bsz, c, h, wd = x.shape
         block_c, num_warps = _rows_tile(c)
-        strips, blocks = _cdiv(wd, _ROWS_COLS), _cdiv(c, block_c)
+        cols = _ROWS_COLS.get(k, 8)
+        strips, blocks = _cdiv(wd, cols), _cdiv(c, block_c)
         n_chain = _cdiv(h, dilation)
         seg_rows = seg_rows or _rows_segment(n_chain, k, bsz * dilation * strips * blocks, x.device)
         n_segs = _cdiv(n_chain, seg_rows)
@@ -709,10 +705,9 @@ def dwconv2d_fwd(
             K=k,
             DIL=dilation,
             HAS_BIAS=bias is not None,
-            COLS=_ROWS_COLS,
+            COLS=cols,
             BLOCK_C=block_c,
             EVEN_C=c % block_c == 0,
-            PREFETCH=_ROWS_PREFETCH,
             num_warps=num_warps,
         )
         return y
@@ -760,6 +755,13 @@ def dwconv2d_bwd(
     k = weight.shape[-1]
     if x.numel() == 0:
         return dx, torch.zeros_like(weight), (weight.new_zeros(c) if needs_bias else None)
+    if _wgrad_on_aten(x, dilation):
+        pad = dilation * (k - 1) // 2
+        _, dweight, dbias = torch.ops.aten.convolution_backward(
+            grad_out, x, weight.to(x.dtype), [c] if needs_bias else None, [1, 1], [pad, pad], [dilation, dilation],
+            False, [0, 0], c, [False, True, needs_bias],
+        )  # fmt: skip
+        return dx, dweight.to(weight.dtype), (dbias.to(weight.dtype) if needs_bias else None)
     bsz, _, h, w = x.shape
     pairs = _wgrad_pairs(nhwc, x, grad_out)
     kk_chunk, block_w, block_c, num_warps = _wgrad_tile(nhwc, pairs, c, k, w)
@@ -797,6 +799,20 @@ def dwconv2d_bwd(
     dweight = dw_part.sum(0).t().reshape(weight.shape).to(weight.dtype)
     dbias = db_part.sum(0).to(weight.dtype) if needs_bias else None
     return dx, dweight, dbias
+
+
+def _wgrad_on_aten(x: torch.Tensor, dilation: int) -> bool:
+    """Whether the weight and bias gradients come from ATen's (cuDNN's) convolution backward instead of
+    :func:`_dw_wgrad_kernel` (``WGRAD``: 'auto', 'triton' or 'aten'). 'auto' takes ATen for undilated convs of 16-bit
+    CUDA maps, where cuDNN measured faster, and the kernel for dilated ones (H200, 2026-11-29, bf16 channels_last,
+    kernel time of the weight and bias gradients in ms; ours = the backward minus its input gradient): 3x3 B128
+    56x56 C512 cuDNN 0.52 against ours about 1.5, 5x5 B64 56x56 C64 0.109 against 0.222, 7x7 dilation 3 B64 56x56 C64
+    cuDNN 1.21 against 0.445. (Float32 maps stay on the kernel: cuDNN may run them in TF32.)"""
+    if WGRAD not in ("auto", "triton", "aten"):
+        raise ValueError(f"WGRAD={WGRAD!r}: 'auto', 'triton' or 'aten'")
+    if WGRAD != "auto":
+        return WGRAD == "aten"
+    return x.is_cuda and dilation == 1 and x.dtype in (torch.float16, torch.bfloat16)
 
 
 @functools.lru_cache(maxsize=16)
