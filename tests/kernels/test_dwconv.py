@@ -133,11 +133,14 @@ def test_forward_and_gradients_match_reference(case):
 
 
 @pytest.mark.parametrize(("layout", "dtype"), [("nhwc", "bf16"), ("nhwc", "fp16"), ("nchw", "fp32")])
-def test_weight_gradient_in_runs_of_rows(layout, dtype):
-    """However the batch's rows are cut into runs (one row each, runs crossing images, one run), the weight and bias
-    gradients are the reference's; a bfloat16 map that is not 4-byte aligned is read channel by channel. The weight
-    is float32, so the gradients are not rounded to the map's dtype: float32 sums of exact products."""
+def test_weight_gradient_in_runs_of_rows(layout, dtype, monkeypatch):
+    """The tile weight-gradient kernel: however the batch's rows are cut into runs (one row each, runs crossing images,
+    one run), the weight and bias gradients are the reference's; a bfloat16 map that is not 4-byte aligned is read
+    channel by channel. The weight is float32, so the gradients are not rounded to the map's dtype: float32 sums of
+    exact products."""
     from vizattn.kernels.dwconv import triton as kernels
+
+    monkeypatch.setattr(kernels, "WGRAD", "tiles")
 
     x, w, _ = _inputs(Case(2, 4, 5, 6, 3, 2, layout, dtype))
     w = w.float()
@@ -393,18 +396,41 @@ def test_weight_gradient_from_aten(monkeypatch, dtype):
         assert got.dtype == leaf.dtype, name
         assert _rel(got, want) < TOL[DTYPES[dtype]] * 2, name
     monkeypatch.setattr(kernels, "WGRAD", "cudnn")
-    with pytest.raises(ValueError, match="WGRAD='cudnn': 'auto', 'triton' or 'aten'"):
+    with pytest.raises(ValueError, match="WGRAD='cudnn': 'auto', 'rows', 'tiles' or 'aten'"):
         kernels.dwconv2d_bwd(x, x, w, 1, True)
+    monkeypatch.setattr(kernels, "WGRAD", "rows")
+    with pytest.raises(ValueError, match="WGRAD='rows' takes channels_last maps with k <= 9"):
+        kernels.dwconv2d_bwd(x.contiguous(), x.contiguous(), w, 1, True)
+
+
+@pytest.mark.parametrize("programs", [1, 2, None])
+@pytest.mark.parametrize("case", ALGO_CASES, ids=[c.id for c in ALGO_CASES])
+def test_rows_weight_gradient(case, programs, monkeypatch):
+    """The row-walking weight-gradient kernel: one program for every (image, phase, strip), two, or the default; the
+    float32 weight's gradients are float32 sums of exact products."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    monkeypatch.setattr(kernels, "WGRAD", "rows")
+    x, w, _ = _inputs(case)
+    w = w.float()
+    grad = _to_layout(torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, x.dtype), "nhwc")
+    zeros = torch.zeros(case.c, device=DEVICE).double().requires_grad_()
+    ref_leaves = [x.double(), w.double().requires_grad_(), zeros]
+    want = torch.autograd.grad(dwconv2d_reference(*ref_leaves, case.d), ref_leaves[1:], grad.double())
+    _, dw_, db = kernels.dwconv2d_bwd(grad, x, w, case.d, case.bias, rows_programs=programs)
+    assert dw_.dtype == torch.float32 and _rel(dw_, want[0]) < 1e-5
+    assert (db is None) if not case.bias else _rel(db, want[1]) < 1e-5
 
 
 def test_wgrad_auto_rule():
     from vizattn.kernels.dwconv import triton as kernels
 
-    cuda16 = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16)
-    assert kernels._wgrad_on_aten(cuda16, 1) is True
-    assert kernels._wgrad_on_aten(cuda16, 3) is False
-    assert kernels._wgrad_on_aten(SimpleNamespace(is_cuda=True, dtype=torch.float32), 1) is False
-    assert kernels._wgrad_on_aten(SimpleNamespace(is_cuda=False, dtype=torch.bfloat16), 1) is False
+    assert kernels._wgrad_auto(True, torch.bfloat16, 1, True) == "aten"
+    assert kernels._wgrad_auto(True, torch.float16, 1, False) == "aten"
+    assert kernels._wgrad_auto(True, torch.bfloat16, 3, True) == "rows"
+    assert kernels._wgrad_auto(True, torch.float32, 1, True) == "rows"
+    assert kernels._wgrad_auto(True, torch.float32, 1, False) == "tiles"
+    assert kernels._wgrad_auto(False, torch.bfloat16, 1, True) == "rows"
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

@@ -98,8 +98,9 @@ FWD_ALGO = "rows"
 _ROWS_COLS = {1: 4, 3: 4}  # default 8
 _ROWS_WARPS = 2
 _ROWS_PROGRAMS_PER_SM = 32
-# Where the weight and bias gradients come from: see _wgrad_on_aten.
+# Where the weight and bias gradients come from: see _wgrad_source. Programs per SM of the row-walking one.
 WGRAD = "auto"
+_WGRAD_ROWS_PROGRAMS_PER_SM = 8
 
 
 @triton.jit
@@ -312,6 +313,108 @@ def _dw_rows_fwd_kernel(
     # Outputs whose last input row lies below the map: complete once the chain ends.
     for k in tl.static_range(K - 1):
         _store_cols(out_img, accs[k * COLS :], bias, t_hi - M + k, s0, s1, phase, w0, W, s_h, s_w, cm, DIL, COLS)
+
+
+@triton.jit
+def _dw_rows_wgrad_kernel(
+    X,
+    DY,
+    DWP,
+    DBP,
+    C,
+    H,
+    W,
+    s_b,
+    s_c,
+    s_h,
+    s_w,
+    n_strips,
+    n_work,
+    K: tl.constexpr,
+    DIL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    COLS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    EVEN_C: tl.constexpr,
+):
+    """Partial weight and bias gradients of NHWC maps, walking strips of ``COLS`` columns down their phase's rows.
+
+    ``dW[i, j] = sum dy[s, u] * x[s - M + i, u + j * DIL - PAD]`` over chain rows ``s`` and columns ``u`` (M, PAD and
+    chains as in :func:`_dw_rows_fwd_kernel`). Program (p, channel block) takes the work items (image, phase, strip)
+    ``p, p + num_programs, ...`` and walks each chain once: input row ``t`` is loaded as its ``COLS + (K - 1) * DIL``
+    pixels and multiplied with the ``K`` rows of dy it meets (``s = t - M .. t + M``, kept in registers and rotated),
+    each dy row loaded once. The ``K * K`` float32 sums per channel stay in registers across the program's items and
+    are written once, as row p of DWP (programs, K * K, C) and DBP (programs, C), which the launcher sums.
+    """
+    M: tl.constexpr = (K - 1) // 2
+    PAD: tl.constexpr = DIL * M
+    SPAN: tl.constexpr = COLS + (K - 1) * DIL
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
+    chan = c * s_c
+    zero = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    dws = (zero,) * (K * K)  # dws[i * K + j]
+    db = zero
+    for work in range(tl.program_id(0), n_work, tl.num_programs(0)):
+        strip = work % n_strips
+        phase = (work // n_strips) % DIL
+        b = work // (n_strips * DIL)
+        n_chain = tl.cdiv(H - phase, DIL)
+        w0 = strip * COLS
+        img = X + b.to(tl.int64) * s_b
+        dimg = DY + b.to(tl.int64) * s_b + w0 * s_w
+        interior = (w0 >= PAD) & (w0 - PAD + SPAN <= W)
+        # dy rows s = -M .. M - 1 (zero outside the chain): the window before row t = 0.
+        window = ()
+        for r in tl.static_range(K - 1):
+            row = _dy_row(dimg, chan, phase, r - M, n_chain, w0, W, s_h, s_w, cm, DIL, COLS, EVEN_C)
+            window = window + row
+            if HAS_BIAS:
+                db += _row_sum(row, COLS)
+        for t in range(0, n_chain):
+            row = _dy_row(dimg, chan, phase, t + M, n_chain, w0, W, s_h, s_w, cm, DIL, COLS, EVEN_C)
+            if HAS_BIAS:
+                db += _row_sum(row, COLS)
+            window = window + row  # dy rows t - M .. t + M
+            xs = _row_span(img, chan, phase + t * DIL, interior, w0 - PAD, W, s_h, s_w, cm, SPAN, EVEN_C)
+            new = ()
+            for i in tl.static_range(K):
+                for j in tl.static_range(K):
+                    acc = dws[i * K + j]
+                    for u in tl.static_range(COLS):
+                        # dy row s = t - M + (K - 1 - i) meets input row t through kernel row i.
+                        acc += window[(K - 1 - i) * COLS + u] * xs[u + j * DIL]
+                    new = new + (acc,)
+            dws = new
+            window = window[COLS:]
+    part = tl.program_id(0).to(tl.int64)
+    for tap in tl.static_range(K * K):
+        tl.store(DWP + (part * K * K + tap) * C + c, dws[tap], mask=cm)
+    if HAS_BIAS:
+        tl.store(DBP + part * C + c, db, mask=cm)
+
+
+@triton.jit
+def _dy_row(dimg, chan, phase, s, n_chain, w0, W, s_h, s_w, cm, DIL: tl.constexpr, COLS: tl.constexpr,
+            EVEN_C: tl.constexpr):  # fmt: skip
+    """Chain row ``s`` of dy at the strip's ``COLS`` columns (float32 (BLOCK_C,) vectors; zero outside the map)."""
+    ok = (s >= 0) & (s < n_chain)
+    row = dimg + (phase + s * DIL) * s_h
+    out = ()
+    for u in tl.static_range(COLS):
+        m = ok & (w0 + u < W)
+        if not EVEN_C:
+            m = m & cm
+        out = out + (tl.load(row + (chan + u * s_w), mask=m, other=0.0).to(tl.float32),)
+    return out
+
+
+@triton.jit
+def _row_sum(row, COLS: tl.constexpr):
+    total = row[0]
+    for u in tl.static_range(1, COLS):
+        total += row[u]
+    return total
 
 
 @triton.jit
@@ -740,12 +843,15 @@ def dwconv2d_bwd(
     needs_bias: bool,
     *,
     rows_per_program: int | None = None,
+    rows_programs: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients of :func:`dwconv2d_fwd`: (dx in x's dtype and format, dweight and dbias in the weight's dtype).
 
-    ``grad_out`` may have any strides; it is brought to x's format once. ``rows_per_program``: rows of the batch
-    (``B * H`` in all) each weight-gradient program reduces (tests use it to cut small maps into several runs); by
-    default enough runs for about ``_WGRAD_PROGRAMS_PER_SM`` programs per SM.
+    The weight and bias gradients come from one of three sources (:func:`_wgrad_source`). ``grad_out`` may have any
+    strides; it is brought to x's format once. ``rows_per_program``: rows of the batch (``B * H`` in all) each program
+    of the tile weight-gradient kernel reduces (tests use it to cut small maps into several runs); by default enough
+    runs for about ``_WGRAD_PROGRAMS_PER_SM`` programs per SM. ``rows_programs``: programs per channel block of the
+    row-walking one (tests use it to give a program several work items).
     """
     nhwc = is_nhwc(x)
     x = _in_layout(x, nhwc)
@@ -755,7 +861,10 @@ def dwconv2d_bwd(
     k = weight.shape[-1]
     if x.numel() == 0:
         return dx, torch.zeros_like(weight), (weight.new_zeros(c) if needs_bias else None)
-    if _wgrad_on_aten(x, dilation):
+    source = _wgrad_source(x, k, dilation)
+    if source == "rows":
+        return (dx, *_rows_wgrad(grad_out, x, weight, dilation, needs_bias, programs=rows_programs))
+    if source == "aten":
         pad = dilation * (k - 1) // 2
         _, dweight, dbias = torch.ops.aten.convolution_backward(
             grad_out, x, weight.to(x.dtype), [c] if needs_bias else None, [1, 1], [pad, pad], [dilation, dilation],
@@ -801,18 +910,68 @@ def dwconv2d_bwd(
     return dx, dweight, dbias
 
 
-def _wgrad_on_aten(x: torch.Tensor, dilation: int) -> bool:
-    """Whether the weight and bias gradients come from ATen's (cuDNN's) convolution backward instead of
-    :func:`_dw_wgrad_kernel` (``WGRAD``: 'auto', 'triton' or 'aten'). 'auto' takes ATen for undilated convs of 16-bit
-    CUDA maps, where cuDNN measured faster, and the kernel for dilated ones (H200, 2026-11-29, bf16 channels_last,
-    kernel time of the weight and bias gradients in ms; ours = the backward minus its input gradient): 3x3 B128
-    56x56 C512 cuDNN 0.52 against ours about 1.5, 5x5 B64 56x56 C64 0.109 against 0.222, 7x7 dilation 3 B64 56x56 C64
-    cuDNN 1.21 against 0.445. (Float32 maps stay on the kernel: cuDNN may run them in TF32.)"""
-    if WGRAD not in ("auto", "triton", "aten"):
-        raise ValueError(f"WGRAD={WGRAD!r}: 'auto', 'triton' or 'aten'")
+def _wgrad_source(x: torch.Tensor, k: int, dilation: int) -> str:
+    """Where the weight and bias gradients come from (``WGRAD``, or by 'auto'): 'aten' (ATen's, cuDNN's, convolution
+    backward), 'rows' (:func:`_dw_rows_wgrad_kernel`, the maps the row-walking forward takes) or 'tiles'
+    (:func:`_dw_wgrad_kernel`, any map). 'auto' takes ATen for undilated convs of 16-bit CUDA maps, where cuDNN
+    measured faster than the tile kernel, rows where it applies, tiles elsewhere (H200, 2026-11-29, bf16
+    channels_last, kernel time of the weight and bias gradients in ms; tile kernel = the backward minus its input
+    gradient): 3x3 B128 56x56 C512 cuDNN 0.52 against the tile kernel's about 1.5, 5x5 B64 56x56 C64 0.109 against
+    0.222, 7x7 dilation 3 B64 56x56 C64 cuDNN 1.21 against 0.445. (Float32 maps stay on the kernels: cuDNN may run
+    them in TF32.)"""
+    if WGRAD not in ("auto", "rows", "tiles", "aten"):
+        raise ValueError(f"WGRAD={WGRAD!r}: 'auto', 'rows', 'tiles' or 'aten'")
+    rows_ok = rows_kernel_applies(x, k, dilation)
+    if WGRAD == "rows" and not rows_ok:
+        raise ValueError(f"WGRAD='rows' takes channels_last maps with k <= {ROWS_MAX_K}, (k - 1) * dilation <= "
+                         f"{ROWS_MAX_REACH}; got k = {k}, dilation = {dilation}")  # fmt: skip
     if WGRAD != "auto":
-        return WGRAD == "aten"
-    return x.is_cuda and dilation == 1 and x.dtype in (torch.float16, torch.bfloat16)
+        return WGRAD
+    return _wgrad_auto(x.is_cuda, x.dtype, dilation, rows_ok)
+
+
+def _wgrad_auto(on_cuda: bool, dtype: torch.dtype, dilation: int, rows_ok: bool) -> str:
+    """What ``WGRAD='auto'`` takes (see :func:`_wgrad_source`)."""
+    if on_cuda and dilation == 1 and dtype in (torch.float16, torch.bfloat16):
+        return "aten"
+    return "rows" if rows_ok else "tiles"
+
+
+def _rows_wgrad(
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dilation: int, needs_bias: bool, programs: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weight and bias gradients by :func:`_dw_rows_wgrad_kernel` (NHWC maps of the same strides)."""
+    bsz, c, h, w = x.shape
+    k = weight.shape[-1]
+    block_c, num_warps = _rows_tile(c)
+    cols = _ROWS_COLS.get(k, 8)
+    strips, blocks = _cdiv(w, cols), _cdiv(c, block_c)
+    n_work = bsz * dilation * strips
+    programs = min(n_work, programs or _sm_count(x.device) * _WGRAD_ROWS_PROGRAMS_PER_SM)
+    dw_part = new_output((programs, k * k, c), torch.float32, x.device)
+    db_part = new_output((programs, c), torch.float32, x.device) if needs_bias else dw_part
+    _dw_rows_wgrad_kernel[(programs, blocks)](
+        x,
+        grad_out,
+        dw_part,
+        db_part,
+        c,
+        h,
+        w,
+        *x.stride(),
+        strips,
+        n_work,
+        K=k,
+        DIL=dilation,
+        HAS_BIAS=needs_bias,
+        COLS=cols,
+        BLOCK_C=block_c,
+        EVEN_C=c % block_c == 0,
+        num_warps=num_warps,
+    )
+    dweight = dw_part.sum(0).t().reshape(weight.shape).to(weight.dtype)
+    dbias = db_part.sum(0).to(weight.dtype) if needs_bias else None
+    return dweight, dbias
 
 
 @functools.lru_cache(maxsize=16)
