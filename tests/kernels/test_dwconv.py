@@ -380,8 +380,8 @@ def test_forward_algorithm_is_validated():
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_weight_gradient_from_aten(monkeypatch, dtype):
-    """WGRAD='aten' (what 'auto' takes for undilated 16-bit convs on CUDA): the weight and bias gradients from ATen's
-    convolution backward, in the weight's dtype, next to the kernel's input gradient."""
+    """WGRAD='aten' (what 'auto' takes for undilated 16-bit convs on CUDA beyond the row-walking kernel): the weight
+    and bias gradients from ATen's convolution backward, in the weight's dtype, next to the kernel's input gradient."""
     from vizattn.kernels.dwconv import triton as kernels
 
     case = Case(2, 6, 9, 7, 3, 1, "nhwc", dtype)
@@ -425,12 +425,12 @@ def test_rows_weight_gradient(case, programs, monkeypatch):
 def test_wgrad_auto_rule():
     from vizattn.kernels.dwconv import triton as kernels
 
-    assert kernels._wgrad_auto(True, torch.bfloat16, 1, True) == "aten"
-    assert kernels._wgrad_auto(True, torch.float16, 1, False) == "aten"
+    assert kernels._wgrad_auto(True, torch.bfloat16, 1, True) == "rows"
     assert kernels._wgrad_auto(True, torch.bfloat16, 3, True) == "rows"
-    assert kernels._wgrad_auto(True, torch.float32, 1, True) == "rows"
+    assert kernels._wgrad_auto(True, torch.float16, 1, False) == "aten"
+    assert kernels._wgrad_auto(True, torch.bfloat16, 3, False) == "tiles"
     assert kernels._wgrad_auto(True, torch.float32, 1, False) == "tiles"
-    assert kernels._wgrad_auto(False, torch.bfloat16, 1, True) == "rows"
+    assert kernels._wgrad_auto(False, torch.bfloat16, 1, False) == "tiles"
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

@@ -49,8 +49,9 @@ __all__ = [
 #   channels_last, the tile kernel (before the row-walking one): 5x5 0.071 / 0.538 against PyTorch 0.079 / 0.281; 7x7
 #                     d3 0.135 / 0.993 against PyTorch 1.266 / 3.087 (and PyTorch's best layout, NCHW, 0.439 / 1.922)
 #   channels_last, the row-walking forward (23:10): forward 5x5 0.061 against cuDNN 0.077, 7x7 d3 0.089 against 1.266,
-#                     and VAN-B2's MLP 3x3 at B128 56x56 C512 0.398 against 0.884; backward = that kernel for the
-#                     input gradient and cuDNN's weight gradient when undilated (triton._wgrad_source)
+#                     and VAN-B2's MLP 3x3 at B128 56x56 C512 0.398 against 0.884; backward (23:18, the same kernel
+#                     for the input gradient, the row-walking weight gradient) 5x5 0.158 against cuDNN's 0.199,
+#                     7x7 d3 0.219 against 1.826, 3x3 B128 56x56 C512 0.872 against 1.168 (triton._wgrad_source)
 # so 'auto' takes Triton for channels_last maps whose forward the row-walking kernel takes, and for every dilated
 # conv of a channels_last map (see _auto_triton). backend='triton' or VIZATTN_BACKEND=triton runs them everywhere.
 TRITON_BY_DEFAULT = False

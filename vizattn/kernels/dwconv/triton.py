@@ -911,14 +911,13 @@ def dwconv2d_bwd(
 
 
 def _wgrad_source(x: torch.Tensor, k: int, dilation: int) -> str:
-    """Where the weight and bias gradients come from (``WGRAD``, or by 'auto'): 'aten' (ATen's, cuDNN's, convolution
-    backward), 'rows' (:func:`_dw_rows_wgrad_kernel`, the maps the row-walking forward takes) or 'tiles'
-    (:func:`_dw_wgrad_kernel`, any map). 'auto' takes ATen for undilated convs of 16-bit CUDA maps, where cuDNN
-    measured faster than the tile kernel, rows where it applies, tiles elsewhere (H200, 2026-11-29, bf16
-    channels_last, kernel time of the weight and bias gradients in ms; tile kernel = the backward minus its input
-    gradient): 3x3 B128 56x56 C512 cuDNN 0.52 against the tile kernel's about 1.5, 5x5 B64 56x56 C64 0.109 against
-    0.222, 7x7 dilation 3 B64 56x56 C64 cuDNN 1.21 against 0.445. (Float32 maps stay on the kernels: cuDNN may run
-    them in TF32.)"""
+    """Where the weight and bias gradients come from (``WGRAD``, or by 'auto'): 'rows' (:func:`_dw_rows_wgrad_kernel`,
+    the maps the row-walking forward takes), 'aten' (ATen's, cuDNN's, convolution backward) or 'tiles'
+    (:func:`_dw_wgrad_kernel`, any map). 'auto' takes rows where they apply, else ATen for undilated convs of 16-bit
+    CUDA maps, else tiles. H200, 2026-11-29 23:18, bf16 channels_last, CUDA-graph time of the backward (input
+    gradient by the forward kernel, then the weight gradient) in ms, rows / tiles / ATen: 7x7 dilation 3 B64 56x56
+    C64 0.219 / 0.527 / 1.300, B128 14x14 C320 0.203 / 0.276 / 0.883; 5x5 B64 56x56 C64 0.158 / 0.283 / 0.178; 3x3
+    B128 56x56 C512 0.872 / 1.894 / 0.924. (Float32 maps stay off ATen: cuDNN may run them in TF32.)"""
     if WGRAD not in ("auto", "rows", "tiles", "aten"):
         raise ValueError(f"WGRAD={WGRAD!r}: 'auto', 'rows', 'tiles' or 'aten'")
     rows_ok = rows_kernel_applies(x, k, dilation)
@@ -932,9 +931,11 @@ def _wgrad_source(x: torch.Tensor, k: int, dilation: int) -> str:
 
 def _wgrad_auto(on_cuda: bool, dtype: torch.dtype, dilation: int, rows_ok: bool) -> str:
     """What ``WGRAD='auto'`` takes (see :func:`_wgrad_source`)."""
+    if rows_ok:
+        return "rows"
     if on_cuda and dilation == 1 and dtype in (torch.float16, torch.bfloat16):
         return "aten"
-    return "rows" if rows_ok else "tiles"
+    return "tiles"
 
 
 def _rows_wgrad(
