@@ -55,13 +55,12 @@ makes a round trip through HBM. Bands overlap by the halo rows, which are recomp
 map as one band when its slot fits a budget (VAN's 56x56 maps and smaller). The backward recomputes the
 intermediate with the single-conv forward and runs the single-conv backward twice.
 
-What bounds the tile kernels: each tap reloads its shifted tile (from L1 after the first taps), so the L1 traffic per output is
-``k * k`` loads, 2 bytes each in bf16 NHWC: about 50 bytes for 5x5 and 100 for 7x7, where HBM needs 4. Triton has
-no cheap way to shift a tile held in registers (``tl.gather`` goes through shared memory, whose bandwidth is L1's), so
-a load does not serve several taps. At roughly 33 TB/s of L1 bandwidth on an H200 that estimates 19 us (5x5) and
-38 us (7x7 dilation 3) at B64 C64 56x56, and about 57 us for the fused op (25 + 49 loads per output), all above the
-HBM floor of 12 us. Reusing loads across taps needs tensor cores on banded (Toeplitz) weight matrices, or explicit
-shared-memory windows (Gluon or CUDA).
+What bounds the tile kernels: each tap reloads its shifted tile (from L1 after the first taps), so the L1 traffic per
+output is ``k * k`` loads, 2 bytes each in bf16 NHWC: about 50 bytes for 5x5 and 100 for 7x7, where HBM needs 4.
+Triton has no cheap way to shift a tile held in registers (``tl.gather`` goes through shared memory, whose bandwidth
+is L1's), so a load does not serve several taps; the row-walking kernels above avoid the shift by holding pixels as
+separate vectors. At roughly 33 TB/s of L1 bandwidth on an H200 that estimates 19 us (5x5) and 38 us (7x7 dilation 3)
+at B64 C64 56x56, and about 57 us for the fused op (25 + 49 loads per output), all above the HBM floor of 12 us.
 
 The tile sizes and launch budgets below come from sm_90 compile reports (registers, spills, instruction counts); of
 them only the weight gradient's channel block was tuned on a GPU. On an H200 (bf16 channels_last, VAN-B2's 7x7
@@ -105,14 +104,12 @@ _WGRAD_PROGRAMS_PER_SM = 12
 # columns down, an input row loaded once for k outputs) or 'tiles' (every tap reloads a shifted tile). Columns per
 # strip by kernel size, warps per program, and programs per SM below which chains are cut into segments; on the H200
 # (2026-11-29, bf16, VAN-B2's shapes at B128) 8 columns beat 4 for k 5 and 7 (7x7 d3 56x56 C64: 0.164 against 0.219
-# ms) and 4 beat 8 for k 3 (56x56 C512: 0.398 against 0.416); 16 columns, 1 or 4 warps, 8 or 128 programs per SM
-# and a prefetch of the next row were as fast or slower.
+# ms) and 4 beat 8 for k 3 (56x56 C512: 0.398 against 0.416); 16 columns, 1 or 4 warps, 8 or 128 programs per SM,
+# a prefetch of the next row, a register cap (maxnreg 168-208) and segments down to k rows were as fast or slower.
 FWD_ALGO = "rows"
 _ROWS_COLS = {1: 4, 3: 4}  # default 8
 _ROWS_WARPS = 2
 _ROWS_PROGRAMS_PER_SM = 32
-_ROWS_MIN_SEG = 2
-_ROWS_MAXNREG = None
 # Where the weight and bias gradients come from: see _wgrad_source. Programs per SM of the row-walking one.
 WGRAD = "auto"
 _WGRAD_ROWS_PROGRAMS_PER_SM = 8
@@ -760,15 +757,11 @@ def _rows_tile(c: int) -> tuple[int, int]:
     return block_c, max(1, block_c // 32)
 
 
-def _launch_extra() -> dict:
-    return {} if _ROWS_MAXNREG is None else {"maxnreg": _ROWS_MAXNREG}
-
-
 def _rows_segment(n_chain: int, k: int, programs: int, device: torch.device) -> int:
     """Output rows of a phase's chain per program: whole chains, cut into segments (of at least ``2 * k`` rows, whose
     ``k - 1`` halo rows are loaded twice) while there are fewer than ``_ROWS_PROGRAMS_PER_SM`` programs per SM."""
     n_segs = _cdiv(_sm_count(device) * _ROWS_PROGRAMS_PER_SM, programs)
-    n_segs = max(1, min(n_segs, n_chain // (_ROWS_MIN_SEG * k)))
+    n_segs = max(1, min(n_segs, n_chain // (2 * k)))
     return _cdiv(n_chain, n_segs)
 
 
@@ -831,7 +824,6 @@ def dwconv2d_fwd(
             BLOCK_C=block_c,
             EVEN_C=c % block_c == 0,
             num_warps=num_warps,
-            **_launch_extra(),
         )
         return y
     block_h, block_w, block_c = _fwd_tile(nhwc, x.shape[1])
@@ -989,7 +981,6 @@ def _rows_wgrad(
         BLOCK_C=block_c,
         EVEN_C=c % block_c == 0,
         num_warps=num_warps,
-        **_launch_extra(),
     )
     dweight = dw_part.sum(0).t().reshape(weight.shape).to(weight.dtype)
     dbias = db_part.sum(0).to(weight.dtype) if needs_bias else None
