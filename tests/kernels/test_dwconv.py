@@ -347,6 +347,7 @@ ALGO_CASES = [
     Case(1, 3, 20, 17, 7, 3, "nhwc", "fp32"),
     Case(1, 33, 6, 5, 3, 2, "nhwc", "fp16", bias=False),
     Case(1, 2, 13, 9, 9, 1, "nhwc", "fp32"),
+    Case(1, 3, 2, 5, 3, 4, "nhwc", "fp32"),  # dilation above the map's height: phases without rows
 ]
 
 
@@ -403,11 +404,12 @@ def test_weight_gradient_from_aten(monkeypatch, dtype):
         kernels.dwconv2d_bwd(x.contiguous(), x.contiguous(), w, 1, True)
 
 
-@pytest.mark.parametrize("programs", [1, 2, None])
+@pytest.mark.parametrize("programs", [1, None])
 @pytest.mark.parametrize("case", ALGO_CASES, ids=[c.id for c in ALGO_CASES])
 def test_rows_weight_gradient(case, programs, monkeypatch):
-    """The row-walking weight-gradient kernel: one program for every (image, phase, strip), two, or the default; the
-    float32 weight's gradients are float32 sums of exact products."""
+    """The row-walking weight-gradient kernel: one program for every (image, phase, strip), or the default (one
+    program per work item under the interpreter); the float32 weight's gradients are float32 sums of exact
+    products."""
     from vizattn.kernels.dwconv import triton as kernels
 
     monkeypatch.setattr(kernels, "WGRAD", "rows")
@@ -450,8 +452,9 @@ def test_dwconv2d_module(backend):
         (want_dx,) = torch.autograd.grad(want.sum(), x)
         assert _rel(dx, want_dx.double()) < TOL[torch.float32] * 2
     for bad in (torch.nn.Conv2d(6, 6, 3, padding=0, groups=6), torch.nn.Conv2d(6, 6, 3, padding=1, groups=3),
-                torch.nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6)):  # fmt: skip
-        with pytest.raises(ValueError, match="dwconv2d_module: the conv must be depthwise, stride 1, 'same'"):
+                torch.nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6),
+                torch.nn.Conv2d(6, 6, 3, padding=1, dilation=(1, 2), groups=6)):  # fmt: skip
+        with pytest.raises(ValueError, match="dwconv2d_module: the conv must be depthwise, stride 1, square, 'same'"):
             dwconv2d_module(bad.to(DEVICE), x, backend=backend)
 
 

@@ -275,9 +275,12 @@ def dwconv2d_module(conv: torch.nn.Conv2d, x: torch.Tensor, *, backend: str = "a
     """
     k = conv.kernel_size[0]
     d = conv.dilation[0]
-    same = conv.padding == (d * (k - 1) // 2,) * 2 and conv.padding_mode == "zeros"
+    square = conv.kernel_size == (k, k) and conv.dilation == (d, d)
+    same = square and conv.padding == (d * (k - 1) // 2,) * 2 and conv.padding_mode == "zeros"
     if conv.groups != conv.in_channels or conv.out_channels != conv.in_channels or conv.stride != (1, 1) or not same:
-        raise ValueError(f"dwconv2d_module: the conv must be depthwise, stride 1, 'same' zero padding; got {conv}.")
+        raise ValueError(
+            f"dwconv2d_module: the conv must be depthwise, stride 1, square, 'same' zero padding; got {conv}."
+        )
     _check_map("dwconv2d_module", x)
     tensors = (x, conv.weight) if conv.bias is None else (x, conv.weight, conv.bias)
     reasons = triton_unsupported_reasons(x, conv.weight, conv.bias)

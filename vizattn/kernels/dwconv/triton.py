@@ -751,10 +751,12 @@ def _grid(x: torch.Tensor, block_h: int, block_w: int, block_c: int) -> tuple[in
     return _cdiv(h, block_h) * _cdiv(w, block_w), b, _cdiv(c, block_c)
 
 
-def _rows_tile(c: int) -> tuple[int, int]:
-    """(BLOCK_C, num_warps) of the row-walking forward: one channel per thread, up to ``_ROWS_WARPS`` warps."""
+def _rows_tile(c: int, w: int, k: int) -> tuple[int, int, int, int, int]:
+    """(COLS, BLOCK_C, num_warps, strips, channel blocks) of the row-walking kernels: strips of ``_ROWS_COLS``
+    columns, one channel per thread, up to ``_ROWS_WARPS`` warps."""
+    cols = _ROWS_COLS.get(k, 8)
     block_c = min(_next_pow2(c), 32 * _ROWS_WARPS)
-    return block_c, max(1, block_c // 32)
+    return cols, block_c, max(1, block_c // 32), _cdiv(w, cols), _cdiv(c, block_c)
 
 
 def _rows_segment(n_chain: int, k: int, programs: int, device: torch.device) -> int:
@@ -797,9 +799,7 @@ def dwconv2d_fwd(
         )
     if algo == "rows":
         bsz, c, h, wd = x.shape
-        block_c, num_warps = _rows_tile(c)
-        cols = _ROWS_COLS.get(k, 8)
-        strips, blocks = _cdiv(wd, cols), _cdiv(c, block_c)
+        cols, block_c, num_warps, strips, blocks = _rows_tile(c, wd, k)
         n_chain = _cdiv(h, dilation)
         seg_rows = seg_rows or _rows_segment(n_chain, k, bsz * dilation * strips * blocks, x.device)
         n_segs = _cdiv(n_chain, seg_rows)
@@ -956,9 +956,7 @@ def _rows_wgrad(
     """Weight and bias gradients by :func:`_dw_rows_wgrad_kernel` (NHWC maps of the same strides)."""
     bsz, c, h, w = x.shape
     k = weight.shape[-1]
-    block_c, num_warps = _rows_tile(c)
-    cols = _ROWS_COLS.get(k, 8)
-    strips, blocks = _cdiv(w, cols), _cdiv(c, block_c)
+    cols, block_c, num_warps, strips, blocks = _rows_tile(c, w, k)
     n_work = bsz * dilation * strips
     programs = min(n_work, programs or _sm_count(x.device) * _WGRAD_ROWS_PROGRAMS_PER_SM)
     dw_part = new_output((programs, k * k, c), torch.float32, x.device)
