@@ -424,6 +424,22 @@ def test_rows_weight_gradient(case, programs, monkeypatch):
     assert (db is None) if not case.bias else _rel(db, want[1]) < 1e-5
 
 
+def test_rows_weight_gradient_programs(monkeypatch):
+    """Programs of the row-walking weight gradient: partial sums kept to 1/8 of the maps' bytes unless that leaves
+    fewer than 4 programs per SM over the channel blocks; at most 8 per SM and block, and never more than the work."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    monkeypatch.setattr(kernels, "_sm_count", lambda device: 132)
+    mib = 2**20
+    # VAN-B2's stage-3 7x7 d3 at B128 (C320, 5 blocks): 4 per SM over the blocks (the 1/8 share allows 64).
+    assert kernels._rows_wgrad_programs(768, 5, 320, 7, 2 * 128 * 320 * 196 * 2, None) == 132 * 4 // 5
+    # Its MLP 3x3 at 56x56 C512: large maps, the cap of 8 per SM and block.
+    assert kernels._rows_wgrad_programs(1792, 8, 512, 3, 822 * mib, None) == 132 * 8
+    # In between: the share.
+    assert kernels._rows_wgrad_programs(512, 20, 1280, 3, 128 * mib, None) == 128 * mib // (8 * 9 * 1280 * 4)
+    assert kernels._rows_wgrad_programs(3, 1, 64, 7, 10 * mib, None) == 3
+
+
 def test_wgrad_auto_rule():
     from vizattn.kernels.dwconv import triton as kernels
 
