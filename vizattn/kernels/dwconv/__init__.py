@@ -256,12 +256,19 @@ def dwconv2d(
     """
     _check_map("dwconv2d", x)
     _check_conv_args("dwconv2d", x, weight, bias, dilation, ("weight", "bias", "dilation"))
+    if _on_triton("dwconv2d", backend, x, weight, bias, dilation):
+        return _DWCONV2D(to_kernel_layout(x), weight, bias, dilation)
+    return dwconv2d_reference(x, weight, bias, dilation)
+
+
+def _on_triton(
+    op: str, backend: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int
+) -> bool:
+    """Whether one (validated) depthwise conv runs on the Triton kernels (``backend`` resolved as in ``'auto'``)."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
     reasons = triton_unsupported_reasons(x, weight, bias)
     auto = _auto_triton(x, weight.shape[-1], dilation)
-    if select_backend("dwconv2d", backend, tensors, reasons, auto_triton=auto) == "triton":
-        return _DWCONV2D(to_kernel_layout(x), weight, bias, dilation)
-    return dwconv2d_reference(x, weight, bias, dilation)
+    return select_backend(op, backend, tensors, reasons, auto_triton=auto) == "triton"
 
 
 def dwconv2d_module(conv: torch.nn.Conv2d, x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -282,11 +289,8 @@ def dwconv2d_module(conv: torch.nn.Conv2d, x: torch.Tensor, *, backend: str = "a
             f"dwconv2d_module: the conv must be depthwise, stride 1, square, 'same' zero padding; got {conv}."
         )
     _check_map("dwconv2d_module", x)
-    tensors = (x, conv.weight) if conv.bias is None else (x, conv.weight, conv.bias)
-    reasons = triton_unsupported_reasons(x, conv.weight, conv.bias)
-    auto = _auto_triton(x, k, d)
-    if select_backend("dwconv2d_module", backend, tensors, reasons, auto_triton=auto) == "triton":
-        _check_conv_args("dwconv2d_module", x, conv.weight, conv.bias, d, ("weight", "bias", "dilation"))
+    _check_conv_args("dwconv2d_module", x, conv.weight, conv.bias, d, ("weight", "bias", "dilation"))
+    if _on_triton("dwconv2d_module", backend, x, conv.weight, conv.bias, d):
         return _DWCONV2D(to_kernel_layout(x), conv.weight, conv.bias, d)
     return conv(x)
 
