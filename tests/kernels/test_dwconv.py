@@ -19,7 +19,14 @@ from kernel_checks import DEVICE, DTYPES, ON_GPU
 
 import vizattn.kernels.dwconv as dw
 from vizattn.kernels._dispatch import select_backend
-from vizattn.kernels.dwconv import _dwconv2d_op, _lka_spatial_op, dwconv2d, lka_spatial
+from vizattn.kernels.dwconv import (
+    _dwconv2d_backward_op,
+    _dwconv2d_op,
+    _lka_spatial_backward_op,
+    _lka_spatial_op,
+    dwconv2d,
+    lka_spatial,
+)
 from vizattn.kernels.dwconv.reference import dwconv2d_reference, lka_spatial_reference
 
 # max |ours - ref| / max |ref| per input dtype (the reference in float64 on the same, rounded, inputs)
@@ -204,6 +211,14 @@ def test_custom_op_registration(layout):
     torch.library.opcheck(_dwconv2d_op, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), 1))
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_backward_op_matches_its_fake(layout):
+    # the backward op's outputs must have the fake implementation's strides (torch.compile asserts them); NHWC maps
+    # take the row-walking weight gradient
+    x, w, _ = _inputs(Case(1, 2, 6, 7, 3, 1, layout, "fp32"))
+    torch.library.opcheck(_dwconv2d_backward_op, (torch.randn_like(x), x, w, 1, True))
+
+
 # --- the fused LKA spatial op -----------------------------------------------------------------------------------
 
 
@@ -337,6 +352,8 @@ def test_lka_custom_op_registration(layout):
     torch.library.opcheck(
         _lka_spatial_op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration")
     )
+    grad_args = (torch.randn_like(x), x.detach(), w0.detach(), b0.detach(), w1.detach(), 1, 3, True, False)
+    torch.library.opcheck(_lka_spatial_backward_op, grad_args, test_utils=("test_schema", "test_faketensor"))
 
 
 # --- forward algorithms, weight-gradient source, nn.Conv2d modules ---------------------------------------------------

@@ -920,7 +920,8 @@ def dwconv2d_bwd(
         BLOCK_C=block_c,
         num_warps=num_warps,
     )
-    dweight = dw_part.sum(0).t().reshape(weight.shape).to(weight.dtype)
+    # contiguous, as the op's fake implementation (and torch.compile's stride checks) promise
+    dweight = dw_part.sum(0).t().contiguous().view(weight.shape).to(weight.dtype)
     dbias = db_part.sum(0).to(weight.dtype) if needs_bias else None
     return dx, dweight, dbias
 
@@ -1001,7 +1002,8 @@ def _rows_wgrad(
         EVEN_C=c % block_c == 0,
         num_warps=num_warps,
     )
-    dweight = dw_part.sum(0).t().reshape(weight.shape).to(weight.dtype)
+    # contiguous, as the op's fake implementation (and torch.compile's stride checks) promise
+    dweight = dw_part.sum(0).t().contiguous().view(weight.shape).to(weight.dtype)
     dbias = db_part.sum(0).to(weight.dtype) if needs_bias else None
     return dweight, dbias
 
