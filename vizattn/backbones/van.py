@@ -36,7 +36,7 @@ from vizattn.backbones._helpers import (
     load_official_checkpoint,
     unwrap_state_dict,
 )
-from vizattn.blocks.lka import VANAttention
+from vizattn.blocks.lka import VANAttention, pointwise_conv
 from vizattn.kernels.dwconv import dwconv2d_module
 
 __all__ = ["VAN", "VANBlock", "VANMlp", "DWConv", "OverlapPatchEmbed", "checkpoint_filter_fn"]
@@ -73,8 +73,8 @@ class VANMlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop(self.act(self.dwconv(self.fc1(x))))
-        return self.drop(self.fc2(x))
+        x = self.drop(self.act(self.dwconv(pointwise_conv(self.fc1, x))))
+        return self.drop(pointwise_conv(self.fc2, x))
 
 
 class VANBlock(nn.Module):
@@ -110,8 +110,14 @@ class VANBlock(nn.Module):
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.layer_scale_1[:, None, None] * self.attn(self.norm1(x)))
-        return x + self.drop_path(self.layer_scale_2[:, None, None] * self.mlp(self.norm2(x)))
+        x = self._residual(x, self.layer_scale_1, self.attn(self.norm1(x)))
+        return self._residual(x, self.layer_scale_2, self.mlp(self.norm2(x)))
+
+    def _residual(self, x: torch.Tensor, scale: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``x + drop_path(scale * y)``; one ``addcmul`` pass over the maps where no path is dropped."""
+        if isinstance(self.drop_path, nn.Identity) or not self.training:
+            return torch.addcmul(x, scale[:, None, None], y)
+        return x + self.drop_path(scale[:, None, None] * y)
 
 
 class OverlapPatchEmbed(nn.Module):
