@@ -180,3 +180,31 @@ def test_gmacs_match_the_paper(name, gflops):
     from vizattn.profile import count_gmacs
 
     assert round(count_gmacs(timm.create_model(name).eval(), (3, 224, 224)), 1) == gflops
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_block_on_the_triton_kernels_matches_the_torch_path(training, monkeypatch):
+    """A VAN block with every kernel on Triton (the depthwise convs and the layer-scale residuals; interpreted
+    without CUDA) against the torch path on a channels_last map, as VAN runs its blocks: output, input and
+    parameter gradients, kernel outputs NaN-poisoned."""
+    from vizattn.backbones.van import VANBlock
+
+    monkeypatch.setenv("VIZATTN_POISON_OUTPUTS", "1")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    ref = VANBlock(6, mlp_ratio=2.0, layer_scale_init_value=0.5, kernel_backend="torch").to(dev).train(training)
+    ours = VANBlock(6, mlp_ratio=2.0, layer_scale_init_value=0.5, kernel_backend="triton").to(dev).train(training)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.3)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 6, 9, 11, device=dev).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out, want = ours(x), ref(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(want)
+    got = torch.autograd.grad(out, [x, *ours.parameters()], g)
+    expected = torch.autograd.grad(want, [x, *ref.parameters()], g)
+    for (name, _), a, b in zip(ref.named_parameters(), got[1:], expected[1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)

@@ -38,6 +38,7 @@ from vizattn.backbones._helpers import (
 )
 from vizattn.blocks.lka import VANAttention, pointwise_conv
 from vizattn.kernels.dwconv import dwconv2d_module
+from vizattn.kernels.scaled_add import scaled_add
 
 __all__ = ["VAN", "VANBlock", "VANMlp", "DWConv", "OverlapPatchEmbed", "checkpoint_filter_fn"]
 
@@ -86,7 +87,8 @@ class VANBlock(nn.Module):
         drop: dropout in the MLP.
         drop_path: stochastic depth rate of both residual branches.
         layer_scale_init_value: initial value of the per-channel ``layer_scale_1`` / ``layer_scale_2`` (1e-2).
-        kernel_backend: backend of the depthwise convs, LKA's and the MLP's (``'auto'``, ``'triton'``, ``'torch'``).
+        kernel_backend: backend of the depthwise convs, LKA's and the MLP's, and of the layer-scale residuals
+            (``'auto'``, ``'triton'``, ``'torch'``).
 
     Shape: (B, dim, H, W) -> (B, dim, H, W).
     """
@@ -108,15 +110,17 @@ class VANBlock(nn.Module):
         self.mlp = VANMlp(dim, int(dim * mlp_ratio), drop=drop, kernel_backend=kernel_backend)
         self.layer_scale_1 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
+        self.kernel_backend = kernel_backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._residual(x, self.layer_scale_1, self.attn(self.norm1(x)))
         return self._residual(x, self.layer_scale_2, self.mlp(self.norm2(x)))
 
     def _residual(self, x: torch.Tensor, scale: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``x + drop_path(scale * y)``; one ``addcmul`` pass over the maps where no path is dropped."""
+        """``x + drop_path(scale * y)``; where no path is dropped, one :func:`~vizattn.kernels.scaled_add.scaled_add`
+        (one pass over the maps forward and one backward on CUDA channels_last maps)."""
         if isinstance(self.drop_path, nn.Identity) or not self.training:
-            return torch.addcmul(x, scale[:, None, None], y)
+            return scaled_add(x, scale, y, backend=self.kernel_backend)
         return x + self.drop_path(scale[:, None, None] * y)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["cdiv", "dot", "dot_precision", "head_block", "head_split", "next_pow2"]
+__all__ = ["cdiv", "dot", "dot_precision", "head_block", "head_split", "next_pow2", "sm_count"]
 
 
 def next_pow2(n: int) -> int:
@@ -18,6 +20,14 @@ def next_pow2(n: int) -> int:
 def cdiv(a: int, b: int) -> int:
     """``ceil(a / b)`` of ints (see :func:`next_pow2`)."""
     return -(-a // b)
+
+
+@functools.lru_cache(maxsize=16)
+def sm_count(device: torch.device) -> int:
+    """SMs of a GPU; under the interpreter, 1 (so the launchers make few, long programs)."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @triton.jit

@@ -71,8 +71,6 @@ of kernel time against 0.329 (docs/benchmarks.md).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -80,6 +78,7 @@ import triton.language as tl
 from vizattn.kernels._alloc import new_output
 from vizattn.kernels._triton_util import cdiv as _cdiv
 from vizattn.kernels._triton_util import next_pow2 as _next_pow2
+from vizattn.kernels._triton_util import sm_count as _sm_count
 from vizattn.kernels.dwconv.layout import ROWS_MAX_K, ROWS_MAX_REACH, is_nhwc, rows_kernel_applies
 
 __all__ = ["dwconv2d_fwd", "dwconv2d_bwd", "lka_spatial_fwd", "lka_spatial_bwd"]
@@ -1006,14 +1005,6 @@ def _rows_wgrad(
     dweight = dw_part.sum(0).t().contiguous().view(weight.shape).to(weight.dtype)
     dbias = db_part.sum(0).to(weight.dtype) if needs_bias else None
     return dweight, dbias
-
-
-@functools.lru_cache(maxsize=16)
-def _sm_count(device: torch.device) -> int:
-    """SMs of a GPU; under the interpreter, 1 (so the launchers make few, long programs)."""
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _max_programs(device: torch.device) -> int:
