@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vizattn.blocks import LKA, VANAttention
-from vizattn.blocks.lka import pointwise_conv
+from vizattn.blocks.layers import pointwise_conv
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

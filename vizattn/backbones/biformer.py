@@ -38,7 +38,9 @@ from vizattn.backbones._helpers import (
     load_official_checkpoint,
     unwrap_state_dict,
 )
+from vizattn.blocks.layers import use_fast_layers
 from vizattn.blocks.routing import AttentionLePE, RoutingAttention
+from vizattn.kernels.dwconv import dwconv2d_module
 
 __all__ = ["BiFormer", "BiFormerSTL", "BiFormerBlock", "checkpoint_filter_fn"]
 
@@ -91,6 +93,7 @@ class BiFormerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = _mlp(dim, mlp_ratio, mlp_identity_slot)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -105,7 +108,8 @@ class BiFormerConvBlock(BiFormerBlock):
         self.pos_embed = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pos_embed(x)
+        # the blocks' NHWC outputs come back as channels_last maps, whose depthwise conv takes the Triton kernel
+        x = x + dwconv2d_module(self.pos_embed, x, backend=self.backend)
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
@@ -273,7 +277,9 @@ class BiFormer(_BiFormerBase):
         auto_pad: pad maps to multiples of ``n_win`` in the attention (any input size); False makes a
             non-divisible size an error, as the official classification model.
         in_chans, num_classes, global_pool, drop_rate, drop_path_rate: as everywhere in timm.
-        kernel_backend: backend of the routing-attention op (``'auto'``, ``'triton'``, ``'torch'``).
+        kernel_backend: backend of the routing-attention op, the positional depthwise convs and the LayerNorms
+            (``'auto'``, ``'triton'``, ``'torch'``; 'torch' keeps plain ``nn.LayerNorm`` and ``nn.Linear`` modules, see
+            :func:`vizattn.blocks.layers.use_fast_layers`).
     """
 
     def __init__(
@@ -342,6 +348,7 @@ class BiFormer(_BiFormerBase):
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.norm = nn.BatchNorm2d(self.num_features)
         self._init_head(num_classes, global_pool, drop_rate, in_chans)
+        use_fast_layers(self, kernel_backend)
 
 
 class BiFormerSTL(_BiFormerBase):
@@ -401,6 +408,7 @@ class BiFormerSTL(_BiFormerBase):
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.norm = nn.BatchNorm2d(self.num_features)
         self._init_head(num_classes, global_pool, drop_rate, in_chans)
+        use_fast_layers(self, kernel_backend)
 
 
 def _check_config(depths, embed_dims, mlp_ratios, topks, n_win, head_dim) -> None:

@@ -38,6 +38,7 @@ from vizattn.backbones._helpers import (
     resize_rel_pos_bias_tables,
     unwrap_state_dict,
 )
+from vizattn.blocks.layers import use_fast_layers
 from vizattn.blocks.neighborhood import NeighborhoodAttention2d
 
 __all__ = ["NAT", "NATLayer", "NATLevel", "ConvTokenizer", "ConvDownsampler", "checkpoint_filter_fn"]
@@ -207,7 +208,9 @@ class NAT(ClassifierMixin, nn.Module):
         pos_drop_rate: dropout on the tokens after the stem (the official ``drop_rate``).
         proj_drop_rate: dropout after the attention projection and in the MLP (the official ``drop_rate``).
         drop_path_rate: stochastic depth, linear from 0 over all layers.
-        kernel_backend: backend of the neighborhood-attention op (``'auto'``, ``'triton'``, ``'torch'``).
+        kernel_backend: backend of the neighborhood-attention op and of the LayerNorms (``'auto'``, ``'triton'``,
+            ``'torch'``; 'torch' keeps plain ``nn.LayerNorm`` and ``nn.Linear`` modules, see
+            :func:`vizattn.blocks.layers.use_fast_layers`).
     """
 
     def __init__(
@@ -272,6 +275,7 @@ class NAT(ClassifierMixin, nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        use_fast_layers(self, kernel_backend)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -36,7 +36,8 @@ from vizattn.backbones._helpers import (
     load_official_checkpoint,
     unwrap_state_dict,
 )
-from vizattn.blocks.lka import VANAttention, pointwise_conv
+from vizattn.blocks.layers import pointwise_conv
+from vizattn.blocks.lka import VANAttention
 from vizattn.kernels.dwconv import dwconv2d_module
 from vizattn.kernels.scaled_add import scaled_add
 
@@ -74,8 +75,9 @@ class VANMlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop(self.act(self.dwconv(pointwise_conv(self.fc1, x))))
-        return self.drop(pointwise_conv(self.fc2, x))
+        backend = self.dwconv.backend
+        x = self.drop(self.act(self.dwconv(pointwise_conv(self.fc1, x, backend))))
+        return self.drop(pointwise_conv(self.fc2, x, backend))
 
 
 class VANBlock(nn.Module):
@@ -87,8 +89,8 @@ class VANBlock(nn.Module):
         drop: dropout in the MLP.
         drop_path: stochastic depth rate of both residual branches.
         layer_scale_init_value: initial value of the per-channel ``layer_scale_1`` / ``layer_scale_2`` (1e-2).
-        kernel_backend: backend of the depthwise convs, LKA's and the MLP's, and of the layer-scale residuals
-            (``'auto'``, ``'triton'``, ``'torch'``).
+        kernel_backend: backend of the depthwise convs, LKA's and the MLP's, of the layer-scale residuals and of
+            the 1x1 convs (``'auto'``, ``'triton'``, ``'torch'``).
 
     Shape: (B, dim, H, W) -> (B, dim, H, W).
     """
@@ -156,8 +158,10 @@ class VAN(ClassifierMixin, nn.Module):
         drop_path_rate: stochastic depth, linear from 0 over all blocks.
         norm_eps: eps of the stage-end LayerNorms (1e-6 in every classification release).
         layer_scale_init_value: initial layer scale (1e-2).
-        kernel_backend: backend of the depthwise convolutions, LKA's and the MLP's (``'auto'``, ``'triton'``,
-            ``'torch'``; see :func:`vizattn.kernels.dwconv.lka_spatial` and ``dwconv2d_module``).
+        kernel_backend: backend of the depthwise convolutions, LKA's and the MLP's, of the layer-scale residuals and
+            of the 1x1 convs (``'auto'``, ``'triton'``, ``'torch'``; see :func:`vizattn.kernels.dwconv.lka_spatial`,
+            ``dwconv2d_module``, :func:`vizattn.kernels.scaled_add.scaled_add` and
+            :func:`vizattn.blocks.layers.pointwise_conv`; 'torch' runs PyTorch's modules and ops).
     """
 
     def __init__(

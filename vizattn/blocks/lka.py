@@ -11,59 +11,12 @@ released checkpoints load without renaming.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from vizattn.blocks.layers import pointwise_conv
 from vizattn.kernels.dwconv import lka_spatial
 
-__all__ = ["LKA", "VANAttention", "pointwise_conv"]
-
-
-class _ChannelLinear(torch.autograd.Function):
-    """``F.linear(x, weight, bias)`` over x's last dim, whose bias gradient is a matrix-vector product.
-
-    Autograd's own bias gradient of a linear layer is a column sum, which PyTorch's reduction kernel runs at 2-8x the
-    time of cuBLAS's GEMV on the same rows (H200, bf16, 6k-400k rows of 64-2048 channels), 6 of the 66 ms of a
-    van_b2 training step at batch 128.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        return F.linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])
-        dx = dweight = dbias = None
-        if ctx.needs_input_grad[0]:
-            dx = (g @ weight).view(x.shape)
-        if ctx.needs_input_grad[1]:
-            dweight = g.t() @ x.reshape(-1, x.shape[-1])
-        if ctx.needs_input_grad[2]:
-            dbias = torch.mv(g.t(), g.new_ones(g.shape[0]))
-        return dx, dweight, dbias
-
-
-def pointwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Run a 1x1 ``nn.Conv2d`` (stride 1, no padding, one group) on an NCHW map.
-
-    A channels_last map is a (B * H * W, C) matrix in memory, so the conv runs as a linear layer on its NHWC view with
-    the module's weight and bias: one GEMM with the bias added in its epilogue, where PyTorch's conv path on CUDA
-    runs the GEMM and then adds the bias in a separate, slow broadcast kernel (H200, van_b2 at batch 128: 6 of the
-    24.5 ms of an inference step); the bias gradient is a GEMV (see :class:`_ChannelLinear`). Under autocast the
-    inputs are cast as ``F.linear`` casts them. The output is channels_last and equals the conv's. Other maps run
-    the module.
-    """
-    if x.dim() != 4 or not x.permute(0, 2, 3, 1).is_contiguous():
-        return conv(x)
-    weight, bias = conv.weight.flatten(1), conv.bias
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
-    return _ChannelLinear.apply(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
+__all__ = ["LKA", "VANAttention"]
 
 
 def _check_channels(module: nn.Module, x: torch.Tensor, dim: int) -> None:
@@ -103,7 +56,7 @@ class LKA(nn.Module):
         _check_channels(self, x, self.dim)
         c0, cs = self.conv0, self.conv_spatial
         attn = lka_spatial(x, c0.weight, c0.bias, cs.weight, cs.bias, dilations=(1, 3), backend=self.backend)
-        return x * pointwise_conv(self.conv1, attn)
+        return x * pointwise_conv(self.conv1, attn, self.backend)
 
 
 class VANAttention(nn.Module):
@@ -114,7 +67,7 @@ class VANAttention(nn.Module):
 
     Args:
         dim: channels C.
-        backend: kernel backend of the LKA (see :class:`LKA`).
+        backend: kernel backend of the LKA (see :class:`LKA`) and of the 1x1 convs (``'torch'``: the modules).
 
     Shape:
         (B, dim, H, W) -> (B, dim, H, W).
@@ -128,5 +81,6 @@ class VANAttention(nn.Module):
         self.proj_2 = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.spatial_gating_unit(self.activation(pointwise_conv(self.proj_1, x)))
-        return pointwise_conv(self.proj_2, y) + x
+        backend = self.spatial_gating_unit.backend
+        y = self.spatial_gating_unit(self.activation(pointwise_conv(self.proj_1, x, backend)))
+        return pointwise_conv(self.proj_2, y, backend) + x
