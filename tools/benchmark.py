@@ -67,12 +67,18 @@ one training step's kernels (``infer_kern_ms``, ``train_kern_ms``): the wall-clo
 layers are bounded by a slow host, the kernel time is not. ``name@torch`` builds a vizattn model with
 ``kernel_backend='torch'``. ``--hires`` adds BiFormer-S forward+backward on one 1024x1024 image with ``n_win=16``.
 
-Groups run in this order: neighborhood, depthwise, CLEAR, DiT, models, hires, routed (measured in an earlier run,
-so the first to give way). Output: ``--out x.json`` (keys ``na2d``, ``dwconv``, ``clear``, ``dit``, ``models``,
-``hires``, ``routed``, ``group_seconds``, ``environment``) is rewritten after every group, so a run cut short keeps
-what it measured, and the tables are printed and written to ``x.txt``. ``--budget-s`` skips (and records as skipped)
-every shape, model or DiT size that would start after that many seconds. The exit status is 1 when a vizattn check
-failed or raised.
+The backbones' generic layers (``--layer-shapes``, ``--layer-impls``): ``vizattn.kernels.layer_norm`` on the
+float32 rows autocast gives LayerNorm at NAT-T's and BiFormer-S's stage shapes (``ln-``), and
+``vizattn.kernels.scaled_add`` on VAN-B2's layer-scale residuals (``sa-``: a float32 map plus a per-channel scale times
+a bf16 map, channels_last), batch 128; ``vizattn`` (Triton) against ``torch`` (``F.layer_norm``; ``x + s * y``, what
+the models ran before), checked against the float32 definitions. No issue targets.
+
+Groups run in this order: neighborhood, depthwise, layers, CLEAR, DiT, models, hires, routed (measured in an earlier
+run, so the first to give way). Output: ``--out x.json`` (keys ``na2d``, ``dwconv``, ``layers``, ``clear``, ``dit``,
+``models``, ``hires``, ``routed``, ``group_seconds``, ``environment``) is rewritten after every group, so a run cut
+short keeps what it measured, and the tables are printed and written to ``x.txt``. ``--budget-s`` skips (and records
+as skipped) every shape, model or DiT size that would start after that many seconds. The exit status is 1 when a
+vizattn check failed or raised.
 
 Smoke mode (``--smoke``): every group at tiny shapes with few iterations, to test the script. With ``--device cpu``
 it runs without a GPU: Triton under ``TRITON_INTERPRET=1``, flex uncompiled (forward only: it has no CPU backward),
@@ -159,6 +165,17 @@ DW_SHAPES = [
     for tag, convs in (("k5", LKA[:1]), ("k7d3", LKA[1:]), ("lka", LKA))
 ]
 
+# (name, op, batch, H, W, channels): the backbones' generic layers on Triton at batch 128, as under bf16 autocast:
+# LayerNorm of float32 rows (NAT-T / BiFormer-S stages), VAN-B2's layer-scale residual (float32 x, bf16 branch).
+LAYER_SHAPES = [
+    (f"{op_tag}-{side}x{side}-c{c}", op, 128, side, side, c)
+    for op, op_tag, stages in (
+        ("layer_norm", "ln", ((56, 64), (28, 128), (14, 256), (7, 512))),
+        ("scaled_add", "sa", ((56, 64), (28, 128), (14, 320), (7, 512))),
+    )
+    for side, c in stages
+]
+
 # PERFORMANCE.md: (group, shape) -> (forward, forward+backward) targets of the vizattn kernel in ms, None if unset.
 TARGETS = {
     ("na2d", "56x56-h2"): (0.05, 0.20),
@@ -182,6 +199,7 @@ SMOKE_CLEAR_HEADS = (2, 16)
 SMOKE_NA = [("6x6-h2-k3-rpb", 1, 6, 6, 2, 3, 1, True), ("6x6-h2-k3-d2", 1, 6, 6, 2, 3, 2, False)]
 SMOKE_NA_HEAD_DIM = 16  # tl.dot needs 16 on a GPU (--smoke runs there too)
 SMOKE_DW = [("8x8-c2-lka", 1, 2, 8, 8, LKA)]
+SMOKE_LAYERS = [("ln-4x4-c24", "layer_norm", 2, 4, 4, 24), ("sa-4x4-c24", "scaled_add", 2, 4, 4, 24)]
 SMOKE_DIT = dict(model="dit_s_2", sizes=[64], radii=[2], overrides=dict(depth=2))
 
 
@@ -339,8 +357,9 @@ def _targets_into(row: dict, group: str) -> None:
 
 
 def _run_shapes(group: str, shapes: list[tuple], bench_shape: Callable[..., list[dict]], dev: torch.device,
-                **kwargs) -> list[dict]:
-    """One shape after another; a shape that fails outside its rows (inputs, masks) is one error row."""
+                targets: bool = True, **kwargs) -> list[dict]:
+    """One shape after another; a shape that fails outside its rows (inputs, masks) is one error row. ``targets``:
+    judge the rows against the issues' targets (the attention and depthwise groups)."""
     rows = []
     for shape in shapes:
         if _over_budget():
@@ -352,7 +371,7 @@ def _run_shapes(group: str, shapes: list[tuple], bench_shape: Callable[..., list
             rows.append(dict(shape=shape[0], impl="-", error=_err(e)))
             print(f"[{shape[0]}] failed: {rows[-1]['error']}", file=sys.stderr)
         _free(dev)
-    for row in rows:
+    for row in rows if targets else ():
         _targets_into(row, group)
     return rows
 
@@ -919,6 +938,65 @@ def bench_dw(shapes, check: bool, impls: list[str], dev: torch.device) -> list[d
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The backbones' generic layers: LayerNorm and the layer-scale residual
+
+
+def _layer_fns(op: str):
+    """(vizattn on Triton, PyTorch as the models ran it before, the float32 definition) of one layer op."""
+    if op == "layer_norm":
+        from vizattn.kernels.layer_norm import layer_norm, layer_norm_reference
+
+        return (lambda x, w, b: layer_norm(x, w, b, 1e-6, backend="triton"),
+                lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b, 1e-6),
+                lambda x, w, b: layer_norm_reference(x, w, b, 1e-6))  # fmt: skip
+    from vizattn.kernels.scaled_add import scaled_add, scaled_add_reference
+
+    return (lambda x, s, y: scaled_add(x, s, y, backend="triton"), lambda x, s, y: x + s[:, None, None] * y,
+            scaled_add_reference)  # fmt: skip
+
+
+def _bench_layer_shape(name, op, b, hh, ww, c, *, dev: torch.device, check: bool, impls: list[str]) -> list[dict]:
+    torch.manual_seed(0)
+    el = b * hh * ww * c
+    if op == "layer_norm":  # float32 rows of (B, H, W, C), as autocast runs layer_norm
+        x = torch.randn(b, hh, ww, c, device=dev)
+        inputs = [x, 1 + 0.1 * torch.randn(c, device=dev), 0.1 * torch.randn(c, device=dev)]
+        grad = torch.randn_like(x)
+        fwd_bytes, fwdbwd_bytes = 8 * el, 8 * el + 12 * el  # x read, y written; g and x read, dx written
+    else:  # channels_last maps: a float32 residual plus a bf16 branch scaled per channel
+        x = torch.randn(b, c, hh, ww, device=dev).contiguous(memory_format=torch.channels_last)
+        y = torch.randn(b, c, hh, ww, device=dev).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        inputs = [x, 0.1 * torch.randn(c, device=dev), y]
+        grad = torch.randn_like(x)
+        fwd_bytes, fwdbwd_bytes = 10 * el, 10 * el + 8 * el  # x, y read, out written; g, y read, dy written
+    base = dict(shape=name, op=op, batch=b, map=f"{hh}x{ww}", channels=c, **_floors(fwd_bytes, fwdbwd_bytes))
+    ours, theirs, reference = _layer_fns(op)
+    leaves = [t.requires_grad_() for t in inputs]
+    rows = []
+    for impl, fn in (("vizattn", ours), ("torch", theirs)):
+        if impl not in impls:
+            continue
+        row = dict(base, impl=impl)
+        rows.append(row)
+        if check and impl == "vizattn":
+            _check_into(row, name, lambda fn=fn: _compare(fn, reference, leaves, grad), dev)
+
+        def fwd(fn=fn):
+            with torch.no_grad():
+                return fn(*leaves)
+
+        def fwdbwd(fn=fn):
+            return torch.autograd.grad(fn(*leaves), leaves, grad)
+
+        _time_into(row, name, fwd, fwdbwd, dev)
+    return rows
+
+
+def bench_layers(shapes, check: bool, impls: list[str], dev: torch.device) -> list[dict]:
+    return _run_shapes("layers", shapes, _bench_layer_shape, dev, targets=False, check=check, impls=impls)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # DiT sampling step: full attention (teacher) against CLEAR (student)
 
 
@@ -1256,6 +1334,12 @@ def print_dw_table(rows: list[dict]) -> None:
                                                                  ("kernels", "kernels", 10)])
 
 
+def print_layer_table(rows: list[dict]) -> None:
+    _print_op_table("the backbones' generic layers (float32 LayerNorm rows; float32 + scale * bf16 residual maps; "
+                    "median ms of do_bench; floor = HBM bytes / 4.3 TB/s; kern = GPU time of the launched kernels)",
+                    rows, [("shape", "shape", 15), ("B", "batch", 3)])
+
+
 def print_dit_table(rows: list[dict]) -> None:
     print("\nDiT sampling step (forward_with_cfg on batch 2: conditional + null half; bf16 autocast, no grad; median "
           "ms; peak = weights + the step's peak)")
@@ -1298,8 +1382,8 @@ def print_model_table(rows: list[dict], hires: list[dict]) -> None:
 
 
 def print_tables(result: dict) -> None:
-    printers = [("na2d", print_na_table), ("dwconv", print_dw_table), ("routed", print_kernel_table),
-                ("clear", print_clear_table), ("dit", print_dit_table)]
+    printers = [("na2d", print_na_table), ("dwconv", print_dw_table), ("layers", print_layer_table),
+                ("routed", print_kernel_table), ("clear", print_clear_table), ("dit", print_dit_table)]
     for key, printer in printers:
         if result.get(key):
             printer(result[key])
@@ -1309,7 +1393,7 @@ def print_tables(result: dict) -> None:
 def check_summary(result: dict) -> tuple[int, list[str]]:
     """Number of vizattn rows checked, and a line for each that failed or raised."""
     n, bad = 0, []
-    for group in ("na2d", "dwconv", "routed", "clear"):
+    for group in ("na2d", "dwconv", "layers", "routed", "clear"):
         for r in result.get(group, []):
             if not r.get("impl", "").startswith("vizattn") or not ("check_ok" in r or "check_error" in r):
                 continue
@@ -1392,6 +1476,9 @@ def main(argv: list[str] | None = None) -> int:
                    + ",".join(s[0] for s in DW_SHAPES))
     p.add_argument("--dw-impls", default="vizattn,vizattn-nhwc,vizattn-fused,vizattn-fused-nhwc,torch-nchw,torch-nhwc",
                    help="depthwise-convolution implementations")
+    p.add_argument("--layer-shapes", default=None, help="LayerNorm ('ln-') and layer-scale residual ('sa-') shapes "
+                   "(comma-separated; empty skips): " + ",".join(s[0] for s in LAYER_SHAPES))
+    p.add_argument("--layer-impls", default="vizattn,torch", help="implementations of the layer group")
     p.add_argument("--shapes", default=None, help="routed-attention shapes (comma-separated; empty skips): "
                    + ",".join(s[0] for s in ROUTED_SHAPES))
     p.add_argument("--impls", default="vizattn,reference,gather+matmul,gather+sdpa,flex",
@@ -1431,6 +1518,7 @@ def main(argv: list[str] | None = None) -> int:
     clear = _select(p, "--clear-shapes", args.clear_shapes, SMOKE_CLEAR if smoke else CLEAR_SHAPES)
     na = _select(p, "--na-shapes", args.na_shapes, SMOKE_NA if smoke else NA_SHAPES)
     dw = _select(p, "--dw-shapes", args.dw_shapes, SMOKE_DW if smoke else DW_SHAPES)
+    layers = _select(p, "--layer-shapes", args.layer_shapes, SMOKE_LAYERS if smoke else LAYER_SHAPES)
     flex_shapes = None
     if args.flex_shapes is not None:
         flex_shapes = {n for n in args.flex_shapes.split(",") if n}
@@ -1469,8 +1557,8 @@ def main(argv: list[str] | None = None) -> int:
 
     env = environment(dev)
     print(" ".join(f"{k}={v}" for k, v in env.items() if k != "command"), flush=True)
-    result: dict = dict(environment=env, group_seconds={}, na2d=[], dwconv=[], routed=[], clear=[], dit=[], models=[],
-                        hires=[])
+    result: dict = dict(environment=env, group_seconds={}, na2d=[], dwconv=[], layers=[], routed=[], clear=[], dit=[],
+                        models=[], hires=[])
     _write_json(args.out, result)  # an unwritable --out fails now, not after the measurements
     groups: list[tuple[str, Callable[[], list[dict]]]] = []
     if args.kernels:
@@ -1479,6 +1567,8 @@ def main(argv: list[str] | None = None) -> int:
                                                     SMOKE_NA_HEAD_DIM if smoke else NA_HEAD_DIM)))
         if dw:
             groups.append(("dwconv", lambda: bench_dw(dw, args.check, args.dw_impls.split(","), dev)))
+        if layers:
+            groups.append(("layers", lambda: bench_layers(layers, args.check, args.layer_impls.split(","), dev)))
         if clear:
             heads, head_dim = SMOKE_CLEAR_HEADS if smoke else (CLEAR_HEADS, CLEAR_HEAD_DIM)
             groups.append(("clear", lambda: bench_clear(clear, args.check, args.clear_impls.split(","), dev,

@@ -15,7 +15,7 @@ from vizattn.kernels.na2d.reference import na2d_reference
 
 bench = load_tool("benchmark")
 
-GROUPS = ("na2d", "dwconv", "routed", "clear", "dit", "models", "hires")
+GROUPS = ("na2d", "dwconv", "layers", "routed", "clear", "dit", "models", "hires")
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +44,15 @@ def test_smoke_run_fills_every_group(smoke_run):
         assert group in result["group_seconds"]
     assert result["environment"]["smoke"] is True
 
-    impls = {g: {r["impl"] for r in result[g]} for g in ("na2d", "dwconv", "routed", "clear")}
+    impls = {g: {r["impl"] for r in result[g]} for g in ("na2d", "dwconv", "layers", "routed", "clear")}
     assert impls["na2d"] == {"vizattn", "torch", "sdpa", "flex"}
+    assert impls["layers"] == {"vizattn", "torch"}
+    assert {r["op"] for r in result["layers"]} == {"layer_norm", "scaled_add"}
     assert {"vizattn", "vizattn-nhwc", "vizattn-fused", "torch-nchw", "torch-nhwc"} <= impls["dwconv"]
     assert impls["routed"] == {"vizattn", "reference", "gather+matmul", "gather+sdpa", "flex"}
     assert impls["clear"] == {"vizattn", "sdpa", "flex"}
 
-    for group in ("na2d", "dwconv", "routed", "clear"):
+    for group in ("na2d", "dwconv", "layers", "routed", "clear"):
         for r in result[group]:
             if _optional(r):
                 assert r["error"], r  # recorded, and the run went on
@@ -64,7 +66,7 @@ def test_smoke_run_fills_every_group(smoke_run):
             if r["impl"].startswith("vizattn"):
                 assert r["check_ok"] and r["check_finite"], r
                 assert r["check_out_rel_err"] < bench.CHECK_TOL and r["check_grad_rel_err"] < bench.CHECK_TOL, r
-                assert "target_fb_over_f_ok" in r
+                assert ("target_fb_over_f_ok" in r) == (group != "layers")  # the layers have no issue targets
     rpb_rows = [r for r in result["na2d"] if r["rpb"] and r["impl"] in ("vizattn", "sdpa")]
     assert rpb_rows and all(r["fwdbwd_grads"] == "q,k,v,rpb" for r in rpb_rows)
     layouts = {r["impl"]: (r["input_layout"], r["out_layout"]) for r in result["dwconv"] if "out_layout" in r}
@@ -80,10 +82,10 @@ def test_smoke_run_fills_every_group(smoke_run):
     (hires,) = result["hires"]
     assert hires["fwdbwd_s"] > 0, hires
 
-    for title in ("neighborhood attention", "depthwise convolution", "routed attention", "CLEAR attention",
-                  "DiT sampling step", "models (bf16 autocast", "hires biformer_t"):
+    for title in ("neighborhood attention", "depthwise convolution", "generic layers", "routed attention",
+                  "CLEAR attention", "DiT sampling step", "models (bf16 autocast", "hires biformer_t"):
         assert title in printed and title in tables, title
-    checked = [r for g in ("na2d", "dwconv", "routed", "clear") for r in result[g]
+    checked = [r for g in ("na2d", "dwconv", "layers", "routed", "clear") for r in result[g]
                if r["impl"].startswith("vizattn") and ("check_ok" in r or "check_error" in r)]
     passed = sum(bool(r.get("check_ok")) for r in checked)
     assert passed == len(checked) - len(optional_failures)
@@ -118,8 +120,8 @@ def test_budget_skips_and_still_writes(tmp_path, capsys):
 
 def test_empty_lists_skip_groups_and_bad_names_stop_early(tmp_path, capsys):
     out = tmp_path / "e.json"
-    rc = bench.main(["--device", "cpu", "--smoke", "--na-shapes", "", "--dw-shapes", "", "--shapes", "",
-                     "--clear-shapes", "", "--dit", "--dit-sizes", "", "--out", str(out)])
+    rc = bench.main(["--device", "cpu", "--smoke", "--na-shapes", "", "--dw-shapes", "", "--layer-shapes", "",
+                     "--shapes", "", "--clear-shapes", "", "--dit", "--dit-sizes", "", "--out", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
     assert not any(result[g] for g in GROUPS) and result["group_seconds"] == {}
