@@ -7,8 +7,8 @@
 - :func:`pointwise_conv`: a 1x1 ``nn.Conv2d`` of a channels_last map as one GEMM with the bias fused.
 - :func:`use_fast_layers`: switch a model's plain ``nn.Linear`` / ``nn.LayerNorm`` modules to these, in place.
 
-:class:`LayerNorm`: Under CUDA autocast the result is float32, as ``nn.LayerNorm``'s is; under
-another device's autocast the module runs ``nn.LayerNorm.forward``.
+Under CUDA autocast :class:`LayerNorm` returns float32, as ``nn.LayerNorm`` does; under another device's autocast it
+runs ``nn.LayerNorm.forward`` itself.
 """
 
 from __future__ import annotations
