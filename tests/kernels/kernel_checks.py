@@ -21,3 +21,12 @@ def rel_errors(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     l2 = ((ours - ref).norm() / ref.norm().clamp_min(1e-30)).item()
     mx = ((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
     return l2, mx
+
+
+def split_programs(monkeypatch, kernels, launcher: str, programs: int | None) -> None:
+    """Have ``kernels.<launcher>`` run with ``programs=programs`` (tests of a launcher's split of rows over programs;
+    None keeps its default)."""
+    if programs is None:
+        return
+    run = getattr(kernels, launcher)
+    monkeypatch.setattr(kernels, launcher, lambda *args: run(*args, programs=programs))
