@@ -57,10 +57,11 @@ def _bwd(
     rstd: torch.Tensor,
     needs_weight: bool,
     needs_bias: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, dw, db = _kernels().layer_norm_bwd(grad.contiguous(), x, weight, mean, rstd, needs_weight, needs_bias)
-    empty = x.new_zeros(0, dtype=torch.float32)
-    return dx, (dw if dw is not None else empty), (db if db is not None else empty.clone())
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dx, d_params)``: d_params is (2, C) float32, the weight's and the bias's gradients (a row not asked for is
+    garbage), or empty when neither is asked for."""
+    dx, d_params = _kernels().layer_norm_bwd(grad.contiguous(), x, weight, mean, rstd, needs_weight, needs_bias)
+    return dx, (d_params if d_params is not None else x.new_zeros(0, dtype=torch.float32))
 
 
 _layer_norm_backward_op = torch.library.custom_op("vizattn::layer_norm_backward", _bwd, mutates_args=())
@@ -68,10 +69,8 @@ _layer_norm_backward_op = torch.library.custom_op("vizattn::layer_norm_backward"
 
 @_layer_norm_backward_op.register_fake
 def _(grad, x, weight, mean, rstd, needs_weight, needs_bias):
-    c = x.shape[-1]
-    return torch.empty_like(x), x.new_empty(c if needs_weight else 0, dtype=torch.float32), x.new_empty(
-        c if needs_bias else 0, dtype=torch.float32
-    )
+    shape = (2, x.shape[-1]) if needs_weight or needs_bias else (0,)
+    return torch.empty_like(x), x.new_empty(shape, dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
@@ -84,12 +83,12 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, run_backward, grad, _grad_mean=None, _grad_rstd=None):
     x, weight, mean, rstd = ctx.saved_tensors
     needs_x, needs_w, needs_b = ctx.needs_input_grad[:3]
-    dx, dw, db = run_backward(grad, x, weight, mean, rstd, needs_w, needs_b)
+    dx, d_params = run_backward(grad, x, weight, mean, rstd, needs_w, needs_b)
     w_dtype, b_dtype = ctx.param_dtypes
     return (
         dx if needs_x else None,
-        dw.to(w_dtype) if needs_w else None,
-        db.to(b_dtype) if needs_b else None,
+        d_params[0].to(w_dtype) if needs_w else None,
+        d_params[1].to(b_dtype) if needs_b else None,
         None,
         None,
     )

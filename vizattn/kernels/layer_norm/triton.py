@@ -9,7 +9,8 @@ the 66 ms of a nat_tiny training step, its backward kernels 8.3). Here a program
   output dtype; ``mean`` and ``rstd`` are kept for the backward.
 - Backward: a program walks a chunk of rows a tile at a time; per row ``dx = rstd * (g w - mean(g w) - xhat *
   mean(g w xhat))``, and it sums ``g * xhat`` and ``g`` over its rows in registers for the weight's and bias's
-  gradients, one partial row each per program, which the launcher adds in a fixed order (deterministic).
+  gradients, one partial row each per program, which the launcher adds in a fixed order (deterministic) in one
+  reduction: two launches per backward, as PyTorch's.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _layer_norm_fwd_kernel(
 
 @triton.jit
 def _layer_norm_bwd_kernel(
-    G, X, W, MEAN, RSTD, DX, DW_PART, DB_PART, M, C, ROWS_PER_PROGRAM,
+    G, X, W, MEAN, RSTD, DX, PART, M, C, ROWS_PER_PROGRAM,
     HAS_W: tl.constexpr, NEEDS_DW: tl.constexpr, NEEDS_DB: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -87,9 +88,9 @@ def _layer_norm_bwd_kernel(
         if NEEDS_DB:
             db_acc += g
     if NEEDS_DW:
-        tl.store(DW_PART + pid * C + cols, tl.sum(dw_acc, 0), mask=cmask)
+        tl.store(PART + (2 * pid) * C + cols, tl.sum(dw_acc, 0), mask=cmask)
     if NEEDS_DB:
-        tl.store(DB_PART + pid * C + cols, tl.sum(db_acc, 0), mask=cmask)
+        tl.store(PART + (2 * pid + 1) * C + cols, tl.sum(db_acc, 0), mask=cmask)
 
 
 def _tile(c: int) -> tuple[int, int, int]:
@@ -127,25 +128,25 @@ def layer_norm_bwd(
     needs_weight: bool,
     needs_bias: bool,
     programs: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of :func:`layer_norm_fwd`: ``dx`` (x's dtype) and, when asked, the weight's and bias's (float32
-    sums, cast to the parameters' dtype by the caller). ``grad`` and ``x`` contiguous. ``programs``: backward programs
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of :func:`layer_norm_fwd`: ``dx`` (x's dtype) and, when either is asked, the weight's and bias's
+    as the rows of one (2, C) float32 tensor (cast to the parameters' dtype by the caller; a row not asked for is
+    garbage). ``grad`` and ``x`` contiguous. ``programs``: backward programs
     (tests use it to give programs several tiles); by default about ``_PROGRAMS_PER_SM`` per SM."""
     c = x.shape[-1]
     m = x.numel() // c if c else 0
     dx = new_output(x.shape, x.dtype, x.device)
     if m == 0:
-        zeros = x.new_zeros(c, dtype=torch.float32)
-        return dx, (zeros if needs_weight else None), (zeros.clone() if needs_bias else None)
+        return dx, (x.new_zeros((2, c), dtype=torch.float32) if needs_weight or needs_bias else None)
     block_m, block_c, warps = _tile(c)
     programs = programs or sm_count(x.device) * _PROGRAMS_PER_SM
     rows_per_program = cdiv(cdiv(m, min(programs, cdiv(m, block_m))), block_m) * block_m
     programs = cdiv(m, rows_per_program)
-    dw_part = new_output((programs, c), torch.float32, x.device) if needs_weight else dx
-    db_part = new_output((programs, c), torch.float32, x.device) if needs_bias else dx
+    # one (programs, 2, C) buffer of partial sums (weight, bias), so both are summed by one launch
+    part = new_output((programs, 2, c), torch.float32, x.device) if needs_weight or needs_bias else dx
     _layer_norm_bwd_kernel[(programs,)](
-        grad, x, weight if weight is not None else x, mean, rstd, dx, dw_part, db_part, m, c, rows_per_program,
+        grad, x, weight if weight is not None else x, mean, rstd, dx, part, m, c, rows_per_program,
         HAS_W=weight is not None, NEEDS_DW=needs_weight, NEEDS_DB=needs_bias, BLOCK_M=block_m, BLOCK_C=block_c,
         num_warps=warps,
     )  # fmt: skip
-    return dx, (dw_part.sum(0) if needs_weight else None), (db_part.sum(0) if needs_bias else None)
+    return dx, (part.sum(0) if needs_weight or needs_bias else None)
