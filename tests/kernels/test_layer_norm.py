@@ -87,6 +87,13 @@ def test_the_statistics_are_float32_of_the_rows():
     torch.testing.assert_close(rstd, torch.rsqrt(x.var(-1, unbiased=False) + 1e-5))
 
 
+def test_strided_parameters():
+    x, w, b = _inputs(CASES[0])
+    w2, b2 = w.repeat_interleave(2)[::2], b.repeat_interleave(2)[::2]  # the same values, stride 2
+    assert not w2.is_contiguous()
+    torch.testing.assert_close(layer_norm(x, w2, b2, backend="triton"), layer_norm_reference(x, w, b))
+
+
 def test_empty_input():
     x, w, b = (t.requires_grad_() for t in _inputs(Case((0, 3, 8), "fp32")))
     out = layer_norm(x, w, b, backend="triton")

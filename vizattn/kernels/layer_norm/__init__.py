@@ -121,7 +121,7 @@ def layer_norm(
 
     Args:
         x: (..., C) floating-point tensor (made contiguous once if it is not).
-        weight, bias: optional (C,) affine parameters.
+        weight, bias: optional (C,) affine parameters (made contiguous once if they are not).
         eps: added to the variance.
         out_dtype: dtype of the result; default x's. ``nn.LayerNorm`` under autocast gives float32 (see
             :class:`vizattn.blocks.layers.LayerNorm`).
@@ -142,6 +142,8 @@ def layer_norm(
     out_dtype = out_dtype or x.dtype
     tensors = [t for t in (x, weight, bias) if t is not None]
     if select_backend("layer_norm", backend, tensors, triton_unsupported_reasons(x, weight, bias)) == "triton":
+        weight = weight.contiguous() if weight is not None else None
+        bias = bias.contiguous() if bias is not None else None
         return _LAYER_NORM(x.contiguous(), weight, bias, float(eps), out_dtype)[0]
     if x.dtype != out_dtype and out_dtype == torch.float32:
         x = x.float()  # what CUDA autocast does before its float32 layer norm
