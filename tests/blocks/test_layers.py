@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vizattn.blocks.layers import LayerNorm, Linear, use_fast_layers
+from vizattn.blocks.layers import LayerNorm, Linear, pointwise_conv, use_fast_layers
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -56,9 +56,46 @@ def test_use_fast_layers_switches_in_place_and_keeps_the_state():
 
 
 def test_pointwise_conv_torch_backend_runs_the_module():
-    from vizattn.blocks.layers import pointwise_conv
-
     conv = nn.Conv2d(3, 4, 1).to(DEVICE)
     x = torch.randn(2, 3, 5, 5, device=DEVICE).contiguous(memory_format=torch.channels_last).requires_grad_()
     assert "Convolution" in pointwise_conv(conv, x, backend="torch").grad_fn.name()
     assert "Convolution" not in pointwise_conv(conv, x).grad_fn.name()
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_pointwise_conv_matches_the_conv(layout, bias):
+    conv = torch.nn.Conv2d(5, 7, 1, bias=bias).to(DEVICE, torch.float64)
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(2, 5, 6, 9, device=DEVICE, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    gy = torch.randn(2, 7, 6, 9, device=DEVICE, dtype=torch.float64)
+    params = [conv.weight] + ([conv.bias] if bias else [])
+    got = pointwise_conv(conv, x)
+    got_grads = torch.autograd.grad(got, [x, *params], gy)
+    want = torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], x)
+    if bias:
+        want = want + conv.bias[None, :, None, None]
+    want_grads = torch.autograd.grad(want, [x, *params], gy)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w)
+    assert got.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+
+
+def test_pointwise_conv_under_autocast_casts_as_linear_does():
+    conv = torch.nn.Conv2d(4, 6, 1).to(DEVICE)
+    x = torch.randn(2, 4, 5, 3, device=DEVICE).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        got = pointwise_conv(conv, x)
+        want = conv(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    got.float().sum().backward()
+    assert conv.weight.grad.dtype == conv.bias.grad.dtype == x.grad.dtype == torch.float32
+    # every output pixel adds the bias once: its gradient is the pixel count, exact in bfloat16
+    torch.testing.assert_close(conv.bias.grad, torch.full((6,), 30.0, device=DEVICE))

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from vizattn.blocks import LKA, VANAttention
-from vizattn.blocks.layers import pointwise_conv
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -126,40 +125,3 @@ def test_backend_is_passed_down_and_the_state_dict_is_unchanged():
     assert set(LKA(4, backend="triton").state_dict()) == set(LKA(4).state_dict())
     with pytest.raises(ValueError, match="backend='cuda' is not one of"):
         LKA(4, backend="cuda")(torch.randn(1, 4, 5, 5))
-
-
-@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-def test_pointwise_conv_matches_the_conv(layout, bias):
-    conv = torch.nn.Conv2d(5, 7, 1, bias=bias).to(DEVICE, torch.float64)
-    _randomize(conv)
-    x = torch.randn(2, 5, 6, 9, device=DEVICE, dtype=torch.float64)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
-    gy = torch.randn(2, 7, 6, 9, device=DEVICE, dtype=torch.float64)
-    params = [conv.weight] + ([conv.bias] if bias else [])
-    got = pointwise_conv(conv, x)
-    got_grads = torch.autograd.grad(got, [x, *params], gy)
-    want = torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], x)
-    if bias:
-        want = want + conv.bias[None, :, None, None]
-    want_grads = torch.autograd.grad(want, [x, *params], gy)
-    torch.testing.assert_close(got, want)
-    for g, w in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(g, w)
-    assert got.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
-
-
-def test_pointwise_conv_under_autocast_casts_as_linear_does():
-    conv = torch.nn.Conv2d(4, 6, 1).to(DEVICE)
-    x = torch.randn(2, 4, 5, 3, device=DEVICE).contiguous(memory_format=torch.channels_last).requires_grad_()
-    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-        got = pointwise_conv(conv, x)
-        want = conv(x)
-    assert got.dtype == want.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
-    got.float().sum().backward()
-    assert conv.weight.grad.dtype == conv.bias.grad.dtype == x.grad.dtype == torch.float32
-    # every output pixel adds the bias once: its gradient is the pixel count, exact in bfloat16
-    torch.testing.assert_close(conv.bias.grad, torch.full((6,), 30.0, device=DEVICE))

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["cdiv", "dot", "dot_precision", "head_block", "head_split", "next_pow2", "sm_count"]
+__all__ = ["cdiv", "dot", "dot_precision", "head_block", "head_split", "next_pow2", "row_chunks", "sm_count"]
 
 
 def next_pow2(n: int) -> int:
@@ -20,6 +20,13 @@ def next_pow2(n: int) -> int:
 def cdiv(a: int, b: int) -> int:
     """``ceil(a / b)`` of ints (see :func:`next_pow2`)."""
     return -(-a // b)
+
+
+def row_chunks(m: int, block_m: int, programs: int) -> tuple[int, int]:
+    """Split ``m`` rows over about ``programs`` programs, each a run of whole ``block_m``-row tiles: ``(rows per
+    program, programs)`` (fewer programs when there are fewer tiles)."""
+    rows = cdiv(cdiv(m, min(programs, cdiv(m, block_m))), block_m) * block_m
+    return rows, cdiv(m, rows)
 
 
 @functools.lru_cache(maxsize=16)

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from vizattn.kernels._alloc import new_output
-from vizattn.kernels._triton_util import cdiv, next_pow2, sm_count
+from vizattn.kernels._triton_util import cdiv, next_pow2, row_chunks, sm_count
 
 __all__ = ["layer_norm_bwd", "layer_norm_fwd"]
 
@@ -140,8 +140,7 @@ def layer_norm_bwd(
         return dx, (x.new_zeros((2, c), dtype=torch.float32) if needs_weight or needs_bias else None)
     block_m, block_c, warps = _tile(c)
     programs = programs or sm_count(x.device) * _PROGRAMS_PER_SM
-    rows_per_program = cdiv(cdiv(m, min(programs, cdiv(m, block_m))), block_m) * block_m
-    programs = cdiv(m, rows_per_program)
+    rows_per_program, programs = row_chunks(m, block_m, programs)
     # one (programs, 2, C) buffer of partial sums (weight, bias), so both are summed by one launch
     part = new_output((programs, 2, c), torch.float32, x.device) if needs_weight or needs_bias else dx
     _layer_norm_bwd_kernel[(programs,)](

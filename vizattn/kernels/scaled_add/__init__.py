@@ -34,8 +34,7 @@ def _kernels():
 
 
 def _channels_last_like(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    b, c, h, w = t.shape
-    return torch.empty((b, h, w, c), dtype=dtype, device=t.device).permute(0, 3, 1, 2)
+    return torch.empty(t.shape, dtype=dtype, device=t.device, memory_format=torch.channels_last)
 
 
 def _nhwc(t: torch.Tensor) -> bool:

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from vizattn.kernels._alloc import new_output
-from vizattn.kernels._triton_util import cdiv, next_pow2, sm_count
+from vizattn.kernels._triton_util import cdiv, next_pow2, row_chunks, sm_count
 from vizattn.kernels.scaled_add.reference import result_dtype
 
 __all__ = ["scaled_add_bwd", "scaled_add_fwd"]
@@ -96,8 +96,7 @@ def scaled_add_bwd(
     blocks = cdiv(c, block_c)
     if programs is None:
         programs = max(1, sm_count(y.device) * _PROGRAMS_PER_SM // blocks)
-    rows_per_program = cdiv(cdiv(m, min(programs, cdiv(m, block_m))), block_m) * block_m
-    programs = cdiv(m, rows_per_program)
+    rows_per_program, programs = row_chunks(m, block_m, programs)
     ds_part = new_output((programs, c), torch.float32, y.device) if needs_scale else dy
     _scaled_add_bwd_kernel[(programs, blocks)](
         grad, scale, y, dy, ds_part, m, c, rows_per_program,
