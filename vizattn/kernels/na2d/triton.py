@@ -24,6 +24,7 @@ import torch
 
 from vizattn.kernels._alloc import new_output
 from vizattn.kernels._halo2d.triton import DeviceTables, Launch, device_tables, halo_bwd, halo_fwd
+from vizattn.kernels._triton_util import next_pow2 as _next_pow2
 from vizattn.kernels.na2d.rpb_grad import ROW_TILE, na2d_rpb_grad, na2d_rpb_grad_rows
 from vizattn.kernels.na2d.tiles import axis_tiles, key_axis_tiles
 
@@ -31,10 +32,13 @@ __all__ = ["na2d_fwd", "na2d_bwd", "KernelConfig", "launch_configs"]
 
 
 class KernelConfig(NamedTuple):
-    """Where one NA kernel runs on a GPU: its tile (queries, or keys for the dk/dv kernel, along H and W) and launch."""
+    """Where one NA kernel runs on a GPU: its tile (queries, or keys for the dk/dv kernel, along H and W) and launch;
+    for the forward, ``flat`` is the launch of its flat loop (dilated maps), ``launch`` that of its row-by-row loop
+    (None: the same)."""
 
     tile: tuple[int, int]
     launch: Launch
+    flat: Launch | None = None
 
 
 # From a sweep on the H200 (2026-11-29 18:07 UTC, bf16, head dim 32, k 7; kernel times of direct calls): small
@@ -43,19 +47,28 @@ class KernelConfig(NamedTuple):
 # limited to 25% occupancy). Forward at B64 56x56 2 heads: 0.125 -> 0.107 ms (with rpb 0.209 -> 0.147); B8 128x128
 # 4 heads: 0.161 -> 0.137; B64 14x14 8 heads: 0.079 -> 0.033 (1x16 tiles; 2x16 below). Backward at 14x14: dk/dv
 # 0.26 -> 0.14 ms of the two kernels' sum with one-row key tiles; elsewhere the backward gains 1-3%.
+# Pipeline stages (2026-11-30 03:13-03:25 UTC, CUDA-graph kernel time, dq and dk/dv timed together): the row-by-row
+# forward loop and the dq kernel gain from two stages, which Triton's pipeliner fills with the next step's key rows;
+# dk/dv does not (0.274 against 0.321 ms at B64 56x56 2 heads with 2). Forward, 1 -> 2 stages (16 keys per step on
+# the large maps; with 32 and rpb 2 stages measured 0.159): B64 56x56 2 heads 0.092 -> 0.079, with rpb 0.129 ->
+# 0.114, B64 28x28 4 heads with rpb 0.076 -> 0.068, B8 128x128 4 heads 0.119 -> 0.102, B64 14x14 8 heads 0.027 ->
+# 0.021 (with rpb 0.052 -> 0.044), B128 7x7 16 heads with rpb 0.030 -> 0.029. dq + dk/dv: 56x56 0.282 -> 0.274, with
+# rpb 0.318 -> 0.293, 14x14 0.095 -> 0.087, 128x128 0.368 -> 0.357. The flat forward loop (dilated maps) keeps one
+# stage: pipelined, its gathered key loads ran 5-7x slower (see vizattn.kernels._halo2d.triton).
 _LARGE_MAP = (
-    KernelConfig((2, 8), Launch(block_n=32, num_warps=1)),  # forward
-    KernelConfig((2, 8), Launch(block_n=16, num_warps=1)),  # dq
+    KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=32, num_warps=1)),  # forward
+    KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2)),  # dq
     KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),  # dk/dv (key tiles)
 )
 _SMALL_MAP = (  # maps of 9 to 16 rows (NAT's third stage at 224 px); from CUDA-graph timings (18:30 UTC), where the
     # forward at B64 14x14 8 heads took 0.026 ms on 2x16 tiles against 0.030-0.034 on 1x16 or 2x8
-    KernelConfig((2, 16), Launch(block_n=16, num_warps=1)),
-    KernelConfig((2, 16), Launch(block_n=16, num_warps=2)),
+    KernelConfig((2, 16), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=16, num_warps=1)),
+    KernelConfig((2, 16), Launch(block_n=16, num_warps=2, num_stages=2)),
     KernelConfig((1, 16), Launch(block_n=16, num_warps=1)),
 )
 _TINY_MAP = (  # maps of at most 8 rows (the last stage): B128 7x7 16 heads, forward 0.021 ms, dq and dk/dv 0.054 each
-    KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),
+    # (one stage; the forward's row loop with two measured as fast, 0.029 against 0.030 ms with rpb)
+    KernelConfig((4, 8), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=16, num_warps=1)),
     KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),
     KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),
 )
@@ -146,8 +159,12 @@ def na2d_fwd(
     """
     fwd = launch_configs(q.shape[1], max(q.shape[-1], v.shape[-1]), tile)[0]
     rows, cols = _axes(q, kernel_size, dilation, fwd.tile)
-    return halo_fwd(q, k, v, rows, cols, scale, rpb=rpb, block_n=fwd.launch.block_n, num_warps=fwd.launch.num_warps,
-                    table=_use_table(False, rpb, dilation), rows_loop=dilation == 1)
+    # The row launch where a step holds a whole padded halo row of keys (k 7 and 9 on the large maps' tiles), else
+    # the flat launch (dilation, or halos wider than the step: the kernel then walks rows only if they fit).
+    by_rows = dilation == 1 and _next_pow2(cols.halo) <= fwd.launch.block_n
+    launch = fwd.launch if by_rows or fwd.flat is None else fwd.flat
+    return halo_fwd(q, k, v, rows, cols, scale, rpb=rpb, block_n=launch.block_n, num_warps=launch.num_warps,
+                    num_stages=launch.num_stages, table=_use_table(False, rpb, dilation), rows_loop=dilation == 1)
 
 
 def na2d_bwd(
