@@ -49,8 +49,11 @@ class KernelConfig(NamedTuple):
 # 0.26 -> 0.14 ms of the two kernels' sum with one-row key tiles; elsewhere the backward gains 1-3%.
 # Pipeline stages (2026-11-30 03:13-03:25 UTC, CUDA-graph kernel time, dq and dk/dv timed together): the row-by-row
 # forward loop and the dq kernel gain from two stages, which Triton's pipeliner fills with the next step's key rows;
-# dk/dv does not (0.274 against 0.321 ms at B64 56x56 2 heads with 2). Forward, 1 -> 2 stages (16 keys per step on
-# the large maps; with 32 and rpb 2 stages measured 0.159): B64 56x56 2 heads 0.092 -> 0.079, with rpb 0.129 ->
+# dk/dv not at 16 queries per step (0.274 against 0.321 ms at B64 56x56 2 heads), but at 32 it does (03:41 sweep of
+# 24 dk/dv launches per map size, dq at two stages; dq + dk/dv, ms): B64 56x56 2 heads 0.276 -> 0.249, with rpb 0.296
+# -> 0.252, B8 128x128 4 heads 0.358 -> 0.323, B64 14x14 8 heads on 1x16 key tiles 0.087 -> 0.071 (2x8 key tiles were
+# 3% faster without rpb and 11% slower with it, which every NAT checkpoint has). Forward, 1 -> 2 stages (16 keys per
+# step on the large maps; with 32 and rpb 2 stages measured 0.159): B64 56x56 2 heads 0.092 -> 0.079, with rpb 0.129 ->
 # 0.114, B64 28x28 4 heads with rpb 0.076 -> 0.068, B8 128x128 4 heads 0.119 -> 0.102, B64 14x14 8 heads 0.027 ->
 # 0.021 (with rpb 0.052 -> 0.044), B128 7x7 16 heads with rpb 0.030 -> 0.029. dq + dk/dv: 56x56 0.282 -> 0.274, with
 # rpb 0.318 -> 0.293, 14x14 0.095 -> 0.087, 128x128 0.368 -> 0.357. The flat forward loop (dilated maps) keeps one
@@ -58,13 +61,13 @@ class KernelConfig(NamedTuple):
 _LARGE_MAP = (
     KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=32, num_warps=1)),  # forward
     KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2)),  # dq
-    KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),  # dk/dv (key tiles)
+    KernelConfig((4, 8), Launch(block_n=32, num_warps=1, num_stages=2)),  # dk/dv (key tiles)
 )
 _SMALL_MAP = (  # maps of 9 to 16 rows (NAT's third stage at 224 px); from CUDA-graph timings (18:30 UTC), where the
     # forward at B64 14x14 8 heads took 0.026 ms on 2x16 tiles against 0.030-0.034 on 1x16 or 2x8
     KernelConfig((2, 16), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=16, num_warps=1)),
     KernelConfig((2, 16), Launch(block_n=16, num_warps=2, num_stages=2)),
-    KernelConfig((1, 16), Launch(block_n=16, num_warps=1)),
+    KernelConfig((1, 16), Launch(block_n=32, num_warps=1, num_stages=2)),
 )
 _TINY_MAP = (  # maps of at most 8 rows (the last stage): B128 7x7 16 heads, forward 0.021 ms, dq and dk/dv 0.054 each
     # (one stage; the forward's row loop with two measured as fast, 0.029 against 0.030 ms with rpb)
