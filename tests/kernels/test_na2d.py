@@ -238,6 +238,22 @@ def test_launch_configs_follow_the_map_size_and_head_dim():
     assert [c.tile for c in forced] == [(3, 5)] * 3 and [c.launch for c in forced] == [c.launch for c in large]
 
 
+def test_forward_launch_follows_its_loop(monkeypatch):
+    """The forward's row-by-row loop gets the pipelined row launch; the flat loop (dilation, or a halo row wider than
+    a step: k 11 on a 2x8 tile) keeps its own unpipelined launch, under which gathered key loads are not slowed."""
+    seen = []
+    monkeypatch.setattr(kernels, "halo_fwd", lambda *args, **kwargs: seen.append(kwargs))
+    q = torch.zeros(1, 56, 56, 2, 32)
+    rows_launch, flat_launch = kernels.launch_configs(56, 32)[0][1:]
+    for ks, dilation in ((7, 1), (9, 1), (7, 2), (11, 1)):
+        kernels.na2d_fwd(q, q, q, None, ks, dilation, 0.2)
+    got = [(kw["block_n"], kw["num_warps"], kw["num_stages"], kw["rows_loop"]) for kw in seen]
+    assert rows_launch.num_stages == 2 and flat_launch.num_stages is None
+    row = (rows_launch.block_n, rows_launch.num_warps, rows_launch.num_stages)
+    flat = (flat_launch.block_n, flat_launch.num_warps, flat_launch.num_stages)
+    assert got == [(*row, True), (*row, True), (*flat, False), (*flat, True)]
+
+
 def test_head_split_covers_each_head_dim_with_the_fewest_columns():
     """The halo kernels' (main, tail) blocks: two powers of two >= 16 (or one, tail 0) covering d in as few columns as
     such a pair can, and one block, head_block's, whenever a split would not cover fewer columns."""
