@@ -436,6 +436,86 @@ def _row_offset(k_row, stride, ROW_I32: tl.constexpr):
 
 
 @triton.jit
+def _rows_setup(k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w, width_w, rpb_idx, rpb_side, col,
+                radius_sq, HALO_W: tl.constexpr, HALO_WP: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
+                HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr):
+    """Once per program of a row-by-row walk (see :func:`_halo_rows_fwd`): the key and value column pointers of a
+    step's slots (:func:`_cols_ptrs`), the W-axis part of the mask (NA: each slot pair's window test; the circle: the
+    squared column offsets, ``r^2`` on padded columns) and NA's bias index less the step's first row."""
+    j = tl.arange(0, BLOCK_N)
+    r_of = j // HALO_WP
+    c_of = j % HALO_WP
+    k_col = tl.load(KW + tw * HALO_W + tl.minimum(c_of, HALO_W - 1)).to(tl.int64)
+    kp, kp_ok, kp_t, kp_t_ok = _cols_ptrs(k_base + (k_col * s_kw)[:, None], s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
+    vp, vp_ok, vp_t, vp_t_ok = _cols_ptrs(v_base + (k_col * s_vw)[:, None], s_vd, d_v, BLOCK_DV, BLOCK_TV)
+    if CIRCLE:
+        # int32 offsets, as the flat loop's (_pair_mask); a padded column gets r^2, outside every disc
+        d_w = k_col.to(tl.int32)[None, :] - col.to(tl.int32)[:, None]
+        w_mask = tl.where((c_of < HALO_W)[None, :], d_w * d_w, radius_sq)
+    else:
+        w_mask = (c_of[None, :] - lo_w[:, None]).to(tl.uint32, bitcast=True) < width_w.to(tl.uint32, bitcast=True)[
+            :, None
+        ]
+    b_idx = 0
+    if HAS_RPB:
+        b_idx = rpb_idx[:, None] + (r_of * rpb_side + c_of)[None, :]  # the bias index less the step's first row
+    return kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx
+
+
+@triton.jit
+def _rows_step(start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx, RPB, s_kh, s_vh,
+               lo_h, width_h, row, rpb_side, radius_sq, HALO_H: tl.constexpr, HALO_WP: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, HAS_RPB: tl.constexpr,
+               CIRCLE: tl.constexpr, EVEN_QK: tl.constexpr, EVEN_V: tl.constexpr, ROW_I32: tl.constexpr):
+    """One step of a row-by-row walk: the keys and values of halo rows ``start_row ..`` (``kh`` points at the tile's
+    row table), their mask and bias."""
+    ROWS: tl.constexpr = BLOCK_N // HALO_WP
+    r_of = tl.arange(0, BLOCK_N) // HALO_WP
+    hr = start_row + r_of
+    # the step's key rows: one scalar table load per halo row, spread over the key slots by their row in the step
+    # (known per register at compile time, so the products by 0/1 fold away; a select instead of them loses the
+    # alignment of the addresses, and with it the vector loads)
+    k_row = tl.load(kh + start_row)
+    k_prev = _row_offset(k_row, s_kh, ROW_I32)
+    v_prev = _row_offset(k_row, s_vh, ROW_I32)
+    k_off = tl.zeros((BLOCK_N,), tl.int64) + k_prev
+    v_off = tl.zeros((BLOCK_N,), tl.int64) + v_prev
+    if CIRCLE:
+        key_row = tl.zeros((BLOCK_N,), tl.int32) + k_row
+        row_prev = k_row
+    for i in tl.static_range(1, ROWS):
+        if HALO_H % ROWS != 0:
+            k_row = tl.load(kh + tl.minimum(start_row + i, HALO_H - 1))
+        else:
+            k_row = tl.load(kh + start_row + i)
+        k_next = _row_offset(k_row, s_kh, ROW_I32)
+        v_next = _row_offset(k_row, s_vh, ROW_I32)
+        step = (r_of >= i).to(tl.int64)
+        k_off += step * (k_next - k_prev)
+        v_off += step * (v_next - v_prev)
+        k_prev, v_prev = k_next, v_next
+        if CIRCLE:
+            key_row += step.to(tl.int32) * (k_row - row_prev)
+            row_prev = k_row
+    k, k_t = _load_cols_off(kp, kp_ok, kp_t, kp_t_ok, k_off[:, None], BLOCK_TQK, EVEN_QK)
+    v, v_t = _load_cols_off(vp, vp_ok, vp_t, vp_t_ok, v_off[:, None], BLOCK_TV, EVEN_V)
+    if CIRCLE:
+        d_h = key_row[None, :] - row.to(tl.int32)[:, None]
+        inside = d_h * d_h + w_mask < radius_sq
+        if HALO_H % ROWS != 0:
+            inside = inside & (hr < HALO_H)[None, :]  # the clamped rows repeat the last halo row
+    else:
+        h_in = (hr[None, :] - lo_h[:, None]).to(tl.uint32, bitcast=True) < width_h.to(tl.uint32, bitcast=True)[:, None]
+        inside = h_in & w_mask
+    if HAS_RPB:
+        bias = tl.load(RPB + start_row * rpb_side + b_idx, mask=inside, other=0.0).to(tl.float32)
+    else:
+        bias = 0.0
+    return k, k_t, v, v_t, inside, bias
+
+
+@triton.jit
 def _halo_rows_fwd(q, q_t, k_base, v_base, KH, KW, RPB, th, tw, s_kh, s_kw, s_kd, s_vh, s_vw, s_vd, d_qk, d_v,
                    lo_h, width_h, lo_w, width_w, rpb_idx, rpb_side, m_i, l_i, acc, acc_t, qk_scale,
                    HALO_H: tl.constexpr, HALO_W: tl.constexpr, HALO_WP: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -445,71 +525,23 @@ def _halo_rows_fwd(q, q_t, k_base, v_base, KH, KW, RPB, th, tw, s_kh, s_kw, s_kd
     """Forward over the halo by whole rows: the halo's width padded to ``HALO_WP`` (a power of two), each step
     covers ``BLOCK_N // HALO_WP`` halo rows. Key slot n of a step is halo row ``start_row + n // HALO_WP``, column
     ``n % HALO_WP``; everything that depends on the column alone (the key column, its part of the addresses, the
-    W-axis part of the mask and of the bias index) is computed once. Columns ``>= HALO_W`` and rows ``>= HALO_H``
-    read a real halo key (clamped). In NA they are outside every window (the windows lie in the halo); the circle
-    (``CIRCLE``: the query's global ``row`` and ``col``, ``radius_sq``) masks them explicitly, since a clamped key may
-    lie in the disc, and per pair adds the squared row offset to the column's (computed once) and compares."""
+    W-axis part of the mask and of the bias index) is computed once (:func:`_rows_setup`), a step adds its rows'
+    (:func:`_rows_step`). Columns ``>= HALO_W`` and rows ``>= HALO_H`` read a real halo key (clamped). In NA they are
+    outside every window (the windows lie in the halo); the circle (``CIRCLE``: the query's global ``row`` and
+    ``col``, ``radius_sq``) masks them explicitly, since a clamped key may lie in the disc, and per pair adds the
+    squared row offset to the column's and compares."""
     ROWS: tl.constexpr = BLOCK_N // HALO_WP
-    j = tl.arange(0, BLOCK_N)
-    r_of = j // HALO_WP
-    c_of = j % HALO_WP
-    k_col = tl.load(KW + tw * HALO_W + tl.minimum(c_of, HALO_W - 1)).to(tl.int64)
-    kp, kp_ok, kp_t, kp_t_ok = _cols_ptrs(k_base + (k_col * s_kw)[:, None], s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
-    vp, vp_ok, vp_t, vp_t_ok = _cols_ptrs(v_base + (k_col * s_vw)[:, None], s_vd, d_v, BLOCK_DV, BLOCK_TV)
-    if CIRCLE:
-        # int32 offsets, as the flat loop's (_pair_mask); a padded column gets r^2, outside every disc
-        row32 = row.to(tl.int32)
-        d_w = k_col.to(tl.int32)[None, :] - col.to(tl.int32)[:, None]
-        w_sq = tl.where((c_of < HALO_W)[None, :], d_w * d_w, radius_sq)
-    else:
-        w_in = (c_of[None, :] - lo_w[:, None]).to(tl.uint32, bitcast=True) < width_w.to(tl.uint32, bitcast=True)[
-            :, None
-        ]
-        width_hu = width_h.to(tl.uint32, bitcast=True)
-    if HAS_RPB:
-        b_idx = rpb_idx[:, None] + (r_of * rpb_side + c_of)[None, :]  # the bias index less the step's first row
+    kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx = _rows_setup(
+        k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w, width_w, rpb_idx, rpb_side, col, radius_sq,
+        HALO_W, HALO_WP, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV, HAS_RPB, CIRCLE,
+    )
     kh = KH + th * HALO_H
     for start_row in range(0, HALO_H, ROWS):
-        hr = start_row + r_of
-        # the step's key rows: one scalar table load per halo row, spread over the key slots by their row in the
-        # step (known per register at compile time, so the products by 0/1 fold away; a select instead of them
-        # loses the alignment of the addresses, and with it the vector loads)
-        k_row = tl.load(kh + start_row)
-        k_prev = _row_offset(k_row, s_kh, ROW_I32)
-        v_prev = _row_offset(k_row, s_vh, ROW_I32)
-        k_off = tl.zeros((BLOCK_N,), tl.int64) + k_prev
-        v_off = tl.zeros((BLOCK_N,), tl.int64) + v_prev
-        if CIRCLE:
-            key_row = tl.zeros((BLOCK_N,), tl.int32) + k_row
-            row_prev = k_row
-        for i in tl.static_range(1, ROWS):
-            if HALO_H % ROWS != 0:
-                k_row = tl.load(kh + tl.minimum(start_row + i, HALO_H - 1))
-            else:
-                k_row = tl.load(kh + start_row + i)
-            k_next = _row_offset(k_row, s_kh, ROW_I32)
-            v_next = _row_offset(k_row, s_vh, ROW_I32)
-            step = (r_of >= i).to(tl.int64)
-            k_off += step * (k_next - k_prev)
-            v_off += step * (v_next - v_prev)
-            k_prev, v_prev = k_next, v_next
-            if CIRCLE:
-                key_row += step.to(tl.int32) * (k_row - row_prev)
-                row_prev = k_row
-        k, k_t = _load_cols_off(kp, kp_ok, kp_t, kp_t_ok, k_off[:, None], BLOCK_TQK, EVEN_QK)
-        v, v_t = _load_cols_off(vp, vp_ok, vp_t, vp_t_ok, v_off[:, None], BLOCK_TV, EVEN_V)
-        if CIRCLE:
-            d_h = key_row[None, :] - row32[:, None]
-            inside = d_h * d_h + w_sq < radius_sq
-            if HALO_H % ROWS != 0:
-                inside = inside & (hr < HALO_H)[None, :]  # the clamped rows repeat the last halo row
-        else:
-            h_in = (hr[None, :] - lo_h[:, None]).to(tl.uint32, bitcast=True) < width_hu[:, None]
-            inside = h_in & w_in
-        if HAS_RPB:
-            bias = tl.load(RPB + start_row * rpb_side + b_idx, mask=inside, other=0.0).to(tl.float32)
-        else:
-            bias = 0.0
+        k, k_t, v, v_t, inside, bias = _rows_step(
+            start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx, RPB, s_kh, s_vh, lo_h,
+            width_h, row, rpb_side, radius_sq, HALO_H, HALO_WP, BLOCK_N, BLOCK_TQK, BLOCK_TV, HAS_RPB, CIRCLE,
+            EVEN_QK, EVEN_V, ROW_I32,
+        )
         m_i, l_i, acc, acc_t = _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk_scale,
                                              BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
     return m_i, l_i, acc, acc_t
@@ -608,9 +640,13 @@ def _halo_dq_kernel(
     BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TABLE: tl.constexpr = False, TABLE_ALIGN: tl.constexpr = 64,
+    HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
+    ROW_I32: tl.constexpr = False,
 ):
     """Query-centric: dq of one query tile over its halo and the extra keys (the bias added to the recomputed
-    scores). It also writes ``delta = rowsum(dO * O)`` of its queries, which the kernels launched after it read."""
+    scores). It also writes ``delta = rowsum(dO * O)`` of its queries, which the kernels launched after it read.
+    NA without a bias table may walk the halo by whole rows, as the forward does (``HALO_WP``, see
+    :func:`_halo_rows_fwd`)."""
     th, tw, b, head = _program_coords(n_tw, heads)
     a_h, a_w, row, col, m_ok, real = _query_slots(QH, SH, QW, SW, th, tw, T_H, T_W, BLOCK_M)
     q, q_t = _load_cols(Q + b * s_qb + head * s_qn + row * s_qh + col * s_qw, m_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
@@ -625,27 +661,45 @@ def _halo_dq_kernel(
     lse = tl.load(LSE + stat, mask=real, other=float("inf") if TABLE else 0.0)
     k_base = K + b * s_kb + head * s_kn
     v_base = V + b * s_vb + head * s_vn
-    lo_h, width_h, lo_w, width_w, rpb_rows = _pair_setup(
-        RPB, WH, WW, th, tw, a_h, a_w, real, rpb_side, head, heads, HAS_RPB, CIRCLE, TABLE, T_H, T_W, HALO_H, HALO_W,
-        BLOCK_M, TABLE_ALIGN,
-    )
-
     dq, dq_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
-    for start in range(0, HALO_H * HALO_W, BLOCK_N):
-        k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
-        if CIRCLE:  # before the loads: after them this kernel spills more (sm_90, CLEAR d 72: 268 against 252 bytes)
-            inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, real, n_ok, lo_h, width_h, lo_w, width_w,
-                                      start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
-        k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
-        v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
-        if TABLE:
-            inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
-        elif not CIRCLE:
-            inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, real, n_ok, lo_h, width_h, lo_w, width_w,
-                                      start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
-        ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
-                        BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE)
-        dq, dq_t = _dot_acc(ds, k, k_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
+    if not (CIRCLE or TABLE) and HALO_WP > 0 and BLOCK_N >= HALO_WP:
+        # windows of the real slots only (padded ones pair with nothing, see above); rpb_idx as in the forward
+        ROWS: tl.constexpr = BLOCK_N // HALO_WP
+        lo_h, width_h, lo_w, width_w, rpb_idx = _slot_windows(WH, WW, 0, th, tw, a_h, a_w, real, rpb_side, T_H, T_W)
+        kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx = _rows_setup(
+            k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w, width_w, rpb_idx, rpb_side, col,
+            radius_sq, HALO_W, HALO_WP, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV, HAS_RPB, False,
+        )
+        kh = KH + th * HALO_H
+        for start_row in range(0, HALO_H, ROWS):
+            k, k_t, v, v_t, inside, bias = _rows_step(
+                start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx,
+                RPB + head * rpb_side * rpb_side, s_kh, s_vh, lo_h, width_h, row, rpb_side, radius_sq, HALO_H, HALO_WP,
+                BLOCK_N, BLOCK_TQK, BLOCK_TV, HAS_RPB, False, EVEN_QK, EVEN_V, ROW_I32,
+            )
+            ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
+                            BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
+            dq, dq_t = _dot_acc(ds, k, k_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
+    else:
+        lo_h, width_h, lo_w, width_w, rpb_rows = _pair_setup(
+            RPB, WH, WW, th, tw, a_h, a_w, real, rpb_side, head, heads, HAS_RPB, CIRCLE, TABLE, T_H, T_W, HALO_H,
+            HALO_W, BLOCK_M, TABLE_ALIGN,
+        )
+        for start in range(0, HALO_H * HALO_W, BLOCK_N):
+            k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
+            if CIRCLE:  # before the loads: after them this kernel spills more (sm_90, CLEAR d 72: 268 against 252 B)
+                inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, real, n_ok, lo_h, width_h, lo_w, width_w,
+                                          start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
+            k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
+            v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
+            if TABLE:
+                inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
+            elif not CIRCLE:
+                inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, real, n_ok, lo_h, width_h, lo_w, width_w,
+                                          start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
+            ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
+                            BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE)
+            dq, dq_t = _dot_acc(ds, k, k_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
     if HAS_EXTRA:
         ek_base = EK + b * s_eb + head * s_en
         ev_base = EV + b * s_fb + head * s_fn
@@ -919,6 +973,11 @@ def _rows_meta(halo_w: int, d_qk: int, d_v: int, rows_loop: bool) -> dict:
     )
 
 
+def _row_i32(k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether every key row's offset ``row * stride`` fits in int32 (the row loops then multiply in int32)."""
+    return (k.shape[1] - 1) * max(abs(k.stride(1)), abs(v.stride(1))) < _ROW_I32_LIMIT
+
+
 def _extras(q: torch.Tensor, extra_k: torch.Tensor | None, extra_v: torch.Tensor | None):
     """(extra_k, extra_v, M) with placeholders (never read) when there are none."""
     if extra_k is None or extra_k.shape[1] == 0:
@@ -985,7 +1044,7 @@ def halo_fwd(
         *out.stride(), *lse.stride(),
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, scale * _LOG2E, rpb_side, (circle_radius or 0) ** 2,
         HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0, TABLE=tab is not None,
-        TABLE_ALIGN=_table_align(), ROW_I32=(k.shape[1] - 1) * max(abs(k.stride(1)), abs(v.stride(1))) < _ROW_I32_LIMIT,
+        TABLE_ALIGN=_table_align(), ROW_I32=_row_i32(k, v),
         **_rows_meta(cols.halo, q.shape[-1], v.shape[-1], rows_loop), **meta,
     )
     return out, lse
@@ -1044,6 +1103,7 @@ def halo_bwd(
     extra_splits: int | None = None,
     delta: torch.Tensor | None = None,
     table: bool = False,
+    dq_rows: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Backward launcher, arguments as :func:`halo_fwd` plus the forward's ``out`` and ``lse``.
 
@@ -1066,6 +1126,8 @@ def halo_bwd(
             kernel writes it), for a caller whose own kernels read it afterwards; None allocates it here.
         table: NA mode only: the dq and dk/dv kernels read each pair's mask and bias from a table per class of tiles
             (:func:`bias_table`; one for each kernel's tiles), when not too large.
+        dq_rows: NA mode without a table: the dq kernel walks the halo by whole rows, as the forward
+            (:func:`_halo_rows_fwd`), when a step holds at least one padded halo row.
 
     Returns:
         (dq, dk, dv, d_extra_k, d_extra_v) in the dtypes of their inputs; the last two are None when their inputs are
@@ -1105,7 +1167,7 @@ def halo_bwd(
         *grad_out.stride(), *out.stride(), *lse.stride(), *dq.stride(),
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale, side, radius_sq,
         HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
-        **meta,
+        ROW_I32=_row_i32(k, v), **_rows_meta(cols.halo, q.shape[-1], v.shape[-1], dq_rows), **meta,
     )
     cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)
     meta = _launch_meta(q, v, key_rows, key_cols, cfg.block_n, cfg.num_warps, cfg.num_stages)

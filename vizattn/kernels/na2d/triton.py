@@ -95,6 +95,11 @@ RPB_GRAD = "rows"
 # forward with dilation 1 is fastest with the row-by-row loop (below), with dilation and rpb with the table (56x56
 # dilation 8: flat loop 0.122, rows 0.164, table 0.109). "auto" takes the table in those two cases.
 BIAS_TABLE = "auto"
+# Whether the dq kernel walks the halo by whole rows, as the forward (NA without a bias table). Measured slower at one
+# pipeline stage (2026-11-29 21:49: dq and dk/dv by rows together 0.352 against 0.282 ms at B64 56x56 2 heads, dk/dv
+# taking 34 more registers); the dq kernel alone by rows with two stages is written (2026-11-30) but not yet timed on
+# a GPU, so off by default.
+DQ_ROWS = False
 _BIAS_TABLE_CHOICES = ("never", "auto", "always")
 
 
@@ -192,6 +197,7 @@ def na2d_bwd(
     dq, dk, dv, _, _ = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
         delta=delta, dq_launch=dq_cfg.launch, dkdv_launch=dkdv_cfg.launch, table=_use_table(True, rpb, dilation),
+        dq_rows=DQ_ROWS and dilation == 1,
     )
     drpb = None
     if rpb is not None and RPB_GRAD == "rows":
