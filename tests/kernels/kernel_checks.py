@@ -30,3 +30,18 @@ def split_programs(monkeypatch, kernels, launcher: str, programs: int | None) ->
         return
     run = getattr(kernels, launcher)
     monkeypatch.setattr(kernels, launcher, lambda *args: run(*args, programs=programs))
+
+
+def count_device_calls(monkeypatch, module, name: str) -> list:
+    """A list that grows by one on each call of the ``@triton.jit`` helper ``module.<name>`` from a kernel, so a test
+    can check that a code path ran. Only the interpreter runs kernels as Python; on a GPU the list stays empty."""
+    calls = []
+    if not ON_GPU:
+        real = getattr(module, name)
+
+        def counted(*args, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+    return calls

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_checks import ATTN_TOL, DEVICE, DTYPES, ON_GPU, rel_errors
+from kernel_checks import ATTN_TOL, DEVICE, DTYPES, ON_GPU, count_device_calls, rel_errors
 
 from vizattn.kernels.clear import clear_attention
 from vizattn.kernels.clear.reference import circle_mask, clear_attention_reference
@@ -248,15 +248,7 @@ def test_triton_forward_by_halo_rows_matches_reference(monkeypatch, hh, ww, r, m
     from vizattn.kernels._halo2d import triton as halo
     from vizattn.kernels.clear import triton as kernels
 
-    calls = []
-    if not ON_GPU:  # the interpreter runs the kernel as Python: count the calls of the row loop
-        rows_fwd = halo._halo_rows_fwd
-
-        def spy(*args, **kwargs):
-            calls.append(1)
-            return rows_fwd(*args, **kwargs)
-
-        monkeypatch.setattr(halo, "_halo_rows_fwd", spy)
+    calls = count_device_calls(monkeypatch, halo, "_halo_rows_fwd")
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, hh, ww, 2, 16, generator=g).to(DEVICE) for _ in range(3))
     ek, ev = (torch.randn(2, m, 2, 16, generator=g).to(DEVICE) for _ in range(2))

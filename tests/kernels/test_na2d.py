@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from kernel_checks import ATTN_TOL, DEVICE, DTYPES, ON_GPU, rel_errors
+from kernel_checks import ATTN_TOL, DEVICE, DTYPES, ON_GPU, count_device_calls, rel_errors
 
 from vizattn.kernels._triton_util import head_block, head_split
 from vizattn.kernels.na2d import na2d
@@ -152,15 +152,7 @@ def test_dq_by_halo_rows_matches_reference(monkeypatch, hh, ww, k, d, tile, rpb_
     monkeypatch.setattr(kernels, "BIAS_TABLE", "never")  # the rows walk builds masks and bias per pair
     out, lse = kernels.na2d_fwd(q, kk, v, rpb, k, d, 0.3, tile=tile)
     flat = kernels.na2d_bwd(grad, q, kk, v, rpb, out, lse, k, d, 0.3, tile=tile)
-    calls = []
-    if not ON_GPU:  # the interpreter runs the kernels as Python: count the row steps of the backward
-        step = halo._rows_step
-
-        def spy(*args, **kwargs):
-            calls.append(1)
-            return step(*args, **kwargs)
-
-        monkeypatch.setattr(halo, "_rows_step", spy)
+    calls = count_device_calls(monkeypatch, halo, "_rows_step")  # the backward's row steps
     monkeypatch.setattr(kernels, "DQ_ROWS", True)
     grads = kernels.na2d_bwd(grad, q, kk, v, rpb, out, lse, k, d, 0.3, tile=tile)
     assert ON_GPU or calls
