@@ -15,8 +15,9 @@ softmax in float32. The constexpr ``CIRCLE`` picks the per-pair mask:
   step holds at least one such row (:func:`_halo_rows_fwd`): the key columns, their part of the addresses and the
   W-axis window test are then computed once, and a step only adds its rows' (the sm_90 loop of the NA forward at
   head dim 32 falls from 403 to 252 instructions per step). The circle's forward can walk rows too (its squared
-  column offsets computed once; opt-in, ``vizattn.kernels.clear.triton.ROWS_LOOP``). The other kernels walk flat
-  chunks of the halo;
+  column offsets computed once; opt-in, ``vizattn.kernels.clear.triton.ROWS_LOOP``), and so can NA's dq kernel
+  (opt-in, ``vizattn.kernels.na2d.triton.DQ_ROWS``); both share the walk (:func:`_rows_setup`, :func:`_rows_step`).
+  The other kernels walk flat chunks of the halo;
 - ``TABLE=True`` (NA, optional): the mask and bias of every (tile slot, halo slot) pair come from a float32 table per
   class of tiles (:func:`bias_table`; tiles with the same windows along an axis share a class, so a map has a few),
   ``-inf`` outside the window: one load and one fused multiply-add per pair instead of the window test and the bias
@@ -964,8 +965,9 @@ def bias_table(rows: DeviceTables, cols: DeviceTables, rpb: torch.Tensor | None,
 
 @functools.lru_cache(maxsize=256)
 def _rows_meta(halo_w: int, d_qk: int, d_v: int, rows_loop: bool) -> dict:
-    """The forward's constexprs of its row-by-row NA loop: the halo width padded to a power of two (0: the flat loop),
-    and whether the head-dim blocks of q/k and of v cover their head dims exactly (their loads then need no mask)."""
+    """The constexprs of a row-by-row walk (the forward's, and NA's dq kernel's): the halo width padded to a power of
+    two (0: the flat loop), and whether the head-dim blocks of q/k and of v cover their head dims exactly (their loads
+    then need no mask)."""
     return dict(
         HALO_WP=_next_pow2(halo_w) if rows_loop else 0,
         EVEN_QK=sum(_head_split(d_qk)) == d_qk,
