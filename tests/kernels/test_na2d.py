@@ -131,7 +131,7 @@ def test_gradients_match_reference_for_any_tile(hh, ww, k, d, tile, rpb_on):
     assert (grads[3] is None) == (not rpb_on)
 
 
-DQ_ROWS_CASES = [  # (H, W, k, d, tile, rpb): dq by whole halo rows (opt-in, DQ_ROWS; dilation 1 only)
+DQ_ROWS_CASES = [  # (H, W, k, d, tile, rpb): dq by whole halo rows (DQ_ROWS, the default; dilation 1 without a table)
     (13, 12, 11, 1, (4, 8), True),  # every query a border query; an 18-key halo row padded to 32
     (7, 6, 5, 1, (3, 3), False),  # 9 queries of a 16-slot tile: padded slots
     (12, 9, 4, 1, (2, 16), True),  # even kernel, a tile wider than the map
@@ -151,6 +151,7 @@ def test_dq_by_halo_rows_matches_reference(monkeypatch, hh, ww, k, d, tile, rpb_
     rpb = torch.randn(2, 2 * k - 1, 2 * k - 1, generator=g).to(DEVICE) if rpb_on else None
     monkeypatch.setattr(kernels, "BIAS_TABLE", "never")  # the rows walk builds masks and bias per pair
     out, lse = kernels.na2d_fwd(q, kk, v, rpb, k, d, 0.3, tile=tile)
+    monkeypatch.setattr(kernels, "DQ_ROWS", False)
     flat = kernels.na2d_bwd(grad, q, kk, v, rpb, out, lse, k, d, 0.3, tile=tile)
     calls = count_device_calls(monkeypatch, halo, "_rows_step")  # the backward's row steps
     monkeypatch.setattr(kernels, "DQ_ROWS", True)

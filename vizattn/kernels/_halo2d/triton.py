@@ -14,9 +14,10 @@ softmax in float32. The constexpr ``CIRCLE`` picks the per-pair mask:
 - NA's forward walks the halo by whole rows when ``HALO_WP`` (the halo width padded to a power of two) is set and a
   step holds at least one such row (:func:`_halo_rows_fwd`): the key columns, their part of the addresses and the
   W-axis window test are then computed once, and a step only adds its rows' (the sm_90 loop of the NA forward at
-  head dim 32 falls from 403 to 252 instructions per step). The circle's forward can walk rows too (its squared
-  column offsets computed once; opt-in, ``vizattn.kernels.clear.triton.ROWS_LOOP``), and so can NA's dq kernel
-  (opt-in, ``vizattn.kernels.na2d.triton.DQ_ROWS``); both share the walk (:func:`_rows_setup`, :func:`_rows_step`).
+  head dim 32 falls from 403 to 252 instructions per step). NA's dq kernel walks rows too
+  (``vizattn.kernels.na2d.triton.DQ_ROWS``), and so can the circle's forward (its squared column offsets computed
+  once; opt-in, ``vizattn.kernels.clear.triton.ROWS_LOOP``, measured slower); all share the walk
+  (:func:`_rows_setup`, :func:`_rows_step`).
   The other kernels walk flat chunks of the halo;
 - ``TABLE=True`` (NA, optional): the mask and bias of every (tile slot, halo slot) pair come from a float32 table per
   class of tiles (:func:`bias_table`; tiles with the same windows along an axis share a class, so a map has a few),

@@ -41,9 +41,11 @@ _FWD = dict(block_n=128, num_warps=4)
 _DQ_TILE, _DKDV_TILE = (4, 8), (4, 4)
 # The forward's loop: False walks the halo in flat chunks of _FWD's keys (measured above); True by whole halo rows
 # (vizattn.kernels._halo2d.triton._halo_rows_fwd: the squared column offsets and the key columns' addresses computed
-# once per program, a step adds its rows'), as NA's forward does since it measured 15% faster there. Written
-# 2026-11-30 after that session's device time was spent: tested under the interpreter, not yet timed on a GPU, so
-# off by default.
+# once per program, a step adds its rows'), as NA's forward does since it measured 15% faster there. Here it is
+# slower (H200, B2 16 heads of 72, r 8, 8x8 tiles, CUDA-graph time, 2026-11-30 05:55, `.gpu/clear_rows_ab.py`): at
+# 128x128 the flat loop 0.865 ms, rows at best 0.952 (64 keys, 4 warps, 2 stages; 17 launches of 32-256 keys, 1-8
+# warps, 1-2 stages tried), at 64x64 0.227 against 0.250. A step of whole rows walks 22 padded rows of 32 slots (704
+# pairs per query) where the flat loop walks 640. So off; the tests keep it correct.
 ROWS_LOOP = False
 _BWD = dict(
     dq_launch=Launch(block_n=32, num_warps=1),

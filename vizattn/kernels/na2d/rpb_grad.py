@@ -338,6 +338,10 @@ ROW_TILE = 16  # queries of one map row per program of the row-tile d(rpb) kerne
 # About this many programs: at B128 56x56 2 heads, 14 rows per program (4096 programs) took 0.96 ms, 2 rows
 # 0.79, 8 rows 0.81.
 _ROWS_TARGET_PROGRAMS = 8192
+# Pipeline stages of the one-warp programs (head dim <= 32). H200, k 7, head dim 32, CUDA-graph time of this kernel
+# (2026-11-30 05:55; 1 / 2 / 3 stages): B64 56x56 2 heads 0.434 / 0.390 / 0.395 ms, 28x28 4 heads 0.229 / 0.217 /
+# 0.224, 14x14 8 heads 0.087 / 0.084 / 0.093. The 4-warp programs of wider heads keep one stage (not measured).
+_ROWS_STAGES = 2
 
 
 def na2d_rpb_grad_rows(
@@ -371,6 +375,7 @@ def na2d_rpb_grad_rows(
     side = 2 * kernel_size - 1
     if cols.key_tiles:
         raise ValueError("na2d_rpb_grad_rows: needs the W axis's query-tile tables, got key-tile tables.")
+    warps = num_warps or (1 if max(d_qk, d_v) <= 32 else 4)
     rows_per_program, n_chunks = _row_chunks(hh, cols.n_tiles * b * heads, rows_per_program, _ROWS_TARGET_PROGRAMS)
     part = _partial_tables(q, n_chunks * cols.n_tiles, side)
     (dqk, tqk), (dv, tv) = head_split(d_qk), head_split(d_v)
@@ -382,6 +387,6 @@ def na2d_rpb_grad_rows(
         KS=kernel_size, KS_PAD=max(8, _next_pow2(kernel_size)), BINS=_next_pow2(side), T_W=cols.tile, HALO_W=cols.halo,
         BLOCK_M=max(16, _next_pow2(cols.tile)), BLOCK_N=max(16, _next_pow2(cols.halo)),
         BLOCK_DQK=dqk, BLOCK_TQK=tqk, BLOCK_DV=dv, BLOCK_TV=tv, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=num_warps or (1 if max(d_qk, d_v) <= 32 else 4), num_stages=1,
+        num_warps=warps, num_stages=_ROWS_STAGES if warps == 1 else 1,
     )
     return _sum_partials(part, rpb)

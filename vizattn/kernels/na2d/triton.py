@@ -95,11 +95,14 @@ RPB_GRAD = "rows"
 # forward with dilation 1 is fastest with the row-by-row loop (below), with dilation and rpb with the table (56x56
 # dilation 8: flat loop 0.122, rows 0.164, table 0.109). "auto" takes the table in those two cases.
 BIAS_TABLE = "auto"
-# Whether the dq kernel walks the halo by whole rows, as the forward (NA without a bias table). Measured slower at one
-# pipeline stage (2026-11-29 21:49: dq and dk/dv by rows together 0.352 against 0.282 ms at B64 56x56 2 heads, dk/dv
-# taking 34 more registers); the dq kernel alone by rows with two stages is written (2026-11-30) but not yet timed on
-# a GPU, so off by default.
-DQ_ROWS = False
+# Whether the dq kernel walks the halo by whole rows, as the forward (NA at dilation 1 without a bias table). A row
+# walk for dq and dk/dv together measured slower at one pipeline stage (2026-11-29 21:49: 0.352 against 0.282 ms at
+# B64 56x56 2 heads, dk/dv taking 34 more registers); the dq kernel alone by rows, at two stages, is faster (H200,
+# CUDA-graph time of the whole backward, 2026-11-30 05:53, `.gpu/dq_rows_ab.py`; flat -> rows at the shipped dq
+# launch): B64 56x56 2 heads 0.248 -> 0.232 ms, B8 128x128 4 heads 0.322 -> 0.303, B64 14x14 8 heads 0.071 -> 0.070,
+# with rpb and no table 56x56 0.796 -> 0.785, 28x28 4 heads 0.487 -> 0.480 (32 keys per step: 0.231 / 0.302 without
+# rpb, but 0.845 / 0.515 with; one stage: 0.269 / 0.352; three: 0.243 / 0.317).
+DQ_ROWS = True
 _BIAS_TABLE_CHOICES = ("never", "auto", "always")
 
 
