@@ -128,7 +128,10 @@ class _Kernels(torch.autograd.Function):
         return (*kernels.routed_attention_bwd(grad, q, k, v, out, lse, r_idx, *ctx.args), None, None, None, None, None)
 
 
-MODE_CASES = [c for c in CASES if c.n_win**2 <= 64][: 6 if ON_GPU else 3] + [Case(1, 6, 6, 3, 4, 2, 16, 32)]
+MODE_CASES = [c for c in CASES if c.n_win**2 <= 64][: 6 if ON_GPU else 3] + [
+    Case(1, 6, 6, 3, 4, 2, 16, 32),
+    Case(1, 16, 8, 8, 6, 1, 16, 16),  # 64 regions: every bit of the dense kernel's masks, 128 mask columns
+]
 
 
 @pytest.mark.parametrize("mode", ["gather", "dense"])

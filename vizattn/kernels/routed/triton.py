@@ -16,7 +16,10 @@ function, and the tests run both:
   every token of the image, keeping the keys whose region is in the query region's routing list (a 64-bit mask per
   query region, so at most 64 regions). With 2x2 regions and topk 16 (stage 2 at 224 px) the gather kernel would
   pad 4-row query tiles to 16 rows for the tensor cores and re-read each key region ``topk`` times; walking the
-  196-token image costs about the same arithmetic and reads each key once per query block.
+  196-token image costs about the same arithmetic and reads each key once per query block. With lists of distinct
+  regions (``distinct=True``, BiFormer's) the mask is added to the scores by one more product on the tensor cores:
+  each query row's list as 0/1 per region (:func:`_route_rows`) times each key's region one-hot scaled by ``2**20``
+  (:func:`_key_table`), onto which the scores are accumulated (:func:`_dot_onto`), instead of testing a bit per pair.
 
 A region listed twice in one routing list counts twice, as in the reference: the gather kernel simply walks it
 twice; the dense kernel, unless told the lists hold distinct regions (``distinct=True``, as ``torch.topk`` gives),
@@ -33,6 +36,8 @@ the index ranges allowed (< 2**21, checked by the caller), which keeps the kerne
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -124,6 +129,38 @@ def _dense_weights(bits, RIDX, row_base, k_reg, k_valid, topk, ROWS_AXIS: tl.con
 
 
 @triton.jit
+def _route_rows(bits, ROUTE_W: tl.constexpr):
+    """The routing masks ``bits`` (int64, one per row) as [rows, ROUTE_W] bfloat16 rows of 0/1 by region, and 1 in
+    the last column: with :func:`_key_table`'s rows, one product gives each pair's additive mask (see
+    :func:`_mask_scores`)."""
+    r = tl.arange(0, ROUTE_W)
+    low_half = r < 32
+    amount = tl.where(low_half, r, r - 32) & 31
+    word = tl.where(low_half[None, :], bits.to(tl.int32)[:, None], (bits >> 32).to(tl.int32)[:, None])
+    bit = tl.where((r < 64)[None, :], (word >> amount[None, :]) & 1, 0)
+    # through float32: Triton's interpreter converts int32 to bfloat16 as 0
+    return tl.where((r == ROUTE_W - 1)[None, :], 1, bit).to(tl.float32).to(tl.bfloat16)
+
+
+@triton.jit
+def _mask_scores(rows, keys, MASK_PRECISION: tl.constexpr):
+    """[rows, keys] float32: 0 where the key's region is in the row's routing list, ``-2**20`` elsewhere (exact: each
+    product sums one ``2**20`` and one ``-2**20`` term, or only the latter); ``exp2`` of a score so shifted is 0."""
+    return _dot(rows, tl.trans(keys), MASK_PRECISION)
+
+
+@triton.jit
+def _dot_onto(a, b, acc, DOT_PRECISION: tl.constexpr):
+    """``acc + a @ b`` as one product accumulated onto ``acc`` (the additive mask of :func:`_mask_scores`): where
+    ``acc`` is 0 the scores are exact; the tensor cores align a sum to its largest term, so adding the mask after the
+    product (which Triton would fuse the other way round, the mask's product onto the scores) would round every
+    score to about 2**-4."""
+    if DOT_PRECISION == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
 def _key_rows(start, n64, q_region, n_keys, RIDX, p2, topk, n_tok, inv_n_tok, BLOCK_N: tl.constexpr,
               DENSE: tl.constexpr):
     """Region and in-region index of keys ``start .. start + BLOCK_N``: all tokens of the image in region-major
@@ -142,7 +179,8 @@ def _key_rows(start, n64, q_region, n_keys, RIDX, p2, topk, n_tok, inv_n_tok, BL
 def _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, bits, row_base, n64, q_region, n_keys, p2, topk,
               n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
               cq, cq_ok, cv, cv_ok, qk_scale,
-              BLOCK_N: tl.constexpr, DENSE: tl.constexpr, COUNT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+              BLOCK_N: tl.constexpr, DENSE: tl.constexpr, COUNT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              KEYTAB, route, ROUTE_W: tl.constexpr, MASK_PRECISION: tl.constexpr):
     for start in range(0, n_keys, BLOCK_N):
         k_reg, k_tok, k_valid = _key_rows(start, n64, q_region, n_keys, RIDX, p2, topk, n_tok, inv_n_tok, BLOCK_N,
                                           DENSE)
@@ -150,11 +188,15 @@ def _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, bits, row_base, n64, q_reg
                     + cq[None, :] * s_kc, mask=k_valid[:, None] & cq_ok[None, :], other=0.0)
         v = tl.load(v_base + _token_offset(k_reg, k_tok, n_win, inv_n_win, h, w, inv_w, s_vh, s_vw)[:, None]
                     + cv[None, :] * s_vc, mask=k_valid[:, None] & cv_ok[None, :], other=0.0)
-        s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale
-        if DENSE:
+        if ROUTE_W > 0:
+            keys = tl.load(KEYTAB + (start + tl.arange(0, BLOCK_N))[:, None] * ROUTE_W + tl.arange(0, ROUTE_W)[None, :])
+            s = _dot_onto(q, tl.trans(k), _mask_scores(route, keys, MASK_PRECISION), DOT_PRECISION) * qk_scale
+        elif DENSE:
+            s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale
             wgt = _dense_weights(bits, RIDX, row_base, k_reg, k_valid, topk, 0, COUNT).to(tl.float32)
             s = tl.where(wgt > 0, s, float("-inf"))
         else:
+            s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale
             s = tl.where(k_valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -171,7 +213,8 @@ def _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, bits, row_base, n64, q_reg
 def _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, bits, row_base, n64, q_region, n_keys, p2, topk,
              n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
              cq, cq_ok, cv, cv_ok, qk_scale,
-             BLOCK_N: tl.constexpr, DENSE: tl.constexpr, COUNT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+             BLOCK_N: tl.constexpr, DENSE: tl.constexpr, COUNT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+             KEYTAB, route, ROUTE_W: tl.constexpr, MASK_PRECISION: tl.constexpr):
     for start in range(0, n_keys, BLOCK_N):
         k_reg, k_tok, k_valid = _key_rows(start, n64, q_region, n_keys, RIDX, p2, topk, n_tok, inv_n_tok, BLOCK_N,
                                           DENSE)
@@ -179,12 +222,16 @@ def _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, bits, row_base, n64, q
                     + cq[None, :] * s_kc, mask=k_valid[:, None] & cq_ok[None, :], other=0.0)
         v = tl.load(v_base + _token_offset(k_reg, k_tok, n_win, inv_n_win, h, w, inv_w, s_vh, s_vw)[:, None]
                     + cv[None, :] * s_vc, mask=k_valid[:, None] & cv_ok[None, :], other=0.0)
-        s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale
+        if ROUTE_W > 0:
+            keys = tl.load(KEYTAB + (start + tl.arange(0, BLOCK_N))[:, None] * ROUTE_W + tl.arange(0, ROUTE_W)[None, :])
+            s = _dot_onto(q, tl.trans(k), _mask_scores(route, keys, MASK_PRECISION), DOT_PRECISION) * qk_scale
+        else:
+            s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale
         p = tl.exp2(s - lse[:, None])
-        if DENSE:
+        if DENSE and ROUTE_W == 0:
             wgt = _dense_weights(bits, RIDX, row_base, k_reg, k_valid, topk, 0, COUNT).to(tl.float32)
             p = tl.where(wgt > 0, p * wgt, 0.0)
-        else:
+        elif not DENSE:
             p = tl.where(k_valid[None, :], p, 0.0)
         dp = _dot(do, tl.trans(v), DOT_PRECISION)
         ds = p * (dp - delta[:, None])
@@ -198,7 +245,7 @@ def _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, bits, row_base, n64, q
 
 @triton.jit
 def _routed_fwd_kernel(
-    Q, K, V, OUT, LSE, RIDX,
+    Q, K, V, OUT, LSE, RIDX, KEYTAB,
     s_qn, s_qh, s_qw, s_qc,
     s_kn, s_kh, s_kw, s_kc,
     s_vn, s_vh, s_vw, s_vc,
@@ -206,6 +253,7 @@ def _routed_fwd_kernel(
     qk_scale, num_heads, n_win, inv_n_win, h, w, inv_w, inv_n_tok, topk, d_qk, d_v,
     DENSE: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, TOPK_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ROUTE_W: tl.constexpr = 0, MASK_PRECISION: tl.constexpr = "tf32",
 ):
     n_tok = h * w
     p2 = n_win * n_win
@@ -242,6 +290,9 @@ def _routed_fwd_kernel(
         bits = 0
         if not COUNT:
             bits = _routing_masks(RIDX, row_base, q_valid, topk, TOPK_PAD)
+    route = 0
+    if ROUTE_W > 0:
+        route = _route_rows(bits, ROUTE_W)
 
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -251,11 +302,13 @@ def _routed_fwd_kernel(
     if DENSE:
         m_i, l_i, acc = _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, bits, row_base, n64, 0, n_keys, p2, topk,
                                   n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw,
-                                  s_vc, cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, True, COUNT, DOT_PRECISION)
+                                  s_vc, cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, True, COUNT, DOT_PRECISION,
+                                  KEYTAB, route, ROUTE_W, MASK_PRECISION)
     else:
         m_i, l_i, acc = _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, 0, 0, n64, q_region, n_keys, p2, topk,
                                   n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw,
-                                  s_vc, cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, False, False, DOT_PRECISION)
+                                  s_vc, cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, False, False, DOT_PRECISION,
+                                  KEYTAB, 0, 0, MASK_PRECISION)
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -271,7 +324,7 @@ def _routed_fwd_kernel(
 
 @triton.jit
 def _routed_bwd_dq_kernel(
-    Q, K, V, OUT, DO, DQ, LSE, DELTA, RIDX, MASKS,
+    Q, K, V, OUT, DO, DQ, LSE, DELTA, RIDX, MASKS, KEYTAB, ROUTES,
     s_qn, s_qh, s_qw, s_qc,
     s_kn, s_kh, s_kw, s_kc,
     s_vn, s_vh, s_vw, s_vc,
@@ -281,6 +334,7 @@ def _routed_bwd_dq_kernel(
     qk_scale, sm_scale, num_heads, n_win, inv_n_win, h, w, inv_w, inv_n_tok, topk, d_qk, d_v,
     DENSE: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, TOPK_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ROUTE_W: tl.constexpr = 0, MASK_PRECISION: tl.constexpr = "tf32",
 ):
     n_tok = h * w
     p2 = n_win * n_win
@@ -327,7 +381,14 @@ def _routed_bwd_dq_kernel(
         if not COUNT:
             bits = _routing_masks(RIDX, row_base, q_valid, topk, TOPK_PAD)
             # Every program of a region writes the same value; the dk/dv kernel reads the masks from here.
-            tl.store(MASKS + n64 * p2 + q_reg, bits, mask=q_valid)
+            if ROUTE_W == 0:
+                tl.store(MASKS + n64 * p2 + q_reg, bits, mask=q_valid)
+    route = 0
+    if ROUTE_W > 0:
+        # the same, as the rows of the mask products (see _mask_scores)
+        route = _route_rows(bits, ROUTE_W)
+        r = tl.arange(0, ROUTE_W)
+        tl.store(ROUTES + (n64 * p2 + q_reg)[:, None] * ROUTE_W + r[None, :], route, mask=q_valid[:, None])
 
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
     k_base = K + n64 * s_kn + head * d_qk * s_kc
@@ -335,11 +396,13 @@ def _routed_bwd_dq_kernel(
     if DENSE:
         dq = _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, bits, row_base, n64, 0, n_keys, p2, topk,
                       n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
-                      cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, True, COUNT, DOT_PRECISION)
+                      cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, True, COUNT, DOT_PRECISION,
+                      KEYTAB, route, ROUTE_W, MASK_PRECISION)
     else:
         dq = _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, 0, 0, n64, q_region, n_keys, p2, topk,
                       n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
-                      cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, False, False, DOT_PRECISION)
+                      cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, False, False, DOT_PRECISION,
+                      KEYTAB, 0, 0, MASK_PRECISION)
 
     dq = dq * sm_scale
     tl.store(DQ + n64 * s_dn + _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_dh, s_dw)[:, None]
@@ -369,11 +432,16 @@ def _inverse_routing_kernel(RIDX, LISTS, COUNTS, n_win, topk, QC: tl.constexpr, 
 
 
 @triton.jit
-def _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION: tl.constexpr):
+def _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION: tl.constexpr,
+                BY_SCORES: tl.constexpr):
     # Flash-attention backward for one (key block, query block) pair, transposed so rows are keys. wgt: [keys,
-    # queries] float32 multiplicity (0 where the pair is not attended).
-    s_t = _dot(k, tl.trans(q), DOT_PRECISION) * qk_scale
-    p_t = tl.where(wgt > 0, tl.exp2(s_t - lse[None, :]) * wgt, 0.0)
+    # queries] float32 multiplicity (0 where the pair is not attended), or with BY_SCORES the pairs' additive mask
+    # (see _mask_scores).
+    if BY_SCORES:
+        p_t = tl.exp2(_dot_onto(k, tl.trans(q), wgt, DOT_PRECISION) * qk_scale - lse[None, :])
+    else:
+        s_t = _dot(k, tl.trans(q), DOT_PRECISION) * qk_scale
+        p_t = tl.where(wgt > 0, tl.exp2(s_t - lse[None, :]) * wgt, 0.0)
     dv += _dot(p_t.to(do.dtype), do, DOT_PRECISION)
     dp_t = _dot(v, tl.trans(do), DOT_PRECISION)
     ds_t = p_t * (dp_t - delta[None, :])
@@ -385,7 +453,8 @@ def _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION: 
 def _dkdv_dense_queries(dk, dv, k, v, k_reg, k_valid, q_base, do_base, LSE, DELTA, RIDX, MASKS, stat_base, n64, p2,
                         topk, n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_qh, s_qw, s_qc, s_gh, s_gw, s_gc,
                         cq, cq_ok, cv, cv_ok, qk_scale,
-                        BLOCK_M: tl.constexpr, COUNT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                        BLOCK_M: tl.constexpr, COUNT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                        keys, ROUTES, ROUTE_W: tl.constexpr, MASK_PRECISION: tl.constexpr):
     for start in range(0, p2 * n_tok, BLOCK_M):
         qq = start + tl.arange(0, BLOCK_M)
         q_valid = qq < p2 * n_tok
@@ -394,21 +463,30 @@ def _dkdv_dense_queries(dk, dv, k, v, k_reg, k_valid, q_base, do_base, LSE, DELT
                     + cq[None, :] * s_qc, mask=q_valid[:, None] & cq_ok[None, :], other=0.0)
         do = tl.load(do_base + _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_gh, s_gw)[:, None]
                      + cv[None, :] * s_gc, mask=q_valid[:, None] & cv_ok[None, :], other=0.0)
-        lse = tl.load(LSE + stat_base + qq, mask=q_valid, other=0.0)
         delta = tl.load(DELTA + stat_base + qq, mask=q_valid, other=0.0)
-        bits = 0
-        if not COUNT:
-            bits = tl.load(MASKS + n64 * p2 + q_reg, mask=q_valid, other=0)
-        row_base = tl.where(q_valid, (n64 * p2 + q_reg) * topk, 0)
-        wgt = _dense_weights(bits, RIDX, row_base, k_reg, k_valid, topk, 1, COUNT)
-        wgt = tl.where(q_valid[None, :], wgt, 0).to(tl.float32)
-        dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION)
+        if ROUTE_W > 0:
+            # padded queries: an infinite lse makes their probabilities 0
+            lse = tl.load(LSE + stat_base + qq, mask=q_valid, other=float("inf"))
+            r = tl.arange(0, ROUTE_W)
+            route = tl.load(ROUTES + (n64 * p2 + q_reg)[:, None] * ROUTE_W + r[None, :], mask=q_valid[:, None],
+                            other=0.0)
+            dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse, delta, _mask_scores(keys, route, MASK_PRECISION),
+                                  qk_scale, DOT_PRECISION, True)
+        else:
+            lse = tl.load(LSE + stat_base + qq, mask=q_valid, other=0.0)
+            bits = 0
+            if not COUNT:
+                bits = tl.load(MASKS + n64 * p2 + q_reg, mask=q_valid, other=0)
+            row_base = tl.where(q_valid, (n64 * p2 + q_reg) * topk, 0)
+            wgt = _dense_weights(bits, RIDX, row_base, k_reg, k_valid, topk, 1, COUNT)
+            wgt = tl.where(q_valid[None, :], wgt, 0).to(tl.float32)
+            dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION, False)
     return dk, dv
 
 
 @triton.jit
 def _routed_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, RIDX, MASKS, LISTS, COUNTS,
+    Q, K, V, DO, DK, DV, LSE, DELTA, RIDX, MASKS, LISTS, COUNTS, KEYTAB, ROUTES,
     s_qn, s_qh, s_qw, s_qc,
     s_kn, s_kh, s_kw, s_kc,
     s_vn, s_vh, s_vw, s_vc,
@@ -418,6 +496,7 @@ def _routed_bwd_dkdv_kernel(
     qk_scale, sm_scale, num_heads, n_win, inv_n_win, h, w, inv_w, inv_n_tok, topk, d_qk, d_v,
     DENSE: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ROUTE_W: tl.constexpr = 0, MASK_PRECISION: tl.constexpr = "tf32",
 ):
     n_tok = h * w
     p2 = n_win * n_win
@@ -457,10 +536,13 @@ def _routed_bwd_dkdv_kernel(
     do_base = DO + n64 * s_gn + head * d_v * s_gc
     stat_base = (n64 * num_heads + head) * (p2 * n_tok)
     if DENSE:
+        keys = 0
+        if ROUTE_W > 0:
+            keys = tl.load(KEYTAB + kk[:, None] * ROUTE_W + tl.arange(0, ROUTE_W)[None, :])
         dk, dv = _dkdv_dense_queries(dk, dv, k, v, k_reg, k_valid, q_base, do_base, LSE, DELTA, RIDX, MASKS,
                                      stat_base, n64, p2, topk, n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok,
                                      s_qh, s_qw, s_qc, s_gh, s_gw, s_gc, cq, cq_ok, cv, cv_ok, qk_scale,
-                                     BLOCK_M, COUNT, DOT_PRECISION)
+                                     BLOCK_M, COUNT, DOT_PRECISION, keys, ROUTES, ROUTE_W, MASK_PRECISION)
     else:
         list_base = (n64 * p2 + k_region) * p2
         n_entries = tl.load(COUNTS + n64 * p2 + k_region)
@@ -480,7 +562,7 @@ def _routed_bwd_dkdv_kernel(
                 lse = tl.load(LSE + stat_base + qq, mask=q_valid, other=0.0)
                 delta = tl.load(DELTA + stat_base + qq, mask=q_valid, other=0.0)
                 wgt = tl.where(q_valid[None, :] & (kk >= 0)[:, None], mult, 0.0)
-                dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION)
+                dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION, False)
 
     dk = dk * sm_scale
     tl.store(DK + n64 * s_dkn + _token_offset(k_reg, k_tok, n_win, inv_n_win, h, w, inv_w, s_dkh, s_dkw)[:, None]
@@ -511,16 +593,19 @@ def choose_mode(n_win: int, h: int, w: int, topk: int) -> str:
 # and two stages 0.045 ms, 32 keys and one stage 0.041 (sweep of 2026-11-29 18:30 UTC, CUDA-graph kernel times).
 CONFIGS: dict[tuple[str, str], dict[str, int]] = {
     ("fwd", "gather"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
-    ("fwd", "dense"): dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=1),
+    ("fwd", "dense"): dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=2),
     ("dq", "gather"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
-    ("dq", "dense"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
+    ("dq", "dense"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
     ("dkdv", "gather"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1),
-    ("dkdv", "dense"): dict(BLOCK_M=32, BLOCK_N=32, num_warps=1, num_stages=2),
+    ("dkdv", "dense"): dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=1),
 }
-# Dense mode (stage 2, B64 14x14 C256 8 heads, topk 16), CUDA-graph kernel time (2026-11-30 03:18-03:25 UTC): the
-# forward on 128-query blocks 0.038 ms against 0.042 on 64 (82 (block, warps, stages) combinations tried); dk/dv on
-# one-warp programs of 32 keys, walking 32 queries per step with two stages, takes the backward from 0.121 to 0.108 ms
-# (dq's best alternative gained 1%, not changed).
+# Dense mode (stage 2, B64 14x14 C256 8 heads, topk 16), CUDA-graph kernel time. 2026-11-30 03:18-03:25 UTC, masks
+# from the bits: the forward on 128-query blocks 0.038 ms against 0.042 on 64 (82 (block, warps, stages) combinations
+# tried); dk/dv on one-warp programs of 32 keys, walking 32 queries per step with two stages, took the backward from
+# 0.121 to 0.108 ms. 06:20, masks by product (_mask_scores, lists of distinct regions; sm_90 loop of the forward 602
+# -> 347 instructions, dq 295 -> 165, dk/dv 790 -> 645): at the launches above forward 0.0377 ms (bits) -> 0.0362
+# (two stages; 0.0431 at one), backward with dq on 64-key steps at two stages 0.1079 -> 0.1001 (dk/dv at the former
+# launch), with dk/dv on 4-warp programs of 64 keys 0.1008 (dq at the former launch); 16, 24 and 54 launches tried.
 # Gather mode with regions of at most 16 tokens (BiFormer-S stage 1: 4x4 regions, topk 4), where a program's tile is
 # one region's 16 rows: one warp per program (the same sweep: forward 0.052 -> 0.029 ms; backward dq 0.170 -> 0.159
 # and dk/dv 0.170 -> 0.119 ms of the two kernels' sum, each measured with the other at the general configuration).
@@ -544,6 +629,27 @@ def _config(kernel: str, mode: str, n_tok: int, n_keys: int, head_dim: int) -> d
         else:
             cfg["BLOCK_N"] = min(cfg["BLOCK_N"], region_rows)
     return cfg
+
+
+_MASK_BIG = 2.0**20  # the additive mask of a pair outside the routing list (see _mask_scores)
+
+
+def _route_width(mode: str, distinct: bool, p2: int) -> int:
+    """Columns of the mask products (``ROUTE_W``): in dense mode with lists of distinct regions, one per region and
+    one constant column, padded to a power of two; 0 (masks from the bits, per pair) otherwise."""
+    return max(16, _next_pow2(p2 + 1)) if mode == "dense" and distinct else 0
+
+
+@functools.lru_cache(maxsize=64)
+def _key_table(p2: int, n_tok: int, route_w: int, device: torch.device) -> torch.Tensor:
+    """Row ``t`` (a token in region-major order): ``2**20`` in its region's column, ``-2**20`` in the last; rows
+    padded to whole 128-key blocks, which only the last column fills (padded keys are masked)."""
+    n_keys = p2 * n_tok
+    table = torch.zeros(_cdiv(n_keys, 128) * 128, route_w)
+    table[:, -1] = -_MASK_BIG
+    t = torch.arange(n_keys)
+    table[t, t // n_tok] = _MASK_BIG
+    return table.to(device=device, dtype=torch.bfloat16)
 
 
 class _Geometry:
@@ -585,13 +691,15 @@ def routed_attention_fwd(
     cfg = _config("fwd", mode, g.n_tok, g.topk * g.n_tok, max(g.d_qk, g.d_v))
     bm = cfg.pop("BLOCK_M")
     rows = _cdiv(g.p2 * g.n_tok, bm) if mode == "dense" else g.p2 * _cdiv(g.n_tok, bm)
+    route_w = _route_width(mode, distinct, g.p2)
+    keytab = _key_table(g.p2, g.n_tok, route_w, q.device) if route_w else ridx
     _routed_fwd_kernel[(g.n * rows * num_heads,)](
-        q, k, v, out, lse, ridx,
+        q, k, v, out, lse, ridx, keytab,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         scale * _LOG2E, *g.scalars,
         DENSE=mode == "dense", COUNT=not distinct, BLOCK_M=bm, BLOCK_DQK=_head_block(g.d_qk),
         BLOCK_DV=_head_block(g.d_v), TOPK_PAD=_next_pow2(g.topk), DOT_PRECISION=_dot_precision(q.dtype),
-        **cfg,
+        ROUTE_W=route_w, MASK_PRECISION=_dot_precision(torch.bfloat16), **cfg,
     )
     return out, lse
 
@@ -620,6 +728,11 @@ def routed_attention_bwd(
     dv = new_output(tuple(v.shape), v.dtype, v.device)
     delta = new_output((g.n, num_heads, g.hh * g.ww), torch.float32, q.device)
     topk_pad = _next_pow2(g.topk)
+    route_w = _route_width(mode, distinct, g.p2)
+    keytab = routes = ridx  # placeholders, never read without route_w
+    if route_w:
+        keytab = _key_table(g.p2, g.n_tok, route_w, q.device)
+        routes = new_output((g.n, g.p2, route_w), torch.bfloat16, q.device)
     if dense:
         masks = new_output((g.n, g.p2), torch.int64, q.device)
         lists = counts = masks
@@ -631,7 +744,7 @@ def routed_attention_bwd(
         _inverse_routing_kernel[(g.n * g.p2,)](ridx, lists, counts, n_win, g.topk, QC=qc, TOPK_PAD=topk_pad)
     common = dict(
         DENSE=dense, COUNT=not distinct, BLOCK_DQK=_head_block(g.d_qk), BLOCK_DV=_head_block(g.d_v),
-        DOT_PRECISION=_dot_precision(q.dtype),
+        DOT_PRECISION=_dot_precision(q.dtype), ROUTE_W=route_w, MASK_PRECISION=_dot_precision(torch.bfloat16),
     )
     scalars = (scale * _LOG2E, scale, *g.scalars)
 
@@ -639,7 +752,7 @@ def routed_attention_bwd(
     bm = cfg.pop("BLOCK_M")
     rows = _cdiv(g.p2 * g.n_tok, bm) if dense else g.p2 * _cdiv(g.n_tok, bm)
     _routed_bwd_dq_kernel[(g.n * rows * num_heads,)](
-        q, k, v, out, grad_out, dq, lse, delta, ridx, masks,
+        q, k, v, out, grad_out, dq, lse, delta, ridx, masks, keytab, routes,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *grad_out.stride(), *dq.stride(),
         *scalars, BLOCK_M=bm, TOPK_PAD=topk_pad, **common, **cfg,
     )
@@ -648,7 +761,7 @@ def routed_attention_bwd(
     bn = cfg.pop("BLOCK_N")
     cols = _cdiv(g.p2 * g.n_tok, bn) if dense else g.p2 * _cdiv(g.n_tok, bn)
     _routed_bwd_dkdv_kernel[(g.n * cols * num_heads,)](
-        q, k, v, grad_out, dk, dv, lse, delta, ridx, masks, lists, counts,
+        q, k, v, grad_out, dk, dv, lse, delta, ridx, masks, lists, counts, keytab, routes,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
         *scalars, BLOCK_N=bn, **common, **cfg,
     )
