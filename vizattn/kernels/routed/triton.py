@@ -25,7 +25,7 @@ A region listed twice in one routing list counts twice, as in the reference: the
 twice; the dense kernel, unless told the lists hold distinct regions (``distinct=True``, as ``torch.topk`` gives),
 weights each key by its region's count in the list, counted from ``r_idx`` (a slower compilation of the kernel).
 
-Backward: ``dq`` by a kernel shaped like the forward (it also writes ``delta``, and in dense mode the routing masks);
+Backward: ``dq`` by a kernel shaped like the forward (it also writes ``delta``, and in dense mode the routing rows);
 ``dk``/``dv`` by a kernel that owns a block of key tokens and walks the query blocks that attend to it, so every
 gradient element is written once, by one program: deterministic, no float32 scratch, no atomics. In gather mode the
 query regions that chose a key region come from an inverse routing list (per key region, the query regions and their
@@ -94,36 +94,22 @@ def _routing_masks(RIDX, row_base, rows_valid, topk, TOPK_PAD: tl.constexpr):
 
 
 @triton.jit
-def _dense_weights(bits, RIDX, row_base, k_reg, k_valid, topk, ROWS_AXIS: tl.constexpr, COUNT: tl.constexpr):
-    """Multiplicity of key region ``k_reg`` in each row's routing list as int32, shaped [rows, keys] when
-    ``ROWS_AXIS == 0`` and [keys, rows] when 1: read off the masks (lists of distinct regions), or counted from
-    ``r_idx`` (``COUNT``: lists that may repeat a region). ``COUNT`` is a separate compilation because the counting
-    loop costs the mask path about 100 registers even when not taken."""
+def _dense_weights(RIDX, row_base, k_reg, k_valid, topk, ROWS_AXIS: tl.constexpr):
+    """Multiplicity of key region ``k_reg`` in each row's routing list, counted from ``r_idx`` (lists that may repeat
+    a region), as int32 shaped [rows, keys] when ``ROWS_AXIS == 0`` and [keys, rows] when 1. Lists of distinct regions
+    take the mask products instead (:func:`_mask_scores`)."""
     k_reg = tl.where(k_valid, k_reg, 0)
-    if COUNT:
-        if ROWS_AXIS == 0:
-            wgt = (k_reg[None, :] < 0).to(tl.int32) + (row_base[:, None] < 0).to(tl.int32)
-            for t in range(topk):
-                sel = tl.load(RIDX + row_base + t)
-                wgt += (sel[:, None] == k_reg[None, :]).to(tl.int32)
-        else:
-            wgt = (k_reg[:, None] < 0).to(tl.int32) + (row_base[None, :] < 0).to(tl.int32)
-            for t in range(topk):
-                sel = tl.load(RIDX + row_base + t)
-                wgt += (sel[None, :] == k_reg[:, None]).to(tl.int32)
-    else:
-        # 32-bit halves of the mask: per-element int64 shifts would double the registers of the tile.
-        lo = bits.to(tl.int32)
-        hi = (bits >> 32).to(tl.int32)
-        low_half = k_reg < 32
-        amount = tl.where(low_half, k_reg, k_reg - 32)
-        if ROWS_AXIS == 0:
-            wgt = (tl.where(low_half[None, :], lo[:, None], hi[:, None]) >> amount[None, :]) & 1
-        else:
-            wgt = (tl.where(low_half[:, None], lo[None, :], hi[None, :]) >> amount[:, None]) & 1
     if ROWS_AXIS == 0:
+        wgt = (k_reg[None, :] < 0).to(tl.int32) + (row_base[:, None] < 0).to(tl.int32)
+        for t in range(topk):
+            sel = tl.load(RIDX + row_base + t)
+            wgt += (sel[:, None] == k_reg[None, :]).to(tl.int32)
         wgt = tl.where(k_valid[None, :], wgt, 0)
     else:
+        wgt = (k_reg[:, None] < 0).to(tl.int32) + (row_base[None, :] < 0).to(tl.int32)
+        for t in range(topk):
+            sel = tl.load(RIDX + row_base + t)
+            wgt += (sel[None, :] == k_reg[:, None]).to(tl.int32)
         wgt = tl.where(k_valid[:, None], wgt, 0)
     return wgt
 
@@ -176,7 +162,7 @@ def _key_rows(start, n64, q_region, n_keys, RIDX, p2, topk, n_tok, inv_n_tok, BL
 
 
 @triton.jit
-def _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, bits, row_base, n64, q_region, n_keys, p2, topk,
+def _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, row_base, n64, q_region, n_keys, p2, topk,
               n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
               cq, cq_ok, cv, cv_ok, qk_scale,
               BLOCK_N: tl.constexpr, DENSE: tl.constexpr, COUNT: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -191,9 +177,9 @@ def _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, bits, row_base, n64, q_reg
         if ROUTE_W > 0:
             keys = tl.load(KEYTAB + (start + tl.arange(0, BLOCK_N))[:, None] * ROUTE_W + tl.arange(0, ROUTE_W)[None, :])
             s = _dot_onto(q, tl.trans(k), _mask_scores(route, keys, MASK_PRECISION), DOT_PRECISION) * qk_scale
-        elif DENSE:
+        elif DENSE:  # lists that may repeat a region
             s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale
-            wgt = _dense_weights(bits, RIDX, row_base, k_reg, k_valid, topk, 0, COUNT).to(tl.float32)
+            wgt = _dense_weights(RIDX, row_base, k_reg, k_valid, topk, 0).to(tl.float32)
             s = tl.where(wgt > 0, s, float("-inf"))
         else:
             s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale
@@ -210,7 +196,7 @@ def _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, bits, row_base, n64, q_reg
 
 
 @triton.jit
-def _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, bits, row_base, n64, q_region, n_keys, p2, topk,
+def _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, row_base, n64, q_region, n_keys, p2, topk,
              n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
              cq, cq_ok, cv, cv_ok, qk_scale,
              BLOCK_N: tl.constexpr, DENSE: tl.constexpr, COUNT: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -228,8 +214,8 @@ def _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, bits, row_base, n64, q
         else:
             s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale
         p = tl.exp2(s - lse[:, None])
-        if DENSE and ROUTE_W == 0:
-            wgt = _dense_weights(bits, RIDX, row_base, k_reg, k_valid, topk, 0, COUNT).to(tl.float32)
+        if DENSE and ROUTE_W == 0:  # lists that may repeat a region
+            wgt = _dense_weights(RIDX, row_base, k_reg, k_valid, topk, 0).to(tl.float32)
             p = tl.where(wgt > 0, p * wgt, 0.0)
         elif not DENSE:
             p = tl.where(k_valid[None, :], p, 0.0)
@@ -287,12 +273,9 @@ def _routed_fwd_kernel(
                 mask=q_valid[:, None] & cq_ok[None, :], other=0.0)
     if DENSE:
         row_base = tl.where(q_valid, (n64 * p2 + q_reg) * topk, 0)
-        bits = 0
-        if not COUNT:
-            bits = _routing_masks(RIDX, row_base, q_valid, topk, TOPK_PAD)
     route = 0
     if ROUTE_W > 0:
-        route = _route_rows(bits, ROUTE_W)
+        route = _route_rows(_routing_masks(RIDX, row_base, q_valid, topk, TOPK_PAD), ROUTE_W)
 
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -300,12 +283,12 @@ def _routed_fwd_kernel(
     k_base = K + n64 * s_kn + head * d_qk * s_kc
     v_base = V + n64 * s_vn + head * d_v * s_vc
     if DENSE:
-        m_i, l_i, acc = _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, bits, row_base, n64, 0, n_keys, p2, topk,
+        m_i, l_i, acc = _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, row_base, n64, 0, n_keys, p2, topk,
                                   n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw,
                                   s_vc, cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, True, COUNT, DOT_PRECISION,
                                   KEYTAB, route, ROUTE_W, MASK_PRECISION)
     else:
-        m_i, l_i, acc = _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, 0, 0, n64, q_region, n_keys, p2, topk,
+        m_i, l_i, acc = _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, 0, n64, q_region, n_keys, p2, topk,
                                   n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw,
                                   s_vc, cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, False, False, DOT_PRECISION,
                                   KEYTAB, 0, 0, MASK_PRECISION)
@@ -324,7 +307,7 @@ def _routed_fwd_kernel(
 
 @triton.jit
 def _routed_bwd_dq_kernel(
-    Q, K, V, OUT, DO, DQ, LSE, DELTA, RIDX, MASKS, KEYTAB, ROUTES,
+    Q, K, V, OUT, DO, DQ, LSE, DELTA, RIDX, KEYTAB, ROUTES,
     s_qn, s_qh, s_qw, s_qc,
     s_kn, s_kh, s_kw, s_kc,
     s_vn, s_vh, s_vw, s_vc,
@@ -377,16 +360,10 @@ def _routed_bwd_dq_kernel(
     lse = tl.load(LSE + stat, mask=q_valid, other=0.0)
     if DENSE:
         row_base = tl.where(q_valid, (n64 * p2 + q_reg) * topk, 0)
-        bits = 0
-        if not COUNT:
-            bits = _routing_masks(RIDX, row_base, q_valid, topk, TOPK_PAD)
-            # Every program of a region writes the same value; the dk/dv kernel reads the masks from here.
-            if ROUTE_W == 0:
-                tl.store(MASKS + n64 * p2 + q_reg, bits, mask=q_valid)
     route = 0
     if ROUTE_W > 0:
-        # the same, as the rows of the mask products (see _mask_scores)
-        route = _route_rows(bits, ROUTE_W)
+        route = _route_rows(_routing_masks(RIDX, row_base, q_valid, topk, TOPK_PAD), ROUTE_W)
+        # Every program of a region writes the same row; the dk/dv kernel reads them from here.
         r = tl.arange(0, ROUTE_W)
         tl.store(ROUTES + (n64 * p2 + q_reg)[:, None] * ROUTE_W + r[None, :], route, mask=q_valid[:, None])
 
@@ -394,12 +371,12 @@ def _routed_bwd_dq_kernel(
     k_base = K + n64 * s_kn + head * d_qk * s_kc
     v_base = V + n64 * s_vn + head * d_v * s_vc
     if DENSE:
-        dq = _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, bits, row_base, n64, 0, n_keys, p2, topk,
+        dq = _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, row_base, n64, 0, n_keys, p2, topk,
                       n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
                       cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, True, COUNT, DOT_PRECISION,
                       KEYTAB, route, ROUTE_W, MASK_PRECISION)
     else:
-        dq = _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, 0, 0, n64, q_region, n_keys, p2, topk,
+        dq = _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, 0, n64, q_region, n_keys, p2, topk,
                       n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
                       cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, False, False, DOT_PRECISION,
                       KEYTAB, 0, 0, MASK_PRECISION)
@@ -450,11 +427,11 @@ def _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION: 
 
 
 @triton.jit
-def _dkdv_dense_queries(dk, dv, k, v, k_reg, k_valid, q_base, do_base, LSE, DELTA, RIDX, MASKS, stat_base, n64, p2,
+def _dkdv_dense_queries(dk, dv, k, v, k_reg, k_valid, q_base, do_base, LSE, DELTA, RIDX, stat_base, n64, p2,
                         topk, n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_qh, s_qw, s_qc, s_gh, s_gw, s_gc,
                         cq, cq_ok, cv, cv_ok, qk_scale,
-                        BLOCK_M: tl.constexpr, COUNT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                        keys, ROUTES, ROUTE_W: tl.constexpr, MASK_PRECISION: tl.constexpr):
+                        BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr, keys, ROUTES, ROUTE_W: tl.constexpr,
+                        MASK_PRECISION: tl.constexpr):
     for start in range(0, p2 * n_tok, BLOCK_M):
         qq = start + tl.arange(0, BLOCK_M)
         q_valid = qq < p2 * n_tok
@@ -472,13 +449,10 @@ def _dkdv_dense_queries(dk, dv, k, v, k_reg, k_valid, q_base, do_base, LSE, DELT
                             other=0.0)
             dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse, delta, _mask_scores(keys, route, MASK_PRECISION),
                                   qk_scale, DOT_PRECISION, True)
-        else:
+        else:  # lists that may repeat a region
             lse = tl.load(LSE + stat_base + qq, mask=q_valid, other=0.0)
-            bits = 0
-            if not COUNT:
-                bits = tl.load(MASKS + n64 * p2 + q_reg, mask=q_valid, other=0)
             row_base = tl.where(q_valid, (n64 * p2 + q_reg) * topk, 0)
-            wgt = _dense_weights(bits, RIDX, row_base, k_reg, k_valid, topk, 1, COUNT)
+            wgt = _dense_weights(RIDX, row_base, k_reg, k_valid, topk, 1)
             wgt = tl.where(q_valid[None, :], wgt, 0).to(tl.float32)
             dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION, False)
     return dk, dv
@@ -486,7 +460,7 @@ def _dkdv_dense_queries(dk, dv, k, v, k_reg, k_valid, q_base, do_base, LSE, DELT
 
 @triton.jit
 def _routed_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, RIDX, MASKS, LISTS, COUNTS, KEYTAB, ROUTES,
+    Q, K, V, DO, DK, DV, LSE, DELTA, RIDX, LISTS, COUNTS, KEYTAB, ROUTES,
     s_qn, s_qh, s_qw, s_qc,
     s_kn, s_kh, s_kw, s_kc,
     s_vn, s_vh, s_vw, s_vc,
@@ -539,10 +513,10 @@ def _routed_bwd_dkdv_kernel(
         keys = 0
         if ROUTE_W > 0:
             keys = tl.load(KEYTAB + kk[:, None] * ROUTE_W + tl.arange(0, ROUTE_W)[None, :])
-        dk, dv = _dkdv_dense_queries(dk, dv, k, v, k_reg, k_valid, q_base, do_base, LSE, DELTA, RIDX, MASKS,
+        dk, dv = _dkdv_dense_queries(dk, dv, k, v, k_reg, k_valid, q_base, do_base, LSE, DELTA, RIDX,
                                      stat_base, n64, p2, topk, n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok,
                                      s_qh, s_qw, s_qc, s_gh, s_gw, s_gc, cq, cq_ok, cv, cv_ok, qk_scale,
-                                     BLOCK_M, COUNT, DOT_PRECISION, keys, ROUTES, ROUTE_W, MASK_PRECISION)
+                                     BLOCK_M, DOT_PRECISION, keys, ROUTES, ROUTE_W, MASK_PRECISION)
     else:
         list_base = (n64 * p2 + k_region) * p2
         n_entries = tl.load(COUNTS + n64 * p2 + k_region)
@@ -636,7 +610,8 @@ _MASK_BIG = 2.0**20  # the additive mask of a pair outside the routing list (see
 
 def _route_width(mode: str, distinct: bool, p2: int) -> int:
     """Columns of the mask products (``ROUTE_W``): in dense mode with lists of distinct regions, one per region and
-    one constant column, padded to a power of two; 0 (masks from the bits, per pair) otherwise."""
+    one constant column, padded to a power of two; 0 otherwise (gather mode; dense mode counting repeated regions per
+    pair)."""
     return max(16, _next_pow2(p2 + 1)) if mode == "dense" and distinct else 0
 
 
@@ -734,10 +709,8 @@ def routed_attention_bwd(
         keytab = _key_table(g.p2, g.n_tok, route_w, q.device)
         routes = new_output((g.n, g.p2, route_w), torch.bfloat16, q.device)
     if dense:
-        masks = new_output((g.n, g.p2), torch.int64, q.device)
-        lists = counts = masks
+        lists = counts = ridx  # placeholders, never read
     else:
-        masks = ridx
         lists = new_output((g.n, g.p2, g.p2), torch.int32, q.device)
         counts = new_output((g.n, g.p2), torch.int32, q.device)
         qc = max(1, min(64, _next_pow2(g.p2), 2048 // topk_pad))
@@ -752,7 +725,7 @@ def routed_attention_bwd(
     bm = cfg.pop("BLOCK_M")
     rows = _cdiv(g.p2 * g.n_tok, bm) if dense else g.p2 * _cdiv(g.n_tok, bm)
     _routed_bwd_dq_kernel[(g.n * rows * num_heads,)](
-        q, k, v, out, grad_out, dq, lse, delta, ridx, masks, keytab, routes,
+        q, k, v, out, grad_out, dq, lse, delta, ridx, keytab, routes,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *grad_out.stride(), *dq.stride(),
         *scalars, BLOCK_M=bm, TOPK_PAD=topk_pad, **common, **cfg,
     )
@@ -761,7 +734,7 @@ def routed_attention_bwd(
     bn = cfg.pop("BLOCK_N")
     cols = _cdiv(g.p2 * g.n_tok, bn) if dense else g.p2 * _cdiv(g.n_tok, bn)
     _routed_bwd_dkdv_kernel[(g.n * cols * num_heads,)](
-        q, k, v, grad_out, dk, dv, lse, delta, ridx, masks, lists, counts, keytab, routes,
+        q, k, v, grad_out, dk, dv, lse, delta, ridx, lists, counts, keytab, routes,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
         *scalars, BLOCK_N=bn, **common, **cfg,
     )
