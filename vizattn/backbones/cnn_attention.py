@@ -105,9 +105,10 @@ class AttentionResNet(_FourLevels, ResNet):
 
     @property
     def stages(self) -> nn.ModuleList:
-        """``layer1``..``layer4`` (empty ones, left by pruning, excluded)."""
+        """``layer1``..``layer4`` (the ones pruning left empty, or replaced by ``nn.Identity`` as timm 1.0.29 does,
+        excluded)."""
         layers = [getattr(self, f"layer{i}") for i in range(1, 5)]
-        return nn.ModuleList(layer for layer in layers if len(layer))
+        return nn.ModuleList(layer for layer in layers if not isinstance(layer, nn.Identity) and len(layer))
 
 
 class AttentionMobileNet(_FourLevels, EfficientNet):
