@@ -118,7 +118,9 @@ import torch.nn.functional as F
 
 HBM_BYTES_PER_S = 4.3e12
 CHECK_TOL = 2e-2  # relative L2 error of a bf16 kernel against the float32 definition (bf16 rounding alone: ~4e-3)
-FB_OVER_F_TARGET = 4.0  # every vizattn kernel: forward+backward within 4x its forward
+# forward+backward within this many times the forward: issue 3 asks 3x of routed attention, issues 4, 7 and 8 ask 4x
+FB_OVER_F_TARGETS = {"routed": 3.0}
+FB_OVER_F_DEFAULT = 4.0
 
 # (name, batch, H, W, channels, heads, n_win, topk): BiFormer-S stages 0-2 at 224 px, batch 64 (PERFORMANCE.md).
 ROUTED_SHAPES = [
@@ -351,9 +353,11 @@ def _targets_into(row: dict, group: str) -> None:
         for suffix, measured in (("", row.get(f"{key}_ms")), ("_kern", row.get(f"{key}_kernel_ms"))):
             if measured is not None:
                 row[f"target_{key}{suffix}_ok"] = measured <= target
-    f, fb = row.get("fwd_ms"), row.get("fwdbwd_ms")
-    if f and fb is not None:
-        row["target_fb_over_f_ok"] = fb / f <= FB_OVER_F_TARGET
+    row["target_fb_over_f"] = limit = FB_OVER_F_TARGETS.get(group, FB_OVER_F_DEFAULT)
+    for suffix, kind in (("", "ms"), ("_kern", "kernel_ms")):
+        f, fb = row.get(f"fwd_{kind}"), row.get(f"fwdbwd_{kind}")
+        if f and fb is not None:
+            row[f"target_fb_over_f{suffix}_ok"] = fb / f <= limit
 
 
 def _run_shapes(group: str, shapes: list[tuple], bench_shape: Callable[..., list[dict]], dev: torch.device,
@@ -1287,7 +1291,9 @@ def _notes(r: dict) -> str:
                 kern = "" if kern is None else f" (kern {'ok' if kern else 'MISS'})"
                 notes.append(f"{label}<={r[f'target_{key}_ms']} {'ok' if r[f'target_{key}_ok'] else 'MISS'}{kern}")
         if "target_fb_over_f_ok" in r:
-            notes.append(f"fb/f<={FB_OVER_F_TARGET:g} {'ok' if r['target_fb_over_f_ok'] else 'MISS'}")
+            kern = r.get("target_fb_over_f_kern_ok")
+            kern = "" if kern is None else f" (kern {'ok' if kern else 'MISS'})"
+            notes.append(f"fb/f<={r['target_fb_over_f']:g} {'ok' if r['target_fb_over_f_ok'] else 'MISS'}{kern}")
     if r.get("rpb") and r.get("fwdbwd_grads") == "q,k,v":
         notes.append("no rpb grad")
     if "out_layout" in r and r.get("input_layout") != r["out_layout"]:
