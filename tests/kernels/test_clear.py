@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_checks import ATTN_TOL, DEVICE, DTYPES, ON_GPU, count_device_calls, rel_errors
+from kernel_checks import ATTN_TOL, DEVICE, DTYPES, ON_GPU, rel_errors
 
 from vizattn.kernels.clear import clear_attention
 from vizattn.kernels.clear.reference import circle_mask, clear_attention_reference
@@ -232,37 +232,6 @@ def test_triton_gradients_match_reference_for_any_tile(hh, ww, r, m, tile, split
         if theirs.numel():
             l2, mx = rel_errors(ours, theirs)
             assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
-
-
-ROWS_CASES = [  # (H, W, r, M, tile): the forward by whole halo rows (opt-in, ROWS_LOOP)
-    (7, 45, 5, 3, (2, 32)),  # a 40-key halo row padded to 64: steps of 4 rows (2 under CUDA), the last one clamped
-    (13, 11, 3, 0, (8, 8)),  # halos clipped to the map, no extra tokens
-    (9, 13, 4, 2, (3, 5)),  # odd tiles
-]
-
-
-@pytest.mark.parametrize("hh,ww,r,m,tile", ROWS_CASES, ids=[f"{c[0]}x{c[1]}-r{c[2]}-M{c[3]}" for c in ROWS_CASES])
-def test_triton_forward_by_halo_rows_matches_reference(monkeypatch, hh, ww, r, m, tile):
-    """The circle in the row-by-row forward loop: padded columns and the clamped rows of a last partial step hold
-    keys that may lie in the disc and must be masked; the output and logsumexp equal the flat loop's."""
-    from vizattn.kernels._halo2d import triton as halo
-    from vizattn.kernels.clear import triton as kernels
-
-    calls = count_device_calls(monkeypatch, halo, "_halo_rows_fwd")
-    g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(2, hh, ww, 2, 16, generator=g).to(DEVICE) for _ in range(3))
-    ek, ev = (torch.randn(2, m, 2, 16, generator=g).to(DEVICE) for _ in range(2))
-    flat, flat_lse = kernels.clear_fwd(q, k, v, ek, ev, r, 0.3, tile=tile)
-    assert not calls
-    monkeypatch.setattr(kernels, "ROWS_LOOP", True)
-    out, lse = kernels.clear_fwd(q, k, v, ek, ev, r, 0.3, tile=tile)
-    assert ON_GPU or calls
-    ref = clear_attention_reference(*(t.double() for t in (q, k, v)), r, ek.double(), ev.double(), 0.3)
-    l2_tol, max_tol = ATTN_TOL[torch.float32]
-    l2, mx = rel_errors(out, ref)
-    assert l2 < l2_tol and mx < max_tol, f"rel L2 {l2:.2e}, rel max {mx:.2e}"
-    torch.testing.assert_close(out, flat, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(lse, flat_lse, rtol=1e-5, atol=1e-5)
 
 
 SPLIT_CASES = [  # (head_dim of q/k, of v, M, dtype): the kernels split q/k and v independently (head_split)

@@ -15,10 +15,9 @@ softmax in float32. The constexpr ``CIRCLE`` picks the per-pair mask:
   step holds at least one such row (:func:`_halo_rows_fwd`): the key columns, their part of the addresses and the
   W-axis window test are then computed once, and a step only adds its rows' (the sm_90 loop of the NA forward at
   head dim 32 falls from 403 to 252 instructions per step). NA's dq kernel walks rows too
-  (``vizattn.kernels.na2d.triton.DQ_ROWS``), and so can the circle's forward (its squared column offsets computed
-  once; opt-in, ``vizattn.kernels.clear.triton.ROWS_LOOP``, measured slower); all share the walk
-  (:func:`_rows_setup`, :func:`_rows_step`).
-  The other kernels walk flat chunks of the halo;
+  (``vizattn.kernels.na2d.triton.DQ_ROWS``); both share the walk (:func:`_rows_setup`, :func:`_rows_step`). The
+  circle walked by rows measured slower than its flat loop (docs/benchmarks.md, 2026-11-30 05:55). The other kernels
+  walk flat chunks of the halo;
 - ``TABLE=True`` (NA, optional): the mask and bias of every (tile slot, halo slot) pair come from a float32 table per
   class of tiles (:func:`bias_table`; tiles with the same windows along an axis share a class, so a map has a few),
   ``-inf`` outside the window: one load and one fused multiply-add per pair instead of the window test and the bias
@@ -438,27 +437,20 @@ def _row_offset(k_row, stride, ROW_I32: tl.constexpr):
 
 
 @triton.jit
-def _rows_setup(k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w, width_w, rpb_idx, rpb_side, col,
-                radius_sq, HALO_W: tl.constexpr, HALO_WP: tl.constexpr, BLOCK_N: tl.constexpr,
+def _rows_setup(k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w, width_w, rpb_idx, rpb_side,
+                HALO_W: tl.constexpr, HALO_WP: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
-                HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr):
+                HAS_RPB: tl.constexpr):
     """Once per program of a row-by-row walk (see :func:`_halo_rows_fwd`): the key and value column pointers of a
-    step's slots (:func:`_cols_ptrs`), the W-axis part of the mask (NA: each slot pair's window test; the circle: the
-    squared column offsets, ``r^2`` on padded columns) and NA's bias index less the step's first row."""
+    step's slots (:func:`_cols_ptrs`), the W-axis part of the mask (each slot pair's window test) and the bias index
+    less the step's first row."""
     j = tl.arange(0, BLOCK_N)
     r_of = j // HALO_WP
     c_of = j % HALO_WP
     k_col = tl.load(KW + tw * HALO_W + tl.minimum(c_of, HALO_W - 1)).to(tl.int64)
     kp, kp_ok, kp_t, kp_t_ok = _cols_ptrs(k_base + (k_col * s_kw)[:, None], s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
     vp, vp_ok, vp_t, vp_t_ok = _cols_ptrs(v_base + (k_col * s_vw)[:, None], s_vd, d_v, BLOCK_DV, BLOCK_TV)
-    if CIRCLE:
-        # int32 offsets, as the flat loop's (_pair_mask); a padded column gets r^2, outside every disc
-        d_w = k_col.to(tl.int32)[None, :] - col.to(tl.int32)[:, None]
-        w_mask = tl.where((c_of < HALO_W)[None, :], d_w * d_w, radius_sq)
-    else:
-        w_mask = (c_of[None, :] - lo_w[:, None]).to(tl.uint32, bitcast=True) < width_w.to(tl.uint32, bitcast=True)[
-            :, None
-        ]
+    w_mask = (c_of[None, :] - lo_w[:, None]).to(tl.uint32, bitcast=True) < width_w.to(tl.uint32, bitcast=True)[:, None]
     b_idx = 0
     if HAS_RPB:
         b_idx = rpb_idx[:, None] + (r_of * rpb_side + c_of)[None, :]  # the bias index less the step's first row
@@ -467,9 +459,9 @@ def _rows_setup(k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w,
 
 @triton.jit
 def _rows_step(start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx, RPB, s_kh, s_vh,
-               lo_h, width_h, row, rpb_side, radius_sq, HALO_H: tl.constexpr, HALO_WP: tl.constexpr,
-               BLOCK_N: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, HAS_RPB: tl.constexpr,
-               CIRCLE: tl.constexpr, EVEN_QK: tl.constexpr, EVEN_V: tl.constexpr, ROW_I32: tl.constexpr):
+               lo_h, width_h, rpb_side, HALO_H: tl.constexpr, HALO_WP: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, HAS_RPB: tl.constexpr, EVEN_QK: tl.constexpr,
+               EVEN_V: tl.constexpr, ROW_I32: tl.constexpr):
     """One step of a row-by-row walk: the keys and values of halo rows ``start_row ..`` (``kh`` points at the tile's
     row table), their mask and bias."""
     ROWS: tl.constexpr = BLOCK_N // HALO_WP
@@ -483,9 +475,6 @@ def _rows_step(start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok
     v_prev = _row_offset(k_row, s_vh, ROW_I32)
     k_off = tl.zeros((BLOCK_N,), tl.int64) + k_prev
     v_off = tl.zeros((BLOCK_N,), tl.int64) + v_prev
-    if CIRCLE:
-        key_row = tl.zeros((BLOCK_N,), tl.int32) + k_row
-        row_prev = k_row
     for i in tl.static_range(1, ROWS):
         if HALO_H % ROWS != 0:
             k_row = tl.load(kh + tl.minimum(start_row + i, HALO_H - 1))
@@ -497,19 +486,10 @@ def _rows_step(start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok
         k_off += step * (k_next - k_prev)
         v_off += step * (v_next - v_prev)
         k_prev, v_prev = k_next, v_next
-        if CIRCLE:
-            key_row += step.to(tl.int32) * (k_row - row_prev)
-            row_prev = k_row
     k, k_t = _load_cols_off(kp, kp_ok, kp_t, kp_t_ok, k_off[:, None], BLOCK_TQK, EVEN_QK)
     v, v_t = _load_cols_off(vp, vp_ok, vp_t, vp_t_ok, v_off[:, None], BLOCK_TV, EVEN_V)
-    if CIRCLE:
-        d_h = key_row[None, :] - row.to(tl.int32)[:, None]
-        inside = d_h * d_h + w_mask < radius_sq
-        if HALO_H % ROWS != 0:
-            inside = inside & (hr < HALO_H)[None, :]  # the clamped rows repeat the last halo row
-    else:
-        h_in = (hr[None, :] - lo_h[:, None]).to(tl.uint32, bitcast=True) < width_h.to(tl.uint32, bitcast=True)[:, None]
-        inside = h_in & w_mask
+    h_in = (hr[None, :] - lo_h[:, None]).to(tl.uint32, bitcast=True) < width_h.to(tl.uint32, bitcast=True)[:, None]
+    inside = h_in & w_mask
     if HAS_RPB:
         bias = tl.load(RPB + start_row * rpb_side + b_idx, mask=inside, other=0.0).to(tl.float32)
     else:
@@ -523,26 +503,23 @@ def _halo_rows_fwd(q, q_t, k_base, v_base, KH, KW, RPB, th, tw, s_kh, s_kw, s_kd
                    HALO_H: tl.constexpr, HALO_W: tl.constexpr, HALO_WP: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
                    HAS_RPB: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_QK: tl.constexpr, EVEN_V: tl.constexpr,
-                   ROW_I32: tl.constexpr, CIRCLE: tl.constexpr = False, row=0, col=0, radius_sq=0):
+                   ROW_I32: tl.constexpr):
     """Forward over the halo by whole rows: the halo's width padded to ``HALO_WP`` (a power of two), each step
     covers ``BLOCK_N // HALO_WP`` halo rows. Key slot n of a step is halo row ``start_row + n // HALO_WP``, column
     ``n % HALO_WP``; everything that depends on the column alone (the key column, its part of the addresses, the
     W-axis part of the mask and of the bias index) is computed once (:func:`_rows_setup`), a step adds its rows'
-    (:func:`_rows_step`). Columns ``>= HALO_W`` and rows ``>= HALO_H`` read a real halo key (clamped). In NA they are
-    outside every window (the windows lie in the halo); the circle (``CIRCLE``: the query's global ``row`` and
-    ``col``, ``radius_sq``) masks them explicitly, since a clamped key may lie in the disc, and per pair adds the
-    squared row offset to the column's and compares."""
+    (:func:`_rows_step`). Columns ``>= HALO_W`` and rows ``>= HALO_H`` read a real halo key (clamped), outside every
+    window (the windows lie in the halo)."""
     ROWS: tl.constexpr = BLOCK_N // HALO_WP
     kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx = _rows_setup(
-        k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w, width_w, rpb_idx, rpb_side, col, radius_sq,
-        HALO_W, HALO_WP, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV, HAS_RPB, CIRCLE,
+        k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w, width_w, rpb_idx, rpb_side,
+        HALO_W, HALO_WP, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV, HAS_RPB,
     )
     kh = KH + th * HALO_H
     for start_row in range(0, HALO_H, ROWS):
         k, k_t, v, v_t, inside, bias = _rows_step(
             start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx, RPB, s_kh, s_vh, lo_h,
-            width_h, row, rpb_side, radius_sq, HALO_H, HALO_WP, BLOCK_N, BLOCK_TQK, BLOCK_TV, HAS_RPB, CIRCLE,
-            EVEN_QK, EVEN_V, ROW_I32,
+            width_h, rpb_side, HALO_H, HALO_WP, BLOCK_N, BLOCK_TQK, BLOCK_TV, HAS_RPB, EVEN_QK, EVEN_V, ROW_I32,
         )
         m_i, l_i, acc, acc_t = _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk_scale,
                                              BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
@@ -577,18 +554,14 @@ def _halo_fwd_kernel(
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc, acc_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
-    if not TABLE and HALO_WP > 0 and BLOCK_N >= HALO_WP:
-        # row by row (see _halo_rows_fwd); NA's rpb_idx: each slot's part of the flat bias index (an int32 offset)
-        if CIRCLE:
-            lo_h, width_h, lo_w, width_w, rpb_idx = 0, 0, 0, 0, 0
-        else:
-            lo_h, width_h, lo_w, width_w, rpb_idx = _slot_windows(WH, WW, 0, th, tw, a_h, a_w, m_ok, rpb_side, T_H,
-                                                                  T_W)
+    if not (CIRCLE or TABLE) and HALO_WP > 0 and BLOCK_N >= HALO_WP:
+        # row by row (see _halo_rows_fwd); rpb_idx: each slot's part of the flat bias index (an int32 offset)
+        lo_h, width_h, lo_w, width_w, rpb_idx = _slot_windows(WH, WW, 0, th, tw, a_h, a_w, m_ok, rpb_side, T_H, T_W)
         m_i, l_i, acc, acc_t = _halo_rows_fwd(
             q, q_t, k_base, v_base, KH, KW, RPB + head * rpb_side * rpb_side, th, tw, s_kh, s_kw, s_kd, s_vh, s_vw,
             s_vd, d_qk, d_v, lo_h, width_h, lo_w, width_w, rpb_idx, rpb_side, m_i, l_i, acc, acc_t, qk_scale,
             HALO_H, HALO_W, HALO_WP, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV, HAS_RPB, DOT_PRECISION,
-            EVEN_QK, EVEN_V, ROW_I32, CIRCLE, row, col, radius_sq,
+            EVEN_QK, EVEN_V, ROW_I32,
         )
     else:
         lo_h, width_h, lo_w, width_w, rpb_rows = _pair_setup(
@@ -669,15 +642,15 @@ def _halo_dq_kernel(
         ROWS: tl.constexpr = BLOCK_N // HALO_WP
         lo_h, width_h, lo_w, width_w, rpb_idx = _slot_windows(WH, WW, 0, th, tw, a_h, a_w, real, rpb_side, T_H, T_W)
         kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx = _rows_setup(
-            k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w, width_w, rpb_idx, rpb_side, col,
-            radius_sq, HALO_W, HALO_WP, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV, HAS_RPB, False,
+            k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w, width_w, rpb_idx, rpb_side,
+            HALO_W, HALO_WP, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV, HAS_RPB,
         )
         kh = KH + th * HALO_H
         for start_row in range(0, HALO_H, ROWS):
             k, k_t, v, v_t, inside, bias = _rows_step(
                 start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx,
-                RPB + head * rpb_side * rpb_side, s_kh, s_vh, lo_h, width_h, row, rpb_side, radius_sq, HALO_H, HALO_WP,
-                BLOCK_N, BLOCK_TQK, BLOCK_TV, HAS_RPB, False, EVEN_QK, EVEN_V, ROW_I32,
+                RPB + head * rpb_side * rpb_side, s_kh, s_vh, lo_h, width_h, rpb_side, HALO_H, HALO_WP, BLOCK_N,
+                BLOCK_TQK, BLOCK_TV, HAS_RPB, EVEN_QK, EVEN_V, ROW_I32,
             )
             ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
                             BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
@@ -1023,8 +996,8 @@ def halo_fwd(
             Triton's default number of warps, one pipeline stage); NA and CLEAR pass their own.
         table: NA mode only: read each pair's mask and bias from a table per class of tiles (:func:`bias_table`)
             instead of building them per pair (when the table is not too large).
-        rows_loop: without a bias table, walk the halo by whole rows when a step holds at least one padded halo row
-            (:func:`_halo_rows_fwd`), else by flat chunks.
+        rows_loop: NA without a bias table: walk the halo by whole rows when a step holds at least one padded halo
+            row (:func:`_halo_rows_fwd`), else by flat chunks. The circle always walks flat chunks.
 
     Returns:
         out (B, H, W, heads, Dv) contiguous in v's dtype, and lse (B, H, W, heads) float32, the base-2 logsumexp of

@@ -19,7 +19,7 @@ import torch
 from vizattn.kernels._halo2d.triton import DeviceTables, Launch, device_tables, halo_bwd, halo_fwd
 from vizattn.kernels.clear.tiles import circle_axis_tiles
 
-__all__ = ["clear_fwd", "clear_bwd", "TILE", "ROWS_LOOP"]
+__all__ = ["clear_fwd", "clear_bwd", "TILE"]
 
 TILE = (8, 8)  # the forward's queries per program along H and W
 # Launch configuration on a GPU, from sweeps on the H200 (2026-11-29; 128x128 grid, r 8, batch 2, 16 heads of 72,
@@ -39,14 +39,11 @@ _FWD = dict(block_n=128, num_warps=4)
 # 4.95 ms): dq on 4x8 query tiles with 32 keys per step (4.18 ms), dk/dv on 4x4 key tiles with 32 queries per step
 # (4.27 ms); together 3.21 ms (CUDA-graph timing, 18:30), and tools/benchmark.py's fwd+bwd 6.25 -> 4.26 ms.
 _DQ_TILE, _DKDV_TILE = (4, 8), (4, 4)
-# The forward's loop: False walks the halo in flat chunks of _FWD's keys (measured above); True by whole halo rows
-# (vizattn.kernels._halo2d.triton._halo_rows_fwd: the squared column offsets and the key columns' addresses computed
-# once per program, a step adds its rows'), as NA's forward does since it measured 15% faster there. Here it is
-# slower (H200, B2 16 heads of 72, r 8, 8x8 tiles, CUDA-graph time, 2026-11-30 05:55, `.gpu/clear_rows_ab.py`): at
-# 128x128 the flat loop 0.865 ms, rows at best 0.952 (64 keys, 4 warps, 2 stages; 17 launches of 32-256 keys, 1-8
-# warps, 1-2 stages tried), at 64x64 0.227 against 0.250. A step of whole rows walks 22 padded rows of 32 slots (704
-# pairs per query) where the flat loop walks 640. So off; the tests keep it correct.
-ROWS_LOOP = False
+# The forward walks the halo in flat chunks of _FWD's keys. Walking it by whole halo rows (the squared column offsets
+# and the key columns' addresses computed once per program), as NA's forward does, measured slower (H200, B2 16 heads
+# of 72, r 8, 8x8 tiles, CUDA-graph time, 2026-11-30 05:55): at 128x128 the flat loop 0.865 ms, rows at best 0.952 (17
+# launches of 32-256 keys, 1-8 warps, 1-2 stages tried), at 64x64 0.227 against 0.250. A step of whole rows walks 22
+# padded rows of 32 slots (704 pairs per query) where the flat loop walks 640. That walk was removed.
 _BWD = dict(
     dq_launch=Launch(block_n=32, num_warps=1),
     dkdv_launch=Launch(block_n=32, num_warps=1),
@@ -81,7 +78,7 @@ def clear_fwd(
     """
     rows, cols = _axes(q, radius, tile)
     return halo_fwd(
-        q, k, v, rows, cols, scale, circle_radius=radius, extra_k=extra_k, extra_v=extra_v, rows_loop=ROWS_LOOP, **_FWD
+        q, k, v, rows, cols, scale, circle_radius=radius, extra_k=extra_k, extra_v=extra_v, **_FWD
     )
 
 
