@@ -8,7 +8,9 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["cdiv", "dot", "dot_precision", "head_block", "head_split", "next_pow2", "row_chunks", "sm_count"]
+__all__ = [
+    "cdiv", "dot", "dot_onto", "dot_precision", "head_block", "head_split", "next_pow2", "row_chunks", "sm_count"
+]
 
 
 def next_pow2(n: int) -> int:
@@ -44,6 +46,17 @@ def dot(a, b, DOT_PRECISION: tl.constexpr):
         # Triton's interpreter multiplies bfloat16 tiles wrongly; their exact float32 products are the same math.
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def dot_onto(a, b, acc, DOT_PRECISION: tl.constexpr):
+    """``acc + a @ b`` as :func:`dot`, the product accumulated onto ``acc`` by the tensor cores. Not the same as
+    ``dot(a, b) + acc`` when ``acc`` holds large terms: Triton fuses that sum into a product too, with either side as
+    the accumulator, and the tensor cores align a sum to its largest term (routed attention adds a mask of 0 /
+    -2**20 this way, so that its scores stay exact where the mask is 0)."""
+    if DOT_PRECISION == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
 def head_block(d: int) -> int:

@@ -19,7 +19,8 @@ function, and the tests run both:
   196-token image costs about the same arithmetic and reads each key once per query block. With lists of distinct
   regions (``distinct=True``, BiFormer's) the mask is added to the scores by one more product on the tensor cores:
   each query row's list as 0/1 per region (:func:`_route_rows`) times each key's region one-hot scaled by ``2**20``
-  (:func:`_key_table`), onto which the scores are accumulated (:func:`_dot_onto`), instead of testing a bit per pair.
+  (:func:`_key_table`), onto which the scores are accumulated
+  (:func:`~vizattn.kernels._triton_util.dot_onto`), instead of testing a bit per pair.
 
 A region listed twice in one routing list counts twice, as in the reference: the gather kernel simply walks it
 twice; the dense kernel, unless told the lists hold distinct regions (``distinct=True``, as ``torch.topk`` gives),
@@ -46,6 +47,7 @@ import triton.language as tl
 from vizattn.kernels._alloc import new_output
 from vizattn.kernels._triton_util import cdiv as _cdiv
 from vizattn.kernels._triton_util import dot as _dot
+from vizattn.kernels._triton_util import dot_onto as _dot_onto
 from vizattn.kernels._triton_util import dot_precision as _dot_precision
 from vizattn.kernels._triton_util import head_block as _head_block
 from vizattn.kernels._triton_util import next_pow2 as _next_pow2
@@ -133,17 +135,6 @@ def _mask_scores(rows, keys, MASK_PRECISION: tl.constexpr):
     """[rows, keys] float32: 0 where the key's region is in the row's routing list, ``-2**20`` elsewhere (exact: each
     product sums one ``2**20`` and one ``-2**20`` term, or only the latter); ``exp2`` of a score so shifted is 0."""
     return _dot(rows, tl.trans(keys), MASK_PRECISION)
-
-
-@triton.jit
-def _dot_onto(a, b, acc, DOT_PRECISION: tl.constexpr):
-    """``acc + a @ b`` as one product accumulated onto ``acc`` (the additive mask of :func:`_mask_scores`): where
-    ``acc`` is 0 the scores are exact; the tensor cores align a sum to its largest term, so adding the mask after the
-    product (which Triton would fuse the other way round, the mask's product onto the scores) would round every
-    score to about 2**-4."""
-    if DOT_PRECISION == "upcast":
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
 @triton.jit
