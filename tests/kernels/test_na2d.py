@@ -277,19 +277,44 @@ def test_launch_configs_follow_the_map_size_and_head_dim():
 
 
 def test_forward_launch_follows_its_loop(monkeypatch):
-    """The forward's row-by-row loop gets the pipelined row launch; the flat loop (dilation, or a halo row wider than
-    a step: k 11 on a 2x8 tile) keeps its own unpipelined launch, under which gathered key loads are not slowed."""
+    """The forward's row-by-row loop gets the pipelined row launch and its register cap (with and without rpb); the
+    flat loop (dilation, or a halo row wider than a step: k 11 on a 2x8 tile) keeps its own unpipelined, uncapped
+    launch, under which gathered key loads are not slowed."""
     seen = []
     monkeypatch.setattr(kernels, "halo_fwd", lambda *args, **kwargs: seen.append(kwargs))
     q = torch.zeros(1, 56, 56, 2, 32)
-    rows_launch, flat_launch = kernels.launch_configs(56, 32)[0][1:]
+    rpb = torch.zeros(2, 13, 13)
+    fwd = kernels.launch_configs(56, 32)[0]
+    rows_launch, flat_launch, caps = fwd.launch, fwd.flat, fwd.caps
     for ks, dilation in ((7, 1), (9, 1), (7, 2), (11, 1)):
         kernels.na2d_fwd(q, q, q, None, ks, dilation, 0.2)
-    got = [(kw["block_n"], kw["num_warps"], kw["num_stages"], kw["rows_loop"]) for kw in seen]
+    kernels.na2d_fwd(q, q, q, rpb, 7, 1, 0.2)
+    got = [(kw["block_n"], kw["num_warps"], kw["num_stages"], kw["maxnreg"], kw["rows_loop"]) for kw in seen]
     assert rows_launch.num_stages == 2 and flat_launch.num_stages is None
+    assert caps[0] is not None and caps[1] is not None and caps[0] != caps[1]
     row = (rows_launch.block_n, rows_launch.num_warps, rows_launch.num_stages)
-    flat = (flat_launch.block_n, flat_launch.num_warps, flat_launch.num_stages)
-    assert got == [(*row, True), (*row, True), (*flat, False), (*flat, True)]
+    flat = (flat_launch.block_n, flat_launch.num_warps, flat_launch.num_stages, None)
+    assert got == [(*row, caps[0], True), (*row, caps[0], True), (*flat, False), (*flat, True), (*row, caps[1], True)]
+
+
+def test_dq_register_cap_follows_its_loop(monkeypatch):
+    """The dq kernel's register cap applies to its row walk without rpb (where it was measured), not to the flat loop
+    of dilated maps or wide halos, nor with rpb."""
+    seen = []
+
+    def fake_bwd(grad_out, q, *args, **kwargs):
+        seen.append(kwargs["dq_launch"].maxnreg)
+        return q, q, q, None, None
+
+    monkeypatch.setattr(kernels, "halo_bwd", fake_bwd)
+    monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *args: None)
+    q = torch.zeros(1, 56, 56, 2, 32)
+    lse = torch.zeros(1, 56, 56, 2)
+    rpb = torch.zeros(2, 13, 13)
+    cap = kernels.launch_configs(56, 32)[1].caps[0]
+    for ks, dilation, bias in ((7, 1, None), (7, 2, None), (11, 1, None), (7, 1, rpb)):
+        kernels.na2d_bwd(q, q, q, q, bias, q, lse, ks, dilation, 0.2)
+    assert cap is not None and seen == [cap, None, None, None]
 
 
 def test_head_split_covers_each_head_dim_with_the_fewest_columns():

@@ -812,12 +812,14 @@ class Launch(NamedTuple):
         num_warps: warps per program.
         num_stages: software-pipelining stages of the inner loop.
         block_m: extra keys per program of the extra keys' gradient kernel (the other kernels take the tile).
+        maxnreg: registers per thread the compiler may use (more programs per SM, at the price of spills).
     """
 
     block_n: int | None = None
     num_warps: int | None = None
     num_stages: int | None = None
     block_m: int | None = None
+    maxnreg: int | None = None
 
 
 def _head_blocks(d_qk: int, d_v: int) -> dict:
@@ -834,18 +836,23 @@ def _launch_meta(
     block_n: int | None,
     num_warps: int | None,
     num_stages: int | None = None,
+    maxnreg: int | None = None,
 ) -> dict:
     """The launch's constexprs and options (cached: a launch's host time matters as much as a small map's kernel)."""
     return _cached_meta(rows.tile, cols.tile, rows.halo, cols.halo, q.shape[-1], v.shape[-1], q.dtype, block_n,
-                        num_warps, num_stages, bool(triton.knobs.runtime.interpret))
+                        num_warps, num_stages, maxnreg, bool(triton.knobs.runtime.interpret))
 
 
 @functools.lru_cache(maxsize=1024)
-def _cached_meta(t_h, t_w, halo_h, halo_w, d_qk, d_v, dtype, block_n, num_warps, num_stages, interpret) -> dict:
-    # None keeps Triton's default number of warps and this module's number of pipeline stages.
+def _cached_meta(t_h, t_w, halo_h, halo_w, d_qk, d_v, dtype, block_n, num_warps, num_stages, maxnreg,
+                 interpret) -> dict:
+    # None keeps Triton's default number of warps and this module's number of pipeline stages; a register cap is a
+    # GPU compiler option (the interpreter takes none).
     warps = dict(num_stages=_NUM_STAGES if num_stages is None else num_stages)
     if num_warps is not None:
         warps["num_warps"] = num_warps
+    if maxnreg is not None and not interpret:
+        warps["maxnreg"] = maxnreg
     return dict(
         T_H=t_h,
         T_W=t_w,
@@ -980,6 +987,7 @@ def halo_fwd(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    maxnreg: int | None = None,
     table: bool = False,
     rows_loop: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -992,8 +1000,9 @@ def halo_fwd(
         rpb: NA mode only: optional (heads, S, S) relative position bias indexed by the pairs' relative indices.
         circle_radius: r selects the circle mask; None the NA window of the tables.
         extra_k, extra_v: optional (B, M, heads, D) and (B, M, heads, Dv) keys every query sees.
-        block_n, num_warps, num_stages: launch configuration on a GPU; None keeps the defaults (32 keys per step,
-            Triton's default number of warps, one pipeline stage); NA and CLEAR pass their own.
+        block_n, num_warps, num_stages, maxnreg: launch configuration on a GPU; None keeps the defaults (32 keys per
+            step, Triton's default number of warps, one pipeline stage, no register cap); NA and CLEAR pass their
+            own.
         table: NA mode only: read each pair's mask and bias from a table per class of tiles (:func:`bias_table`)
             instead of building them per pair (when the table is not too large).
         rows_loop: NA without a bias table: walk the halo by whole rows when a step holds at least one padded halo
@@ -1011,7 +1020,7 @@ def halo_fwd(
     has_rpb = rpb is not None
     rpb_t = rpb.contiguous() if has_rpb else q  # placeholder, never read
     ek, ev, n_extra = _extras(q, extra_k, extra_v)
-    meta = _launch_meta(q, v, rows, cols, block_n, num_warps, num_stages)
+    meta = _launch_meta(q, v, rows, cols, block_n, num_warps, num_stages, maxnreg)
     tab = bias_table(rows, cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"]) if table and circle_radius is None else None
     rpb_t, win_h, win_w, rpb_side = _table_args(rows, cols, rpb_t, rpb_t.shape[-1] if has_rpb else 1, tab)
     _halo_fwd_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
@@ -1050,6 +1059,7 @@ def _merge(config: Launch | None, block_n: int | None, num_warps: int | None, nu
         config.num_warps if config.num_warps is not None else num_warps,
         config.num_stages if config.num_stages is not None else num_stages,
         config.block_m,
+        config.maxnreg,
     )
 
 
@@ -1134,7 +1144,7 @@ def halo_bwd(
     radius_sq = (circle_radius or 0) ** 2
 
     cfg = _merge(dq_launch, block_n, num_warps, num_stages)
-    meta = _launch_meta(q, v, rows, cols, cfg.block_n, cfg.num_warps, cfg.num_stages)
+    meta = _launch_meta(q, v, rows, cols, cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.maxnreg)
     tab = bias_table(rows, cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"]) if table and not circle else None
     tab_t, win_h, win_w, side = _table_args(rows, cols, rpb_t, rpb_side, tab)
     _halo_dq_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
@@ -1146,7 +1156,7 @@ def halo_bwd(
         ROW_I32=_row_i32(k, v), **_rows_meta(cols.halo, q.shape[-1], v.shape[-1], dq_rows), **meta,
     )
     cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)
-    meta = _launch_meta(q, v, key_rows, key_cols, cfg.block_n, cfg.num_warps, cfg.num_stages)
+    meta = _launch_meta(q, v, key_rows, key_cols, cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.maxnreg)
     tab = bias_table(key_rows, key_cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"]) if table and not circle else None
     tab_t, win_h, win_w, side = _table_args(key_rows, key_cols, rpb_t, rpb_side, tab)
     _halo_dkdv_kernel[(key_rows.n_tiles * key_cols.n_tiles, b * heads)](

@@ -34,11 +34,13 @@ __all__ = ["na2d_fwd", "na2d_bwd", "KernelConfig", "launch_configs"]
 class KernelConfig(NamedTuple):
     """Where one NA kernel runs on a GPU: its tile (queries, or keys for the dk/dv kernel, along H and W) and launch;
     for the forward, ``flat`` is the launch of its flat loop (dilated maps), ``launch`` that of its row-by-row loop
-    (None: the same)."""
+    (None: the same). ``caps``: the register caps (``maxnreg``) of the launch (the forward's row-by-row one) without
+    and with rpb."""
 
     tile: tuple[int, int]
     launch: Launch
     flat: Launch | None = None
+    caps: tuple[int | None, int | None] = (None, None)
 
 
 # From a sweep on the H200 (2026-11-29 18:07 UTC, bf16, head dim 32, k 7; kernel times of direct calls): small
@@ -58,15 +60,25 @@ class KernelConfig(NamedTuple):
 # 0.021 (with rpb 0.052 -> 0.044), B128 7x7 16 heads with rpb 0.030 -> 0.029. dq + dk/dv: 56x56 0.282 -> 0.274, with
 # rpb 0.318 -> 0.293, 14x14 0.095 -> 0.087, 128x128 0.368 -> 0.357. The flat forward loop (dilated maps) keeps one
 # stage: pipelined, its gathered key loads ran 5-7x slower (see vizattn.kernels._halo2d.triton).
+# Register caps (H200, 2026-11-30 08:20-08:32 UTC, `.gpu/na_maxreg.py` and `cap_ab.py`, CUDA-graph time, uncapped ->
+# capped; caps of 64-168 registers tried): more resident one-warp programs beat the spills where the compiler takes
+# more registers than a step needs. Forward: B64 56x56 2 heads 0.0795 -> 0.0735 ms (64 registers, from 76), with rpb
+# 0.1165 -> 0.1058 (96, from 107); B8 128x128 4 heads 0.1015 -> 0.0936 (64); B64 28x28 4 heads with rpb 0.0694 ->
+# 0.0629 (96); B64 14x14 8 heads with rpb 0.0435 -> 0.0390 (168, from 214; 96 and below 1.8-3.7x slower), without rpb
+# no gain (127 registers); 7x7 16 heads with rpb uncapped (168: B128 0.0287 -> 0.0270 but B64 0.0152 -> 0.0174).
+# Backward (dq + dk/dv, dq capped at 64 without rpb): B64 56x56 0.2312 -> 0.2242, B8 128x128 0.3018 -> 0.2914, B64
+# 14x14 0.0699 -> 0.0686; with rpb (the dq kernel reads the bias table) no gain; dk/dv lost under every cap.
 _LARGE_MAP = (
-    KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=32, num_warps=1)),  # forward
-    KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2)),  # dq
+    KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=32, num_warps=1),
+                 caps=(64, 96)),  # forward
+    KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2), caps=(64, None)),  # dq
     KernelConfig((4, 8), Launch(block_n=32, num_warps=1, num_stages=2)),  # dk/dv (key tiles)
 )
 _SMALL_MAP = (  # maps of 9 to 16 rows (NAT's third stage at 224 px); from CUDA-graph timings (18:30 UTC), where the
     # forward at B64 14x14 8 heads took 0.026 ms on 2x16 tiles against 0.030-0.034 on 1x16 or 2x8
-    KernelConfig((2, 16), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=16, num_warps=1)),
-    KernelConfig((2, 16), Launch(block_n=16, num_warps=2, num_stages=2)),
+    KernelConfig((2, 16), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=16, num_warps=1),
+                 caps=(None, 168)),
+    KernelConfig((2, 16), Launch(block_n=16, num_warps=2, num_stages=2), caps=(64, None)),
     KernelConfig((1, 16), Launch(block_n=32, num_warps=1, num_stages=2)),
 )
 _TINY_MAP = (  # maps of at most 8 rows (the last stage): B128 7x7 16 heads, forward 0.021 ms, dq and dk/dv 0.054 each
@@ -174,8 +186,10 @@ def na2d_fwd(
     # the flat launch (dilation, or halos wider than the step: the kernel then walks rows only if they fit).
     by_rows = dilation == 1 and _next_pow2(cols.halo) <= fwd.launch.block_n
     launch = fwd.launch if by_rows or fwd.flat is None else fwd.flat
+    cap = fwd.caps[rpb is not None] if launch is fwd.launch else None
     return halo_fwd(q, k, v, rows, cols, scale, rpb=rpb, block_n=launch.block_n, num_warps=launch.num_warps,
-                    num_stages=launch.num_stages, table=_use_table(False, rpb, dilation), rows_loop=dilation == 1)
+                    num_stages=launch.num_stages, maxnreg=cap, table=_use_table(False, rpb, dilation),
+                    rows_loop=dilation == 1)
 
 
 def na2d_bwd(
@@ -197,10 +211,14 @@ def na2d_bwd(
     key_rows, key_cols = _axes(q, kernel_size, dilation, dkdv_cfg.tile, _key_tables)
     grad_out = grad_out.contiguous()
     delta = new_output(tuple(lse.shape), torch.float32, q.device)  # written by the dq kernel, read by the others
+    # the register cap was measured on the row walk only (a step holding a whole padded halo row, as the forward's)
+    dq_rows = DQ_ROWS and dilation == 1
+    by_rows = dq_rows and _next_pow2(cols.halo) <= dq_cfg.launch.block_n
+    dq_launch = dq_cfg.launch._replace(maxnreg=dq_cfg.caps[rpb is not None] if by_rows else None)
     dq, dk, dv, _, _ = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
-        delta=delta, dq_launch=dq_cfg.launch, dkdv_launch=dkdv_cfg.launch, table=_use_table(True, rpb, dilation),
-        dq_rows=DQ_ROWS and dilation == 1,
+        delta=delta, dq_launch=dq_launch, dkdv_launch=dkdv_cfg.launch, table=_use_table(True, rpb, dilation),
+        dq_rows=dq_rows,
     )
     drpb = None
     if rpb is not None and RPB_GRAD == "rows":
