@@ -186,7 +186,7 @@ def na2d_fwd(
     # the flat launch (dilation, or halos wider than the step: the kernel then walks rows only if they fit).
     by_rows = dilation == 1 and _next_pow2(cols.halo) <= fwd.launch.block_n
     launch = fwd.launch if by_rows or fwd.flat is None else fwd.flat
-    cap = fwd.caps[rpb is not None] if launch is fwd.launch else None
+    cap = fwd.caps[rpb is not None] if by_rows else None  # measured on the row walk only
     return halo_fwd(q, k, v, rows, cols, scale, rpb=rpb, block_n=launch.block_n, num_warps=launch.num_warps,
                     num_stages=launch.num_stages, maxnreg=cap, table=_use_table(False, rpb, dilation),
                     rows_loop=dilation == 1)
