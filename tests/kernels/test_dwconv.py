@@ -383,6 +383,26 @@ def test_forward_algorithms_match_reference(case, algo):
         assert _rel(out, ref) < TOL[DTYPES[case.dtype]], seg_rows
 
 
+@pytest.mark.parametrize("case", ALGO_CASES[:3], ids=[c.id for c in ALGO_CASES[:3]])
+def test_rows_kernels_with_a_constant_column_stride(case, monkeypatch):
+    """ROWS_CONST_STRIDE hands the row-walking kernels the column stride as a compile-time constant: the same
+    addresses, so bitwise the same forward, input gradient and weight gradient, and what reaches the launch is the
+    map's column stride (0 without the flag)."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    x, w, b = _inputs(case)
+    grad = _to_layout(torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE, x.dtype), "nhwc")
+    results = []
+    for const in (False, True):
+        monkeypatch.setattr(kernels, "ROWS_CONST_STRIDE", const)
+        assert kernels._const_stride(x) == (x.stride(3) if const else 0) and x.stride(3) == case.c
+        out = kernels.dwconv2d_fwd(x, w, b, case.d, algo="rows")
+        results.append((out, *kernels._rows_wgrad(grad, x, w.float(), case.d, b is not None, None)))
+    for name, plain, const in zip(["out", "dweight", "dbias"], *results):
+        if plain is not None:
+            assert torch.isfinite(plain).all() and torch.equal(plain, const), name
+
+
 def test_forward_algorithm_is_validated():
     from vizattn.kernels.dwconv import triton as kernels
 

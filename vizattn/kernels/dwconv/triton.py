@@ -113,6 +113,11 @@ _ROWS_PROGRAMS_PER_SM = 32
 # _rows_wgrad_programs.
 WGRAD = "auto"
 _WGRAD_ROWS_PROGRAMS_PER_SM = 8
+# Whether the row-walking kernels get the column stride (C of a channels_last map) as a compile-time constant (one
+# compile per channel count): sm_90 compile of the forward at C 64, bf16 (2026-11-30, not yet timed on a GPU): 7x7 d3
+# 248 -> 189 registers and 879 -> 795 instructions per input row, 5x5 496 -> 445 instructions at 127 -> 128
+# registers (5 programs of 2 warps per SM instead of 4 at 7x7). Off until timed (docs/benchmarks.md, "Not yet timed").
+ROWS_CONST_STRIDE = False
 _WGRAD_ROWS_MIN_PER_SM = 4
 _WGRAD_PARTIAL_SHARE = 8
 
@@ -242,6 +247,15 @@ def _dw_fwd_kernel(
 
 
 @triton.jit
+def _col_stride(s_w, S_W: tl.constexpr):
+    """The maps' column stride: ``S_W`` when the launcher passed it as a constant (``ROWS_CONST_STRIDE``: pixel
+    addresses are then a base plus immediate offsets), else the runtime ``s_w``."""
+    if S_W > 0:
+        return S_W
+    return s_w
+
+
+@triton.jit
 def _dw_rows_fwd_kernel(
     X,
     Wt,
@@ -263,6 +277,7 @@ def _dw_rows_fwd_kernel(
     COLS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     EVEN_C: tl.constexpr,
+    S_W: tl.constexpr = 0,
 ):
     """Forward of an NHWC map down a strip of ``COLS`` columns: each input row loaded once, for ``K`` output rows.
 
@@ -277,6 +292,7 @@ def _dw_rows_fwd_kernel(
     map are skipped (zero padding), and so are the products of outputs outside the segment.
     """
     M: tl.constexpr = (K - 1) // 2
+    s_w = _col_stride(s_w, S_W)
     PAD: tl.constexpr = DIL * M
     SPAN: tl.constexpr = COLS + (K - 1) * DIL  # input pixels of a row that the strip reads
     pid = tl.program_id(0)
@@ -350,6 +366,7 @@ def _dw_rows_wgrad_kernel(
     COLS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     EVEN_C: tl.constexpr,
+    S_W: tl.constexpr = 0,
 ):
     """Partial weight and bias gradients of NHWC maps, walking strips of ``COLS`` columns down their phase's rows.
 
@@ -361,6 +378,7 @@ def _dw_rows_wgrad_kernel(
     are written once, as row p of DWP (programs, K * K, C) and DBP (programs, C), which the launcher sums.
     """
     M: tl.constexpr = (K - 1) // 2
+    s_w = _col_stride(s_w, S_W)
     PAD: tl.constexpr = DIL * M
     SPAN: tl.constexpr = COLS + (K - 1) * DIL
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -761,6 +779,11 @@ def _rows_tile(c: int, w: int, k: int) -> tuple[int, int, int, int, int]:
     return cols, block_c, max(1, block_c // 32), _cdiv(w, cols), _cdiv(c, block_c)
 
 
+def _const_stride(x: torch.Tensor) -> int:
+    """The row-walking kernels' ``S_W``: the column stride as a constant with ``ROWS_CONST_STRIDE``, else 0."""
+    return x.stride(3) if ROWS_CONST_STRIDE and x.stride(3) > 0 else 0
+
+
 def _rows_segment(n_chain: int, k: int, programs: int, device: torch.device) -> int:
     """Output rows of a phase's chain per program: whole chains, cut into segments (of at least ``2 * k`` rows, whose
     ``k - 1`` halo rows are loaded twice) while there are fewer than ``_ROWS_PROGRAMS_PER_SM`` programs per SM."""
@@ -825,6 +848,7 @@ def dwconv2d_fwd(
             COLS=cols,
             BLOCK_C=block_c,
             EVEN_C=c % block_c == 0,
+            S_W=_const_stride(x),
             num_warps=num_warps,
         )
         return y
@@ -999,6 +1023,7 @@ def _rows_wgrad(
         COLS=cols,
         BLOCK_C=block_c,
         EVEN_C=c % block_c == 0,
+        S_W=_const_stride(x),
         num_warps=num_warps,
     )
     # contiguous, as the op's fake implementation (and torch.compile's stride checks) promise
