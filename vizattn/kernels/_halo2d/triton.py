@@ -231,24 +231,22 @@ def _pair_setup(RPB, WH, WW, th, tw, a_h, a_w, slot_ok, rpb_side, head, heads, H
 
 
 @triton.jit
-def _halo_keys(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row and column, and validity."""
+def _halo_keys(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr,
+               CONTIG: tl.constexpr):
+    """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row and column, and validity. ``CONTIG``: the
+    halo is one block of consecutive rows and columns (the circle's, shifted inward and never clipped), so the keys
+    are computed from its first key (two scalar loads, invariant in the loop) instead of gathered from the tables,
+    and a step's key addresses depend on the loop counter alone."""
+    if CONTIG:
+        n32 = start + tl.arange(0, BLOCK_N)  # int32: the halo slot's division is cheaper than in int64
+        k_row = (tl.load(KH + th * HALO_H) + n32 // HALO_W).to(tl.int64)
+        k_col = (tl.load(KW + tw * HALO_W) + n32 % HALO_W).to(tl.int64)
+        return k_row, k_col, n32 < HALO_H * HALO_W
     n = start + tl.arange(0, BLOCK_N).to(tl.int64)
     n_ok = n < HALO_H * HALO_W
     k_row = tl.load(KH + th * HALO_H + tl.where(n_ok, n // HALO_W, 0)).to(tl.int64)
     k_col = tl.load(KW + tw * HALO_W + tl.where(n_ok, n % HALO_W, 0)).to(tl.int64)
     return k_row, k_col, n_ok
-
-
-@triton.jit
-def _block_keys(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
-    """:func:`_halo_keys` of a halo that is one block of consecutive rows and columns (the circle's, shifted inward
-    and never clipped): the keys' rows and columns computed from the halo's first key (two scalar loads, invariant
-    in the loop) instead of gathered from the tables, so that a step's key addresses depend on the loop counter."""
-    n = start + tl.arange(0, BLOCK_N)  # int32: the halo slot's division is cheaper than in int64
-    k_row = (tl.load(KH + th * HALO_H) + n // HALO_W).to(tl.int64)
-    k_col = (tl.load(KW + tw * HALO_W) + n % HALO_W).to(tl.int64)
-    return k_row, k_col, n < HALO_H * HALO_W
 
 
 @triton.jit
@@ -580,10 +578,7 @@ def _halo_fwd_kernel(
             HALO_W, BLOCK_M, TABLE_ALIGN,
         )
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
-            if CONTIG_HALO:
-                k_row, k_col, n_ok = _block_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
-            else:
-                k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
+            k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N, CONTIG_HALO)
             k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
             v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
             if TABLE:
@@ -675,10 +670,7 @@ def _halo_dq_kernel(
             HALO_W, BLOCK_M, TABLE_ALIGN,
         )
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
-            if CONTIG_HALO:
-                k_row, k_col, n_ok = _block_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
-            else:
-                k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
+            k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N, CONTIG_HALO)
             if CIRCLE:  # before the loads: after them this kernel spills more (sm_90, CLEAR d 72: 268 against 252 B)
                 inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, real, n_ok, lo_h, width_h, lo_w, width_w,
                                           start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
@@ -745,10 +737,7 @@ def _halo_dkdv_kernel(
     dk, dk_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     dv, dv_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
-        if CONTIG_HALO:
-            q_row, q_col, n_ok = _block_keys(QKH, QKW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
-        else:
-            q_row, q_col, n_ok = _halo_keys(QKH, QKW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
+        q_row, q_col, n_ok = _halo_keys(QKH, QKW, th, tw, start, HALO_H, HALO_W, BLOCK_N, CONTIG_HALO)
         if TABLE:
             inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
         elif not (CIRCLE or HAS_RPB):  # NA without bias: before the loads (sm_90, 14x14: 96 against 122 registers)
@@ -1029,7 +1018,7 @@ def halo_fwd(
         rows_loop: NA without a bias table: walk the halo by whole rows when a step holds at least one padded halo
             row (:func:`_halo_rows_fwd`), else by flat chunks. The circle always walks flat chunks.
         contiguous_halo: circle mode only: compute each step's key rows and columns from the halo's first key
-            (:func:`_block_keys`: the circle's halos are blocks of consecutive rows and columns) instead of gathering
+            (:func:`_halo_keys`: the circle's halos are blocks of consecutive rows and columns) instead of gathering
             them from the tables.
 
     Returns:

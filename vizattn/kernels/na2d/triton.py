@@ -164,6 +164,12 @@ def _axes(q: torch.Tensor, kernel_size: int, dilation: int, tile: tuple[int, int
     return tuple(tables(q.shape[1 + i], kernel_size, dilation, tile[i], q.device) for i in range(2))
 
 
+def _walks_rows(dilation: int, cols: DeviceTables, launch: Launch) -> bool:
+    """Whether a kernel walks the halo by whole rows under ``launch`` (a row-walking kernel, see
+    :func:`~vizattn.kernels._halo2d.triton.halo_fwd`): undilated, and a step holds a whole padded halo row."""
+    return dilation == 1 and _next_pow2(cols.halo) <= launch.block_n
+
+
 def na2d_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -184,7 +190,7 @@ def na2d_fwd(
     rows, cols = _axes(q, kernel_size, dilation, fwd.tile)
     # The row launch where a step holds a whole padded halo row of keys (k 7 and 9 on the large maps' tiles), else
     # the flat launch (dilation, or halos wider than the step: the kernel then walks rows only if they fit).
-    by_rows = dilation == 1 and _next_pow2(cols.halo) <= fwd.launch.block_n
+    by_rows = _walks_rows(dilation, cols, fwd.launch)
     launch = fwd.launch if by_rows or fwd.flat is None else fwd.flat
     cap = fwd.caps[rpb is not None] if by_rows else None  # measured on the row walk only
     return halo_fwd(q, k, v, rows, cols, scale, rpb=rpb, block_n=launch.block_n, num_warps=launch.num_warps,
@@ -213,7 +219,7 @@ def na2d_bwd(
     delta = new_output(tuple(lse.shape), torch.float32, q.device)  # written by the dq kernel, read by the others
     # the register cap was measured on the row walk only (a step holding a whole padded halo row, as the forward's)
     dq_rows = DQ_ROWS and dilation == 1
-    by_rows = dq_rows and _next_pow2(cols.halo) <= dq_cfg.launch.block_n
+    by_rows = dq_rows and _walks_rows(dilation, cols, dq_cfg.launch)
     dq_launch = dq_cfg.launch._replace(maxnreg=dq_cfg.caps[rpb is not None] if by_rows else None)
     dq, dk, dv, _, _ = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
