@@ -234,29 +234,6 @@ def test_triton_gradients_match_reference_for_any_tile(hh, ww, r, m, tile, split
             assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
 
 
-@pytest.mark.parametrize(
-    "hh,ww,r,m,tile", [(9, 13, 3, 5, (4, 8)), (16, 11, 4, 0, (8, 8)), (10, 12, 9, 2, (3, 5))],
-    ids=["9x13-r3-t4x8", "16x11-r4-t8x8", "10x12-r9-t3x5"],
-)
-def test_contiguous_halo_keys_match_the_gathered_ones(monkeypatch, hh, ww, r, m, tile):
-    """CONTIGUOUS_HALO computes every step's halo keys from the halo's first key instead of gathering them from the
-    tables: the same keys, so bitwise the same outputs and gradients (halos shifted inward at the borders, and halos
-    that are the whole map, included)."""
-    from vizattn.kernels.clear import triton as kernels
-
-    g = torch.Generator().manual_seed(3)
-    q, k, v, grad = (torch.randn(2, hh, ww, 2, 16, generator=g).to(DEVICE) for _ in range(4))
-    ek, ev = (torch.randn(2, m, 2, 16, generator=g).to(DEVICE) for _ in range(2))
-    results = []
-    for contiguous in (False, True):
-        monkeypatch.setattr(kernels, "CONTIGUOUS_HALO", contiguous)
-        out, lse = kernels.clear_fwd(q, k, v, ek, ev, r, 0.3, tile=tile)
-        results.append((out, lse, *kernels.clear_bwd(grad, q, k, v, ek, ev, out, lse, r, 0.3, tile=tile)))
-    for name, gathered, computed in zip(["out", "lse", "dq", "dk", "dv", "dek", "dev"], *results):
-        assert torch.isfinite(gathered).all(), name
-        assert torch.equal(gathered, computed), name
-
-
 SPLIT_CASES = [  # (head_dim of q/k, of v, M, dtype): the kernels split q/k and v independently (head_split)
     (72, 40, 5, "fp32"),  # 64 + 16 and 32 + 16
     (40, 96, 0, "fp32"),  # 32 + 16 and 64 + 32

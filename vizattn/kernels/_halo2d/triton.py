@@ -231,17 +231,8 @@ def _pair_setup(RPB, WH, WW, th, tw, a_h, a_w, slot_ok, rpb_side, head, heads, H
 
 
 @triton.jit
-def _halo_keys(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr,
-               CONTIG: tl.constexpr):
-    """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row and column, and validity. ``CONTIG``: the
-    halo is one block of consecutive rows and columns (the circle's, shifted inward and never clipped), so the keys
-    are computed from its first key (two scalar loads, invariant in the loop) instead of gathered from the tables,
-    and a step's key addresses depend on the loop counter alone."""
-    if CONTIG:
-        n32 = start + tl.arange(0, BLOCK_N)  # int32: the halo slot's division is cheaper than in int64
-        k_row = (tl.load(KH + th * HALO_H) + n32 // HALO_W).to(tl.int64)
-        k_col = (tl.load(KW + tw * HALO_W) + n32 % HALO_W).to(tl.int64)
-        return k_row, k_col, n32 < HALO_H * HALO_W
+def _halo_keys(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row and column, and validity."""
     n = start + tl.arange(0, BLOCK_N).to(tl.int64)
     n_ok = n < HALO_H * HALO_W
     k_row = tl.load(KH + th * HALO_H + tl.where(n_ok, n // HALO_W, 0)).to(tl.int64)
@@ -553,7 +544,7 @@ def _halo_fwd_kernel(
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TABLE: tl.constexpr = False, TABLE_ALIGN: tl.constexpr = 64,
     HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
-    ROW_I32: tl.constexpr = False, CONTIG_HALO: tl.constexpr = False,
+    ROW_I32: tl.constexpr = False,
 ):
     th, tw, b, head = _program_coords(n_tw, heads)
     a_h, a_w, row, col, m_ok, real = _query_slots(QH, SH, QW, SW, th, tw, T_H, T_W, BLOCK_M)
@@ -578,7 +569,7 @@ def _halo_fwd_kernel(
             HALO_W, BLOCK_M, TABLE_ALIGN,
         )
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
-            k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N, CONTIG_HALO)
+            k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
             k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
             v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
             if TABLE:
@@ -625,7 +616,7 @@ def _halo_dq_kernel(
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TABLE: tl.constexpr = False, TABLE_ALIGN: tl.constexpr = 64,
     HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
-    ROW_I32: tl.constexpr = False, CONTIG_HALO: tl.constexpr = False,
+    ROW_I32: tl.constexpr = False,
 ):
     """Query-centric: dq of one query tile over its halo and the extra keys (the bias added to the recomputed
     scores). It also writes ``delta = rowsum(dO * O)`` of its queries, which the kernels launched after it read.
@@ -670,7 +661,7 @@ def _halo_dq_kernel(
             HALO_W, BLOCK_M, TABLE_ALIGN,
         )
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
-            k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N, CONTIG_HALO)
+            k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
             if CIRCLE:  # before the loads: after them this kernel spills more (sm_90, CLEAR d 72: 268 against 252 B)
                 inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, real, n_ok, lo_h, width_h, lo_w, width_w,
                                           start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
@@ -715,7 +706,7 @@ def _halo_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, DOT_PRECISION: tl.constexpr, TABLE: tl.constexpr = False,
-    TABLE_ALIGN: tl.constexpr = 64, CONTIG_HALO: tl.constexpr = False,
+    TABLE_ALIGN: tl.constexpr = 64,
 ):
     """Key-centric: dk, dv of one key tile, over the halo of the queries that see its keys (key-tile tables)."""
     th, tw, b, head = _program_coords(n_tw, heads)
@@ -737,7 +728,7 @@ def _halo_dkdv_kernel(
     dk, dk_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     dv, dv_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
     for start in range(0, HALO_H * HALO_W, BLOCK_N):
-        q_row, q_col, n_ok = _halo_keys(QKH, QKW, th, tw, start, HALO_H, HALO_W, BLOCK_N, CONTIG_HALO)
+        q_row, q_col, n_ok = _halo_keys(QKH, QKW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
         if TABLE:
             inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
         elif not (CIRCLE or HAS_RPB):  # NA without bias: before the loads (sm_90, 14x14: 96 against 122 registers)
@@ -999,7 +990,6 @@ def halo_fwd(
     maxnreg: int | None = None,
     table: bool = False,
     rows_loop: bool = True,
-    contiguous_halo: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward launcher; arguments already validated by the op.
 
@@ -1017,9 +1007,6 @@ def halo_fwd(
             instead of building them per pair (when the table is not too large).
         rows_loop: NA without a bias table: walk the halo by whole rows when a step holds at least one padded halo
             row (:func:`_halo_rows_fwd`), else by flat chunks. The circle always walks flat chunks.
-        contiguous_halo: circle mode only: compute each step's key rows and columns from the halo's first key
-            (:func:`_halo_keys`: the circle's halos are blocks of consecutive rows and columns) instead of gathering
-            them from the tables.
 
     Returns:
         out (B, H, W, heads, Dv) contiguous in v's dtype, and lse (B, H, W, heads) float32, the base-2 logsumexp of
@@ -1042,7 +1029,7 @@ def halo_fwd(
         *out.stride(), *lse.stride(),
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, scale * _LOG2E, rpb_side, (circle_radius or 0) ** 2,
         HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0, TABLE=tab is not None,
-        TABLE_ALIGN=_table_align(), ROW_I32=_row_i32(k, v), CONTIG_HALO=contiguous_halo and circle_radius is not None,
+        TABLE_ALIGN=_table_align(), ROW_I32=_row_i32(k, v),
         **_rows_meta(cols.halo, q.shape[-1], v.shape[-1], rows_loop), **meta,
     )
     return out, lse
@@ -1103,7 +1090,6 @@ def halo_bwd(
     delta: torch.Tensor | None = None,
     table: bool = False,
     dq_rows: bool = False,
-    contiguous_halo: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Backward launcher, arguments as :func:`halo_fwd` plus the forward's ``out`` and ``lse``.
 
@@ -1128,8 +1114,6 @@ def halo_bwd(
             (:func:`bias_table`; one for each kernel's tiles), when not too large.
         dq_rows: NA mode without a table: the dq kernel walks the halo by whole rows, as the forward
             (:func:`_halo_rows_fwd`), when a step holds at least one padded halo row.
-        contiguous_halo: circle mode only: the dq and dk/dv kernels compute their halo keys or queries as the forward
-            does with it (:func:`halo_fwd`).
 
     Returns:
         (dq, dk, dv, d_extra_k, d_extra_v) in the dtypes of their inputs; the last two are None when their inputs are
@@ -1169,8 +1153,7 @@ def halo_bwd(
         *grad_out.stride(), *out.stride(), *lse.stride(), *dq.stride(),
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale, side, radius_sq,
         HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
-        ROW_I32=_row_i32(k, v), CONTIG_HALO=contiguous_halo and circle,
-        **_rows_meta(cols.halo, q.shape[-1], v.shape[-1], dq_rows), **meta,
+        ROW_I32=_row_i32(k, v), **_rows_meta(cols.halo, q.shape[-1], v.shape[-1], dq_rows), **meta,
     )
     cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)
     meta = _launch_meta(q, v, key_rows, key_cols, cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.maxnreg)
@@ -1180,8 +1163,7 @@ def halo_bwd(
         q, k, v, grad_out, lse, delta, tab_t, dk, dv, *key_rows[:3], win_h, *key_cols[:3], win_w,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride(), *dk.stride(), *dv.stride(),
         heads, key_cols.n_tiles, q.shape[-1], v.shape[-1], qk_scale, scale, side, radius_sq,
-        HAS_RPB=has_rpb, CIRCLE=circle, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
-        CONTIG_HALO=contiguous_halo and circle, **meta,
+        HAS_RPB=has_rpb, CIRCLE=circle, TABLE=tab is not None, TABLE_ALIGN=_table_align(), **meta,
     )
     if extra_k is None:
         d_extra = (None, None)

@@ -44,12 +44,11 @@ _DQ_TILE, _DKDV_TILE = (4, 8), (4, 4)
 # of 72, r 8, 8x8 tiles, CUDA-graph time, 2026-11-30 05:55): at 128x128 the flat loop 0.865 ms, rows at best 0.952 (17
 # launches of 32-256 keys, 1-8 warps, 1-2 stages tried), at 64x64 0.227 against 0.250. A step of whole rows walks 22
 # padded rows of 32 slots (704 pairs per query) where the flat loop walks 640. That walk was removed.
-# Whether the kernels compute each step's halo keys from the halo's first key (the circle's halos are blocks of
-# consecutive rows and columns) instead of gathering them from the tables: the key addresses then depend on the loop
-# counter alone, which Triton's software pipeliner can prefetch (two stages measured 2.6x slower with the gathered
-# addresses, docs/benchmarks.md 2026-11-30 03:12). Off until timed on a GPU (written 2026-11-30 09:10 UTC, after the
-# session's device time; docs/benchmarks.md, "Not yet timed").
-CONTIGUOUS_HALO = False
+# Computing each step's halo keys from the halo's first key (the circle's halos are blocks of consecutive rows and
+# columns) instead of gathering them from the tables, so that the key addresses depend on the loop counter alone and
+# Triton's pipeliner can prefetch them, measured slower at every launch tried (H200, CUDA-graph time, 2026-11-30 10:10
+# UTC; 128x128 r 8: forward 0.866 -> 2.27 ms at this launch, 1.35 at best (64 keys, 2-3 stages); backward 3.16 -> 4.68
+# at best; 64x64 r 16 alike). That variant was removed.
 _BWD = dict(
     dq_launch=Launch(block_n=32, num_warps=1),
     dkdv_launch=Launch(block_n=32, num_warps=1),
@@ -84,8 +83,7 @@ def clear_fwd(
     """
     rows, cols = _axes(q, radius, tile)
     return halo_fwd(
-        q, k, v, rows, cols, scale, circle_radius=radius, extra_k=extra_k, extra_v=extra_v,
-        contiguous_halo=CONTIGUOUS_HALO, **_FWD
+        q, k, v, rows, cols, scale, circle_radius=radius, extra_k=extra_k, extra_v=extra_v, **_FWD
     )
 
 
@@ -109,6 +107,6 @@ def clear_bwd(
     key_rows, key_cols = _axes(q, radius, tile or _DKDV_TILE)  # the circle's key tiles are query tiles too
     dq, dk, dv, dek, dev = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, circle_radius=radius, extra_k=extra_k, extra_v=extra_v,
-        key_rows=key_rows, key_cols=key_cols, contiguous_halo=CONTIGUOUS_HALO, **_BWD,
+        key_rows=key_rows, key_cols=key_cols, **_BWD,
     )
     return dq, dk, dv, dek, dev
