@@ -243,12 +243,31 @@ def test_mode_choice(n_win, hh, ww, topk, expected):
 def test_launch_configuration_by_region_size_and_head_dim():
     """Gather mode: regions of <= 16 tokens at head dim <= 32 run one-warp programs (SMALL_REGION_CONFIGS); larger
     regions or wider heads the general CONFIGS, tiles clipped to the region's rows and the query's keys."""
-    small = [kernels._config(k, "gather", 16, 64, 32) for k in ("fwd", "dq", "dkdv")]
+    small = [kernels._config(k, "gather", 16, 64, 32, interpret=True) for k in ("fwd", "dq", "dkdv")]
     assert small == [kernels.SMALL_REGION_CONFIGS[k] for k in ("fwd", "dq", "dkdv")]
     wide = kernels._config("fwd", "gather", 16, 64, 64)
     assert wide["num_warps"] == kernels.CONFIGS[("fwd", "gather")]["num_warps"] and wide["BLOCK_M"] == 16
     assert kernels._config("fwd", "gather", 64, 64, 32) == kernels.CONFIGS[("fwd", "gather")]
-    assert kernels._config("fwd", "dense", 4, 64, 32) == kernels.CONFIGS[("fwd", "dense")]
+    assert kernels._config("fwd", "dense", 4, 64, 32, interpret=True) == kernels.CONFIGS[("fwd", "dense")]
+
+
+def test_register_caps_reach_gpu_launches_only():
+    """REGISTER_CAPS: a compiled launch of a capped (kernel, configuration) at head dim <= 32 gets ``maxnreg``; the
+    interpreter, wider heads and uncapped kernels get none."""
+    caps = {("dkdv", "gather"): 128, ("dkdv", "small"): 96, ("fwd", "dense"): 128}
+    assert kernels.REGISTER_CAPS == caps
+    # (kernel, mode, region tokens, keys) -> the cap's key: 64-token regions are "gather", 16-token ones "small"
+    for kernel, mode, n_tok, n_keys, key in [("dkdv", "gather", 64, 64, ("dkdv", "gather")),
+                                             ("dkdv", "gather", 16, 64, ("dkdv", "small")),
+                                             ("fwd", "dense", 4, 256, ("fwd", "dense")),
+                                             ("fwd", "gather", 64, 64, None), ("dq", "gather", 16, 64, None),
+                                             ("dq", "dense", 4, 256, None)]:
+        gpu = kernels._config(kernel, mode, n_tok, n_keys, 32, interpret=False)
+        assert gpu.get("maxnreg") == caps.get(key), (kernel, mode, n_tok)
+        assert "maxnreg" not in kernels._config(kernel, mode, n_tok, n_keys, 32, interpret=True)
+        assert "maxnreg" not in kernels._config(kernel, mode, n_tok, n_keys, 64, interpret=False)
+        gpu.pop("maxnreg", None)
+        assert gpu == kernels._config(kernel, mode, n_tok, n_keys, 32, interpret=True)
 
 
 def test_argument_errors(monkeypatch):

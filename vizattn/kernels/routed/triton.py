@@ -580,12 +580,26 @@ SMALL_REGION_CONFIGS: dict[str, dict[str, int]] = {
     "dkdv": dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1),
 }
 _SMALL_REGION_HEAD_DIM = 32  # measured at BiFormer's head dim 32; wider heads keep CONFIGS (one warp holds less)
+# Register caps (Triton's maxnreg) per (kernel, "gather" | "small" | "dense"), at head dims up to 32 only (where they
+# were measured; wider heads need the registers). H200, BiFormer-S stage shapes at B64, bf16, CUDA-graph kernel time,
+# 3 interleaved rounds each, uncapped -> capped (2026-11-30 08:2x and again 10:00 UTC, ms): stage 0 backward (dk/dv at
+# 128) 0.1303 -> 0.1256, stage 1 backward (dk/dv at 96) 0.1091 -> 0.1044, stage 2 forward (at 128) 0.0356 -> 0.0345.
+# Caps of 96-168 on the other kernels were as fast or slower (the stage-0 and stage-1 forwards 2-12%, dq 1-15%).
+REGISTER_CAPS: dict[tuple[str, str], int] = {("dkdv", "gather"): 128, ("dkdv", "small"): 96, ("fwd", "dense"): 128}
 
 
-def _config(kernel: str, mode: str, n_tok: int, n_keys: int, head_dim: int) -> dict[str, int]:
+def _config(kernel: str, mode: str, n_tok: int, n_keys: int, head_dim: int,
+            interpret: bool | None = None) -> dict[str, int]:
+    """The launch of ``kernel`` in ``mode``: block sizes, warps, stages and, compiled for a GPU (``interpret`` False;
+    None reads Triton's setting), the register cap of :data:`REGISTER_CAPS`."""
     region_rows = max(16, _next_pow2(n_tok))
     small = mode == "gather" and region_rows == 16 and head_dim <= _SMALL_REGION_HEAD_DIM
     cfg = dict(SMALL_REGION_CONFIGS[kernel] if small else CONFIGS[(kernel, mode)])
+    cap = REGISTER_CAPS.get((kernel, "small" if small else mode)) if head_dim <= _SMALL_REGION_HEAD_DIM else None
+    if interpret is None:
+        interpret = bool(triton.knobs.runtime.interpret)
+    if cap is not None and not interpret:
+        cfg["maxnreg"] = cap
     if mode == "gather":
         # Never pad a tile far beyond a region's tokens or a query's keys.
         cfg["BLOCK_M"] = min(cfg["BLOCK_M"], region_rows)
