@@ -266,14 +266,41 @@ def test_launch_configs_follow_the_map_size_and_head_dim():
     """One-warp small tiles at head dim 32 (the measured case), by map height; wider heads keep 8x8 tiles of 4 warps
     (the one-warp programs spill there); an explicit tile replaces every kernel's tile and keeps its launch."""
     large, small, tiny, wide = (kernels.launch_configs(h, d) for h, d in ((56, 32), (14, 32), (7, 32), (56, 64)))
-    assert [c.tile for c in large] == [(2, 8), (2, 8), (4, 8)]
-    assert [c.tile for c in small] == [(2, 16), (2, 16), (1, 16)]
+    assert [c.tile for c in large] == [(2, 8), (2, 8), (2, 8)]
+    assert [c.tile for c in small] == [(1, 16), (2, 16), (1, 16)]
+    assert large[2].rpb_tile == (4, 8) and small[0].flat_tile == (2, 16)
     assert [c.tile for c in tiny] == [(4, 8)] * 3
     assert [c.tile for c in wide] == [(8, 8)] * 3 and {c.launch.num_warps for c in wide} == {4}
     assert {c.launch.num_warps for c in large + tiny} == {1}
     assert kernels.launch_configs(14, 128) == wide
     forced = kernels.launch_configs(56, 32, (3, 5))
     assert [c.tile for c in forced] == [(3, 5)] * 3 and [c.launch for c in forced] == [c.launch for c in large]
+    assert all(c.tile_for(torch.zeros(1), d) == (3, 5) for c in forced for d in (1, 2))
+
+
+def test_tiles_follow_the_bias_and_the_dilation(monkeypatch):
+    """The launchers build their tables with each kernel's tile for the call: the dk/dv key tiles of the large maps
+    differ with and without rpb (rpb_tile) and with dilation (flat_tile), the 14x14-class forward's with dilation."""
+    fwd_tiles, bwd_tiles = [], []
+    monkeypatch.setattr(kernels, "halo_fwd", lambda q, k, v, rows, cols, *a, **kw: fwd_tiles.append((rows.tile,
+                                                                                                      cols.tile)))
+
+    def fake_bwd(grad_out, q, *args, **kwargs):
+        bwd_tiles.append((kwargs["key_rows"].tile, kwargs["key_cols"].tile))
+        return q, q, q, None, None
+
+    monkeypatch.setattr(kernels, "halo_bwd", fake_bwd)
+    monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *args: None)
+    large, small = kernels.launch_configs(56, 32), kernels.launch_configs(14, 32)
+    for hh in (56, 14):  # 14 rows of 64 columns: no tile is clipped to the map
+        q = torch.zeros(1, hh, 64, 2, 32)
+        lse = torch.zeros(1, hh, 64, 2)
+        rpb = torch.zeros(2, 13, 13)
+        for bias, dilation in ((None, 1), (rpb, 1), (None, 2)):
+            kernels.na2d_fwd(q, q, q, bias, 7, dilation, 0.2)
+            kernels.na2d_bwd(q, q, q, q, bias, q, lse, 7, dilation, 0.2)
+    assert bwd_tiles[:3] == [large[2].tile, large[2].rpb_tile, large[2].flat_tile] and large[2].tile != (4, 8)
+    assert fwd_tiles[3:] == [small[0].tile, small[0].tile, small[0].flat_tile] and small[0].tile != (2, 16)
 
 
 def test_forward_launch_follows_its_loop(monkeypatch):
@@ -486,6 +513,22 @@ def test_rpb_grad_by_row_tiles_matches_reference(case, rows):
     l2_tol, max_tol = ATTN_TOL[q.dtype]
     l2, mx = rel_errors(drpb, ref_rpb.grad)
     assert l2 < l2_tol and mx < max_tol, f"drpb: rel L2 {l2:.2e}, rel max {mx:.2e}"
+
+
+def test_rpb_grad_rows_programs_follow_the_map_height(monkeypatch):
+    """On a GPU the row-tile d(rpb) kernel cuts the map rows into chunks for about 2048 programs, or 8192 on maps of
+    at most 8 rows (B64: 56x56 2 heads 14 rows per program, 7x7 16 heads one); the interpreter takes all rows."""
+    import triton
+
+    from vizattn.kernels.na2d import rpb_grad
+
+    # programs per map row: W-axis tiles of ROW_TILE queries x batch x heads
+    cases = [(56, 4 * 64 * 2, 14, 4), (28, 2 * 64 * 4, 7, 4), (14, 1 * 64 * 8, 4, 4), (7, 1 * 64 * 16, 1, 7)]
+    monkeypatch.setattr(triton.knobs.runtime, "interpret", False)
+    for hh, per_row, rows, chunks in cases:
+        assert rpb_grad._row_chunks(hh, per_row, None, rpb_grad._rows_target(hh)) == (rows, chunks), hh
+    monkeypatch.setattr(triton.knobs.runtime, "interpret", True)
+    assert rpb_grad._row_chunks(56, 512, None, rpb_grad._rows_target(56)) == (56, 1)
 
 
 @pytest.mark.parametrize("choice,fn", [("rows", "na2d_rpb_grad_rows"), ("slots", "na2d_rpb_grad")])

@@ -335,13 +335,24 @@ def na2d_rpb_grad(
 
 
 ROW_TILE = 16  # queries of one map row per program of the row-tile d(rpb) kernel
-# About this many programs: at B128 56x56 2 heads, 14 rows per program (4096 programs) took 0.96 ms, 2 rows
-# 0.79, 8 rows 0.81.
-_ROWS_TARGET_PROGRAMS = 8192
+# About this many programs. H200, k 7, head dim 32, bf16, CUDA-graph time of this kernel (2026-11-30 10:15 UTC,
+# `.gpu/ab1.py`; 8192 / 4096 / 2048 / 1024 programs, ms): B64 56x56 2 heads 0.390 / 0.359 / 0.356 / 0.351, 28x28 4
+# heads 0.217 / 0.210 / 0.180 / 0.176, 14x14 8 heads 0.085 / 0.076 / 0.069 / 0.074 (fewer programs sum fewer
+# partial tables); register caps of 96-200 were slower except at 14x14. Maps of at most 8 rows keep 8192 (one row
+# per program at B64 7x7 16 heads): with 2048, tools/benchmark.py's forward+backward there went 0.119 -> 0.132 ms.
+# (An earlier kernel, at B128 56x56: 14 rows per program 0.96 ms, 2 rows 0.79.)
+_ROWS_TARGET_PROGRAMS = 2048
+_ROWS_TARGET_PROGRAMS_SHORT = (8, 8192)  # (rows, programs): maps of at most that many rows aim at these programs
 # Pipeline stages of the one-warp programs (head dim <= 32). H200, k 7, head dim 32, CUDA-graph time of this kernel
 # (2026-11-30 05:55; 1 / 2 / 3 stages): B64 56x56 2 heads 0.434 / 0.390 / 0.395 ms, 28x28 4 heads 0.229 / 0.217 /
 # 0.224, 14x14 8 heads 0.087 / 0.084 / 0.093. The 4-warp programs of wider heads keep one stage (not measured).
 _ROWS_STAGES = 2
+
+
+def _rows_target(hh: int) -> int:
+    """About how many programs the row-tile kernel launches on a map of ``hh`` rows."""
+    short_rows, short_target = _ROWS_TARGET_PROGRAMS_SHORT
+    return short_target if hh <= short_rows else _ROWS_TARGET_PROGRAMS
 
 
 def na2d_rpb_grad_rows(
@@ -376,7 +387,7 @@ def na2d_rpb_grad_rows(
     if cols.key_tiles:
         raise ValueError("na2d_rpb_grad_rows: needs the W axis's query-tile tables, got key-tile tables.")
     warps = num_warps or (1 if max(d_qk, d_v) <= 32 else 4)
-    rows_per_program, n_chunks = _row_chunks(hh, cols.n_tiles * b * heads, rows_per_program, _ROWS_TARGET_PROGRAMS)
+    rows_per_program, n_chunks = _row_chunks(hh, cols.n_tiles * b * heads, rows_per_program, _rows_target(hh))
     part = _partial_tables(q, n_chunks * cols.n_tiles, side)
     (dqk, tqk), (dv, tv) = head_split(d_qk), head_split(d_v)
     _na2d_rpb_grad_rows_kernel[(n_chunks * cols.n_tiles, b * heads)](

@@ -35,12 +35,20 @@ class KernelConfig(NamedTuple):
     """Where one NA kernel runs on a GPU: its tile (queries, or keys for the dk/dv kernel, along H and W) and launch;
     for the forward, ``flat`` is the launch of its flat loop (dilated maps), ``launch`` that of its row-by-row loop
     (None: the same). ``caps``: the register caps (``maxnreg``) of the launch (the forward's row-by-row one) without
-    and with rpb."""
+    and with rpb. ``rpb_tile``: the tile with rpb, ``flat_tile`` the tile on dilated maps (None: ``tile``)."""
 
     tile: tuple[int, int]
     launch: Launch
     flat: Launch | None = None
     caps: tuple[int | None, int | None] = (None, None)
+    rpb_tile: tuple[int, int] | None = None
+    flat_tile: tuple[int, int] | None = None
+
+    def tile_for(self, rpb: torch.Tensor | None, dilation: int = 1) -> tuple[int, int]:
+        """The tile of a call with (or without) ``rpb`` at ``dilation``."""
+        if dilation > 1 and self.flat_tile is not None:
+            return self.flat_tile
+        return self.rpb_tile if rpb is not None and self.rpb_tile is not None else self.tile
 
 
 # From a sweep on the H200 (2026-11-29 18:07 UTC, bf16, head dim 32, k 7; kernel times of direct calls): small
@@ -68,16 +76,25 @@ class KernelConfig(NamedTuple):
 # no gain (127 registers); 7x7 16 heads with rpb uncapped (168: B128 0.0287 -> 0.0270 but B64 0.0152 -> 0.0174).
 # Backward (dq + dk/dv, dq capped at 64 without rpb): B64 56x56 0.2312 -> 0.2242, B8 128x128 0.3018 -> 0.2914, B64
 # 14x14 0.0699 -> 0.0686; with rpb (the dq kernel reads the bias table) no gain; dk/dv lost under every cap.
+# Tiles again (H200, 2026-11-30 10:00-10:10 UTC, `.gpu/ab1.py`, CUDA-graph time, 3 interleaved rounds; 13-17 tiles x
+# launches x caps per shape). dk/dv on 2x8 key tiles without rpb: B64 56x56 2 heads backward 0.2214 -> 0.2165 ms (and
+# 0.2220 -> 0.2158 in a second run), B8 128x128 4 heads 0.2900 -> 0.2798; with rpb 4.5-5.6% slower (56x56, 28x28), so
+# the bias keeps 4x8, and so do dilated maps (without rpb 1.5% faster than 2x8: B64 56x56 d 8 0.2141 -> 0.2108, 28x28
+# d 4 0.1137 -> 0.1121). The forward on 14x14 maps with rpb on 1x16 tiles: B64 8 heads 0.0346 -> 0.0283 ms (2x16 capped
+# at 168 -> 1x16 at 96; uncapped 0.0285), without rpb 0.0209 -> 0.0206 (uncapped). On the large maps the forward's
+# 2x8 tiles at the shipped caps stay best (4x8, 1x8, 2x16, 4x16 tiles 3-108% slower). On dilated 14x14 maps the
+# forward keeps 2x16 tiles (1x16: B64 8 heads d 2 0.0266 -> 0.0330 ms, with rpb 0.0335 -> 0.0466).
 _LARGE_MAP = (
     KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=32, num_warps=1),
                  caps=(64, 96)),  # forward
     KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2), caps=(64, None)),  # dq
-    KernelConfig((4, 8), Launch(block_n=32, num_warps=1, num_stages=2)),  # dk/dv (key tiles)
+    KernelConfig((2, 8), Launch(block_n=32, num_warps=1, num_stages=2), rpb_tile=(4, 8), flat_tile=(4, 8)),  # dk/dv
 )
 _SMALL_MAP = (  # maps of 9 to 16 rows (NAT's third stage at 224 px); from CUDA-graph timings (18:30 UTC), where the
-    # forward at B64 14x14 8 heads took 0.026 ms on 2x16 tiles against 0.030-0.034 on 1x16 or 2x8
-    KernelConfig((2, 16), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=16, num_warps=1),
-                 caps=(None, 168)),
+    # forward at B64 14x14 8 heads took 0.026 ms on 2x16 tiles against 0.030-0.034 on 1x16 or 2x8 (before the two
+    # pipeline stages; 1x16 is now as fast without rpb and faster with it, above)
+    KernelConfig((1, 16), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=16, num_warps=1),
+                 caps=(None, 96), flat_tile=(2, 16)),
     KernelConfig((2, 16), Launch(block_n=16, num_warps=2, num_stages=2), caps=(64, None)),
     KernelConfig((1, 16), Launch(block_n=32, num_warps=1, num_stages=2)),
 )
@@ -145,7 +162,7 @@ def launch_configs(
         configs = _SMALL_MAP if height <= _SMALL_MAP_ROWS else _LARGE_MAP
     if tile is None:
         return configs
-    return tuple(c._replace(tile=tuple(tile)) for c in configs)
+    return tuple(c._replace(tile=tuple(tile), rpb_tile=None, flat_tile=None) for c in configs)
 
 
 @functools.lru_cache(maxsize=256)
@@ -187,7 +204,7 @@ def na2d_fwd(
         logsumexp of each query's scores (what the backward needs).
     """
     fwd = launch_configs(q.shape[1], max(q.shape[-1], v.shape[-1]), tile)[0]
-    rows, cols = _axes(q, kernel_size, dilation, fwd.tile)
+    rows, cols = _axes(q, kernel_size, dilation, fwd.tile_for(rpb, dilation))
     # The row launch where a step holds a whole padded halo row of keys (k 7 and 9 on the large maps' tiles), else
     # the flat launch (dilation, or halos wider than the step: the kernel then walks rows only if they fit).
     by_rows = _walks_rows(dilation, cols, fwd.launch)
@@ -213,8 +230,8 @@ def na2d_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Backward launcher: (dq, dk, dv, d_rpb) in the dtypes of q, k, v, rpb (d_rpb None without rpb)."""
     _, dq_cfg, dkdv_cfg = launch_configs(q.shape[1], max(q.shape[-1], v.shape[-1]), tile)
-    rows, cols = _axes(q, kernel_size, dilation, dq_cfg.tile)
-    key_rows, key_cols = _axes(q, kernel_size, dilation, dkdv_cfg.tile, _key_tables)
+    rows, cols = _axes(q, kernel_size, dilation, dq_cfg.tile_for(rpb, dilation))
+    key_rows, key_cols = _axes(q, kernel_size, dilation, dkdv_cfg.tile_for(rpb, dilation), _key_tables)
     grad_out = grad_out.contiguous()
     delta = new_output(tuple(lse.shape), torch.float32, q.device)  # written by the dq kernel, read by the others
     # the register cap was measured on the row walk only (a step holding a whole padded halo row, as the forward's)
