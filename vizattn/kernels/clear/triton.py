@@ -46,7 +46,7 @@ _DQ_TILE, _DKDV_TILE = (4, 8), (4, 4)
 # padded rows of 32 slots (704 pairs per query) where the flat loop walks 640. That walk was removed.
 # Computing each step's halo keys from the halo's first key (the circle's halos are blocks of consecutive rows and
 # columns) instead of gathering them from the tables, so that the key addresses depend on the loop counter alone and
-# Triton's pipeliner can prefetch them, measured slower at every launch tried (H200, CUDA-graph time, 2026-11-30 10:10
+# Triton's pipeliner can prefetch them, measured slower at every launch tried (H200, CUDA-graph time, 2026-11-30 10:01
 # UTC; 128x128 r 8: forward 0.866 -> 2.27 ms at this launch, 1.35 at best (64 keys, 2-3 stages); backward 3.16 -> 4.68
 # at best; 64x64 r 16 alike). That variant was removed.
 _BWD = dict(

@@ -116,7 +116,7 @@ _WGRAD_ROWS_PROGRAMS_PER_SM = 8
 # Whether the row-walking kernels get the column stride (C of a channels_last map) as a compile-time constant (one
 # compile per channel count; False passes it at run time). sm_90 compile of the forward at C 64, bf16: 7x7 d3 248 ->
 # 189 registers and 879 -> 795 instructions per input row, 5x5 496 -> 445 instructions at 127 -> 128 registers (5
-# programs of 2 warps per SM instead of 4 at 7x7). H200, B64 bf16 channels_last, CUDA-graph time (2026-11-30 10:10
+# programs of 2 warps per SM instead of 4 at 7x7). H200, B64 bf16 channels_last, CUDA-graph time (2026-11-30 10:01
 # UTC, run-time -> constant stride, ms): 56x56 C64 5x5 0.0623 -> 0.0546, 7x7 d3 0.0890 -> 0.0828, LKA's two convs
 # 0.151 -> 0.137, 7x7 d3 forward+backward 0.302 -> 0.282; 28x28 C128 5x5 0.0386 -> 0.0269, 7x7 d3 0.0448 -> 0.0407;
 # 14x14 C320 5x5 0.0213 -> 0.0211, 7x7 d3 0.0317 -> 0.0292.

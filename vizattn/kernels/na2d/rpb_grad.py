@@ -335,7 +335,7 @@ def na2d_rpb_grad(
 
 
 ROW_TILE = 16  # queries of one map row per program of the row-tile d(rpb) kernel
-# About this many programs. H200, k 7, head dim 32, bf16, CUDA-graph time of this kernel (2026-11-30 10:15 UTC,
+# About this many programs. H200, k 7, head dim 32, bf16, CUDA-graph time of this kernel (2026-11-30 10:10 UTC,
 # `.gpu/ab1.py`; 8192 / 4096 / 2048 / 1024 programs, ms): B64 56x56 2 heads 0.390 / 0.359 / 0.356 / 0.351, 28x28 4
 # heads 0.217 / 0.210 / 0.180 / 0.176, 14x14 8 heads 0.085 / 0.076 / 0.069 / 0.074 (fewer programs sum fewer
 # partial tables); register caps of 96-200 were slower except at 14x14. Maps of at most 8 rows keep 8192 (one row
