@@ -403,6 +403,29 @@ def test_rows_kernels_with_a_constant_column_stride(case, monkeypatch):
             assert torch.isfinite(plain).all() and torch.equal(plain, const), name
 
 
+SPLIT_CASES = [  # (case, segment rows): small maps, for the interpreter's sake
+    (Case(1, 2, 10, 9, 5, 1, "nhwc", "bf16"), (None, 3)),  # a chain of 10: 4 middle rows; segments of 3: none
+    (ALGO_CASES[2], (None, 1, 4)),  # k 3, dilation 2, channels not filling the block, no bias
+    (ALGO_CASES[4], (None,)),  # phases without rows
+]
+
+
+@pytest.mark.parametrize("case,segs", SPLIT_CASES, ids=[c.id for c, _ in SPLIT_CASES])
+def test_rows_forward_split_loop_matches_the_guarded_one(case, segs, monkeypatch):
+    """ROWS_SPLIT_LOOP walks the middle of each segment without the per-row tests of outputs outside it: the same
+    products in the same order, so bitwise the same outputs, for whole chains and for segments with and without
+    middle rows."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    x, w, b = _inputs(case)
+    for seg_rows in segs:
+        outs = []
+        for split in (False, True):
+            monkeypatch.setattr(kernels, "ROWS_SPLIT_LOOP", split)
+            outs.append(kernels.dwconv2d_fwd(x, w, b, case.d, algo="rows", seg_rows=seg_rows))
+        assert torch.isfinite(outs[0]).all() and torch.equal(*outs), seg_rows
+
+
 def test_forward_algorithm_is_validated():
     from vizattn.kernels.dwconv import triton as kernels
 
