@@ -124,7 +124,11 @@ ROWS_CONST_STRIDE = True
 # Whether the row-walking forward splits its walk down a segment into three loops: the input rows that reach output
 # rows outside the segment (its first and last k - 1), each output row tested, and the rows between, whose products
 # all land inside it and need no test. sm_90 (Triton 3.8, bf16, C 64) of that middle loop: 5x5 474 -> 416
-# instructions per input row (the register moves of the accumulator rotation gone too), 7x7 d3 524 -> 469.
+# instructions per input row (the register moves of the accumulator rotation gone too), 7x7 d3 524 -> 469. H200, B64
+# bf16 channels_last, CUDA-graph time (2026-11-30 10:47 UTC, one loop -> split, ms; bitwise the same outputs): 56x56
+# C64 5x5 0.0554 -> 0.0537, 7x7 d3 0.0839 -> 0.0764, LKA's pair 0.138 -> 0.130, 7x7 d3 forward+backward 0.286 ->
+# 0.270; 28x28 C128 1-3% faster, 14x14 C320 0-2%, 7x7 C512 7x7 d3 0.0175 -> 0.0166. Programs per SM of 16 or 64
+# instead of 32 measured the same.
 ROWS_SPLIT_LOOP = True
 _WGRAD_ROWS_MIN_PER_SM = 4
 _WGRAD_PARTIAL_SHARE = 8
