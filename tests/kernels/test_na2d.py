@@ -278,19 +278,27 @@ def test_launch_configs_follow_the_map_size_and_head_dim():
     assert all(c.tile_for(torch.zeros(1), d) == (3, 5) for c in forced for d in (1, 2))
 
 
-def test_tiles_follow_the_bias_and_the_dilation(monkeypatch):
-    """The launchers build their tables with each kernel's tile for the call: the dk/dv key tiles of the large maps
-    differ with and without rpb (rpb_tile) and with dilation (flat_tile), the 14x14-class forward's with dilation."""
-    fwd_tiles, bwd_tiles = [], []
-    monkeypatch.setattr(kernels, "halo_fwd", lambda q, k, v, rows, cols, *a, **kw: fwd_tiles.append((rows.tile,
-                                                                                                      cols.tile)))
+def _record_halo_bwd(monkeypatch, pick) -> list:
+    """Replace the halo backward (and the d(rpb) kernel) of na2d_bwd by a recorder of ``pick(its keyword
+    arguments)`` per call; returns the record."""
+    seen = []
 
     def fake_bwd(grad_out, q, *args, **kwargs):
-        bwd_tiles.append((kwargs["key_rows"].tile, kwargs["key_cols"].tile))
+        seen.append(pick(kwargs))
         return q, q, q, None, None
 
     monkeypatch.setattr(kernels, "halo_bwd", fake_bwd)
     monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *args: None)
+    return seen
+
+
+def test_tiles_follow_the_bias_and_the_dilation(monkeypatch):
+    """The launchers build their tables with each kernel's tile for the call: the dk/dv key tiles of the large maps
+    differ with and without rpb (rpb_tile) and with dilation (flat_tile), the 14x14-class forward's with dilation."""
+    fwd_tiles = []
+    monkeypatch.setattr(kernels, "halo_fwd", lambda q, k, v, rows, cols, *a, **kw: fwd_tiles.append((rows.tile,
+                                                                                                      cols.tile)))
+    bwd_tiles = _record_halo_bwd(monkeypatch, lambda kw: (kw["key_rows"].tile, kw["key_cols"].tile))
     large, small = kernels.launch_configs(56, 32), kernels.launch_configs(14, 32)
     for hh in (56, 14):  # 14 rows of 64 columns: no tile is clipped to the map
         q = torch.zeros(1, hh, 64, 2, 32)
@@ -327,14 +335,7 @@ def test_forward_launch_follows_its_loop(monkeypatch):
 def test_dq_register_cap_follows_its_loop(monkeypatch):
     """The dq kernel's register cap applies to its row walk without rpb (where it was measured), not to the flat loop
     of dilated maps or wide halos, nor with rpb."""
-    seen = []
-
-    def fake_bwd(grad_out, q, *args, **kwargs):
-        seen.append(kwargs["dq_launch"].maxnreg)
-        return q, q, q, None, None
-
-    monkeypatch.setattr(kernels, "halo_bwd", fake_bwd)
-    monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *args: None)
+    seen = _record_halo_bwd(monkeypatch, lambda kw: kw["dq_launch"].maxnreg)
     q = torch.zeros(1, 56, 56, 2, 32)
     lse = torch.zeros(1, 56, 56, 2)
     rpb = torch.zeros(2, 13, 13)

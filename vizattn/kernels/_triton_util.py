@@ -9,7 +9,8 @@ import triton
 import triton.language as tl
 
 __all__ = [
-    "cdiv", "dot", "dot_onto", "dot_precision", "head_block", "head_split", "next_pow2", "row_chunks", "sm_count"
+    "cdiv", "dot", "dot_onto", "dot_precision", "head_block", "head_split", "next_pow2", "register_cap", "row_chunks",
+    "sm_count",
 ]
 
 
@@ -29,6 +30,14 @@ def row_chunks(m: int, block_m: int, programs: int) -> tuple[int, int]:
     program, programs)`` (fewer programs when there are fewer tiles)."""
     rows = cdiv(cdiv(m, min(programs, cdiv(m, block_m))), block_m) * block_m
     return rows, cdiv(m, rows)
+
+
+def register_cap(cap: int | None, interpret: bool | None = None) -> dict[str, int]:
+    """The launch option capping a program's registers per thread at ``cap`` (Triton's ``maxnreg``): none without a
+    cap or under the interpreter (``interpret`` None reads Triton's setting), which takes no compiler options."""
+    if interpret is None:
+        interpret = bool(triton.knobs.runtime.interpret)
+    return {} if cap is None or interpret else {"maxnreg": cap}
 
 
 @functools.lru_cache(maxsize=16)

@@ -73,6 +73,7 @@ from vizattn.kernels._triton_util import dot as _dot
 from vizattn.kernels._triton_util import dot_precision as _dot_precision
 from vizattn.kernels._triton_util import head_split as _head_split
 from vizattn.kernels._triton_util import next_pow2 as _next_pow2
+from vizattn.kernels._triton_util import register_cap as _register_cap
 
 __all__ = ["DeviceTables", "Launch", "bias_table", "device_tables", "halo_fwd", "halo_bwd", "slot_windows"]
 
@@ -848,11 +849,9 @@ def _cached_meta(t_h, t_w, halo_h, halo_w, d_qk, d_v, dtype, block_n, num_warps,
                  interpret) -> dict:
     # None keeps Triton's default number of warps and this module's number of pipeline stages; a register cap is a
     # GPU compiler option (the interpreter takes none).
-    warps = dict(num_stages=_NUM_STAGES if num_stages is None else num_stages)
+    warps = dict(num_stages=_NUM_STAGES if num_stages is None else num_stages, **_register_cap(maxnreg, interpret))
     if num_warps is not None:
         warps["num_warps"] = num_warps
-    if maxnreg is not None and not interpret:
-        warps["maxnreg"] = maxnreg
     return dict(
         T_H=t_h,
         T_W=t_w,

@@ -51,6 +51,7 @@ from vizattn.kernels._triton_util import dot_onto as _dot_onto
 from vizattn.kernels._triton_util import dot_precision as _dot_precision
 from vizattn.kernels._triton_util import head_block as _head_block
 from vizattn.kernels._triton_util import next_pow2 as _next_pow2
+from vizattn.kernels._triton_util import register_cap as _register_cap
 
 __all__ = [
     "routed_attention_fwd", "routed_attention_bwd", "choose_mode", "CONFIGS", "SMALL_REGION_CONFIGS", "MAX_INDEX"
@@ -596,10 +597,7 @@ def _config(kernel: str, mode: str, n_tok: int, n_keys: int, head_dim: int,
     small = mode == "gather" and region_rows == 16 and head_dim <= _SMALL_REGION_HEAD_DIM
     cfg = dict(SMALL_REGION_CONFIGS[kernel] if small else CONFIGS[(kernel, mode)])
     cap = REGISTER_CAPS.get((kernel, "small" if small else mode)) if head_dim <= _SMALL_REGION_HEAD_DIM else None
-    if interpret is None:
-        interpret = bool(triton.knobs.runtime.interpret)
-    if cap is not None and not interpret:
-        cfg["maxnreg"] = cap
+    cfg.update(_register_cap(cap, interpret))
     if mode == "gather":
         # Never pad a tile far beyond a region's tokens or a query's keys.
         cfg["BLOCK_M"] = min(cfg["BLOCK_M"], region_rows)
