@@ -19,6 +19,7 @@ from kernel_checks import DEVICE, DTYPES, ON_GPU
 
 import vizattn.kernels.dwconv as dw
 from vizattn.kernels._dispatch import select_backend
+from vizattn.kernels._triton_util import cdiv as _cdiv
 from vizattn.kernels.dwconv import (
     _dwconv2d_backward_op,
     _dwconv2d_op,
@@ -424,6 +425,82 @@ def test_rows_forward_split_loop_matches_the_guarded_one(case, segs, monkeypatch
             monkeypatch.setattr(kernels, "ROWS_SPLIT_LOOP", split)
             outs.append(kernels.dwconv2d_fwd(x, w, b, case.d, algo="rows", seg_rows=seg_rows))
         assert torch.isfinite(outs[0]).all() and torch.equal(*outs), seg_rows
+
+
+FLAT_CASES = [  # (case, flat rows per program): ranges that end mid-chain, span phases and images
+    (Case(2, 2, 7, 6, 5, 1, "nhwc", "bf16"), (3, 9)),  # 9: the first image's last rows and the second's first two
+    (Case(2, 3, 8, 5, 3, 3, "nhwc", "fp32", bias=False), (2, 5)),  # chains of 3, 3 and 2 rows per image
+    (ALGO_CASES[4], (1, 3)),  # dilation 4 on 2 rows: phases without rows
+]
+
+
+@pytest.mark.parametrize("case,ranges", FLAT_CASES, ids=[c.id for c, _ in FLAT_CASES])
+def test_rows_forward_flat_ranges_match_the_segments(case, ranges):
+    """The flat schedule hands each program a range of the batch's rows (image, then phase, then chain row) and the
+    program walks the piece of every chain its range meets: each output gets the same products in the same order as
+    under the segment schedule, so bitwise the same outputs, and every output is written (outputs start as NaN)."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    x, w, b = _inputs(case)
+    segments = kernels.dwconv2d_fwd(x, w, b, case.d, algo="rows", seg_rows=2)
+    assert torch.isfinite(segments).all()
+    for rows in ranges:
+        flat = kernels.dwconv2d_fwd(x, w, b, case.d, algo="rows", flat_rows=rows)
+        assert torch.isfinite(flat).all() and torch.equal(flat, segments), rows
+
+
+def _record_rows_fwd(monkeypatch, regs: int) -> list:
+    """Replace the row-walking forward kernel by a recorder of (grid, FLAT, seg_rows, n_segs) per launch, which
+    returns a compiled kernel of ``regs`` registers; the device gets 132 SMs."""
+    seen = []
+
+    class Launcher:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append((grid, kwargs["FLAT"], args[11], args[12]))
+                return SimpleNamespace(n_regs=regs)
+
+            return launch
+
+    from vizattn.kernels.dwconv import triton as kernels
+
+    monkeypatch.setattr(kernels, "_dw_rows_fwd_kernel", Launcher())
+    monkeypatch.setattr(kernels, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(kernels, "_ROWS_RESIDENT", {})
+    return seen
+
+
+def test_rows_forward_schedule_flat_where_segments_cut_chains(monkeypatch):
+    """ROWS_FLAT takes the flat schedule only where the segment schedule would cut the chains (as at 56x56 C64 B64
+    k 5: 5 segments per chain), sized to one wave of the programs an SM holds by the compiled kernel's registers
+    (a guess before the first launch); whole chains (7x7 dilation 3 there) keep the segments, and so does
+    ROWS_FLAT=False."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    seen = _record_rows_fwd(monkeypatch, regs=128)  # 8 programs of 2 warps per SM
+    x = torch.empty(64, 64, 56, 56).to(memory_format=CL)
+    w5, w7 = torch.empty(64, 1, 5, 5), torch.empty(64, 1, 7, 7)
+    for _ in range(2):
+        kernels.dwconv2d_fwd(x, w5, None, 1)
+    kernels.dwconv2d_fwd(x, w7, None, 3)
+    monkeypatch.setattr(kernels, "ROWS_FLAT", False)
+    kernels.dwconv2d_fwd(x, w5, None, 1)
+    # 7 strips of 8 columns, one block of 64 channels; 64 * 56 rows over 132 * 4 (guess), then 132 * 8 programs
+    guess, measured = _cdiv(64 * 56, 132 * 4 // 7), _cdiv(64 * 56, 132 * 8 // 7)
+    assert seen[0] == ((_cdiv(64 * 56, guess), 7, 1), True, guess, 64 * 56)
+    assert seen[1] == ((_cdiv(64 * 56, measured), 7, 1), True, measured, 64 * 56)
+    assert seen[2] == ((64 * 3, 7, 1), False, 19, 1)  # chains of 19 rows, whole
+    assert seen[3] == ((64 * 5, 7, 1), False, 12, 5)  # the segments the flat schedule replaced
+
+
+@pytest.mark.parametrize("regs,warps,resident", [(128, 2, 8), (255, 2, 4), (200, 2, 4), (64, 2, 16), (32, 2, 32),
+                                                  (96, 4, 5), (None, 2, None)])
+def test_resident_programs_follow_the_registers(regs, warps, resident):
+    """Programs an SM holds at once: four schedulers of 16384 registers, given to warps in multiples of 256, at most
+    32 programs and 64 warps; None (the interpreter's launch) leaves the guess."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    assert kernels._resident_programs(SimpleNamespace(n_regs=regs), warps) == resident
 
 
 def test_forward_algorithm_is_validated():

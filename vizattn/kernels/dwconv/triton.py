@@ -130,6 +130,18 @@ ROWS_CONST_STRIDE = True
 # 0.270; 28x28 C128 1-3% faster, 14x14 C320 0-2%, 7x7 C512 7x7 d3 0.0175 -> 0.0166. Programs per SM of 16 or 64
 # instead of 32 measured the same.
 ROWS_SPLIT_LOOP = True
+# Whether the row-walking forward, where its segment schedule (``_rows_segment``) cuts chains to have programs enough,
+# deals out the batch's output rows in equal ranges instead, one per program, each walking the chains (image, phase)
+# its range meets (``FLAT`` of :func:`_dw_rows_fwd_kernel`), as many programs as the SMs hold at once (read from the
+# compiled kernel's registers after its first launch, cached in ``_ROWS_RESIDENT``). H200, B64 bf16 channels_last,
+# CUDA-graph time (2026-11-30 13:07 UTC, segments -> flat ranges, ms; bitwise the same outputs): 56x56 C64 5x5 (chains
+# cut in 5 segments) 0.0549 -> 0.0456, 28x28 C128 5x5 (2 segments) 0.0269 -> 0.0269; where the chains stay whole the
+# flat ranges were slower (their halo rows are extra work, the tail of a second or third wave of whole chains is
+# not): 56x56 C64 7x7 d3 0.0753 -> 0.0819, 28x28 C128 7x7 d3 0.0400 -> 0.0430, 14x14 C320 5x5 0.0207 -> 0.0235. Two
+# or three waves of shorter ranges were slower still.
+ROWS_FLAT = True
+_ROWS_RESIDENT_GUESS = 4
+_ROWS_RESIDENT: dict[tuple, int] = {}
 _WGRAD_ROWS_MIN_PER_SM = 4
 _WGRAD_PARTIAL_SHARE = 8
 
@@ -294,6 +306,38 @@ def _rows_fwd_step(accs, wts, zero, img, out_img, chan, bias, t, s0, s1, phase, 
 
 
 @triton.jit
+def _rows_fwd_segment(img, out_img, wts, bias, zero, chan, phase, s0, s1, n_chain, interior, w0, W, s_h, s_w, cm,
+                      K: tl.constexpr, DIL: tl.constexpr, COLS: tl.constexpr, SPAN: tl.constexpr, EVEN_C: tl.constexpr,
+                      SPLIT: tl.constexpr):
+    """Output rows ``[s0, s1)`` of the chain of phase ``phase`` in one image (``img``, ``out_img``): see
+    :func:`_dw_rows_fwd_kernel`."""
+    M: tl.constexpr = (K - 1) // 2
+    accs = (zero,) * (K * COLS)  # accs[k * COLS + u]: column w0 + u of the output of chain row t - M + k
+    t_lo = tl.maximum(s0 - M, 0)
+    t_hi = tl.minimum(s1 + M, n_chain)
+    if SPLIT:
+        # Input rows [body_lo, body_hi) reach only outputs inside the segment: no per-row guards there.
+        body_lo = tl.minimum(tl.maximum(s0 + M, t_lo), t_hi)
+        body_hi = tl.maximum(tl.minimum(s1 - M, t_hi), body_lo)
+        for t in range(t_lo, body_lo):
+            accs = _rows_fwd_step(accs, wts, zero, img, out_img, chan, bias, t, s0, s1, phase, interior, w0, W, s_h,
+                                  s_w, cm, K, DIL, COLS, SPAN, EVEN_C, True)
+        for t in range(body_lo, body_hi):
+            accs = _rows_fwd_step(accs, wts, zero, img, out_img, chan, bias, t, s0, s1, phase, interior, w0, W, s_h,
+                                  s_w, cm, K, DIL, COLS, SPAN, EVEN_C, False)
+        for t in range(body_hi, t_hi):
+            accs = _rows_fwd_step(accs, wts, zero, img, out_img, chan, bias, t, s0, s1, phase, interior, w0, W, s_h,
+                                  s_w, cm, K, DIL, COLS, SPAN, EVEN_C, True)
+    else:
+        for t in range(t_lo, t_hi):
+            accs = _rows_fwd_step(accs, wts, zero, img, out_img, chan, bias, t, s0, s1, phase, interior, w0, W, s_h,
+                                  s_w, cm, K, DIL, COLS, SPAN, EVEN_C, True)
+    # Outputs whose last input row lies below the map: complete once the chain ends.
+    for k in tl.static_range(K - 1):
+        _store_cols(out_img, accs[k * COLS :], bias, t_hi - M + k, s0, s1, phase, w0, W, s_h, s_w, cm, DIL, COLS)
+
+
+@triton.jit
 def _dw_rows_fwd_kernel(
     X,
     Wt,
@@ -317,38 +361,39 @@ def _dw_rows_fwd_kernel(
     EVEN_C: tl.constexpr,
     S_W: tl.constexpr = 0,
     SPLIT: tl.constexpr = False,
+    FLAT: tl.constexpr = False,
 ):
     """Forward of an NHWC map down a strip of ``COLS`` columns: each input row loaded once, for ``K`` output rows.
 
-    Program (image * DIL * n_segs + phase * n_segs + seg, strip, channel block) owns columns ``[strip * COLS,
-    +COLS)``, ``BLOCK_C`` channels (one per thread) and the output rows ``phase + s * DIL`` for ``s`` in its segment
-    ``[seg * seg_rows, +seg_rows)`` of the phase's chain: at dilation ``DIL`` an output row reads only input rows of
-    its own phase (residue mod ``DIL``), ``K`` consecutive ones of the chain. Every value is a (BLOCK_C,) vector of one
-    pixel (tuples index the pixels, so a shift between taps is a choice of register, not a load): the ``K * K`` tap
-    weights are loaded once, and each input row's ``COLS + (K - 1) * DIL`` pixels once, then added, with each kernel
-    row's taps, into the accumulators of the ``K`` output rows ``t - M .. t + M`` that input row ``t`` reaches (``M =
-    (K - 1) // 2``); the first of them is then complete, stored, and the accumulators rotate. Input rows outside the
-    map are skipped (zero padding), and so are the products of outputs outside the segment.
+    At dilation ``DIL`` an output row reads only input rows of its own phase (residue mod ``DIL``), ``K`` consecutive
+    ones of the phase's chain. Program axis 1 picks the strip of columns ``[strip * COLS, +COLS)``, axis 2 the block of
+    ``BLOCK_C`` channels (one per thread); axis 0 the output rows:
+
+    - with ``FLAT`` (the flat schedule, see ``ROWS_FLAT``), the ``seg_rows`` rows ``[pid * seg_rows, +seg_rows)``
+      of the batch's ``n_segs = B * H`` output rows, ordered by image, then phase, then chain row; a program walks
+      each chain its range meets (a piece of one, whole ones, a piece of another), so programs get equal work
+      wherever chains end;
+    - else program (image * DIL * n_segs + phase * n_segs + seg) takes the segment ``[seg * seg_rows, +seg_rows)`` of
+      the phase's chain.
+
+    Every value is a (BLOCK_C,) vector of one pixel (tuples index the pixels, so a shift between taps is a choice of
+    register, not a load): the ``K * K`` tap weights are loaded once, and each input row's ``COLS + (K - 1) * DIL``
+    pixels once, then added, with each kernel row's taps, into the accumulators of the ``K`` output rows ``t - M ..
+    t + M`` that input row ``t`` reaches (``M = (K - 1) // 2``); the first of them is then complete, stored, and the
+    accumulators rotate. Input rows outside the map are skipped (zero padding), and so are the products of outputs
+    outside the segment, whose ``K - 1`` halo input rows the neighbouring segments load again.
     """
     M: tl.constexpr = (K - 1) // 2
     s_w = _col_stride(s_w, S_W)
     PAD: tl.constexpr = DIL * M
     SPAN: tl.constexpr = COLS + (K - 1) * DIL  # input pixels of a row that the strip reads
     pid = tl.program_id(0)
-    seg = pid % n_segs
-    phase = (pid // n_segs) % DIL
-    b = pid // (n_segs * DIL)
-    n_chain = tl.cdiv(H - phase, DIL)  # rows of this phase in the map
-    s0 = seg * seg_rows
-    s1 = tl.minimum(s0 + seg_rows, n_chain)
     w0 = tl.program_id(1) * COLS
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < C
     # Pointers: a scalar base (image, row, column) plus the thread's channel offset, so that a pixel's address is one
     # 32-bit offset from a uniform base.
-    img = X + b.to(tl.int64) * s_b
     chan = c * s_c
-    out_img = Y + b.to(tl.int64) * s_b + chan
     # Wt is (K * K, C_PAD) float32, zero-padded to whole channel blocks: unmasked loads.
     wts = ()
     for tap in tl.static_range(K * K):
@@ -358,30 +403,34 @@ def _dw_rows_fwd_kernel(
     else:
         bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
     zero = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    accs = (zero,) * (K * COLS)  # accs[k * COLS + u]: column w0 + u of the output of chain row t - M + k
-    t_lo = tl.maximum(s0 - M, 0)
-    t_hi = tl.minimum(s1 + M, n_chain)
     interior = (w0 >= PAD) & (w0 - PAD + SPAN <= W)  # the strip's loads need no column mask
-    if SPLIT:
-        # Input rows [body_lo, body_hi) reach only outputs inside the segment: no per-row guards there.
-        body_lo = tl.minimum(tl.maximum(s0 + M, t_lo), t_hi)
-        body_hi = tl.maximum(tl.minimum(s1 - M, t_hi), body_lo)
-        for t in range(t_lo, body_lo):
-            accs = _rows_fwd_step(accs, wts, zero, img, out_img, chan, bias, t, s0, s1, phase, interior, w0, W, s_h,
-                                  s_w, cm, K, DIL, COLS, SPAN, EVEN_C, True)
-        for t in range(body_lo, body_hi):
-            accs = _rows_fwd_step(accs, wts, zero, img, out_img, chan, bias, t, s0, s1, phase, interior, w0, W, s_h,
-                                  s_w, cm, K, DIL, COLS, SPAN, EVEN_C, False)
-        for t in range(body_hi, t_hi):
-            accs = _rows_fwd_step(accs, wts, zero, img, out_img, chan, bias, t, s0, s1, phase, interior, w0, W, s_h,
-                                  s_w, cm, K, DIL, COLS, SPAN, EVEN_C, True)
+    if FLAT:
+        # Chains of an image in phase order: the first ``r`` phases hold ``a + 1`` rows, the others ``a``.
+        a = H // DIL
+        r = H - a * DIL
+        big = r * (a + 1)
+        row = pid * seg_rows
+        end = tl.minimum(row + seg_rows, n_segs)
+        while row < end:
+            b = row // H
+            u = row - b * H
+            first = u < big
+            phase = tl.where(first, u // (a + 1), r + (u - big) // tl.maximum(a, 1))
+            s0 = tl.where(first, u - phase * (a + 1), u - big - (phase - r) * a)
+            n_chain = a + (phase < r).to(tl.int32)
+            s1 = tl.minimum(n_chain, s0 + (end - row))
+            _rows_fwd_segment(X + b.to(tl.int64) * s_b, Y + b.to(tl.int64) * s_b + chan, wts, bias, zero, chan,
+                              phase, s0, s1, n_chain, interior, w0, W, s_h, s_w, cm, K, DIL, COLS, SPAN, EVEN_C, SPLIT)
+            row += s1 - s0
     else:
-        for t in range(t_lo, t_hi):
-            accs = _rows_fwd_step(accs, wts, zero, img, out_img, chan, bias, t, s0, s1, phase, interior, w0, W, s_h,
-                                  s_w, cm, K, DIL, COLS, SPAN, EVEN_C, True)
-    # Outputs whose last input row lies below the map: complete once the chain ends.
-    for k in tl.static_range(K - 1):
-        _store_cols(out_img, accs[k * COLS :], bias, t_hi - M + k, s0, s1, phase, w0, W, s_h, s_w, cm, DIL, COLS)
+        seg = pid % n_segs
+        phase = (pid // n_segs) % DIL
+        b = pid // (n_segs * DIL)
+        n_chain = tl.cdiv(H - phase, DIL)  # rows of this phase in the map
+        s0 = seg * seg_rows
+        s1 = tl.minimum(s0 + seg_rows, n_chain)
+        _rows_fwd_segment(X + b.to(tl.int64) * s_b, Y + b.to(tl.int64) * s_b + chan, wts, bias, zero, chan, phase,
+                          s0, s1, n_chain, interior, w0, W, s_h, s_w, cm, K, DIL, COLS, SPAN, EVEN_C, SPLIT)
 
 
 @triton.jit
@@ -831,6 +880,27 @@ def _rows_segment(n_chain: int, k: int, programs: int, device: torch.device) -> 
     return _cdiv(n_chain, n_segs)
 
 
+def _resident_programs(compiled, num_warps: int) -> int | None:
+    """Programs of ``num_warps`` warps that an SM holds at once, by the registers of ``compiled`` (what a launch
+    returned; None under the interpreter): each of an SM's four schedulers has 16384 registers, given to warps in
+    whole multiples of 256."""
+    n_regs = getattr(compiled, "n_regs", None)
+    if not n_regs:
+        return None
+    per_warp = _cdiv(n_regs * 32, 256) * 256
+    return max(1, min(32, 64 // num_warps, 4 * (16384 // per_warp) // num_warps))
+
+
+def _rows_flat_rows(n_rows: int, per_row_programs: int, resident: int | None, device: torch.device) -> int:
+    """Output rows per program of the row-walking forward's flat schedule: the batch's ``n_rows`` split evenly over
+    the programs that the SMs hold at once (``resident`` per SM, from the compiled kernel's registers;
+    ``_ROWS_RESIDENT_GUESS`` until its first launch), ``per_row_programs`` (strips times channel blocks) programs
+    sharing each range of rows."""
+    resident = resident or _ROWS_RESIDENT_GUESS
+    programs = max(1, _sm_count(device) * resident // per_row_programs)
+    return _cdiv(n_rows, min(programs, n_rows))
+
+
 def dwconv2d_fwd(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -839,13 +909,15 @@ def dwconv2d_fwd(
     *,
     algo: str | None = None,
     seg_rows: int | None = None,
+    flat_rows: int | None = None,
 ) -> torch.Tensor:
     """(B, C, H, W) x (dense, NCHW or channels_last), (C, 1, k, k) weight -> (B, C, H, W) in x's dtype and format.
 
     ``algo``: ``'rows'`` (NHWC maps, see :func:`~vizattn.kernels.dwconv.layout.rows_kernel_applies`:
     :func:`_dw_rows_fwd_kernel`) or ``'tiles'``
     (:func:`_dw_fwd_kernel`); by default rows where it applies (``FWD_ALGO``). ``seg_rows``: output rows of a phase's
-    chain per program of the rows kernel (tests use it to cut small maps into segments).
+    chain per program of the rows kernel's segment schedule, ``flat_rows``: output rows (of the batch's ``B * H``) per
+    program of its flat schedule (tests use them to cut small maps; by default ``ROWS_FLAT`` picks the schedule).
     """
     nhwc = is_nhwc(x)
     x = _in_layout(x, nhwc)
@@ -865,11 +937,24 @@ def dwconv2d_fwd(
         bsz, c, h, wd = x.shape
         cols, block_c, num_warps, strips, blocks = _rows_tile(c, wd, k)
         n_chain = _cdiv(h, dilation)
-        seg_rows = seg_rows or _rows_segment(n_chain, k, bsz * dilation * strips * blocks, x.device)
-        n_segs = _cdiv(n_chain, seg_rows)
+        flat = flat_rows is not None or (
+            ROWS_FLAT and seg_rows is None and _rows_segment(n_chain, k, bsz * dilation * strips * blocks, x.device)
+            < n_chain
+        )
+        const = dict(K=k, DIL=dilation, HAS_BIAS=bias is not None, COLS=cols, BLOCK_C=block_c,
+                     EVEN_C=c % block_c == 0, S_W=_const_stride(x), SPLIT=ROWS_SPLIT_LOOP, FLAT=flat)
+        key = (*const.items(), x.dtype, x.device)
+        if flat:
+            n_rows = bsz * h
+            seg_rows = flat_rows or _rows_flat_rows(n_rows, strips * blocks, _ROWS_RESIDENT.get(key), x.device)
+            grid0, n_segs = _cdiv(n_rows, seg_rows), n_rows
+        else:
+            seg_rows = seg_rows or _rows_segment(n_chain, k, bsz * dilation * strips * blocks, x.device)
+            n_segs = _cdiv(n_chain, seg_rows)
+            grid0 = bsz * dilation * n_segs
         w_pad = w.new_zeros((k * k, blocks * block_c), dtype=torch.float32)
         w_pad[:, :c] = w
-        _dw_rows_fwd_kernel[(bsz * dilation * n_segs, strips, blocks)](
+        compiled = _dw_rows_fwd_kernel[(grid0, strips, blocks)](
             x,
             w_pad,
             bias if bias is not None else w,
@@ -881,16 +966,11 @@ def dwconv2d_fwd(
             seg_rows,
             n_segs,
             w_pad.shape[1],
-            K=k,
-            DIL=dilation,
-            HAS_BIAS=bias is not None,
-            COLS=cols,
-            BLOCK_C=block_c,
-            EVEN_C=c % block_c == 0,
-            S_W=_const_stride(x),
-            SPLIT=ROWS_SPLIT_LOOP,
             num_warps=num_warps,
+            **const,
         )
+        if flat and key not in _ROWS_RESIDENT:
+            _ROWS_RESIDENT[key] = _resident_programs(compiled, num_warps)
         return y
     block_h, block_w, block_c = _fwd_tile(nhwc, x.shape[1])
     _dw_fwd_kernel[_grid(x, block_h, block_w, block_c)](
