@@ -561,6 +561,24 @@ def test_rows_weight_gradient(case, programs, monkeypatch):
     assert (db is None) if not case.bias else _rel(db, want[1]) < 1e-5
 
 
+@pytest.mark.parametrize("case,ranges", FLAT_CASES, ids=[c.id for c, _ in FLAT_CASES])
+def test_rows_weight_gradient_flat_ranges(case, ranges):
+    """The weight gradient's flat schedule: programs own ranges of all strips' rows, pieces of chains that end
+    anywhere (each reloading the dy rows around its ends, each dy row added to the bias once); the float32 weight's
+    gradients match the reference's to float32 rounding of the sums, however the ranges fall."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    x, w, b = _inputs(case)
+    w = w.float()
+    grad = _to_layout(torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, x.dtype), "nhwc")
+    zeros = torch.zeros(case.c, device=DEVICE).double().requires_grad_()
+    ref_leaves = [x.double(), w.double().requires_grad_(), zeros]
+    want = torch.autograd.grad(dwconv2d_reference(*ref_leaves, case.d), ref_leaves[1:], grad.double())
+    for rows in ranges:
+        dw_, db = kernels._rows_wgrad(grad, x, w, case.d, True, None, rows)
+        assert _rel(dw_, want[0]) < 1e-5 and _rel(db, want[1]) < 1e-5, rows
+
+
 def test_rows_weight_gradient_programs(monkeypatch):
     """Programs of the row-walking weight gradient: partial sums kept to 1/8 of the maps' bytes unless that leaves
     fewer than 4 programs per SM over the channel blocks; at most 8 per SM and block, and never more than the work."""

@@ -113,6 +113,9 @@ _ROWS_PROGRAMS_PER_SM = 32
 # _rows_wgrad_programs.
 WGRAD = "auto"
 _WGRAD_ROWS_PROGRAMS_PER_SM = 8
+# Whether the row-walking weight gradient deals its programs equal ranges of all strips' rows (``FLAT`` of
+# :func:`_dw_rows_wgrad_kernel`) instead of whole chains (image, phase, strip) in turn.
+WGRAD_FLAT = True
 # Whether the row-walking kernels get the column stride (C of a channels_last map) as a compile-time constant (one
 # compile per channel count; False passes it at run time). sm_90 compile of the forward at C 64, bf16: 7x7 d3 248 ->
 # 189 registers and 879 -> 795 instructions per input row, 5x5 496 -> 445 instructions at 127 -> 128 registers (5
@@ -338,6 +341,23 @@ def _rows_fwd_segment(img, out_img, wts, bias, zero, chan, phase, s0, s1, n_chai
 
 
 @triton.jit
+def _chain_piece(row, n_left, H, DIL: tl.constexpr):
+    """The chain piece that starts at row ``row`` of an image-major, then phase-major, then chain-row order of the
+    batch's ``B * H`` output rows and runs for at most ``n_left`` rows: (image, phase, first chain row, end chain row,
+    chain length). The first ``H % DIL`` phases of an image hold ``H // DIL + 1`` rows, the others ``H // DIL``."""
+    a = H // DIL
+    r = H - a * DIL
+    big = r * (a + 1)
+    b = row // H
+    u = row - b * H
+    first = u < big
+    phase = tl.where(first, u // (a + 1), r + (u - big) // tl.maximum(a, 1))
+    s0 = tl.where(first, u - phase * (a + 1), u - big - (phase - r) * a)
+    n_chain = a + (phase < r).to(tl.int32)
+    return b, phase, s0, tl.minimum(n_chain, s0 + n_left), n_chain
+
+
+@triton.jit
 def _dw_rows_fwd_kernel(
     X,
     Wt,
@@ -405,20 +425,10 @@ def _dw_rows_fwd_kernel(
     zero = tl.zeros((BLOCK_C,), dtype=tl.float32)
     interior = (w0 >= PAD) & (w0 - PAD + SPAN <= W)  # the strip's loads need no column mask
     if FLAT:
-        # Chains of an image in phase order: the first ``r`` phases hold ``a + 1`` rows, the others ``a``.
-        a = H // DIL
-        r = H - a * DIL
-        big = r * (a + 1)
         row = pid * seg_rows
         end = tl.minimum(row + seg_rows, n_segs)
         while row < end:
-            b = row // H
-            u = row - b * H
-            first = u < big
-            phase = tl.where(first, u // (a + 1), r + (u - big) // tl.maximum(a, 1))
-            s0 = tl.where(first, u - phase * (a + 1), u - big - (phase - r) * a)
-            n_chain = a + (phase < r).to(tl.int32)
-            s1 = tl.minimum(n_chain, s0 + (end - row))
+            b, phase, s0, s1, n_chain = _chain_piece(row, end - row, H, DIL)
             _rows_fwd_segment(X + b.to(tl.int64) * s_b, Y + b.to(tl.int64) * s_b + chan, wts, bias, zero, chan,
                               phase, s0, s1, n_chain, interior, w0, W, s_h, s_w, cm, K, DIL, COLS, SPAN, EVEN_C, SPLIT)
             row += s1 - s0
@@ -431,6 +441,41 @@ def _dw_rows_fwd_kernel(
         s1 = tl.minimum(s0 + seg_rows, n_chain)
         _rows_fwd_segment(X + b.to(tl.int64) * s_b, Y + b.to(tl.int64) * s_b + chan, wts, bias, zero, chan, phase,
                           s0, s1, n_chain, interior, w0, W, s_h, s_w, cm, K, DIL, COLS, SPAN, EVEN_C, SPLIT)
+
+
+@triton.jit
+def _wgrad_piece(dws, db, img, dimg, chan, phase, t0, t1, n_chain, w0, W, s_h, s_w, cm, K: tl.constexpr,
+                 DIL: tl.constexpr, HAS_BIAS: tl.constexpr, COLS: tl.constexpr, EVEN_C: tl.constexpr):
+    """Add the products of input rows ``[t0, t1)`` of a chain to the tap sums ``dws``, and dy rows ``[t0, t1)`` to
+    ``db``: see :func:`_dw_rows_wgrad_kernel`."""
+    M: tl.constexpr = (K - 1) // 2
+    PAD: tl.constexpr = DIL * M
+    SPAN: tl.constexpr = COLS + (K - 1) * DIL
+    interior = (w0 >= PAD) & (w0 - PAD + SPAN <= W)
+    # dy rows t0 - M .. t0 + M - 1 (zero outside the chain): the window before input row t0.
+    window = ()
+    for r in tl.static_range(K - 1):
+        row = _dy_row(dimg, chan, phase, t0 + r - M, n_chain, w0, W, s_h, s_w, cm, DIL, COLS, EVEN_C)
+        window = window + row
+        if HAS_BIAS and r >= M:
+            db += tl.where(t0 + r - M < t1, _row_sum(row, COLS), 0.0)
+    for t in range(t0, t1):
+        row = _dy_row(dimg, chan, phase, t + M, n_chain, w0, W, s_h, s_w, cm, DIL, COLS, EVEN_C)
+        if HAS_BIAS:
+            db += tl.where(t + M < t1, _row_sum(row, COLS), 0.0)
+        window = window + row  # dy rows t - M .. t + M
+        xs = _row_span(img, chan, phase + t * DIL, interior, w0 - PAD, W, s_h, s_w, cm, SPAN, EVEN_C)
+        new = ()
+        for i in tl.static_range(K):
+            for j in tl.static_range(K):
+                acc = dws[i * K + j]
+                for u in tl.static_range(COLS):
+                    # dy row s = t - M + (K - 1 - i) meets input row t through kernel row i.
+                    acc += window[(K - 1 - i) * COLS + u] * xs[u + j * DIL]
+                new = new + (acc,)
+        dws = new
+        window = window[COLS:]
+    return dws, db
 
 
 @triton.jit
@@ -448,6 +493,7 @@ def _dw_rows_wgrad_kernel(
     s_w,
     n_strips,
     n_work,
+    seg_rows,
     K: tl.constexpr,
     DIL: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -455,58 +501,48 @@ def _dw_rows_wgrad_kernel(
     BLOCK_C: tl.constexpr,
     EVEN_C: tl.constexpr,
     S_W: tl.constexpr = 0,
+    FLAT: tl.constexpr = False,
 ):
     """Partial weight and bias gradients of NHWC maps, walking strips of ``COLS`` columns down their phase's rows.
 
     ``dW[i, j] = sum dy[s, u] * x[s - M + i, u + j * DIL - PAD]`` over chain rows ``s`` and columns ``u`` (M, PAD and
-    chains as in :func:`_dw_rows_fwd_kernel`). Program (p, channel block) takes the work items (image, phase, strip)
-    ``p, p + num_programs, ...`` and walks each chain once: input row ``t`` is loaded as its ``COLS + (K - 1) * DIL``
-    pixels and multiplied with the ``K`` rows of dy it meets (``s = t - M .. t + M``, kept in registers and rotated),
-    each dy row loaded once. The ``K * K`` float32 sums per channel stay in registers across the program's items and
-    are written once, as row p of DWP (programs, K * K, C) and DBP (programs, C), which the launcher sums.
+    chains as in :func:`_dw_rows_fwd_kernel`). Program (p, channel block) walks its share of the chains: with
+    ``FLAT`` (``WGRAD_FLAT``) the ``seg_rows`` rows ``[p * seg_rows, +seg_rows)`` of the ``n_work = strips * B * H``
+    rows of all strips (strip-major, then as the forward's flat schedule), so that programs get equal work; else the
+    whole chains of the work items (image, phase, strip) ``p, p + num_programs, ...`` (``n_work`` of them). Input row
+    ``t`` of a piece ``[t0, t1)`` of a chain is loaded as its ``COLS + (K - 1) * DIL`` pixels and multiplied with the
+    ``K`` rows of dy it meets (``s = t - M .. t + M``, kept in registers and rotated), each dy row loaded once per
+    piece (a piece loads the ``K - 1`` dy rows around its ends again) and added to the bias sum if it lies in the
+    piece. The ``K * K`` float32 sums per channel stay in registers across the program's pieces and are written once,
+    as row p of DWP (programs, K * K, C) and DBP (programs, C), which the launcher sums.
     """
-    M: tl.constexpr = (K - 1) // 2
     s_w = _col_stride(s_w, S_W)
-    PAD: tl.constexpr = DIL * M
-    SPAN: tl.constexpr = COLS + (K - 1) * DIL
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < C
     chan = c * s_c
     zero = tl.zeros((BLOCK_C,), dtype=tl.float32)
     dws = (zero,) * (K * K)  # dws[i * K + j]
     db = zero
-    for work in range(tl.program_id(0), n_work, tl.num_programs(0)):
-        strip = work % n_strips
-        phase = (work // n_strips) % DIL
-        b = work // (n_strips * DIL)
-        n_chain = tl.cdiv(H - phase, DIL)
-        w0 = strip * COLS
-        img = X + b.to(tl.int64) * s_b
-        dimg = DY + b.to(tl.int64) * s_b + w0 * s_w
-        interior = (w0 >= PAD) & (w0 - PAD + SPAN <= W)
-        # dy rows s = -M .. M - 1 (zero outside the chain): the window before row t = 0.
-        window = ()
-        for r in tl.static_range(K - 1):
-            row = _dy_row(dimg, chan, phase, r - M, n_chain, w0, W, s_h, s_w, cm, DIL, COLS, EVEN_C)
-            window = window + row
-            if HAS_BIAS:
-                db += _row_sum(row, COLS)
-        for t in range(0, n_chain):
-            row = _dy_row(dimg, chan, phase, t + M, n_chain, w0, W, s_h, s_w, cm, DIL, COLS, EVEN_C)
-            if HAS_BIAS:
-                db += _row_sum(row, COLS)
-            window = window + row  # dy rows t - M .. t + M
-            xs = _row_span(img, chan, phase + t * DIL, interior, w0 - PAD, W, s_h, s_w, cm, SPAN, EVEN_C)
-            new = ()
-            for i in tl.static_range(K):
-                for j in tl.static_range(K):
-                    acc = dws[i * K + j]
-                    for u in tl.static_range(COLS):
-                        # dy row s = t - M + (K - 1 - i) meets input row t through kernel row i.
-                        acc += window[(K - 1 - i) * COLS + u] * xs[u + j * DIL]
-                    new = new + (acc,)
-            dws = new
-            window = window[COLS:]
+    if FLAT:
+        n_rows = n_work // n_strips
+        row = tl.program_id(0) * seg_rows
+        end = tl.minimum(row + seg_rows, n_work)
+        while row < end:
+            strip = row // n_rows
+            b, phase, t0, t1, n_chain = _chain_piece(row - strip * n_rows, end - row, H, DIL)
+            w0 = strip * COLS
+            dws, db = _wgrad_piece(dws, db, X + b.to(tl.int64) * s_b, DY + b.to(tl.int64) * s_b + w0 * s_w, chan,
+                                   phase, t0, t1, n_chain, w0, W, s_h, s_w, cm, K, DIL, HAS_BIAS, COLS, EVEN_C)
+            row += t1 - t0
+    else:
+        for work in range(tl.program_id(0), n_work, tl.num_programs(0)):
+            strip = work % n_strips
+            phase = (work // n_strips) % DIL
+            b = work // (n_strips * DIL)
+            n_chain = tl.cdiv(H - phase, DIL)
+            w0 = strip * COLS
+            dws, db = _wgrad_piece(dws, db, X + b.to(tl.int64) * s_b, DY + b.to(tl.int64) * s_b + w0 * s_w, chan,
+                                   phase, 0, n_chain, n_chain, w0, W, s_h, s_w, cm, K, DIL, HAS_BIAS, COLS, EVEN_C)
     part = tl.program_id(0).to(tl.int64)
     for tap in tl.static_range(K * K):
         tl.store(DWP + (part * K * K + tap) * C + c, dws[tap], mask=cm)
@@ -1115,15 +1151,28 @@ def _rows_wgrad_programs(n_work: int, blocks: int, c: int, k: int, map_bytes: in
 
 
 def _rows_wgrad(
-    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dilation: int, needs_bias: bool, programs: int | None
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    dilation: int,
+    needs_bias: bool,
+    programs: int | None,
+    flat_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Weight and bias gradients by :func:`_dw_rows_wgrad_kernel` (NHWC maps of the same strides)."""
+    """Weight and bias gradients by :func:`_dw_rows_wgrad_kernel` (NHWC maps of the same strides): on the flat
+    schedule (``WGRAD_FLAT``, or rows per program ``flat_rows``) unless ``programs`` asks for that many programs of
+    whole chains."""
     bsz, c, h, w = x.shape
     k = weight.shape[-1]
     cols, block_c, num_warps, strips, blocks = _rows_tile(c, w, k)
-    n_work = bsz * dilation * strips
     map_bytes = 2 * x.numel() * x.element_size()
-    programs = programs or _rows_wgrad_programs(n_work, blocks, c, k, map_bytes, x.device)
+    if flat_rows is not None or (WGRAD_FLAT and programs is None):
+        n_work = strips * bsz * h  # rows of all strips
+        flat_rows = flat_rows or _cdiv(n_work, _rows_wgrad_programs(n_work, blocks, c, k, map_bytes, x.device))
+        programs = _cdiv(n_work, flat_rows)
+    else:
+        n_work = bsz * dilation * strips  # chains of all strips
+        programs = programs or _rows_wgrad_programs(n_work, blocks, c, k, map_bytes, x.device)
     dw_part = new_output((programs, k * k, c), torch.float32, x.device)
     db_part = new_output((programs, c), torch.float32, x.device) if needs_bias else dw_part
     _dw_rows_wgrad_kernel[(programs, blocks)](
@@ -1137,6 +1186,7 @@ def _rows_wgrad(
         *x.stride(),
         strips,
         n_work,
+        flat_rows or 0,
         K=k,
         DIL=dilation,
         HAS_BIAS=needs_bias,
@@ -1144,6 +1194,7 @@ def _rows_wgrad(
         BLOCK_C=block_c,
         EVEN_C=c % block_c == 0,
         S_W=_const_stride(x),
+        FLAT=flat_rows is not None,
         num_warps=num_warps,
     )
     # contiguous, as the op's fake implementation (and torch.compile's stride checks) promise
