@@ -579,6 +579,32 @@ def test_rows_weight_gradient_flat_ranges(case, ranges):
         assert _rel(dw_, want[0]) < 1e-5 and _rel(db, want[1]) < 1e-5, rows
 
 
+def test_rows_weight_gradient_schedule(monkeypatch):
+    """WGRAD_FLAT hands out ranges of rows only where whole chains would fall unequally on the programs (B64 56x56
+    C64 7x7 d3: 1344 chains on 528 programs), on as many programs; one chain per program (5x5 there: 448) stays, and
+    so does everything with WGRAD_FLAT=False."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    seen = []
+
+    class Launcher:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append((grid, kwargs["FLAT"], args[12], args[13]))
+
+    monkeypatch.setattr(kernels, "_dw_rows_wgrad_kernel", Launcher())
+    monkeypatch.setattr(kernels, "_sm_count", lambda device: 132)
+    x = torch.empty(64, 64, 56, 56, dtype=torch.bfloat16).to(memory_format=CL)
+    w5, w7 = torch.empty(64, 1, 5, 5), torch.empty(64, 1, 7, 7)
+    kernels._rows_wgrad(x, x, w5, 1, True, None)
+    kernels._rows_wgrad(x, x, w7, 3, True, None)
+    monkeypatch.setattr(kernels, "WGRAD_FLAT", False)
+    kernels._rows_wgrad(x, x, w7, 3, True, None)
+    rows = 7 * 64 * 56  # 7 strips of 8 columns
+    assert seen[0] == ((448, 1), False, 448, 0)
+    assert seen[1] == ((_cdiv(rows, _cdiv(rows, 528)), 1), True, rows, _cdiv(rows, 528))
+    assert seen[2] == ((528, 1), False, 64 * 3 * 7, 0)
+
+
 def test_rows_weight_gradient_programs(monkeypatch):
     """Programs of the row-walking weight gradient: partial sums kept to 1/8 of the maps' bytes unless that leaves
     fewer than 4 programs per SM over the channel blocks; at most 8 per SM and block, and never more than the work."""
