@@ -541,21 +541,27 @@ def test_weight_gradient_from_aten(monkeypatch, dtype):
         kernels.dwconv2d_bwd(x.contiguous(), x.contiguous(), w, 1, True)
 
 
-@pytest.mark.parametrize("programs", [1, None])
-@pytest.mark.parametrize("case", ALGO_CASES, ids=[c.id for c in ALGO_CASES])
-def test_rows_weight_gradient(case, programs, monkeypatch):
-    """The row-walking weight-gradient kernel: one program for every (image, phase, strip), or the default (one
-    program per work item under the interpreter); the float32 weight's gradients are float32 sums of exact
-    products."""
-    from vizattn.kernels.dwconv import triton as kernels
-
-    monkeypatch.setattr(kernels, "WGRAD", "rows")
+def _wgrad_case(case: Case):
+    """x, the float32 weight, a dy and the float64 reference's (dweight, dbias) of ``case``."""
     x, w, _ = _inputs(case)
     w = w.float()
     grad = _to_layout(torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, x.dtype), "nhwc")
     zeros = torch.zeros(case.c, device=DEVICE).double().requires_grad_()
     ref_leaves = [x.double(), w.double().requires_grad_(), zeros]
     want = torch.autograd.grad(dwconv2d_reference(*ref_leaves, case.d), ref_leaves[1:], grad.double())
+    return x, w, grad, want
+
+
+@pytest.mark.parametrize("programs", [1, None])
+@pytest.mark.parametrize("case", ALGO_CASES, ids=[c.id for c in ALGO_CASES])
+def test_rows_weight_gradient(case, programs, monkeypatch):
+    """The row-walking weight-gradient kernel: one program for every (image, phase, strip), or the default schedule
+    (a few programs under the interpreter: whole chains, or flat ranges where chains fall unequally on them); the
+    float32 weight's gradients are float32 sums of exact products."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    monkeypatch.setattr(kernels, "WGRAD", "rows")
+    x, w, grad, want = _wgrad_case(case)
     _, dw_, db = kernels.dwconv2d_bwd(grad, x, w, case.d, case.bias, rows_programs=programs)
     assert dw_.dtype == torch.float32 and _rel(dw_, want[0]) < 1e-5
     assert (db is None) if not case.bias else _rel(db, want[1]) < 1e-5
@@ -568,12 +574,7 @@ def test_rows_weight_gradient_flat_ranges(case, ranges):
     gradients match the reference's to float32 rounding of the sums, however the ranges fall."""
     from vizattn.kernels.dwconv import triton as kernels
 
-    x, w, b = _inputs(case)
-    w = w.float()
-    grad = _to_layout(torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, x.dtype), "nhwc")
-    zeros = torch.zeros(case.c, device=DEVICE).double().requires_grad_()
-    ref_leaves = [x.double(), w.double().requires_grad_(), zeros]
-    want = torch.autograd.grad(dwconv2d_reference(*ref_leaves, case.d), ref_leaves[1:], grad.double())
+    x, w, grad, want = _wgrad_case(case)
     for rows in ranges:
         dw_, db = kernels._rows_wgrad(grad, x, w, case.d, True, None, rows)
         assert _rel(dw_, want[0]) < 1e-5 and _rel(db, want[1]) < 1e-5, rows
