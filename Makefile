@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # One stamp per checkout: an editable install points at the checkout it was made from.
 STAMP := $(VENV)/.vizattn-$(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
-PYTEST_ARGS ?= -n 2 --dist loadgroup
+PYTEST_ARGS ?= -n 2 --dist loadgroup --durations=30
 
 .PHONY: install test demo zoo lint clean
 
