@@ -977,10 +977,8 @@ def dwconv2d_fwd(
         bsz, c, h, wd = x.shape
         cols, block_c, num_warps, strips, blocks = _rows_tile(c, wd, k)
         n_chain = _cdiv(h, dilation)
-        flat = flat_rows is not None or (
-            ROWS_FLAT and seg_rows is None and _rows_segment(n_chain, k, bsz * dilation * strips * blocks, x.device)
-            < n_chain
-        )
+        by_segments = _rows_segment(n_chain, k, bsz * dilation * strips * blocks, x.device)
+        flat = flat_rows is not None or (ROWS_FLAT and seg_rows is None and by_segments < n_chain)
         const = dict(K=k, DIL=dilation, HAS_BIAS=bias is not None, COLS=cols, BLOCK_C=block_c,
                      EVEN_C=c % block_c == 0, S_W=_const_stride(x), SPLIT=ROWS_SPLIT_LOOP, FLAT=flat)
         key = (*const.items(), x.dtype, x.device)
@@ -989,7 +987,7 @@ def dwconv2d_fwd(
             seg_rows = flat_rows or _rows_flat_rows(n_rows, strips * blocks, _ROWS_RESIDENT.get(key), x.device)
             grid0, n_segs = _cdiv(n_rows, seg_rows), n_rows
         else:
-            seg_rows = seg_rows or _rows_segment(n_chain, k, bsz * dilation * strips * blocks, x.device)
+            seg_rows = seg_rows or by_segments
             n_segs = _cdiv(n_chain, seg_rows)
             grid0 = bsz * dilation * n_segs
         w_pad = w.new_zeros((k * k, blocks * block_c), dtype=torch.float32)
