@@ -449,22 +449,23 @@ def test_rows_forward_flat_ranges_match_the_segments(case, ranges):
         assert torch.isfinite(flat).all() and torch.equal(flat, segments), rows
 
 
-def _record_rows_fwd(monkeypatch, regs: int) -> list:
-    """Replace the row-walking forward kernel by a recorder of (grid, FLAT, seg_rows, n_segs) per launch, which
-    returns a compiled kernel of ``regs`` registers; the device gets 132 SMs."""
+def _record_rows_launches(monkeypatch, kernel: str, rows_args: tuple[int, int], regs: int | None = None) -> list:
+    """Replace the row-walking kernel named ``kernel`` by a recorder of (grid, FLAT, its positional arguments at
+    ``rows_args``) per launch, returning a compiled kernel of ``regs`` registers; the device gets 132 SMs and the
+    forward an empty cache of resident programs."""
+    from vizattn.kernels.dwconv import triton as kernels
+
     seen = []
 
     class Launcher:
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
-                seen.append((grid, kwargs["FLAT"], args[11], args[12]))
+                seen.append((grid, kwargs["FLAT"], *(args[i] for i in rows_args)))
                 return SimpleNamespace(n_regs=regs)
 
             return launch
 
-    from vizattn.kernels.dwconv import triton as kernels
-
-    monkeypatch.setattr(kernels, "_dw_rows_fwd_kernel", Launcher())
+    monkeypatch.setattr(kernels, kernel, Launcher())
     monkeypatch.setattr(kernels, "_sm_count", lambda device: 132)
     monkeypatch.setattr(kernels, "_ROWS_RESIDENT", {})
     return seen
@@ -477,7 +478,8 @@ def test_rows_forward_schedule_flat_where_segments_cut_chains(monkeypatch):
     ROWS_FLAT=False."""
     from vizattn.kernels.dwconv import triton as kernels
 
-    seen = _record_rows_fwd(monkeypatch, regs=128)  # 8 programs of 2 warps per SM
+    # (grid, FLAT, seg_rows, n_segs); 128 registers: 8 programs of 2 warps per SM
+    seen = _record_rows_launches(monkeypatch, "_dw_rows_fwd_kernel", (11, 12), regs=128)
     x = torch.empty(64, 64, 56, 56).to(memory_format=CL)
     w5, w7 = torch.empty(64, 1, 5, 5), torch.empty(64, 1, 7, 7)
     for _ in range(2):
@@ -586,14 +588,7 @@ def test_rows_weight_gradient_schedule(monkeypatch):
     so does everything with WGRAD_FLAT=False."""
     from vizattn.kernels.dwconv import triton as kernels
 
-    seen = []
-
-    class Launcher:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: seen.append((grid, kwargs["FLAT"], args[12], args[13]))
-
-    monkeypatch.setattr(kernels, "_dw_rows_wgrad_kernel", Launcher())
-    monkeypatch.setattr(kernels, "_sm_count", lambda device: 132)
+    seen = _record_rows_launches(monkeypatch, "_dw_rows_wgrad_kernel", (12, 13))  # (grid, FLAT, n_work, rows)
     x = torch.empty(64, 64, 56, 56, dtype=torch.bfloat16).to(memory_format=CL)
     w5, w7 = torch.empty(64, 1, 5, 5), torch.empty(64, 1, 7, 7)
     kernels._rows_wgrad(x, x, w5, 1, True, None)
