@@ -569,6 +569,31 @@ def test_rows_weight_gradient(case, programs, monkeypatch):
     assert (db is None) if not case.bias else _rel(db, want[1]) < 1e-5
 
 
+@pytest.mark.parametrize("case", ALGO_CASES, ids=[c.id for c in ALGO_CASES])
+def test_rows_weight_gradient_other_prefetch(case, monkeypatch):
+    """The row-walking weight gradient with the other choice of row prefetch than its rule makes for the case (on
+    for the short chains, including phases without rows and pieces of flat ranges; off for the long ones)."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    other = not kernels._wgrad_prefetch(case.h, case.k, case.d)
+    monkeypatch.setattr(kernels, "_wgrad_prefetch", lambda h, k, d: other)
+    x, w, grad, want = _wgrad_case(case)
+    for rows in (None, 3):
+        dw_, db = kernels._rows_wgrad(grad, x, w, case.d, True, None, rows)
+        assert _rel(dw_, want[0]) < 1e-5 and _rel(db, want[1]) < 1e-5, rows
+
+
+def test_rows_weight_gradient_prefetch_rule():
+    """Rows are prefetched where each phase's chain has at least 2k rows (H200: 5x5 and 7x7 d3 at 56x56 faster,
+    7x7 d3 at 14x14, 5-row chains, slower)."""
+    from vizattn.kernels.dwconv import triton as kernels
+
+    assert kernels._wgrad_prefetch(56, 5, 1) and kernels._wgrad_prefetch(28, 5, 1)
+    assert kernels._wgrad_prefetch(56, 7, 3)  # chains of 19 rows
+    assert not kernels._wgrad_prefetch(14, 7, 3) and not kernels._wgrad_prefetch(7, 7, 3)
+    assert kernels._wgrad_prefetch(10, 5, 1) and not kernels._wgrad_prefetch(9, 5, 1)
+
+
 @pytest.mark.parametrize("case,ranges", FLAT_CASES, ids=[c.id for c, _ in FLAT_CASES])
 def test_rows_weight_gradient_flat_ranges(case, ranges):
     """The weight gradient's flat schedule: programs own ranges of all strips' rows, pieces of chains that end
