@@ -10,3 +10,60 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # it is set here, before any test module imports one.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _patch_the_language_once_per_launch() -> None:
+    """Make Triton's interpreter patch ``triton.language`` once per kernel launch instead of once per call.
+
+    The interpreter swaps the language's builtins for its own at each launch (and puts them back after), and again at
+    every call of a nested ``@triton.jit`` function, although the launch's swap already covers it: under the
+    interpreter the nested calls' swaps (an ``inspect.getmembers`` of the language modules each) took 40% of the
+    row-walking kernels' test time. This skips a nested swap where the launch's covers the same modules; the
+    builtins the kernels run are the same objects either way. Interpreter internals that do not look as expected
+    (another Triton) leave everything as it is.
+    """
+    try:
+        import inspect
+        import threading
+
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    real_patch = getattr(interpreter, "_patch_lang", None)
+    executor = getattr(interpreter, "GridExecutor", None)
+    empty_scope = getattr(interpreter, "_LangPatchScope", None)
+    if real_patch is None or executor is None or empty_scope is None or not hasattr(empty_scope(), "restore"):
+        return
+    state = threading.local()
+
+    def languages(fn) -> frozenset[int]:
+        return frozenset(id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core))
+
+    def patch_lang(fn):
+        covered = getattr(state, "covered", None)
+        if covered is None:  # outside a launch, or the launch's own swap
+            scope = real_patch(fn)
+            if getattr(state, "launching", False):
+                state.covered = languages(fn)
+            return scope
+        if languages(fn) <= covered:
+            return empty_scope()
+        return real_patch(fn)
+
+    real_call = executor.__call__
+
+    def call(self, *args, **kwargs):
+        saved = getattr(state, "launching", False), getattr(state, "covered", None)
+        state.launching, state.covered = True, None
+        try:
+            return real_call(self, *args, **kwargs)
+        finally:
+            state.launching, state.covered = saved
+
+    interpreter._patch_lang = patch_lang
+    executor.__call__ = call
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _patch_the_language_once_per_launch()
