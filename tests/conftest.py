@@ -65,5 +65,26 @@ def _patch_the_language_once_per_launch() -> None:
     executor.__call__ = call
 
 
+def _no_integer_overflow_checks() -> None:
+    """Turn off the interpreter's check of every 32-bit integer add, sub and mul for overflow.
+
+    The check redoes each integer operation in int64 and compares it with the int32 range: about a quarter of the
+    kernel tests' time. At the interpreter's test sizes no index comes near 2^31, so it cannot fire on the offset
+    arithmetic it exists for; the kernels' batch offsets, which overflow int32 only at GPU sizes, are int64 in the
+    code. Every result is still compared with its reference.
+    """
+    try:
+        import dataclasses
+
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    builder = getattr(interpreter, "interpreter_builder", None)
+    options = getattr(builder, "options", None)
+    if options is not None and hasattr(options, "sanitize_overflow"):
+        builder.options = dataclasses.replace(options, sanitize_overflow=False)
+
+
 if os.environ.get("TRITON_INTERPRET") == "1":
     _patch_the_language_once_per_launch()
+    _no_integer_overflow_checks()
