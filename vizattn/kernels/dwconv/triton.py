@@ -149,7 +149,7 @@ ROWS_SPLIT_LOOP = True
 ROWS_FLAT = True
 _ROWS_RESIDENT_GUESS = 4
 # The row-walking weight gradient issues the loads of its next input and dy rows before the current row's products
-# (where each phase's chain has at least 2k rows). H200, 2026-11-30 16:10, bf16 B64 channels_last, weight gradient
+# (where each phase's chain has at least 2k rows). H200, 2026-11-30 15:48, bf16 B64 channels_last, weight gradient
 # alone, ms, without / with: 5x5 56x56 C64 0.0911 / 0.0787, 28x28 C128 0.0419 / 0.0397; 7x7 dilation 3 56x56 C64
 # 0.1043 / 0.0945, 14x14 C320 (5-row chains) 0.0393 / 0.0415. (The forward's registers grew from 128 to 202-213 with
 # the same prefetch, and it ran 3-28% slower at these shapes.)
@@ -539,8 +539,10 @@ def _dw_rows_wgrad_kernel(
     ``t`` of a piece ``[t0, t1)`` of a chain is loaded as its ``COLS + (K - 1) * DIL`` pixels and multiplied with the
     ``K`` rows of dy it meets (``s = t - M .. t + M``, kept in registers and rotated), each dy row loaded once per
     piece (a piece loads the ``K - 1`` dy rows around its ends again) and added to the bias sum if it lies in the
-    piece. The ``K * K`` float32 sums per channel stay in registers across the program's pieces and are written once,
-    as row p of DWP (programs, K * K, C) and DBP (programs, C), which the launcher sums.
+    piece. With ``PREFETCH`` (see ``WGRAD_PREFETCH``) the loads of input row ``t + 1`` and dy row ``t + 1 + M`` are
+    issued before row ``t``'s products. The ``K * K`` float32 sums per channel stay in registers across the
+    program's pieces and are written once, as row p of DWP (programs, K * K, C) and DBP (programs, C), which the
+    launcher sums.
     """
     s_w = _col_stride(s_w, S_W)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
