@@ -454,6 +454,19 @@ def _dw_rows_fwd_kernel(
 
 
 @triton.jit
+def _wgrad_loads(img, dimg, chan, phase, t, n_chain, interior, w0, H, W, s_h, s_w, cm, K: tl.constexpr,
+                 DIL: tl.constexpr, COLS: tl.constexpr, SPAN: tl.constexpr, EVEN_C: tl.constexpr):
+    """What :func:`_wgrad_piece` loads for input row ``t`` of a chain: dy row ``t + M`` (zero outside the chain) and
+    the input row's ``SPAN`` pixels (map row ``H - 1`` where the row lies below the map: a prefetch for an empty
+    piece, a phase with no rows when ``DIL > H``)."""
+    M: tl.constexpr = (K - 1) // 2
+    row = _dy_row(dimg, chan, phase, t + M, n_chain, w0, W, s_h, s_w, cm, DIL, COLS, EVEN_C)
+    ih = tl.minimum(phase + t * DIL, H - 1)
+    xs = _row_span(img, chan, ih, interior, w0 - DIL * M, W, s_h, s_w, cm, SPAN, EVEN_C)
+    return row, xs
+
+
+@triton.jit
 def _wgrad_piece(dws, db, img, dimg, chan, phase, t0, t1, n_chain, w0, H, W, s_h, s_w, cm, K: tl.constexpr,
                  DIL: tl.constexpr, HAS_BIAS: tl.constexpr, COLS: tl.constexpr, EVEN_C: tl.constexpr,
                  PREFETCH: tl.constexpr):
@@ -471,22 +484,18 @@ def _wgrad_piece(dws, db, img, dimg, chan, phase, t0, t1, n_chain, w0, H, W, s_h
         if HAS_BIAS and r >= M:
             db += tl.where(t0 + r - M < t1, _row_sum(row, COLS), 0.0)
     if PREFETCH:
-        next_dy = _dy_row(dimg, chan, phase, t0 + M, n_chain, w0, W, s_h, s_w, cm, DIL, COLS, EVEN_C)
-        # (row H - 1 where the piece is empty: a phase with no rows when DIL > H)
-        first = tl.minimum(phase + t0 * DIL, H - 1)
-        next_xs = _row_span(img, chan, first, interior, w0 - PAD, W, s_h, s_w, cm, SPAN, EVEN_C)
+        next_dy, next_xs = _wgrad_loads(img, dimg, chan, phase, t0, n_chain, interior, w0, H, W, s_h, s_w, cm, K, DIL,
+                                        COLS, SPAN, EVEN_C)
     for t in range(t0, t1):
         if PREFETCH:
             # This row's loads were issued an iteration ago; issue the next row's (the last row again past the
             # piece's end) before this row's products, so that their latency overlaps them.
-            row = next_dy
-            xs = next_xs
-            nxt = tl.minimum(t + 1, t1 - 1)
-            next_dy = _dy_row(dimg, chan, phase, nxt + M, n_chain, w0, W, s_h, s_w, cm, DIL, COLS, EVEN_C)
-            next_xs = _row_span(img, chan, phase + nxt * DIL, interior, w0 - PAD, W, s_h, s_w, cm, SPAN, EVEN_C)
+            row, xs = next_dy, next_xs
+            next_dy, next_xs = _wgrad_loads(img, dimg, chan, phase, tl.minimum(t + 1, t1 - 1), n_chain, interior, w0,
+                                            H, W, s_h, s_w, cm, K, DIL, COLS, SPAN, EVEN_C)
         else:
-            row = _dy_row(dimg, chan, phase, t + M, n_chain, w0, W, s_h, s_w, cm, DIL, COLS, EVEN_C)
-            xs = _row_span(img, chan, phase + t * DIL, interior, w0 - PAD, W, s_h, s_w, cm, SPAN, EVEN_C)
+            row, xs = _wgrad_loads(img, dimg, chan, phase, t, n_chain, interior, w0, H, W, s_h, s_w, cm, K, DIL, COLS,
+                                   SPAN, EVEN_C)
         if HAS_BIAS:
             db += tl.where(t + M < t1, _row_sum(row, COLS), 0.0)
         window = window + row  # dy rows t - M .. t + M
