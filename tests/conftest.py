@@ -37,8 +37,14 @@ def _patch_the_language_once_per_launch() -> None:
         return
     state = threading.local()
 
+    known: dict[int, frozenset[int]] = {}  # per module (its globals): the language modules it sees
+
     def languages(fn) -> frozenset[int]:
-        return frozenset(id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core))
+        found = known.get(id(fn.__globals__))
+        if found is None:
+            found = frozenset(id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core))
+            known[id(fn.__globals__)] = found
+        return found
 
     def patch_lang(fn):
         covered = getattr(state, "covered", None)
@@ -49,7 +55,19 @@ def _patch_the_language_once_per_launch() -> None:
             return scope
         if languages(fn) <= covered:
             return empty_scope()
-        return real_patch(fn)
+        # A module the launch's swap does not cover (``tl.core`` for ``tl.sum``): swapped here, and counted as
+        # covered until this swap is undone. Triton 3.8 drops a nested call's scope (never undoes it), so the
+        # first ``tl.sum`` of a launch swaps ``tl.core`` and the others skip it.
+        scope = real_patch(fn)
+        state.covered = covered | languages(fn)
+        real_restore = scope.restore
+
+        def restore():
+            real_restore()
+            state.covered = covered
+
+        scope.restore = restore
+        return scope
 
     real_call = executor.__call__
 
