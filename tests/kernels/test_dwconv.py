@@ -372,13 +372,14 @@ ALGO_CASES = [
 @pytest.mark.parametrize("algo", ["rows", "tiles"])
 @pytest.mark.parametrize("case", ALGO_CASES, ids=[c.id for c in ALGO_CASES])
 def test_forward_algorithms_match_reference(case, algo):
-    """Both forward kernels of NHWC maps; the row-walking one also with chains cut into segments of 1 and 3 rows
-    (halo rows loaded twice, outputs outside a segment skipped)."""
+    """Both forward kernels of NHWC maps; the row-walking one also with chains cut into segments of 3 rows, and of 1
+    row for kernels up to 5 (halo rows loaded twice, outputs outside a segment skipped; 1-row segments of the k7 and
+    k9 cases re-read 7-9 halo rows per output row, the interpreter's slowest forward)."""
     from vizattn.kernels.dwconv import triton as kernels
 
     x, w, b = _inputs(case)
     ref = dwconv2d_reference(x.double(), w.double(), None if b is None else b.double(), case.d)
-    for seg_rows in [None, 1, 3] if algo == "rows" else [None]:
+    for seg_rows in ([None, 1, 3] if case.k <= 5 else [None, 3]) if algo == "rows" else [None]:
         out = kernels.dwconv2d_fwd(x, w, b, case.d, algo=algo, seg_rows=seg_rows)
         _assert_layout(out, "nhwc")
         assert _rel(out, ref) < TOL[DTYPES[case.dtype]], seg_rows
