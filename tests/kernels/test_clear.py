@@ -196,7 +196,7 @@ def test_circle_halos_hold_distinct_keys_and_cover_every_window(length, r, tile)
 TILE_CASES = [  # (H, W, r, M, tile, extra splits): the backward's key tiles and the extra keys' kernel at their corners
     (9, 13, 3, 5, (32, 32), 1),  # tiles larger than a non-square map
     (11, 7, 2, 70, (3, 5), 3),  # odd tiles; two blocks of extra keys, the queries in three parts
-    (10, 12, 4, 0, (1, 1), 1),  # one key per tile, extra tokens given but M = 0
+    (7, 8, 4, 0, (1, 1), 1),  # one key per tile, extra tokens given but M = 0 (a small map: 56 programs per head)
     (8, 9, 5, 1, (4, 8), 7),  # a single extra token, more parts than query steps
 ]
 

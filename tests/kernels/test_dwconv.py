@@ -243,12 +243,12 @@ class LkaCase:
 
 
 LKA_CPU_CASES = [
-    LkaCase(2, 5, 23, 11, "nhwc", "fp32"),  # an 8-column strip and a partial one
+    LkaCase(1, 5, 23, 11, "nhwc", "fp32"),  # an 8-column strip and a partial one
     LkaCase(1, 3, 13, 21, "nhwc", "bf16"),
     LkaCase(1, 19, 12, 9, "nhwc", "fp16"),  # two channel blocks, the second masked
     LkaCase(1, 2, 22, 17, "nchw", "fp32"),
     LkaCase(1, 2, 13, 11, "nchw", "bf16", bias=False),
-    LkaCase(1, 3, 5, 4, "nhwc", "fp32"),  # map smaller than the 23-pixel field
+    LkaCase(2, 3, 5, 4, "nhwc", "fp32"),  # map smaller than the 23-pixel field; the batch of two (a small map)
     LkaCase(1, 3, 14, 12, "nhwc", "fp32", bias=False, k=(3, 5), d=(2, 2)),
 ]
 LKA_GPU_CASES = [
