@@ -18,8 +18,9 @@ def _patch_the_language_once_per_launch() -> None:
     The interpreter swaps the language's builtins for its own at each launch (and puts them back after), and again at
     every call of a nested ``@triton.jit`` function, although the launch's swap already covers it: under the
     interpreter the nested calls' swaps (an ``inspect.getmembers`` of the language modules each) took a third of
-    the NA kernel tests' time (a tenth of the depthwise ones'). This skips a nested swap where the launch's covers
-    the same modules; the builtins the kernels run are the same objects either way. Interpreter internals that do
+    the NA kernel tests' time (a tenth of the depthwise ones'). This skips a nested swap where the launch's swap, or an
+    earlier nested one still in place (``tl.core``, which ``tl.sum`` needs), covers the same modules; the builtins
+    the kernels run are the same objects either way. Interpreter internals that do
     not look as expected (another Triton) leave everything as it is.
     """
     try:

@@ -200,7 +200,7 @@ SMOKE_CLEAR = [("8x8-r2", 1, 8, 8, 2, 0), ("8x8-r2-d4", 1, 8, 8, 2, 4)]
 SMOKE_CLEAR_HEADS = (2, 16)
 SMOKE_NA = [("6x6-h2-k3-rpb", 1, 6, 6, 2, 3, 1, True), ("6x6-h2-k3-d2", 1, 6, 6, 2, 3, 2, False)]
 SMOKE_NA_HEAD_DIM = 16  # tl.dot needs 16 on a GPU (--smoke runs there too)
-SMOKE_DW = [("8x8-c2-lka", 1, 2, 8, 8, LKA)]
+SMOKE_DW = [("6x6-c2-lka", 1, 2, 6, 6, LKA)]
 SMOKE_LAYERS = [("ln-4x4-c24", "layer_norm", 2, 4, 4, 24), ("sa-4x4-c24", "scaled_add", 2, 4, 4, 24)]
 SMOKE_DIT = dict(model="dit_s_2", sizes=[64], radii=[2], overrides=dict(depth=2))
 
