@@ -229,6 +229,21 @@ def test_forward_at_the_gpu_key_blocks(monkeypatch, hh, ww, k, d, tile, block_n)
     assert l2 < l2_tol and mx < max_tol, f"out: rel L2 {l2:.2e}, rel max {mx:.2e}"
 
 
+def test_bias_table_auto_rule(monkeypatch):
+    """"auto": the table with rpb in the backward (but not on maps of at most 8 rows at dilation 1, where it measured
+    slower) and in the dilated forward; never without rpb; "always" / "never" as named."""
+    rpb = torch.zeros(1, 5, 5)
+    use = kernels._use_table
+    assert use(True, rpb, 1, 56) and use(True, rpb, 1, 9) and use(True, rpb, 2, 8) and use(True, rpb, 3, 7)
+    assert not use(True, rpb, 1, 8) and not use(True, rpb, 1, 7)
+    assert use(False, rpb, 2, 56) and use(False, rpb, 2, 7) and not use(False, rpb, 1, 56)
+    assert not any(use(b, None, d, h) for b in (False, True) for d in (1, 2) for h in (7, 56))
+    monkeypatch.setattr(kernels, "BIAS_TABLE", "always")
+    assert use(False, None, 1, 7) and use(True, rpb, 1, 7)
+    monkeypatch.setattr(kernels, "BIAS_TABLE", "never")
+    assert not use(True, rpb, 1, 56) and not use(False, rpb, 2, 56)
+
+
 def test_bias_table_choice_is_checked(monkeypatch):
     monkeypatch.setattr(kernels, "BIAS_TABLE", True)
     q = torch.randn(1, 9, 9, 1, 16, device=DEVICE)

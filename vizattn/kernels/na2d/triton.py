@@ -122,7 +122,10 @@ RPB_GRAD = "rows"
 # (2026-11-29 20:59 and 21:14; per pair -> table): the backward with rpb gains (56x56 2 heads 0.872 -> 0.750 ms,
 # 28x28 4 heads 0.488 -> 0.441, 56x56 dilation 8 0.781 -> 0.701; 14x14 0.216 -> 0.221, 7x7 0.101 -> 0.104); the
 # forward with dilation 1 is fastest with the row-by-row loop (below), with dilation and rpb with the table (56x56
-# dilation 8: flat loop 0.122, rows 0.164, table 0.109). "auto" takes the table in those two cases.
+# dilation 8: flat loop 0.122, rows 0.164, table 0.109). "auto" takes the table in those two cases, but not in the
+# backward of maps of at most _TINY_MAP_ROWS rows at dilation 1 (2026-11-30 20:39, profiler kernel time of the forward
+# and backward with rpb, per pair -> table: 7x7 16 heads 0.115 -> 0.126 ms, the loss of 11-29 again; 14x14 8 heads
+# 0.213 -> 0.196, 28x28 0.471 -> 0.408, 56x56 0.812 -> 0.729).
 BIAS_TABLE = "auto"
 # Whether the dq kernel walks the halo by whole rows, as the forward (NA at dilation 1 without a bias table). A row
 # walk for dq and dk/dv together measured slower at one pipeline stage (2026-11-29 21:49: 0.352 against 0.282 ms at
@@ -135,11 +138,14 @@ DQ_ROWS = True
 _BIAS_TABLE_CHOICES = ("never", "auto", "always")
 
 
-def _use_table(backward: bool, rpb: torch.Tensor | None, dilation: int) -> bool:
+def _use_table(backward: bool, rpb: torch.Tensor | None, dilation: int, height: int) -> bool:
+    """Whether the kernels read the mask and bias from a bias table (see BIAS_TABLE)."""
     if BIAS_TABLE not in _BIAS_TABLE_CHOICES:
         raise ValueError(f"vizattn.kernels.na2d.triton.BIAS_TABLE must be one of {_BIAS_TABLE_CHOICES}, got "
                          f"{BIAS_TABLE!r}.")
-    return BIAS_TABLE == "always" or (BIAS_TABLE == "auto" and rpb is not None and (backward or dilation > 1))
+    if BIAS_TABLE != "auto":
+        return BIAS_TABLE == "always"
+    return rpb is not None and (dilation > 1 or (backward and height > _TINY_MAP_ROWS))
 
 
 # The forward walks each tile's halo by whole rows (the row-by-row loop of the halo kernels: the key columns, their
@@ -211,7 +217,7 @@ def na2d_fwd(
     launch = fwd.launch if by_rows or fwd.flat is None else fwd.flat
     cap = fwd.caps[rpb is not None] if by_rows else None  # measured on the row walk only
     return halo_fwd(q, k, v, rows, cols, scale, rpb=rpb, block_n=launch.block_n, num_warps=launch.num_warps,
-                    num_stages=launch.num_stages, maxnreg=cap, table=_use_table(False, rpb, dilation),
+                    num_stages=launch.num_stages, maxnreg=cap, table=_use_table(False, rpb, dilation, q.shape[1]),
                     rows_loop=dilation == 1)
 
 
@@ -240,7 +246,8 @@ def na2d_bwd(
     dq_launch = dq_cfg.launch._replace(maxnreg=dq_cfg.caps[rpb is not None] if by_rows else None)
     dq, dk, dv, _, _ = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
-        delta=delta, dq_launch=dq_launch, dkdv_launch=dkdv_cfg.launch, table=_use_table(True, rpb, dilation),
+        delta=delta, dq_launch=dq_launch, dkdv_launch=dkdv_cfg.launch,
+        table=_use_table(True, rpb, dilation, q.shape[1]),
         dq_rows=dq_rows,
     )
     drpb = None
