@@ -176,8 +176,8 @@ MASK_CASES = [(*c, m) for c in TILE_CASES[1:4] for m in ("never", "always")] + [
 )
 def test_masks_and_bias_both_ways_match_reference(monkeypatch, hh, ww, k, d, tile, masks):
     """Both ways to the mask and bias in every kernel: the bias table (BIAS_TABLE = "always"; by default the backward
-    with rpb and the dilated forward with rpb read it) and window arithmetic with an rpb gather per pair
-    (BIAS_TABLE = "never", and what the kernels fall back to when a table would be too large)."""
+    with rpb on maps of more than 8 rows and the dilated forward with rpb read it) and window arithmetic with an rpb
+    gather per pair (BIAS_TABLE = "never", and what the kernels fall back to when a table would be too large)."""
     import vizattn.kernels._halo2d.triton as halo
 
     monkeypatch.setattr(kernels, "BIAS_TABLE", "never" if masks == "never" else "always")
