@@ -230,8 +230,8 @@ def test_forward_at_the_gpu_key_blocks(monkeypatch, hh, ww, k, d, tile, block_n)
 
 
 def test_bias_table_auto_rule(monkeypatch):
-    """"auto": the table with rpb in the backward (but not on maps of at most 8 rows at dilation 1, where it measured
-    slower) and in the dilated forward; never without rpb; "always" / "never" as named."""
+    """The "auto" rule: the table with rpb in the backward (but not on maps of at most 8 rows at dilation 1, where it
+    measured slower) and in the dilated forward; never without rpb; "always" / "never" as named."""
     rpb = torch.zeros(1, 5, 5)
     use = kernels._use_table
     assert use(True, rpb, 1, 56) and use(True, rpb, 1, 9) and use(True, rpb, 2, 8) and use(True, rpb, 3, 7)
