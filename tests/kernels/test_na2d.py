@@ -8,10 +8,11 @@ Errors are measured against the reference computed in float64.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
+import triton
 from kernel_checks import ATTN_TOL, DEVICE, DTYPES, ON_GPU, count_device_calls, rel_errors
 
 from vizattn.kernels._triton_util import head_block, head_split
@@ -301,7 +302,7 @@ def _record_halo_bwd(monkeypatch, pick) -> list:
 
     def fake_bwd(grad_out, q, *args, **kwargs):
         seen.append(pick(kwargs))
-        return q, q, q, None, None
+        return (q, q, q, None, None) + ((None,) if kwargs.get("rpb_grad") else ())
 
     monkeypatch.setattr(kernels, "halo_bwd", fake_bwd)
     monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *args: None)
@@ -538,8 +539,6 @@ def test_rpb_grad_by_row_tiles_matches_reference(case, rows):
 def test_rpb_grad_rows_programs_follow_the_map_height(monkeypatch):
     """On a GPU the row-tile d(rpb) kernel cuts the map rows into chunks for about 2048 programs, or 8192 on maps of
     at most 8 rows (B64: 56x56 2 heads 14 rows per program, 7x7 16 heads one); the interpreter takes all rows."""
-    import triton
-
     from vizattn.kernels.na2d import rpb_grad
 
     # programs per map row: W-axis tiles of ROW_TILE queries x batch x heads
@@ -553,7 +552,8 @@ def test_rpb_grad_rows_programs_follow_the_map_height(monkeypatch):
 
 @pytest.mark.parametrize("choice,fn", [("rows", "na2d_rpb_grad_rows"), ("slots", "na2d_rpb_grad")])
 def test_backward_runs_the_chosen_rpb_kernel(monkeypatch, choice, fn):
-    """kernels.RPB_GRAD routes the backward's d(rpb) through the chosen kernel (with the reference's result)."""
+    """kernels.RPB_GRAD routes the backward's d(rpb) through the chosen kernel (with the reference's result); the
+    default, "dq", is tested below."""
     calls = []
     real = getattr(kernels, fn)
     monkeypatch.setattr(kernels, "RPB_GRAD", choice)
@@ -569,6 +569,75 @@ def test_backward_runs_the_chosen_rpb_kernel(monkeypatch, choice, fn):
     l2_tol, max_tol = ATTN_TOL[q.dtype]
     l2, mx = rel_errors(drpb, ref_rpb.grad)
     assert l2 < l2_tol and mx < max_tol, f"drpb: rel L2 {l2:.2e}, rel max {mx:.2e}"
+
+
+def test_rpb_grad_choice_is_checked(monkeypatch):
+    monkeypatch.setattr(kernels, "RPB_GRAD", "atomics")
+    q = torch.randn(1, 9, 9, 1, 16, device=DEVICE)
+    rpb = torch.zeros(1, 5, 5, device=DEVICE)
+    out, lse = kernels.na2d_fwd(q, q, q, rpb, 3, 1, 0.25)
+    with pytest.raises(ValueError, match="RPB_GRAD must be one of .*'atomics'"):
+        kernels.na2d_bwd(q, q, q, q, rpb, out, lse, 3, 1, 0.25)
+
+
+# d(rpb) summed by the dq kernel (RPB_GRAD "dq" where it reads a bias table): three images, two per program (on a
+# GPU a program takes a few images; the interpreter's default is all of them), so one program sums two images and one
+# holds one; maps exactly k * d, non-square with a split head dim, an even kernel on a wide map.
+DQ_RPB_CASES = [replace(RPB_CASES[i], b=3) for i in (0, 3, 5)]
+
+
+@pytest.mark.parametrize("case", DQ_RPB_CASES, ids=[c.id for c in DQ_RPB_CASES])
+def test_rpb_grad_summed_in_the_dq_kernel(monkeypatch, case):
+    from vizattn.kernels._halo2d import triton as halo
+
+    images = []
+    real = halo._images_per_program
+    monkeypatch.setattr(halo, "_images_per_program", lambda n, *a: images.append(real(n, *a)) or 2)
+    monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *a, **kw: pytest.fail("the row-tile kernel ran"))
+    q, k, v, rpb, grad = _inputs(case, seed=12)
+    scale = case.head_dim**-0.5
+    out, lse = kernels.na2d_fwd(q, k, v, rpb, case.k, case.d, scale)
+    got = kernels.na2d_bwd(grad, q, k, v, rpb, out, lse, case.k, case.d, scale)
+    assert images == [3]  # the interpreter's own choice: every image in one program
+    leaves = [t.double().requires_grad_() for t in (q, k, v, rpb)]
+    na2d_reference(*leaves[:3], case.k, case.d, leaves[3], scale).backward(grad.double())
+    l2_tol, max_tol = ATTN_TOL[q.dtype]
+    for name, ours, leaf, x in zip(("dq", "dk", "dv", "drpb"), got, leaves, (q, k, v, rpb)):
+        assert ours.dtype == x.dtype and torch.isfinite(ours).all(), name
+        l2, mx = rel_errors(ours, leaf.grad)
+        assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
+
+
+def test_rpb_grad_falls_back_to_the_row_tiles_without_a_table(monkeypatch):
+    """Maps of at most 8 rows at dilation 1 read no bias table in the backward: the row-tile kernel sums d(rpb)."""
+    calls = []
+    real = kernels.na2d_rpb_grad_rows
+    monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    case = Case(2, 2, 7, 9, 5, 1)
+    q, k, v, rpb, grad = _inputs(case, seed=13)
+    out, lse = kernels.na2d_fwd(q, k, v, rpb, case.k, case.d, 0.25)
+    drpb = kernels.na2d_bwd(grad, q, k, v, rpb, out, lse, case.k, case.d, 0.25)[3]
+    ref_rpb = rpb.double().requires_grad_()
+    na2d_reference(q.double(), k.double(), v.double(), case.k, case.d, ref_rpb, 0.25).backward(grad.double())
+    assert calls == [1]
+    l2, mx = rel_errors(drpb, ref_rpb.grad)
+    assert l2 < ATTN_TOL[torch.float32][0] and mx < ATTN_TOL[torch.float32][1], f"rel L2 {l2:.2e}, rel max {mx:.2e}"
+
+
+def test_images_per_program_of_the_dq_kernel(monkeypatch):
+    """On a GPU about _TABLE_GRAD_PROGRAMS programs, with enough images each to keep their float32 blocks within
+    _TABLE_GRAD_BYTES; at least one image and at most all of them."""
+    from vizattn.kernels._halo2d import triton as halo
+
+    monkeypatch.setattr(triton.knobs.runtime, "interpret", False)
+    monkeypatch.setattr(halo, "_TABLE_GRAD_PROGRAMS", 4096)
+    monkeypatch.setattr(halo, "_TABLE_GRAD_BYTES", 32 << 20)
+    block = 4 * 16 * 112  # a 2x8 tile's block at k 7
+    assert halo._images_per_program(64, 392, block) == 6  # B64 56x56 2 heads: 6.1 by the count, 5.4 by the bytes
+    assert halo._images_per_program(64, 56, 4 * 32 * 176) == 3  # B64 14x14 8 heads on 2x16 tiles: 0.9 / 2.4
+    assert halo._images_per_program(1, 392, block) == 1
+    assert halo._images_per_program(8, 4096, 64) == 8  # the target's worth of programs per image: one program each
+    assert halo._images_per_program(64, 8, 64) == 1
 
 
 def test_rpb_grad_by_row_tiles_refuses_key_tile_tables():
@@ -596,8 +665,8 @@ def test_rpb_grad_default_warps_are_a_power_of_two():
 
 
 def test_rpb_grad_runs_only_with_rpb(monkeypatch):
-    """Without a bias no d(rpb) kernel runs and the backward returns None for it; with one, the NA kernel computes
-    it (once) from the halo backward's delta."""
+    """Without a bias no d(rpb) kernel runs and the backward returns None for it; with one (and the bias table of a
+    dilated map), the halo backward returns it and no d(rpb) kernel runs either."""
     calls = []
     halo_bwd = kernels.halo_bwd
 
@@ -626,7 +695,7 @@ def test_rpb_grad_runs_only_with_rpb(monkeypatch):
     calls.clear()
     out, lse = kernels.na2d_fwd(q, k, v, rpb, 3, 3, 0.25)
     assert kernels.na2d_bwd(grad, q, k, v, rpb, out, lse, 3, 3, 0.25)[3].shape == rpb.shape
-    assert calls == [("halo", True), ("rpb_grad",)]
+    assert calls == [("halo", True)]
 
 
 def test_halo_kernels_refuse_tables_of_the_wrong_role():

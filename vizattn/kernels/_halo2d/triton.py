@@ -44,9 +44,11 @@ another's dq, dk or dv.
 
 - ``_halo_dq_kernel`` (shaped like the forward, one query tile): computes ``delta = rowsum(dO * O)`` of its queries
   (stored for the next kernels), walks the halo and the extra keys, accumulates ``dq`` in float32 registers and writes
-  it once. It adds the bias to the recomputed scores but leaves ``d(rpb)`` to the caller (NA computes it in
-  :mod:`vizattn.kernels.na2d.rpb_grad` from the ``delta`` this kernel stores: adding it here took one float32 atomic
-  per (query, key) pair, about 1 ms of NA's 1.56 ms backward at its first stage on the H200).
+  it once. It adds the bias to the recomputed scores. With a bias table it can also sum ``d(rpb)`` (``TABLE_GRAD``):
+  a program then runs its tile in several images and adds each pair's score gradient into its own float32 block (no
+  atomics: one float32 atomic per (query, key) pair into the table took about 1 ms of NA's 1.56 ms backward at its
+  first stage on the H200), which :func:`_pair_grads_to_rpb` bins by bias index. Without a table NA computes d(rpb)
+  in :mod:`vizattn.kernels.na2d.rpb_grad` from the ``delta`` this kernel stores.
 - ``_halo_dkdv_kernel`` (key-centric): a program owns a tile of keys of one image and head, loads them once, walks the
   halo of the queries that see them (the key-tile tables of :func:`~vizattn.kernels._halo2d.tiles.build_key_axis_tiles`
   for NA; the forward tables for the circle, which is symmetric) and writes ``dk``, ``dv`` once.
@@ -599,7 +601,7 @@ def _halo_fwd_kernel(
 
 @triton.jit
 def _halo_dq_kernel(
-    Q, K, V, EK, EV, DO, OUT, LSE, DELTA, RPB, DQ,
+    Q, K, V, EK, EV, DO, OUT, LSE, DELTA, RPB, DQ, DTAB,
     QH, SH, KH, WH, QW, SW, KW, WW,
     s_qb, s_qh, s_qw, s_qn, s_qd,
     s_kb, s_kh, s_kw, s_kn, s_kd,
@@ -610,20 +612,76 @@ def _halo_dq_kernel(
     s_ob, s_oh, s_ow, s_on, s_od,
     s_lb, s_lh, s_lw, s_ln,
     s_dqb, s_dqh, s_dqw, s_dqn, s_dqd,
-    heads, n_tw, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
+    heads, n_tw, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq, n_images, images,
     T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TABLE: tl.constexpr = False, TABLE_ALIGN: tl.constexpr = 64,
     HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
-    ROW_I32: tl.constexpr = False,
+    ROW_I32: tl.constexpr = False, TABLE_GRAD: tl.constexpr = False,
 ):
     """Query-centric: dq of one query tile over its halo and the extra keys (the bias added to the recomputed
     scores). It also writes ``delta = rowsum(dO * O)`` of its queries, which the kernels launched after it read.
     NA without a bias table may walk the halo by whole rows, as the forward does (``HALO_WP``, see
-    :func:`_halo_rows_fwd`)."""
-    th, tw, b, head = _program_coords(n_tw, heads)
+    :func:`_halo_rows_fwd`).
+
+    ``TABLE_GRAD`` (NA with rpb and a bias table): a program runs its tile in ``images`` consecutive images (axis 1
+    runs over image chunk x head) and sums the score gradients of each (slot, halo slot) pair over them into its own
+    float32 block of ``DTAB``, the gradient of the pair's bias: d(rpb) is that summed by bias index
+    (:func:`_pair_grads_to_rpb`), with no second pass over q, k, v and dO. ``DTAB`` is ``(tile columns, image
+    chunks x heads, tile rows, T_H, HALO_H, T_W, HALO_W)``: the W axis last, for one batched product."""
+    if TABLE_GRAD:
+        tile = tl.program_id(0).to(tl.int64)
+        bn = tl.program_id(1).to(tl.int64)
+        th = tile // n_tw
+        tw = tile % n_tw
+        head = bn % heads
+        first = (bn // heads) * images
+        block: tl.constexpr = T_H * T_W * HALO_H * HALO_W
+        dtab = DTAB + ((tw * tl.num_programs(1) + bn) * (tl.num_programs(0) // n_tw) + th) * block
+        for b in range(first, tl.minimum(first + images, n_images)):
+            _dq_tile(
+                Q, K, V, EK, EV, DO, OUT, LSE, DELTA, RPB, DQ, dtab, b > first, QH, SH, KH, WH, QW, SW, KW, WW,
+                s_qb, s_qh, s_qw, s_qn, s_qd, s_kb, s_kh, s_kw, s_kn, s_kd, s_vb, s_vh, s_vw, s_vn, s_vd,
+                s_eb, s_em, s_en, s_ed, s_fb, s_fm, s_fn, s_fd, s_gb, s_gh, s_gw, s_gn, s_gd,
+                s_ob, s_oh, s_ow, s_on, s_od, s_lb, s_lh, s_lw, s_ln, s_dqb, s_dqh, s_dqw, s_dqn, s_dqd,
+                th, tw, b, head, heads, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
+                T_H, T_W, HALO_H, HALO_W, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV,
+                HAS_RPB, CIRCLE, HAS_EXTRA, DOT_PRECISION, TABLE, TABLE_ALIGN, HALO_WP, EVEN_QK, EVEN_V, ROW_I32,
+                TABLE_GRAD,
+            )
+            tl.debug_barrier()  # the next image reads the block's sums, perhaps in other threads
+    else:
+        th, tw, b, head = _program_coords(n_tw, heads)
+        _dq_tile(
+            Q, K, V, EK, EV, DO, OUT, LSE, DELTA, RPB, DQ, DTAB, False, QH, SH, KH, WH, QW, SW, KW, WW,
+            s_qb, s_qh, s_qw, s_qn, s_qd, s_kb, s_kh, s_kw, s_kn, s_kd, s_vb, s_vh, s_vw, s_vn, s_vd,
+            s_eb, s_em, s_en, s_ed, s_fb, s_fm, s_fn, s_fd, s_gb, s_gh, s_gw, s_gn, s_gd,
+            s_ob, s_oh, s_ow, s_on, s_od, s_lb, s_lh, s_lw, s_ln, s_dqb, s_dqh, s_dqw, s_dqn, s_dqd,
+            th, tw, b, head, heads, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
+            T_H, T_W, HALO_H, HALO_W, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV,
+            HAS_RPB, CIRCLE, HAS_EXTRA, DOT_PRECISION, TABLE, TABLE_ALIGN, HALO_WP, EVEN_QK, EVEN_V, ROW_I32, False,
+        )
+
+
+@triton.jit
+def _dq_tile(
+    Q, K, V, EK, EV, DO, OUT, LSE, DELTA, RPB, DQ, DTAB, accumulate, QH, SH, KH, WH, QW, SW, KW, WW,
+    s_qb, s_qh, s_qw, s_qn, s_qd, s_kb, s_kh, s_kw, s_kn, s_kd, s_vb, s_vh, s_vw, s_vn, s_vd,
+    s_eb, s_em, s_en, s_ed, s_fb, s_fm, s_fn, s_fd, s_gb, s_gh, s_gw, s_gn, s_gd,
+    s_ob, s_oh, s_ow, s_on, s_od, s_lb, s_lh, s_lw, s_ln, s_dqb, s_dqh, s_dqw, s_dqn, s_dqd,
+    th, tw, b, head, heads, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
+    T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
+    HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    TABLE: tl.constexpr, TABLE_ALIGN: tl.constexpr, HALO_WP: tl.constexpr, EVEN_QK: tl.constexpr,
+    EVEN_V: tl.constexpr, ROW_I32: tl.constexpr, TABLE_GRAD: tl.constexpr,
+):
+    """:func:`_halo_dq_kernel`'s work on one tile of one image and head; with ``TABLE_GRAD`` it also adds the tile's
+    score gradients into its pair-bias gradient block ``DTAB`` (stores them in the first image: ``accumulate``
+    false)."""
     a_h, a_w, row, col, m_ok, real = _query_slots(QH, SH, QW, SW, th, tw, T_H, T_W, BLOCK_M)
     q, q_t = _load_cols(Q + b * s_qb + head * s_qn + row * s_qh + col * s_qw, m_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
     do, do_t = _load_cols(DO + b * s_gb + head * s_gn + row * s_gh + col * s_gw, real, s_gd, d_v, BLOCK_DV, BLOCK_TV)
@@ -676,6 +734,12 @@ def _halo_dq_kernel(
             ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
                             BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE)
             dq, dq_t = _dot_acc(ds, k, k_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
+            if TABLE_GRAD:  # the block is (T_H, HALO_H, T_W, HALO_W), see _pair_grads_to_rpb
+                n = start + tl.arange(0, BLOCK_N)
+                at = DTAB + (a_h.to(tl.int32) * (HALO_H * T_W * HALO_W) + a_w.to(tl.int32) * HALO_W)[:, None] + (
+                    n // HALO_W * (T_W * HALO_W) + n % HALO_W)[None, :]
+                pair_ok = m_ok[:, None] & (n < HALO_H * HALO_W)[None, :]
+                tl.store(at, tl.load(at, mask=pair_ok & accumulate, other=0.0) + ds, mask=pair_ok)
     if HAS_EXTRA:
         ek_base = EK + b * s_eb + head * s_en
         ev_base = EV + b * s_fb + head * s_fn
@@ -1042,6 +1106,44 @@ def _table_args(rows: DeviceTables, cols: DeviceTables, rpb_t: torch.Tensor, rpb
     return tab
 
 
+# The dq programs when they also sum d(rpb) (TABLE_GRAD): about _TABLE_GRAD_PROGRAMS of them (more keep the GPU
+# busier), but with at least as many images each as keep their float32 pair-bias blocks, which PyTorch then sums,
+# within _TABLE_GRAD_BYTES.
+_TABLE_GRAD_PROGRAMS = 4096
+_TABLE_GRAD_BYTES = 32 << 20
+
+
+def _images_per_program(n_images: int, programs_per_image: int, block_bytes: int) -> int:
+    """Images per dq program with ``TABLE_GRAD`` on a GPU (see :data:`_TABLE_GRAD_PROGRAMS`); every image in one
+    program under the interpreter. ``block_bytes``: one program's pair-bias block."""
+    if triton.knobs.runtime.interpret:
+        return n_images
+    by_programs = round(n_images * programs_per_image / _TABLE_GRAD_PROGRAMS)
+    by_bytes = _cdiv(n_images * programs_per_image * block_bytes, _TABLE_GRAD_BYTES)
+    return max(1, min(n_images, max(by_programs, by_bytes)))
+
+
+@functools.lru_cache(maxsize=256)
+def _bias_one_hot(t: DeviceTables, side: int) -> torch.Tensor:
+    """(n, T, halo, side) float32: 1 where slot ``t`` of tile ``n`` and halo slot ``s`` pair at relative index ``b``
+    along this axis (the inverse of :func:`slot_windows`), 0 elsewhere."""
+    rel = _rel_idx(t)
+    return torch.nn.functional.one_hot(rel.clamp(min=0), side).float() * (rel >= 0)[..., None]
+
+
+def _pair_grads_to_rpb(dtab: torch.Tensor, heads: int, rows: DeviceTables, cols: DeviceTables,
+                       side: int) -> torch.Tensor:
+    """d(rpb) (heads, side, side) float32 from the dq kernel's pair-bias gradient blocks (layout in
+    :func:`_halo_dq_kernel`): each pair's gradient added at its bias index, as products with the two axes' one-hot
+    relative indices (no atomics: deterministic). The W axis goes first, one batched product over the tile columns
+    that reads the blocks once. The products follow PyTorch's float32 matmul precision, like the model's own
+    (full float32 by default; TF32 where the user allows it)."""
+    n_w = cols.tile * cols.halo
+    by_w = torch.bmm(dtab.view(cols.n_tiles, -1, n_w), _bias_one_hot(cols, side).view(cols.n_tiles, n_w, side))
+    by_w = by_w.view(-1, heads, rows.n_tiles, rows.tile, rows.halo, side).sum(0)  # (heads, i, a, s, c)
+    return torch.einsum("hiasc,iasb->hbc", by_w, _bias_one_hot(rows, side))
+
+
 def _extra_splits(n_programs: int, n_queries: int, block_n: int, device: torch.device) -> int:
     """Splits of the queries for the extra keys' gradient kernel: enough programs to fill the GPU (two per
     multiprocessor), each split keeping at least four steps of queries."""
@@ -1089,6 +1191,8 @@ def halo_bwd(
     delta: torch.Tensor | None = None,
     table: bool = False,
     dq_rows: bool = False,
+    rpb_grad: bool = False,
+    images_per_program: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Backward launcher, arguments as :func:`halo_fwd` plus the forward's ``out`` and ``lse``.
 
@@ -1113,12 +1217,16 @@ def halo_bwd(
             (:func:`bias_table`; one for each kernel's tiles), when not too large.
         dq_rows: NA mode without a table: the dq kernel walks the halo by whole rows, as the forward
             (:func:`_halo_rows_fwd`), when a step holds at least one padded halo row.
+        rpb_grad: NA mode with rpb: also return d(rpb), as a sixth element, when the dq kernel reads a bias table (it
+            then sums each pair's score gradients over ``images_per_program`` images, see ``TABLE_GRAD`` of
+            :func:`_halo_dq_kernel`); None there when no table was built (too large), for the caller to compute.
+        images_per_program: with ``rpb_grad``: images per dq program (None: :func:`_images_per_program`).
 
     Returns:
         (dq, dk, dv, d_extra_k, d_extra_v) in the dtypes of their inputs; the last two are None when their inputs are
-        None (empty tensors when M = 0). d(rpb) is not computed here (NA: :mod:`vizattn.kernels.na2d.rpb_grad`, from
-        ``delta``). Deterministic on a given GPU: every element is written once by one program, or summed over a fixed
-        number of parts in a fixed order.
+        None (empty tensors when M = 0); with ``rpb_grad`` then d(rpb) or None. Without it d(rpb) is not computed here
+        (NA: :mod:`vizattn.kernels.na2d.rpb_grad`, from ``delta``). Deterministic on a given GPU: every element is
+        written once by one program, or summed over a fixed number of parts in a fixed order.
     """
     circle = circle_radius is not None
     if key_rows is None or key_cols is None:
@@ -1146,13 +1254,22 @@ def halo_bwd(
     meta = _launch_meta(q, v, rows, cols, cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.maxnreg)
     tab = bias_table(rows, cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"]) if table and not circle else None
     tab_t, win_h, win_w, side = _table_args(rows, cols, rpb_t, rpb_side, tab)
-    _halo_dq_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
-        q, k, v, ek, ev, grad_out, out, lse, delta, tab_t, dq, *rows[:3], win_h, *cols[:3], win_w,
+    n_tiles = rows.n_tiles * cols.n_tiles
+    table_grad = rpb_grad and has_rpb and tab is not None
+    images, dtab = 1, dq  # dtab: a placeholder, never read without a table gradient
+    if table_grad:
+        block = rows.tile * cols.tile * rows.halo * cols.halo
+        images = images_per_program or _images_per_program(b, n_tiles * heads, 4 * block)
+        dtab = new_output((cols.n_tiles, _cdiv(b, images) * heads, rows.n_tiles, rows.tile, rows.halo, cols.tile,
+                           cols.halo), torch.float32, q.device)
+    _halo_dq_kernel[(n_tiles, _cdiv(b, images) * heads)](
+        q, k, v, ek, ev, grad_out, out, lse, delta, tab_t, dq, dtab, *rows[:3], win_h, *cols[:3], win_w,
         *q.stride(), *k.stride(), *v.stride(), *_strides4(ek, n_extra > 0), *_strides4(ev, n_extra > 0),
         *grad_out.stride(), *out.stride(), *lse.stride(), *dq.stride(),
-        heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale, side, radius_sq,
+        heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale, side, radius_sq, b, images,
         HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
-        ROW_I32=_row_i32(k, v), **_rows_meta(cols.halo, q.shape[-1], v.shape[-1], dq_rows), **meta,
+        ROW_I32=_row_i32(k, v), TABLE_GRAD=table_grad,
+        **_rows_meta(cols.halo, q.shape[-1], v.shape[-1], dq_rows), **meta,
     )
     cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)
     meta = _launch_meta(q, v, key_rows, key_cols, cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.maxnreg)
@@ -1187,4 +1304,7 @@ def halo_bwd(
             **({"num_warps": meta["num_warps"]} if "num_warps" in meta else {}),
         )
         d_extra = (dek.sum(0).to(extra_k.dtype), dev.sum(0).to(extra_v.dtype))
-    return dq, dk, dv, *d_extra
+    if not rpb_grad:
+        return dq, dk, dv, *d_extra
+    d_rpb = _pair_grads_to_rpb(dtab, heads, rows, cols, rpb_side).to(rpb.dtype) if table_grad else None
+    return dq, dk, dv, *d_extra, d_rpb

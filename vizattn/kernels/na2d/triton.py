@@ -9,10 +9,13 @@ whose per-axis index steps by one along that run. Nothing of size ``N * k * k`` 
 The backward is split like FlashAttention-2's: a query-centric kernel writes ``dq`` (and ``delta = rowsum(dO * O)``),
 and a key-centric one owns a tile of keys, walks the queries that see them (the transposed tables of
 :func:`vizattn.kernels.na2d.tiles.key_axis_tiles`: a key near a border can be seen by more than ``k`` queries per
-axis) and writes ``dk``, ``dv`` once. With a bias, ``d(rpb)`` comes from a third kernel,
-:func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad_rows`, which recomputes the scores of row tiles of queries on
-tensor cores and sums their gradients per bias cell in registers (the halo dq kernel's per-pair atomics cost twice
-the rest of the backward). Every gradient, ``d(rpb)`` included, is deterministic.
+axis) and writes ``dk``, ``dv`` once. With a bias, ``d(rpb)`` comes from the dq kernel where it reads the bias from
+a table (see ``BIAS_TABLE``): each of its programs runs one tile in several images and sums every (slot, halo slot)
+pair's score gradient into a float32 block, which two small products with one-hot matrices bin by bias index
+(``TABLE_GRAD`` of :func:`vizattn.kernels._halo2d.triton.halo_bwd`). Elsewhere (maps of at most 8 rows at dilation
+1, or tables too large) a third kernel, :func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad_rows`, recomputes the
+scores of row tiles of queries on tensor cores and sums their gradients per bias cell in registers. No atomics: every
+gradient, ``d(rpb)`` included, is deterministic.
 """
 
 from __future__ import annotations
@@ -110,11 +113,16 @@ _SMALL_MAP_ROWS, _TINY_MAP_ROWS = 16, 8
 # bytes) and 128 (forward 80-492, dk/dv 1244-1568), the 4-warp ones at most 8 and 364 bytes.
 _WIDE_HEADS = (KernelConfig((8, 8), Launch(block_n=32, num_warps=4)),) * 3
 _WIDE_HEAD_DIM = 32
-# Which d(rpb) kernel the backward runs: "rows" (na2d_rpb_grad_rows, row tiles on tensor cores) or "slots"
-# (na2d_rpb_grad, CUDA cores, slot by slot). H200, k 7, head dim 32, CUDA-graph kernel time (2026-11-29 20:27): B64
-# 56x56 2 heads 0.41 against 0.56 ms, 28x28 4 heads 0.23 / 0.33, 14x14 8 heads 0.090 / 0.150, B128 7x7 16 heads
-# 0.107 / 0.132, B128 56x56 0.79 / 1.09.
-RPB_GRAD = "rows"
+# Where the backward computes d(rpb): "dq" (in the dq kernel where it reads a bias table, else as "rows"), "rows"
+# (na2d_rpb_grad_rows, row tiles on tensor cores) or "slots" (na2d_rpb_grad, CUDA cores, slot by slot). H200, k 7,
+# head dim 32, bf16, profiler kernel time of forward + backward with rpb, rows -> dq (2026-11-30 22:05, `.gpu/
+# ab_dqrpb.py`, at the shipped 4096 programs / 32 MB): B64 56x56 2 heads 0.734 -> 0.498 ms, 28x28 4 heads 0.411 ->
+# 0.318, 14x14 8 heads 0.198 -> 0.207, 14x14 dilation 2 0.237 -> 0.204, 56x56 dilation 8 0.720 -> 0.453, 28x28
+# dilation 4 0.378 -> 0.263, B128 28x28 0.778 -> 0.555, B8 128x128 4 heads 0.888 -> 0.627. Rows against slots
+# (CUDA-graph kernel time, 2026-11-29 20:27): B64 56x56 2 heads 0.41 against 0.56 ms, 28x28 4 heads 0.23 / 0.33,
+# 14x14 8 heads 0.090 / 0.150, B128 7x7 16 heads 0.107 / 0.132, B128 56x56 0.79 / 1.09.
+RPB_GRAD = "dq"
+_RPB_GRAD_CHOICES = ("dq", "rows", "slots")
 # Where the halo kernels read each (query, key) pair's mask and bias from a small table per class of tiles
 # (vizattn.kernels._halo2d.triton.bias_table) instead of building them per pair (window arithmetic, an rpb gather):
 # "never", "auto" or "always". The table cuts the sm_90 loop of the dk/dv kernel with rpb from 756 to 468
@@ -244,16 +252,21 @@ def na2d_bwd(
     dq_rows = DQ_ROWS and dilation == 1
     by_rows = dq_rows and _walks_rows(dilation, cols, dq_cfg.launch)
     dq_launch = dq_cfg.launch._replace(maxnreg=dq_cfg.caps[rpb is not None] if by_rows else None)
-    dq, dk, dv, _, _ = halo_bwd(
+    if RPB_GRAD not in _RPB_GRAD_CHOICES:
+        raise ValueError(f"vizattn.kernels.na2d.triton.RPB_GRAD must be one of {_RPB_GRAD_CHOICES}, got {RPB_GRAD!r}.")
+    in_dq = rpb is not None and RPB_GRAD == "dq"
+    grads = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
         delta=delta, dq_launch=dq_launch, dkdv_launch=dkdv_cfg.launch,
         table=_use_table(True, rpb, dilation, q.shape[1]),
-        dq_rows=dq_rows,
+        dq_rows=dq_rows, rpb_grad=in_dq,
     )
-    drpb = None
-    if rpb is not None and RPB_GRAD == "rows":
-        w_tiles = _tables(q.shape[2], kernel_size, dilation, ROW_TILE, q.device)
-        drpb = na2d_rpb_grad_rows(grad_out, q, k, v, rpb, lse, delta, kernel_size, dilation, scale, w_tiles)
-    elif rpb is not None:
-        drpb = na2d_rpb_grad(grad_out, q, k, v, rpb, lse, delta, kernel_size, dilation, scale)
+    dq, dk, dv = grads[:3]
+    drpb = grads[5] if in_dq else None  # None there too when the dq kernel read no bias table
+    if rpb is not None and drpb is None:
+        if RPB_GRAD == "slots":
+            drpb = na2d_rpb_grad(grad_out, q, k, v, rpb, lse, delta, kernel_size, dilation, scale)
+        else:
+            w_tiles = _tables(q.shape[2], kernel_size, dilation, ROW_TILE, q.device)
+            drpb = na2d_rpb_grad_rows(grad_out, q, k, v, rpb, lse, delta, kernel_size, dilation, scale, w_tiles)
     return dq, dk, dv, drpb
