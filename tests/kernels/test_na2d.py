@@ -582,8 +582,9 @@ def test_rpb_grad_choice_is_checked(monkeypatch):
 
 # d(rpb) summed by the dq kernel (RPB_GRAD "dq" where it reads a bias table): three images, two per program (on a
 # GPU a program takes a few images; the interpreter's default is all of them), so one program sums two images and one
-# holds one; maps exactly k * d, non-square with a split head dim, an even kernel on a wide map.
-DQ_RPB_CASES = [replace(RPB_CASES[i], b=3) for i in (0, 3, 5)]
+# holds one; maps exactly k * d, non-square with a split head dim, an even kernel on 17 rows at dilation 1 (the
+# undilated maps of at most 16 rows take the row-tile kernel).
+DQ_RPB_CASES = [replace(RPB_CASES[i], b=3) for i in (0, 3)] + [Case(3, 2, 17, 12, 6, 1, "fp16")]
 
 
 @pytest.mark.parametrize("case", DQ_RPB_CASES, ids=[c.id for c in DQ_RPB_CASES])
@@ -591,14 +592,13 @@ def test_rpb_grad_summed_in_the_dq_kernel(monkeypatch, case):
     from vizattn.kernels._halo2d import triton as halo
 
     images = []
-    real = halo._images_per_program
-    monkeypatch.setattr(halo, "_images_per_program", lambda n, *a: images.append(real(n, *a)) or 2)
+    monkeypatch.setattr(halo, "_images_per_program", lambda n, *a: images.append(n) or 2)
     monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *a, **kw: pytest.fail("the row-tile kernel ran"))
     q, k, v, rpb, grad = _inputs(case, seed=12)
     scale = case.head_dim**-0.5
     out, lse = kernels.na2d_fwd(q, k, v, rpb, case.k, case.d, scale)
     got = kernels.na2d_bwd(grad, q, k, v, rpb, out, lse, case.k, case.d, scale)
-    assert images == [3]  # the interpreter's own choice: every image in one program
+    assert images == [3]  # asked once, for the batch
     leaves = [t.double().requires_grad_() for t in (q, k, v, rpb)]
     na2d_reference(*leaves[:3], case.k, case.d, leaves[3], scale).backward(grad.double())
     l2_tol, max_tol = ATTN_TOL[q.dtype]
@@ -608,12 +608,13 @@ def test_rpb_grad_summed_in_the_dq_kernel(monkeypatch, case):
         assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
 
 
-def test_rpb_grad_falls_back_to_the_row_tiles_without_a_table(monkeypatch):
-    """Maps of at most 8 rows at dilation 1 read no bias table in the backward: the row-tile kernel sums d(rpb)."""
+@pytest.mark.parametrize("case", [Case(2, 2, 7, 9, 5, 1), Case(1, 2, 12, 10, 5, 1)], ids=["7x9-no-table", "12x10"])
+def test_rpb_grad_falls_back_to_the_row_tiles(monkeypatch, case):
+    """At dilation 1 maps of at most 8 rows read no bias table in the backward, and those of at most 16 take the
+    row-tile d(rpb) kernel (measured faster there): that kernel sums d(rpb)."""
     calls = []
     real = kernels.na2d_rpb_grad_rows
     monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    case = Case(2, 2, 7, 9, 5, 1)
     q, k, v, rpb, grad = _inputs(case, seed=13)
     out, lse = kernels.na2d_fwd(q, k, v, rpb, case.k, case.d, 0.25)
     drpb = kernels.na2d_bwd(grad, q, k, v, rpb, out, lse, case.k, case.d, 0.25)[3]

@@ -12,9 +12,9 @@ and a key-centric one owns a tile of keys, walks the queries that see them (the 
 axis) and writes ``dk``, ``dv`` once. With a bias, ``d(rpb)`` comes from the dq kernel where it reads the bias from
 a table (see ``BIAS_TABLE``): each of its programs runs one tile in several images and sums every (slot, halo slot)
 pair's score gradient into a float32 block, which two small products with one-hot matrices bin by bias index
-(``TABLE_GRAD`` of :func:`vizattn.kernels._halo2d.triton.halo_bwd`). Elsewhere (maps of at most 8 rows at dilation
-1, or tables too large) a third kernel, :func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad_rows`, recomputes the
-scores of row tiles of queries on tensor cores and sums their gradients per bias cell in registers. No atomics: every
+(``TABLE_GRAD`` of :func:`vizattn.kernels._halo2d.triton.halo_bwd`). Elsewhere (undilated maps of at most 16 rows,
+or tables too large) a third kernel, :func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad_rows`, recomputes the scores
+of row tiles of queries on tensor cores and sums their gradients per bias cell in registers. No atomics: every
 gradient, ``d(rpb)`` included, is deterministic.
 """
 
@@ -113,7 +113,8 @@ _SMALL_MAP_ROWS, _TINY_MAP_ROWS = 16, 8
 # bytes) and 128 (forward 80-492, dk/dv 1244-1568), the 4-warp ones at most 8 and 364 bytes.
 _WIDE_HEADS = (KernelConfig((8, 8), Launch(block_n=32, num_warps=4)),) * 3
 _WIDE_HEAD_DIM = 32
-# Where the backward computes d(rpb): "dq" (in the dq kernel where it reads a bias table, else as "rows"), "rows"
+# Where the backward computes d(rpb): "dq" (in the dq kernel where it reads a bias table, but as "rows" on maps of
+# at most _SMALL_MAP_ROWS rows at dilation 1, where that measured 5% faster: 0.198 against 0.207 below), "rows"
 # (na2d_rpb_grad_rows, row tiles on tensor cores) or "slots" (na2d_rpb_grad, CUDA cores, slot by slot). H200, k 7,
 # head dim 32, bf16, profiler kernel time of forward + backward with rpb, rows -> dq (2026-11-30 22:05, `.gpu/
 # ab_dqrpb.py`, at the shipped 4096 programs / 32 MB): B64 56x56 2 heads 0.734 -> 0.498 ms, 28x28 4 heads 0.411 ->
@@ -254,7 +255,7 @@ def na2d_bwd(
     dq_launch = dq_cfg.launch._replace(maxnreg=dq_cfg.caps[rpb is not None] if by_rows else None)
     if RPB_GRAD not in _RPB_GRAD_CHOICES:
         raise ValueError(f"vizattn.kernels.na2d.triton.RPB_GRAD must be one of {_RPB_GRAD_CHOICES}, got {RPB_GRAD!r}.")
-    in_dq = rpb is not None and RPB_GRAD == "dq"
+    in_dq = rpb is not None and RPB_GRAD == "dq" and (dilation > 1 or q.shape[1] > _SMALL_MAP_ROWS)
     grads = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
         delta=delta, dq_launch=dq_launch, dkdv_launch=dkdv_cfg.launch,
