@@ -582,8 +582,8 @@ def test_rpb_grad_choice_is_checked(monkeypatch):
 
 # d(rpb) summed by the dq kernel (RPB_GRAD "dq" where it reads a bias table): three images, two per program (on a
 # GPU a program takes a few images; the interpreter's default is all of them), so one program sums two images and one
-# holds one; maps exactly k * d, non-square with a split head dim, an even kernel on 17 rows at dilation 1 (the
-# undilated maps of at most 16 rows take the row-tile kernel).
+# holds one; maps exactly k * d, non-square with a split head dim (both dilated: summed by stores), an even kernel on
+# 17 rows at dilation 1 (by atomic adds; the undilated maps of at most 16 rows take the row-tile kernel).
 DQ_RPB_CASES = [replace(RPB_CASES[i], b=3) for i in (0, 3)] + [Case(3, 2, 17, 12, 6, 1, "fp16")]
 
 
@@ -591,14 +591,17 @@ DQ_RPB_CASES = [replace(RPB_CASES[i], b=3) for i in (0, 3)] + [Case(3, 2, 17, 12
 def test_rpb_grad_summed_in_the_dq_kernel(monkeypatch, case):
     from vizattn.kernels._halo2d import triton as halo
 
-    images = []
+    images, sums = [], []
     monkeypatch.setattr(halo, "_images_per_program", lambda n, *a: images.append(n) or 2)
+    real_bwd = kernels.halo_bwd
+    monkeypatch.setattr(kernels, "halo_bwd", lambda *a, **kw: sums.append(kw["rpb_grad_sum"]) or real_bwd(*a, **kw))
     monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *a, **kw: pytest.fail("the row-tile kernel ran"))
     q, k, v, rpb, grad = _inputs(case, seed=12)
     scale = case.head_dim**-0.5
     out, lse = kernels.na2d_fwd(q, k, v, rpb, case.k, case.d, scale)
     got = kernels.na2d_bwd(grad, q, k, v, rpb, out, lse, case.k, case.d, scale)
     assert images == [3]  # asked once, for the batch
+    assert sums == ["atomic" if case.d == 1 else "store"]
     leaves = [t.double().requires_grad_() for t in (q, k, v, rpb)]
     na2d_reference(*leaves[:3], case.k, case.d, leaves[3], scale).backward(grad.double())
     l2_tol, max_tol = ATTN_TOL[q.dtype]
@@ -626,19 +629,29 @@ def test_rpb_grad_falls_back_to_the_row_tiles(monkeypatch, case):
 
 
 def test_images_per_program_of_the_dq_kernel(monkeypatch):
-    """On a GPU about _TABLE_GRAD_PROGRAMS programs, with enough images each to keep their float32 blocks within
-    _TABLE_GRAD_BYTES; at least one image and at most all of them."""
+    """On a GPU about the programs of _TABLE_GRAD_LAUNCH (per way of summing), with enough images each to keep their
+    float32 blocks within its bytes; at least one image and at most all of them."""
     from vizattn.kernels._halo2d import triton as halo
 
     monkeypatch.setattr(triton.knobs.runtime, "interpret", False)
-    monkeypatch.setattr(halo, "_TABLE_GRAD_PROGRAMS", 4096)
-    monkeypatch.setattr(halo, "_TABLE_GRAD_BYTES", 32 << 20)
+    monkeypatch.setattr(halo, "_TABLE_GRAD_LAUNCH", {"store": (4096, 32 << 20), "atomic": (2048, 16 << 20)})
     block = 4 * 16 * 112  # a 2x8 tile's block at k 7
     assert halo._images_per_program(64, 392, block) == 6  # B64 56x56 2 heads: 6.1 by the count, 5.4 by the bytes
+    assert halo._images_per_program(64, 392, block, "atomic") == 12  # 12.25 / 10.7
     assert halo._images_per_program(64, 56, 4 * 32 * 176) == 3  # B64 14x14 8 heads on 2x16 tiles: 0.9 / 2.4
     assert halo._images_per_program(1, 392, block) == 1
     assert halo._images_per_program(8, 4096, 64) == 8  # the target's worth of programs per image: one program each
     assert halo._images_per_program(64, 8, 64) == 1
+
+
+def test_halo_backward_refuses_an_unknown_way_of_summing():
+    from vizattn.kernels._halo2d.triton import halo_bwd
+
+    q = torch.randn(1, 9, 10, 1, 16, device=DEVICE)
+    rows, cols = kernels._axes(q, 3, 1, (8, 8))
+    lse = torch.zeros(1, 9, 10, 1, device=DEVICE)
+    with pytest.raises(ValueError, match="rpb_grad_sum must be one of .*'shuffle'"):
+        halo_bwd(q, q, q, q, q, lse, rows, cols, 0.25, rpb_grad=True, rpb_grad_sum="shuffle")
 
 
 def test_rpb_grad_by_row_tiles_refuses_key_tile_tables():

@@ -619,7 +619,7 @@ def _halo_dq_kernel(
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TABLE: tl.constexpr = False, TABLE_ALIGN: tl.constexpr = 64,
     HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
-    ROW_I32: tl.constexpr = False, TABLE_GRAD: tl.constexpr = False,
+    ROW_I32: tl.constexpr = False, TABLE_GRAD: tl.constexpr = False, ADD_ATOMIC: tl.constexpr = False,
 ):
     """Query-centric: dq of one query tile over its halo and the extra keys (the bias added to the recomputed
     scores). It also writes ``delta = rowsum(dO * O)`` of its queries, which the kernels launched after it read.
@@ -628,7 +628,9 @@ def _halo_dq_kernel(
 
     ``TABLE_GRAD`` (NA with rpb and a bias table): a program runs its tile in ``images`` consecutive images (axis 1
     runs over image chunk x head) and sums the score gradients of each (slot, halo slot) pair over them into its own
-    float32 block of ``DTAB``, the gradient of the pair's bias: d(rpb) is that summed by bias index
+    float32 block of ``DTAB``, the gradient of the pair's bias (by load, add and store, or with ``ADD_ATOMIC`` by
+    atomic adds: no other program touches the block and one thread adds to an address in program order, so the sums'
+    order is fixed either way): d(rpb) is that summed by bias index
     (:func:`_pair_grads_to_rpb`), with no second pass over q, k, v and dO. ``DTAB`` is ``(tile columns, image
     chunks x heads, tile rows, T_H, HALO_H, T_W, HALO_W)``: the W axis last, for one batched product."""
     if TABLE_GRAD:
@@ -649,7 +651,7 @@ def _halo_dq_kernel(
                 th, tw, b, head, heads, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
                 T_H, T_W, HALO_H, HALO_W, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV,
                 HAS_RPB, CIRCLE, HAS_EXTRA, DOT_PRECISION, TABLE, TABLE_ALIGN, HALO_WP, EVEN_QK, EVEN_V, ROW_I32,
-                TABLE_GRAD,
+                TABLE_GRAD, ADD_ATOMIC,
             )
             tl.debug_barrier()  # the next image reads the block's sums, perhaps in other threads
     else:
@@ -662,6 +664,7 @@ def _halo_dq_kernel(
             th, tw, b, head, heads, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
             T_H, T_W, HALO_H, HALO_W, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV,
             HAS_RPB, CIRCLE, HAS_EXTRA, DOT_PRECISION, TABLE, TABLE_ALIGN, HALO_WP, EVEN_QK, EVEN_V, ROW_I32, False,
+            False,
         )
 
 
@@ -677,11 +680,11 @@ def _dq_tile(
     BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TABLE: tl.constexpr, TABLE_ALIGN: tl.constexpr, HALO_WP: tl.constexpr, EVEN_QK: tl.constexpr,
-    EVEN_V: tl.constexpr, ROW_I32: tl.constexpr, TABLE_GRAD: tl.constexpr,
+    EVEN_V: tl.constexpr, ROW_I32: tl.constexpr, TABLE_GRAD: tl.constexpr, ADD_ATOMIC: tl.constexpr,
 ):
     """:func:`_halo_dq_kernel`'s work on one tile of one image and head; with ``TABLE_GRAD`` it also adds the tile's
-    score gradients into its pair-bias gradient block ``DTAB`` (stores them in the first image: ``accumulate``
-    false)."""
+    score gradients into its pair-bias gradient block ``DTAB``: with float32 atomic adds into the zeroed block
+    (``ADD_ATOMIC``), else loaded, added and stored back (stored in the first image: ``accumulate`` false)."""
     a_h, a_w, row, col, m_ok, real = _query_slots(QH, SH, QW, SW, th, tw, T_H, T_W, BLOCK_M)
     q, q_t = _load_cols(Q + b * s_qb + head * s_qn + row * s_qh + col * s_qw, m_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
     do, do_t = _load_cols(DO + b * s_gb + head * s_gn + row * s_gh + col * s_gw, real, s_gd, d_v, BLOCK_DV, BLOCK_TV)
@@ -739,7 +742,10 @@ def _dq_tile(
                 at = DTAB + (a_h.to(tl.int32) * (HALO_H * T_W * HALO_W) + a_w.to(tl.int32) * HALO_W)[:, None] + (
                     n // HALO_W * (T_W * HALO_W) + n % HALO_W)[None, :]
                 pair_ok = m_ok[:, None] & (n < HALO_H * HALO_W)[None, :]
-                tl.store(at, tl.load(at, mask=pair_ok & accumulate, other=0.0) + ds, mask=pair_ok)
+                if ADD_ATOMIC:
+                    tl.atomic_add(at, ds, mask=pair_ok, sem="relaxed")
+                else:
+                    tl.store(at, tl.load(at, mask=pair_ok & accumulate, other=0.0) + ds, mask=pair_ok)
     if HAS_EXTRA:
         ek_base = EK + b * s_eb + head * s_en
         ev_base = EV + b * s_fb + head * s_fn
@@ -1106,20 +1112,26 @@ def _table_args(rows: DeviceTables, cols: DeviceTables, rpb_t: torch.Tensor, rpb
     return tab
 
 
-# The dq programs when they also sum d(rpb) (TABLE_GRAD): about _TABLE_GRAD_PROGRAMS of them (more keep the GPU
-# busier), but with at least as many images each as keep their float32 pair-bias blocks, which PyTorch then sums,
-# within _TABLE_GRAD_BYTES.
-_TABLE_GRAD_PROGRAMS = 4096
-_TABLE_GRAD_BYTES = 32 << 20
+# The dq programs when they also sum d(rpb) (TABLE_GRAD), per way of summing ("store": load, add, store; "atomic":
+# atomic adds): about this many programs (more keep the GPU busier), but with at least as many images each as keep
+# their float32 pair-bias blocks, which PyTorch then reduces, within this many bytes. H200, B64, k 7, head dim 32,
+# bf16, profiler kernel time of forward + backward with rpb (2026-11-30 22:05 and 22:29, `.gpu/ab_dqrpb.py` and
+# `ab_atomic.py`), store at 2048 / 4096 / 8192 programs with 16 / 32 / 64 MB, then atomic at the same: 56x56 2 heads
+# 0.493 / 0.498 / 0.496 ms, atomic 0.469 / 0.486 / 0.505; 28x28 4 heads 0.309 / 0.318 / 0.328, atomic 0.297 / 0.314 /
+# 0.343; B8 128x128 4 heads 0.628 / 0.627 / 0.640, atomic 0.593 / 0.595 / 0.634; 56x56 dilation 8 0.497 / 0.453 /
+# 0.465, atomic 0.529 / 0.480 / 0.491; 28x28 dilation 4 0.280 / 0.263 / 0.274, atomic 0.304 / 0.282 / 0.294. So NA
+# sums by atomic adds at dilation 1 and by stores on dilated maps (vizattn.kernels.na2d.triton).
+_TABLE_GRAD_LAUNCH = {"store": (4096, 32 << 20), "atomic": (2048, 16 << 20)}
 
 
-def _images_per_program(n_images: int, programs_per_image: int, block_bytes: int) -> int:
-    """Images per dq program with ``TABLE_GRAD`` on a GPU (see :data:`_TABLE_GRAD_PROGRAMS`); every image in one
-    program under the interpreter. ``block_bytes``: one program's pair-bias block."""
+def _images_per_program(n_images: int, programs_per_image: int, block_bytes: int, how: str = "store") -> int:
+    """Images per dq program with ``TABLE_GRAD`` on a GPU (see :data:`_TABLE_GRAD_LAUNCH`, ``how`` the way of
+    summing); every image in one program under the interpreter. ``block_bytes``: one program's pair-bias block."""
     if triton.knobs.runtime.interpret:
         return n_images
-    by_programs = round(n_images * programs_per_image / _TABLE_GRAD_PROGRAMS)
-    by_bytes = _cdiv(n_images * programs_per_image * block_bytes, _TABLE_GRAD_BYTES)
+    programs, max_bytes = _TABLE_GRAD_LAUNCH[how]
+    by_programs = round(n_images * programs_per_image / programs)
+    by_bytes = _cdiv(n_images * programs_per_image * block_bytes, max_bytes)
     return max(1, min(n_images, max(by_programs, by_bytes)))
 
 
@@ -1192,6 +1204,7 @@ def halo_bwd(
     table: bool = False,
     dq_rows: bool = False,
     rpb_grad: bool = False,
+    rpb_grad_sum: str = "store",
     images_per_program: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Backward launcher, arguments as :func:`halo_fwd` plus the forward's ``out`` and ``lse``.
@@ -1220,6 +1233,8 @@ def halo_bwd(
         rpb_grad: NA mode with rpb: also return d(rpb), as a sixth element, when the dq kernel reads a bias table (it
             then sums each pair's score gradients over ``images_per_program`` images, see ``TABLE_GRAD`` of
             :func:`_halo_dq_kernel`); None there when no table was built (too large), for the caller to compute.
+        rpb_grad_sum: with ``rpb_grad``: how a dq program sums its images, ``"store"`` (load, add, store) or
+            ``"atomic"`` (float32 atomic adds into its own zeroed block: deterministic too, see ``ADD_ATOMIC``).
         images_per_program: with ``rpb_grad``: images per dq program (None: :func:`_images_per_program`).
 
     Returns:
@@ -1229,6 +1244,8 @@ def halo_bwd(
         written once by one program, or summed over a fixed number of parts in a fixed order.
     """
     circle = circle_radius is not None
+    if rpb_grad_sum not in _TABLE_GRAD_LAUNCH:
+        raise ValueError(f"halo_bwd: rpb_grad_sum must be one of {tuple(_TABLE_GRAD_LAUNCH)}, got {rpb_grad_sum!r}.")
     if key_rows is None or key_cols is None:
         if not circle:
             raise ValueError("halo_bwd: the NA window needs the key-tile tables key_rows and key_cols.")
@@ -1259,16 +1276,17 @@ def halo_bwd(
     images, dtab = 1, dq  # dtab: a placeholder, never read without a table gradient
     if table_grad:
         block = rows.tile * cols.tile * rows.halo * cols.halo
-        images = images_per_program or _images_per_program(b, n_tiles * heads, 4 * block)
-        dtab = new_output((cols.n_tiles, _cdiv(b, images) * heads, rows.n_tiles, rows.tile, rows.halo, cols.tile,
-                           cols.halo), torch.float32, q.device)
+        images = images_per_program or _images_per_program(b, n_tiles * heads, 4 * block, rpb_grad_sum)
+        shape = (cols.n_tiles, _cdiv(b, images) * heads, rows.n_tiles, rows.tile, rows.halo, cols.tile, cols.halo)
+        dtab = (torch.zeros(shape, dtype=torch.float32, device=q.device) if rpb_grad_sum == "atomic"
+                else new_output(shape, torch.float32, q.device))
     _halo_dq_kernel[(n_tiles, _cdiv(b, images) * heads)](
         q, k, v, ek, ev, grad_out, out, lse, delta, tab_t, dq, dtab, *rows[:3], win_h, *cols[:3], win_w,
         *q.stride(), *k.stride(), *v.stride(), *_strides4(ek, n_extra > 0), *_strides4(ev, n_extra > 0),
         *grad_out.stride(), *out.stride(), *lse.stride(), *dq.stride(),
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale, side, radius_sq, b, images,
         HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
-        ROW_I32=_row_i32(k, v), TABLE_GRAD=table_grad,
+        ROW_I32=_row_i32(k, v), TABLE_GRAD=table_grad, ADD_ATOMIC=table_grad and rpb_grad_sum == "atomic",
         **_rows_meta(cols.halo, q.shape[-1], v.shape[-1], dq_rows), **meta,
     )
     cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)

@@ -260,7 +260,7 @@ def na2d_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
         delta=delta, dq_launch=dq_launch, dkdv_launch=dkdv_cfg.launch,
         table=_use_table(True, rpb, dilation, q.shape[1]),
-        dq_rows=dq_rows, rpb_grad=in_dq,
+        dq_rows=dq_rows, rpb_grad=in_dq, rpb_grad_sum="atomic" if dilation == 1 else "store",  # measured, see halo
     )
     dq, dk, dv = grads[:3]
     drpb = grads[5] if in_dq else None  # None there too when the dq kernel read no bias table
