@@ -231,12 +231,15 @@ def test_forward_at_the_gpu_key_blocks(monkeypatch, hh, ww, k, d, tile, block_n)
 
 
 def test_bias_table_auto_rule(monkeypatch):
-    """The "auto" rule: the table with rpb in the backward (but not on maps of at most 8 rows at dilation 1, where it
-    measured slower) and in the dilated forward; never without rpb; "always" / "never" as named."""
+    """The "auto" rule: the table with rpb in the backward (with d(rpb) by row tiles, not on maps of at most 8 rows at
+    dilation 1, where it measured slower; with d(rpb) in the dq kernel, which sums it off the table, everywhere) and
+    in the dilated forward; never without rpb; "always" / "never" as named."""
     rpb = torch.zeros(1, 5, 5)
     use = kernels._use_table
     assert use(True, rpb, 1, 56) and use(True, rpb, 1, 9) and use(True, rpb, 2, 8) and use(True, rpb, 3, 7)
-    assert not use(True, rpb, 1, 8) and not use(True, rpb, 1, 7)
+    assert kernels.RPB_GRAD == "dq" and use(True, rpb, 1, 8) and use(True, rpb, 1, 7)
+    monkeypatch.setattr(kernels, "RPB_GRAD", "rows")
+    assert not use(True, rpb, 1, 8) and not use(True, rpb, 1, 7) and use(True, rpb, 1, 9)
     assert use(False, rpb, 2, 56) and use(False, rpb, 2, 7) and not use(False, rpb, 1, 56)
     assert not any(use(b, None, d, h) for b in (False, True) for d in (1, 2) for h in (7, 56))
     monkeypatch.setattr(kernels, "BIAS_TABLE", "always")
@@ -580,19 +583,17 @@ def test_rpb_grad_choice_is_checked(monkeypatch):
         kernels.na2d_bwd(q, q, q, q, rpb, out, lse, 3, 1, 0.25)
 
 
-# d(rpb) summed by the dq kernel (RPB_GRAD "dq" where it reads a bias table): three images, two per program (on a
-# GPU a program takes a few images; the interpreter's default is all of them), so one program sums two images and one
-# holds one; maps exactly k * d, non-square with a split head dim (both dilated: summed by stores), an even kernel on
-# 17 rows at dilation 1 (by atomic adds; the undilated maps of at most 16 rows take the row-tile kernel).
-DQ_RPB_CASES = [replace(RPB_CASES[i], b=3) for i in (0, 3)] + [Case(3, 2, 17, 12, 6, 1, "fp16")]
+# d(rpb) summed by the dq kernel (RPB_GRAD "dq"): three images, two per program (on a GPU a program takes a few
+# images; the interpreter's default is all of them), so one program sums two images and one holds one; maps exactly
+# k * d, non-square with a split head dim (both dilated: summed by stores), an even kernel on 17 rows and a 7x9 map
+# (at dilation 1: by atomic adds; a map of at most 8 rows reads the table only in the backward).
+DQ_RPB_CASES = [replace(RPB_CASES[i], b=3) for i in (0, 3)] + [Case(3, 2, 17, 12, 6, 1, "fp16"), Case(3, 2, 7, 9, 5, 1)]
 
 
 @pytest.mark.parametrize("case", DQ_RPB_CASES, ids=[c.id for c in DQ_RPB_CASES])
 def test_rpb_grad_summed_in_the_dq_kernel(monkeypatch, case):
-    from vizattn.kernels._halo2d import triton as halo
-
     images, sums = [], []
-    monkeypatch.setattr(halo, "_images_per_program", lambda n, *a: images.append(n) or 2)
+    monkeypatch.setattr(kernels, "_images_per_program", lambda n, *a: images.append(n) or 2)
     real_bwd = kernels.halo_bwd
     monkeypatch.setattr(kernels, "halo_bwd", lambda *a, **kw: sums.append(kw["rpb_grad_sum"]) or real_bwd(*a, **kw))
     monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *a, **kw: pytest.fail("the row-tile kernel ran"))
@@ -611,10 +612,13 @@ def test_rpb_grad_summed_in_the_dq_kernel(monkeypatch, case):
         assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
 
 
-@pytest.mark.parametrize("case", [Case(2, 2, 7, 9, 5, 1), Case(1, 2, 12, 10, 5, 1)], ids=["7x9-no-table", "12x10"])
+@pytest.mark.parametrize("case", [Case(2, 2, 7, 9, 5, 1), Case(1, 2, 13, 12, 4, 3)], ids=lambda c: c.id)
 def test_rpb_grad_falls_back_to_the_row_tiles(monkeypatch, case):
-    """At dilation 1 maps of at most 8 rows read no bias table in the backward, and those of at most 16 take the
-    row-tile d(rpb) kernel (measured faster there): that kernel sums d(rpb)."""
+    """Where the bias table would be too large (here: any), the dq kernel reads none and the row-tile kernel sums
+    d(rpb)."""
+    from vizattn.kernels._halo2d import triton as halo
+
+    monkeypatch.setattr(halo, "_TABLE_MAX", 0)
     calls = []
     real = kernels.na2d_rpb_grad_rows
     monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *a, **kw: calls.append(1) or real(*a, **kw))
@@ -629,19 +633,23 @@ def test_rpb_grad_falls_back_to_the_row_tiles(monkeypatch, case):
 
 
 def test_images_per_program_of_the_dq_kernel(monkeypatch):
-    """On a GPU about the programs of _TABLE_GRAD_LAUNCH (per way of summing), with enough images each to keep their
-    float32 blocks within its bytes; at least one image and at most all of them."""
+    """On a GPU about the given number of programs, with enough images each to keep their float32 blocks within the
+    given bytes; at least one image and at most all of them."""
     from vizattn.kernels._halo2d import triton as halo
 
     monkeypatch.setattr(triton.knobs.runtime, "interpret", False)
-    monkeypatch.setattr(halo, "_TABLE_GRAD_LAUNCH", {"store": (4096, 32 << 20), "atomic": (2048, 16 << 20)})
+    store, atomic = (4096, 32 << 20), (2048, 16 << 20)
     block = 4 * 16 * 112  # a 2x8 tile's block at k 7
-    assert halo._images_per_program(64, 392, block) == 6  # B64 56x56 2 heads: 6.1 by the count, 5.4 by the bytes
-    assert halo._images_per_program(64, 392, block, "atomic") == 12  # 12.25 / 10.7
-    assert halo._images_per_program(64, 56, 4 * 32 * 176) == 3  # B64 14x14 8 heads on 2x16 tiles: 0.9 / 2.4
-    assert halo._images_per_program(1, 392, block) == 1
-    assert halo._images_per_program(8, 4096, 64) == 8  # the target's worth of programs per image: one program each
-    assert halo._images_per_program(64, 8, 64) == 1
+    assert halo._images_per_program(64, 392, block, *store) == 6  # B64 56x56 2 heads: 6.1 by the count, 5.4 by bytes
+    assert halo._images_per_program(64, 392, block, *atomic) == 12  # 12.25 / 10.7
+    assert halo._images_per_program(64, 56, 4 * 32 * 176, *store) == 3  # B64 14x14 8 heads on 2x16 tiles: 0.9 / 2.4
+    assert halo._images_per_program(1, 392, block, *store) == 1
+    assert halo._images_per_program(8, 4096, 64, *store) == 8  # the target's programs per image: one program each
+    assert halo._images_per_program(64, 8, 64, *store) == 1
+    # NA's launches per map: atomic adds at dilation 1 (fewer programs on the small maps), stores when dilated
+    assert kernels._rpb_grad_launch(1, 56) == ("atomic", 2048, 16 << 20)
+    assert kernels._rpb_grad_launch(1, 14) == ("atomic", 1024, 8 << 20)
+    assert kernels._rpb_grad_launch(2, 14) == ("store", 4096, 32 << 20)
 
 
 def test_halo_backward_refuses_an_unknown_way_of_summing():

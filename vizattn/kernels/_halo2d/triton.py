@@ -1120,16 +1120,18 @@ def _table_args(rows: DeviceTables, cols: DeviceTables, rpb_t: torch.Tensor, rpb
 # 0.493 / 0.498 / 0.496 ms, atomic 0.469 / 0.486 / 0.505; 28x28 4 heads 0.309 / 0.318 / 0.328, atomic 0.297 / 0.314 /
 # 0.343; B8 128x128 4 heads 0.628 / 0.627 / 0.640, atomic 0.593 / 0.595 / 0.634; 56x56 dilation 8 0.497 / 0.453 /
 # 0.465, atomic 0.529 / 0.480 / 0.491; 28x28 dilation 4 0.280 / 0.263 / 0.274, atomic 0.304 / 0.282 / 0.294. So NA
-# sums by atomic adds at dilation 1 and by stores on dilated maps (vizattn.kernels.na2d.triton).
+# sums by atomic adds at dilation 1 and by stores on dilated maps, with its own launches per map
+# (vizattn.kernels.na2d.triton._rpb_grad_launch); these are halo_bwd's defaults.
 _TABLE_GRAD_LAUNCH = {"store": (4096, 32 << 20), "atomic": (2048, 16 << 20)}
 
 
-def _images_per_program(n_images: int, programs_per_image: int, block_bytes: int, how: str = "store") -> int:
-    """Images per dq program with ``TABLE_GRAD`` on a GPU (see :data:`_TABLE_GRAD_LAUNCH`, ``how`` the way of
-    summing); every image in one program under the interpreter. ``block_bytes``: one program's pair-bias block."""
+def _images_per_program(n_images: int, programs_per_image: int, block_bytes: int, programs: int,
+                        max_bytes: int) -> int:
+    """Images per dq program with ``TABLE_GRAD`` on a GPU: about ``programs`` programs, with at least as many images
+    each as keep their float32 pair-bias blocks (``block_bytes`` each) within ``max_bytes``; every image in one
+    program under the interpreter."""
     if triton.knobs.runtime.interpret:
         return n_images
-    programs, max_bytes = _TABLE_GRAD_LAUNCH[how]
     by_programs = round(n_images * programs_per_image / programs)
     by_bytes = _cdiv(n_images * programs_per_image * block_bytes, max_bytes)
     return max(1, min(n_images, max(by_programs, by_bytes)))
@@ -1276,7 +1278,8 @@ def halo_bwd(
     images, dtab = 1, dq  # dtab: a placeholder, never read without a table gradient
     if table_grad:
         block = rows.tile * cols.tile * rows.halo * cols.halo
-        images = images_per_program or _images_per_program(b, n_tiles * heads, 4 * block, rpb_grad_sum)
+        images = images_per_program or _images_per_program(b, n_tiles * heads, 4 * block,
+                                                           *_TABLE_GRAD_LAUNCH[rpb_grad_sum])
         shape = (cols.n_tiles, _cdiv(b, images) * heads, rows.n_tiles, rows.tile, rows.halo, cols.tile, cols.halo)
         dtab = (torch.zeros(shape, dtype=torch.float32, device=q.device) if rpb_grad_sum == "atomic"
                 else new_output(shape, torch.float32, q.device))

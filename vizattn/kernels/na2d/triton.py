@@ -12,8 +12,8 @@ and a key-centric one owns a tile of keys, walks the queries that see them (the 
 axis) and writes ``dk``, ``dv`` once. With a bias, ``d(rpb)`` comes from the dq kernel where it reads the bias from
 a table (see ``BIAS_TABLE``): each of its programs runs one tile in several images and sums every (slot, halo slot)
 pair's score gradient into a float32 block, which two small products with one-hot matrices bin by bias index
-(``TABLE_GRAD`` of :func:`vizattn.kernels._halo2d.triton.halo_bwd`). Elsewhere (undilated maps of at most 16 rows,
-or tables too large) a third kernel, :func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad_rows`, recomputes the scores
+(``TABLE_GRAD`` of :func:`vizattn.kernels._halo2d.triton.halo_bwd`). Where the table would be too large, a third
+kernel, :func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad_rows`, recomputes the scores
 of row tiles of queries on tensor cores and sums their gradients per bias cell in registers. No atomics: every
 gradient, ``d(rpb)`` included, is deterministic.
 """
@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 
 from vizattn.kernels._alloc import new_output
-from vizattn.kernels._halo2d.triton import DeviceTables, Launch, device_tables, halo_bwd, halo_fwd
+from vizattn.kernels._halo2d.triton import DeviceTables, Launch, _images_per_program, device_tables, halo_bwd, halo_fwd
 from vizattn.kernels._triton_util import next_pow2 as _next_pow2
 from vizattn.kernels.na2d.rpb_grad import ROW_TILE, na2d_rpb_grad, na2d_rpb_grad_rows
 from vizattn.kernels.na2d.tiles import axis_tiles, key_axis_tiles
@@ -113,17 +113,35 @@ _SMALL_MAP_ROWS, _TINY_MAP_ROWS = 16, 8
 # bytes) and 128 (forward 80-492, dk/dv 1244-1568), the 4-warp ones at most 8 and 364 bytes.
 _WIDE_HEADS = (KernelConfig((8, 8), Launch(block_n=32, num_warps=4)),) * 3
 _WIDE_HEAD_DIM = 32
-# Where the backward computes d(rpb): "dq" (in the dq kernel where it reads a bias table, but as "rows" on maps of
-# at most _SMALL_MAP_ROWS rows at dilation 1, where that measured 5% faster: 0.198 against 0.207 below), "rows"
-# (na2d_rpb_grad_rows, row tiles on tensor cores) or "slots" (na2d_rpb_grad, CUDA cores, slot by slot). H200, k 7,
-# head dim 32, bf16, profiler kernel time of forward + backward with rpb, rows -> dq (2026-11-30 22:05, `.gpu/
-# ab_dqrpb.py`, at the shipped 4096 programs / 32 MB): B64 56x56 2 heads 0.734 -> 0.498 ms, 28x28 4 heads 0.411 ->
-# 0.318, 14x14 8 heads 0.198 -> 0.207, 14x14 dilation 2 0.237 -> 0.204, 56x56 dilation 8 0.720 -> 0.453, 28x28
-# dilation 4 0.378 -> 0.263, B128 28x28 0.778 -> 0.555, B8 128x128 4 heads 0.888 -> 0.627. Rows against slots
-# (CUDA-graph kernel time, 2026-11-29 20:27): B64 56x56 2 heads 0.41 against 0.56 ms, 28x28 4 heads 0.23 / 0.33,
-# 14x14 8 heads 0.090 / 0.150, B128 7x7 16 heads 0.107 / 0.132, B128 56x56 0.79 / 1.09.
+# Where the backward computes d(rpb): "dq" (in the dq kernel, which then reads the bias from a table on every map;
+# as "rows" where the table would be too large), "rows" (na2d_rpb_grad_rows, row tiles on tensor cores) or "slots"
+# (na2d_rpb_grad, CUDA cores, slot by slot). H200, k 7, head dim 32, bf16, profiler kernel time of forward + backward
+# with rpb, rows -> dq (2026-11-30 22:05-22:38, `.gpu/ab_dqrpb.py`, `ab_atomic.py`, `ab_small2.py`; dq at the launches
+# of _rpb_grad_launch): B64 56x56 2 heads 0.734 -> 0.466 ms, 28x28 4 heads 0.411 -> 0.296, 14x14 8 heads 0.196 ->
+# 0.182 (B128 0.336 -> 0.303), 7x7 16 heads 0.114 -> 0.111 (B128 0.218 -> 0.182), 56x56 dilation 8 0.720 -> 0.453,
+# 28x28 dilation 4 0.378 -> 0.263, 14x14 dilation 2 0.237 -> 0.204, B8 128x128 4 heads 0.888 -> 0.593. Rows against
+# slots (CUDA-graph kernel time, 2026-11-29 20:27): B64 56x56 2 heads 0.41 against 0.56 ms, 28x28 4 heads 0.23 /
+# 0.33, 14x14 8 heads 0.090 / 0.150, B128 7x7 16 heads 0.107 / 0.132, B128 56x56 0.79 / 1.09.
 RPB_GRAD = "dq"
 _RPB_GRAD_CHOICES = ("dq", "rows", "slots")
+
+
+def _rpb_grad_launch(dilation: int, height: int) -> tuple[str, int, int]:
+    """How the dq kernel sums d(rpb) on a map (``rpb_grad_sum`` of halo_bwd), and about how many programs it runs
+    with at most how many bytes of float32 blocks (see vizattn.kernels._halo2d.triton._images_per_program). H200,
+    same method as RPB_GRAD's (22:05-22:38), ms at 2048 / 4096 / 8192 programs with 16 / 32 / 64 MB: by stores, 56x56
+    dilation 8 0.497 / 0.453 / 0.465, 28x28 dilation 4 0.280 / 0.263 / 0.274 (by atomic adds 0.480-0.529 and
+    0.282-0.304); by atomic adds at 512 / 1024 / 2048 programs with 4 / 8 / 16 MB, B64 56x56 2 heads 0.658 / 0.498 /
+    0.466 (4096: 0.486), B128 1.245 / 0.923 / 0.849, B64 28x28 4 heads 0.414 / 0.324 / 0.296, B128 0.767 / 0.584 /
+    0.519, B64 14x14 8 heads 0.209 / 0.182 / 0.194, B128 0.369 / 0.303 / 0.317, B64 7x7 16 heads 0.112 / 0.111 / 0.117,
+    B128 0.193 / 0.182 / 0.205 (by stores at 4096 / 32 MB: B64 14x14 0.218, 7x7 0.113, B128 7x7 0.172)."""
+    if dilation > 1:
+        return "store", 4096, 32 << 20
+    if height <= _SMALL_MAP_ROWS:
+        return "atomic", 1024, 8 << 20
+    return "atomic", 2048, 16 << 20
+
+
 # Where the halo kernels read each (query, key) pair's mask and bias from a small table per class of tiles
 # (vizattn.kernels._halo2d.triton.bias_table) instead of building them per pair (window arithmetic, an rpb gather):
 # "never", "auto" or "always". The table cuts the sm_90 loop of the dk/dv kernel with rpb from 756 to 468
@@ -131,9 +149,10 @@ _RPB_GRAD_CHOICES = ("dq", "rows", "slots")
 # (2026-11-29 20:59 and 21:14; per pair -> table): the backward with rpb gains (56x56 2 heads 0.872 -> 0.750 ms,
 # 28x28 4 heads 0.488 -> 0.441, 56x56 dilation 8 0.781 -> 0.701; 14x14 0.216 -> 0.221, 7x7 0.101 -> 0.104); the
 # forward with dilation 1 is fastest with the row-by-row loop (below), with dilation and rpb with the table (56x56
-# dilation 8: flat loop 0.122, rows 0.164, table 0.109). "auto" takes the table in those two cases, but not in the
-# backward of maps of at most _TINY_MAP_ROWS rows at dilation 1 (2026-11-30 20:39, profiler kernel time of the forward
-# and backward with rpb, per pair -> table: 7x7 16 heads 0.115 -> 0.126 ms, the loss of 11-29 again; 14x14 8 heads
+# dilation 8: flat loop 0.122, rows 0.164, table 0.109). "auto" takes the table in those two cases. With RPB_GRAD
+# "dq" (the dq kernel then sums d(rpb) off the table) every backward with rpb takes it; else not that of maps of at
+# most _TINY_MAP_ROWS rows at dilation 1 (2026-11-30 20:39, profiler kernel time of the forward and backward with rpb,
+# d(rpb) by row tiles, per pair -> table: 7x7 16 heads 0.115 -> 0.126 ms, the loss of 11-29 again; 14x14 8 heads
 # 0.213 -> 0.196, 28x28 0.471 -> 0.408, 56x56 0.812 -> 0.729).
 BIAS_TABLE = "auto"
 # Whether the dq kernel walks the halo by whole rows, as the forward (NA at dilation 1 without a bias table). A row
@@ -154,7 +173,7 @@ def _use_table(backward: bool, rpb: torch.Tensor | None, dilation: int, height: 
                          f"{BIAS_TABLE!r}.")
     if BIAS_TABLE != "auto":
         return BIAS_TABLE == "always"
-    return rpb is not None and (dilation > 1 or (backward and height > _TINY_MAP_ROWS))
+    return rpb is not None and (dilation > 1 or (backward and (RPB_GRAD == "dq" or height > _TINY_MAP_ROWS)))
 
 
 # The forward walks each tile's halo by whole rows (the row-by-row loop of the halo kernels: the key columns, their
@@ -255,12 +274,15 @@ def na2d_bwd(
     dq_launch = dq_cfg.launch._replace(maxnreg=dq_cfg.caps[rpb is not None] if by_rows else None)
     if RPB_GRAD not in _RPB_GRAD_CHOICES:
         raise ValueError(f"vizattn.kernels.na2d.triton.RPB_GRAD must be one of {_RPB_GRAD_CHOICES}, got {RPB_GRAD!r}.")
-    in_dq = rpb is not None and RPB_GRAD == "dq" and (dilation > 1 or q.shape[1] > _SMALL_MAP_ROWS)
+    in_dq = rpb is not None and RPB_GRAD == "dq"
+    how, programs, max_bytes = _rpb_grad_launch(dilation, q.shape[1])
     grads = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
         delta=delta, dq_launch=dq_launch, dkdv_launch=dkdv_cfg.launch,
         table=_use_table(True, rpb, dilation, q.shape[1]),
-        dq_rows=dq_rows, rpb_grad=in_dq, rpb_grad_sum="atomic" if dilation == 1 else "store",  # measured, see halo
+        dq_rows=dq_rows, rpb_grad=in_dq, rpb_grad_sum=how,
+        images_per_program=_images_per_program(q.shape[0], rows.n_tiles * cols.n_tiles * q.shape[3],
+                                               4 * rows.tile * cols.tile * rows.halo * cols.halo, programs, max_bytes),
     )
     dq, dk, dv = grads[:3]
     drpb = grads[5] if in_dq else None  # None there too when the dq kernel read no bias table
