@@ -45,9 +45,10 @@ another's dq, dk or dv.
 - ``_halo_dq_kernel`` (shaped like the forward, one query tile): computes ``delta = rowsum(dO * O)`` of its queries
   (stored for the next kernels), walks the halo and the extra keys, accumulates ``dq`` in float32 registers and writes
   it once. It adds the bias to the recomputed scores. With a bias table it can also sum ``d(rpb)`` (``TABLE_GRAD``):
-  a program then runs its tile in several images and adds each pair's score gradient into its own float32 block (no
-  atomics: one float32 atomic per (query, key) pair into the table took about 1 ms of NA's 1.56 ms backward at its
-  first stage on the H200), which :func:`_pair_grads_to_rpb` bins by bias index. Without a table NA computes d(rpb)
+  a program then runs its tile in several images and adds each pair's score gradient into its own float32 block,
+  which :func:`_pair_grads_to_rpb` bins by bias index (no program adds into a table shared with others: one float32
+  atomic per (query, key) pair into the bias table took about 1 ms of NA's 1.56 ms backward at its first stage on the
+  H200). Without a table NA computes d(rpb)
   in :mod:`vizattn.kernels.na2d.rpb_grad` from the ``delta`` this kernel stores.
 - ``_halo_dkdv_kernel`` (key-centric): a program owns a tile of keys of one image and head, loads them once, walks the
   halo of the queries that see them (the key-tile tables of :func:`~vizattn.kernels._halo2d.tiles.build_key_axis_tiles`
@@ -630,9 +631,9 @@ def _halo_dq_kernel(
     runs over image chunk x head) and sums the score gradients of each (slot, halo slot) pair over them into its own
     float32 block of ``DTAB``, the gradient of the pair's bias (by load, add and store, or with ``ADD_ATOMIC`` by
     atomic adds: no other program touches the block and one thread adds to an address in program order, so the sums'
-    order is fixed either way): d(rpb) is that summed by bias index
-    (:func:`_pair_grads_to_rpb`), with no second pass over q, k, v and dO. ``DTAB`` is ``(tile columns, image
-    chunks x heads, tile rows, T_H, HALO_H, T_W, HALO_W)``: the W axis last, for one batched product."""
+    order is fixed either way): d(rpb) is that summed by bias index (:func:`_pair_grads_to_rpb`), with no second pass
+    over q, k, v and dO. ``DTAB`` is ``(tile columns, image chunks x heads, tile rows, T_H, HALO_H, T_W, HALO_W)``:
+    the W axis last, for one batched product."""
     if TABLE_GRAD:
         tile = tl.program_id(0).to(tl.int64)
         bn = tl.program_id(1).to(tl.int64)
@@ -1112,16 +1113,10 @@ def _table_args(rows: DeviceTables, cols: DeviceTables, rpb_t: torch.Tensor, rpb
     return tab
 
 
-# The dq programs when they also sum d(rpb) (TABLE_GRAD), per way of summing ("store": load, add, store; "atomic":
-# atomic adds): about this many programs (more keep the GPU busier), but with at least as many images each as keep
-# their float32 pair-bias blocks, which PyTorch then reduces, within this many bytes. H200, B64, k 7, head dim 32,
-# bf16, profiler kernel time of forward + backward with rpb (2026-11-30 22:05 and 22:29, `.gpu/ab_dqrpb.py` and
-# `ab_atomic.py`), store at 2048 / 4096 / 8192 programs with 16 / 32 / 64 MB, then atomic at the same: 56x56 2 heads
-# 0.493 / 0.498 / 0.496 ms, atomic 0.469 / 0.486 / 0.505; 28x28 4 heads 0.309 / 0.318 / 0.328, atomic 0.297 / 0.314 /
-# 0.343; B8 128x128 4 heads 0.628 / 0.627 / 0.640, atomic 0.593 / 0.595 / 0.634; 56x56 dilation 8 0.497 / 0.453 /
-# 0.465, atomic 0.529 / 0.480 / 0.491; 28x28 dilation 4 0.280 / 0.263 / 0.274, atomic 0.304 / 0.282 / 0.294. So NA
-# sums by atomic adds at dilation 1 and by stores on dilated maps, with its own launches per map
-# (vizattn.kernels.na2d.triton._rpb_grad_launch); these are halo_bwd's defaults.
+# halo_bwd's defaults for the dq programs that also sum d(rpb) (TABLE_GRAD), per way of summing ("store": load, add,
+# store; "atomic": atomic adds): about this many programs (more keep the GPU busier), but with at least as many images
+# each as keep their float32 pair-bias blocks, which PyTorch then reduces, within this many bytes. NA picks its own per
+# map, from H200 sweeps (vizattn.kernels.na2d.triton._rpb_grad_launch).
 _TABLE_GRAD_LAUNCH = {"store": (4096, 32 << 20), "atomic": (2048, 16 << 20)}
 
 

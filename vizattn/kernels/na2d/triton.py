@@ -13,8 +13,8 @@ axis) and writes ``dk``, ``dv`` once. With a bias, ``d(rpb)`` comes from the dq 
 a table (see ``BIAS_TABLE``): each of its programs runs one tile in several images and sums every (slot, halo slot)
 pair's score gradient into a float32 block, which two small products with one-hot matrices bin by bias index
 (``TABLE_GRAD`` of :func:`vizattn.kernels._halo2d.triton.halo_bwd`). Where the table would be too large, a third
-kernel, :func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad_rows`, recomputes the scores
-of row tiles of queries on tensor cores and sums their gradients per bias cell in registers. No atomics: every
+kernel, :func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad_rows`, recomputes the scores of row tiles of queries on
+tensor cores and sums their gradients per bias cell in registers. No program adds into another's sums: every
 gradient, ``d(rpb)`` included, is deterministic.
 """
 
@@ -276,13 +276,14 @@ def na2d_bwd(
         raise ValueError(f"vizattn.kernels.na2d.triton.RPB_GRAD must be one of {_RPB_GRAD_CHOICES}, got {RPB_GRAD!r}.")
     in_dq = rpb is not None and RPB_GRAD == "dq"
     how, programs, max_bytes = _rpb_grad_launch(dilation, q.shape[1])
+    block_bytes = 4 * rows.tile * cols.tile * rows.halo * cols.halo  # a dq program's float32 pair-bias block
     grads = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
         delta=delta, dq_launch=dq_launch, dkdv_launch=dkdv_cfg.launch,
         table=_use_table(True, rpb, dilation, q.shape[1]),
         dq_rows=dq_rows, rpb_grad=in_dq, rpb_grad_sum=how,
-        images_per_program=_images_per_program(q.shape[0], rows.n_tiles * cols.n_tiles * q.shape[3],
-                                               4 * rows.tile * cols.tile * rows.halo * cols.halo, programs, max_bytes),
+        images_per_program=_images_per_program(q.shape[0], rows.n_tiles * cols.n_tiles * q.shape[3], block_bytes,
+                                               programs, max_bytes) if in_dq else None,
     )
     dq, dk, dv = grads[:3]
     drpb = grads[5] if in_dq else None  # None there too when the dq kernel read no bias table
