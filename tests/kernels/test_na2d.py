@@ -613,12 +613,16 @@ def test_rpb_grad_summed_in_the_dq_kernel(monkeypatch, case):
         assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
 
 
-def test_rpb_grad_falls_back_to_the_row_tiles(monkeypatch):
-    """Where the bias table would be too large (here: any), the dq kernel reads none and the row-tile kernel sums
-    d(rpb)."""
+@pytest.mark.parametrize("limit", ["table", "blocks"])
+def test_rpb_grad_falls_back_to_the_row_tiles(monkeypatch, limit):
+    """Where the bias table would be too large (the dq kernel then reads none), or the dq kernel's float32 blocks of
+    one image (here: any), the row-tile kernel sums d(rpb)."""
     from vizattn.kernels._halo2d import triton as halo
 
-    monkeypatch.setattr(halo, "_TABLE_MAX", 0)
+    if limit == "table":
+        monkeypatch.setattr(halo, "_TABLE_MAX", 0)
+    else:
+        monkeypatch.setattr(kernels, "_RPB_GRAD_IMAGE_BYTES", 0)
     calls = []
     real = kernels.na2d_rpb_grad_rows
     monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *a, **kw: calls.append(1) or real(*a, **kw))

@@ -26,9 +26,9 @@ walks, per window row, the tile's halo row of keys (the forward's W tables), tak
 whole (queries, halo) block from two products and gathers each query's ``k`` window columns out of them before the
 softmax gradient; interior rows share their bias row, so their gradients are summed in registers and binned once per
 window row. The backward runs it where the dq kernel sums no d(rpb) itself (``vizattn.kernels.na2d.triton.RPB_GRAD``:
-where the bias table would be too large, or by choice): on an H200 it takes 0.41 ms where the slot-by-slot kernel
-takes 0.56 (B64, 56x56, 2 heads of 32, k 7), where summing it in the dq kernel adds 0.065-0.09 ms to that kernel
-(0.172-0.199 against 0.107 ms, 2026-11-30 22:05-22:29).
+where the bias table or the dq kernel's blocks would be too large, or by choice): on an H200 it takes 0.41 ms where the
+slot-by-slot kernel takes 0.56 (B64, 56x56, 2 heads of 32, k 7), where summing it in the dq kernel adds 0.065-0.09 ms to
+that kernel (0.172-0.199 against 0.107 ms, 2026-11-30 22:05-22:29).
 
 Neither uses atomics: ``d(rpb)`` is deterministic like every other gradient, and there is no contention on the
 table's few addresses to spread over private copies.

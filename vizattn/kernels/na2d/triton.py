@@ -9,13 +9,13 @@ whose per-axis index steps by one along that run. Nothing of size ``N * k * k`` 
 The backward is split like FlashAttention-2's: a query-centric kernel writes ``dq`` (and ``delta = rowsum(dO * O)``),
 and a key-centric one owns a tile of keys, walks the queries that see them (the transposed tables of
 :func:`vizattn.kernels.na2d.tiles.key_axis_tiles`: a key near a border can be seen by more than ``k`` queries per
-axis) and writes ``dk``, ``dv`` once. With a bias, ``d(rpb)`` comes from the dq kernel where it reads the bias from
-a table (see ``BIAS_TABLE``): each of its programs runs one tile in several images and sums every (slot, halo slot)
-pair's score gradient into a float32 block, which two small products with one-hot matrices bin by bias index
-(``TABLE_GRAD`` of :func:`vizattn.kernels._halo2d.triton.halo_bwd`). Where the table would be too large, a third
-kernel, :func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad_rows`, recomputes the scores of row tiles of queries on
-tensor cores and sums their gradients per bias cell in registers. No program adds into another's sums: every
-gradient, ``d(rpb)`` included, is deterministic.
+axis) and writes ``dk``, ``dv`` once. With a bias, ``d(rpb)`` comes from the dq kernel where it reads the bias from a
+table (see ``BIAS_TABLE``): each of its programs runs one tile in several images and sums every (slot, halo slot) pair's
+score gradient into a float32 block, which two small products with one-hot matrices bin by bias index (``TABLE_GRAD`` of
+:func:`vizattn.kernels._halo2d.triton.halo_bwd`). Where the table or those blocks would be too large, a third kernel,
+:func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad_rows`, recomputes the scores of row tiles of queries on tensor cores
+and sums their gradients per bias cell in registers. No program adds into another's sums: every gradient, ``d(rpb)``
+included, is deterministic.
 """
 
 from __future__ import annotations
@@ -124,6 +124,10 @@ _WIDE_HEAD_DIM = 32
 # 0.33, 14x14 8 heads 0.090 / 0.150, B128 7x7 16 heads 0.107 / 0.132, B128 56x56 0.79 / 1.09.
 RPB_GRAD = "dq"
 _RPB_GRAD_CHOICES = ("dq", "rows", "slots")
+# The dq kernel's d(rpb) needs float32 blocks of at least one image (a program's block per tile and head: 7 KB at
+# k 7 on 2x8 tiles, so 2.7 MB for a 56x56 map of 2 heads, 115 MB for 512x256); past this many bytes per image the
+# row-tile kernel, whose partial tables are small, sums d(rpb) instead.
+_RPB_GRAD_IMAGE_BYTES = 64 << 20
 
 
 def _rpb_grad_launch(dilation: int, height: int) -> tuple[str, int, int]:
@@ -274,9 +278,10 @@ def na2d_bwd(
     dq_launch = dq_cfg.launch._replace(maxnreg=dq_cfg.caps[rpb is not None] if by_rows else None)
     if RPB_GRAD not in _RPB_GRAD_CHOICES:
         raise ValueError(f"vizattn.kernels.na2d.triton.RPB_GRAD must be one of {_RPB_GRAD_CHOICES}, got {RPB_GRAD!r}.")
-    in_dq = rpb is not None and RPB_GRAD == "dq"
     how, programs, max_bytes = _rpb_grad_launch(dilation, q.shape[1])
     block_bytes = 4 * rows.tile * cols.tile * rows.halo * cols.halo  # a dq program's float32 pair-bias block
+    image_bytes = rows.n_tiles * cols.n_tiles * q.shape[3] * block_bytes
+    in_dq = rpb is not None and RPB_GRAD == "dq" and image_bytes <= _RPB_GRAD_IMAGE_BYTES
     grads = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
         delta=delta, dq_launch=dq_launch, dkdv_launch=dkdv_cfg.launch,
