@@ -73,6 +73,33 @@ def _axis_tiles_on(length: int, kernel_size: int, dilation: int, tile: int, devi
     return AxisTiles(*(t.to(device) for t in _axis_tiles_cpu(length, kernel_size, dilation, tile)))
 
 
+def _one_hot_rel(rel: torch.Tensor, side: int) -> torch.Tensor:
+    """(..., side) float32 one-hot of relative indices, all zero where the index is -1 (outside the window)."""
+    return torch.nn.functional.one_hot(rel.clamp(min=0), side).float() * (rel >= 0)[..., None]
+
+
+class _PairBias(torch.autograd.Function):
+    """Every (query, key) pair's bias ``rpb[head, rel_h, rel_w]`` as a float32 (heads, n_th, n_tw, T_h, T_w, halo_h,
+    halo_w) tensor, ``-inf`` outside the window. The forward gathers; the backward sums the pairs' gradients per bias
+    entry as two products with the axes' one-hot relative indices (the gather's own backward, an accumulating
+    scatter into the table's few entries, took most of the tiled backward's time on a CPU). Those products follow
+    PyTorch's float32 matmul precision."""
+
+    @staticmethod
+    def forward(ctx, rpb: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
+        bh, bw = rel_h[:, None, :, None, :, None], rel_w[None, :, None, :, None, :]  # pair_rel's views
+        ctx.save_for_backward(rel_h, rel_w)
+        ctx.side, ctx.dtype = rpb.shape[-1], rpb.dtype
+        bias = rpb.float()[:, bh.clamp(min=0), bw.clamp(min=0)]
+        return bias.masked_fill((bh < 0) | (bw < 0), float("-inf"))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rel_h, rel_w = ctx.saved_tensors
+        by_w = torch.einsum("hijaxsy,jxyc->hiasc", grad, _one_hot_rel(rel_w, ctx.side))
+        return torch.einsum("hiasc,iasb->hbc", by_w, _one_hot_rel(rel_h, ctx.side)).to(ctx.dtype), None, None
+
+
 def na2d_tiled(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -93,12 +120,11 @@ def na2d_tiled(
     n_tw, t_w = cols.q_idx.shape
     halo_h, halo_w = rows.k_idx.shape[1], cols.k_idx.shape[1]
 
-    bh, bw = pair_rel(rows, cols)
-    outside = (bh < 0) | (bw < 0)
     if rpb is not None:
-        bias = rpb.float()[:, bh.clamp(min=0), bw.clamp(min=0)]  # (heads, n_th, n_tw, T_h, T_w, halo_h, halo_w)
-        bias = bias.masked_fill(outside, float("-inf"))
+        bias = _PairBias.apply(rpb, rows.rel_idx, cols.rel_idx)  # (heads, n_th, n_tw, T_h, T_w, halo_h, halo_w)
     else:
-        bias = torch.zeros(outside.shape, device=q.device).masked_fill(outside, float("-inf"))[None]
+        bh, bw = pair_rel(rows, cols)
+        bias = torch.zeros(((bh < 0) | (bw < 0)).shape, device=q.device)
+        bias = bias.masked_fill((bh < 0) | (bw < 0), float("-inf"))[None]
     bias = bias.reshape(bias.shape[0], n_th * n_tw, t_h * t_w, halo_h * halo_w)
     return tiled_attention(q, k, v, rows, cols, scale, bias).to(v.dtype)
