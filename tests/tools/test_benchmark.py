@@ -24,8 +24,10 @@ def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
+        # the fused LKA op's channels_last row takes the code path of its NCHW row (tests/kernels covers the layout)
         rc = bench.main(["--device", "cpu", "--smoke", "--models", "van_b0", "--img-size", "32", "--dit", "--hires",
-                         "--hires-model", "biformer_t", "--out", str(out)])
+                         "--hires-model", "biformer_t", "--dw-impls",
+                         "vizattn,vizattn-nhwc,vizattn-fused,torch-nchw,torch-nhwc", "--out", str(out)])
     return rc, json.loads(out.read_text()), stdout.getvalue(), out.with_suffix(".txt").read_text()
 
 
