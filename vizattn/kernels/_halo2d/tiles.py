@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["AxisTiles", "build_axis_tiles", "build_key_axis_tiles", "pair_rel", "tiled_attention"]
+__all__ = ["AxisTiles", "build_axis_tiles", "build_key_axis_tiles", "one_hot_rel", "pair_rel", "tiled_attention"]
 
 
 class AxisTiles(NamedTuple):
@@ -176,6 +176,12 @@ def pair_rel(rows: AxisTiles, cols: AxisTiles) -> tuple[torch.Tensor, torch.Tens
         halo_h * halo_w).
     """
     return rows.rel_idx[:, None, :, None, :, None], cols.rel_idx[None, :, None, :, None, :]
+
+
+def one_hot_rel(rel: torch.Tensor, side: int) -> torch.Tensor:
+    """(..., side) float32 one-hot of relative (bias) indices, all zero where the index is -1 (outside the window):
+    products with it sum per-pair gradients into a bias table without a scatter."""
+    return torch.nn.functional.one_hot(rel.clamp(min=0), side).float() * (rel >= 0)[..., None]
 
 
 def tiled_attention(

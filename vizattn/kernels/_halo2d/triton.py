@@ -70,7 +70,7 @@ import triton
 import triton.language as tl
 
 from vizattn.kernels._alloc import new_output
-from vizattn.kernels._halo2d.tiles import AxisTiles
+from vizattn.kernels._halo2d.tiles import AxisTiles, one_hot_rel
 from vizattn.kernels._triton_util import cdiv as _cdiv
 from vizattn.kernels._triton_util import dot as _dot
 from vizattn.kernels._triton_util import dot_precision as _dot_precision
@@ -1136,8 +1136,7 @@ def _images_per_program(n_images: int, programs_per_image: int, block_bytes: int
 def _bias_one_hot(t: DeviceTables, side: int) -> torch.Tensor:
     """(n, T, halo, side) float32: 1 where slot ``t`` of tile ``n`` and halo slot ``s`` pair at relative index ``b``
     along this axis (the inverse of :func:`slot_windows`), 0 elsewhere."""
-    rel = _rel_idx(t)
-    return torch.nn.functional.one_hot(rel.clamp(min=0), side).float() * (rel >= 0)[..., None]
+    return one_hot_rel(_rel_idx(t), side)
 
 
 def _pair_grads_to_rpb(dtab: torch.Tensor, heads: int, rows: DeviceTables, cols: DeviceTables,

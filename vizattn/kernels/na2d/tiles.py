@@ -25,6 +25,7 @@ from vizattn.kernels._halo2d.tiles import (
     AxisTiles,
     build_axis_tiles,
     build_key_axis_tiles,
+    one_hot_rel,
     pair_rel,
     tiled_attention,
 )
@@ -73,11 +74,6 @@ def _axis_tiles_on(length: int, kernel_size: int, dilation: int, tile: int, devi
     return AxisTiles(*(t.to(device) for t in _axis_tiles_cpu(length, kernel_size, dilation, tile)))
 
 
-def _one_hot_rel(rel: torch.Tensor, side: int) -> torch.Tensor:
-    """(..., side) float32 one-hot of relative indices, all zero where the index is -1 (outside the window)."""
-    return torch.nn.functional.one_hot(rel.clamp(min=0), side).float() * (rel >= 0)[..., None]
-
-
 class _PairBias(torch.autograd.Function):
     """Every (query, key) pair's bias ``rpb[head, rel_h, rel_w]`` as a float32 (heads, n_th, n_tw, T_h, T_w, halo_h,
     halo_w) tensor, ``-inf`` outside the window. The forward gathers; the backward sums the pairs' gradients per bias
@@ -87,7 +83,7 @@ class _PairBias(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rpb: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
-        bh, bw = rel_h[:, None, :, None, :, None], rel_w[None, :, None, :, None, :]  # pair_rel's views
+        bh, bw = rel_h[:, None, :, None, :, None], rel_w[None, :, None, :, None, :]  # as pair_rel's views
         ctx.save_for_backward(rel_h, rel_w)
         ctx.side, ctx.dtype = rpb.shape[-1], rpb.dtype
         bias = rpb.float()[:, bh.clamp(min=0), bw.clamp(min=0)]
@@ -96,8 +92,8 @@ class _PairBias(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         rel_h, rel_w = ctx.saved_tensors
-        by_w = torch.einsum("hijaxsy,jxyc->hiasc", grad, _one_hot_rel(rel_w, ctx.side))
-        return torch.einsum("hiasc,iasb->hbc", by_w, _one_hot_rel(rel_h, ctx.side)).to(ctx.dtype), None, None
+        by_w = torch.einsum("hijaxsy,jxyc->hiasc", grad, one_hot_rel(rel_w, ctx.side))
+        return torch.einsum("hiasc,iasb->hbc", by_w, one_hot_rel(rel_h, ctx.side)).to(ctx.dtype), None, None
 
 
 def na2d_tiled(
@@ -124,7 +120,7 @@ def na2d_tiled(
         bias = _PairBias.apply(rpb, rows.rel_idx, cols.rel_idx)  # (heads, n_th, n_tw, T_h, T_w, halo_h, halo_w)
     else:
         bh, bw = pair_rel(rows, cols)
-        bias = torch.zeros(((bh < 0) | (bw < 0)).shape, device=q.device)
-        bias = bias.masked_fill((bh < 0) | (bw < 0), float("-inf"))[None]
+        outside = (bh < 0) | (bw < 0)
+        bias = torch.zeros(outside.shape, device=q.device).masked_fill(outside, float("-inf"))[None]
     bias = bias.reshape(bias.shape[0], n_th * n_tw, t_h * t_w, halo_h * halo_w)
     return tiled_attention(q, k, v, rows, cols, scale, bias).to(v.dtype)
