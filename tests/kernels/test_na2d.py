@@ -585,16 +585,18 @@ def test_rpb_grad_choice_is_checked(monkeypatch):
 
 # d(rpb) summed by the dq kernel (RPB_GRAD "dq"): three images, two per program (on a GPU a program takes a few
 # images; the interpreter's default is all of them), so one program sums two images and one holds one; a map exactly
-# k * d (dilated: summed by stores), an even kernel on 17 rows and a 7x9 map (at dilation 1: by atomic adds; the two
-# take different tiles, and a map of at most 8 rows reads the table only in the backward). Split head dims run
+# k * d (dilated), an even kernel on 17 rows and a 7x9 map (the two take different tiles, and a map of at most 8 rows
+# reads the table only in the backward), each with one of the dq kernel's three ways of summing. Split head dims run
 # through the same sums in the CPU_CASES.
-DQ_RPB_CASES = [replace(RPB_CASES[0], b=3), Case(3, 1, 17, 8, 6, 1, "fp16"), Case(3, 2, 7, 9, 5, 1)]
+DQ_RPB_CASES = [(replace(RPB_CASES[0], b=3), "first-store"), (Case(3, 1, 17, 8, 6, 1, "fp16"), "store"),
+                (Case(3, 2, 7, 9, 5, 1), "atomic")]
 
 
-@pytest.mark.parametrize("case", DQ_RPB_CASES, ids=[c.id for c in DQ_RPB_CASES])
-def test_rpb_grad_summed_in_the_dq_kernel(monkeypatch, case):
+@pytest.mark.parametrize("case,way", DQ_RPB_CASES, ids=[f"{c.id}-{w}" for c, w in DQ_RPB_CASES])
+def test_rpb_grad_summed_in_the_dq_kernel(monkeypatch, case, way):
     images, sums = [], []
     monkeypatch.setattr(kernels, "_images_per_program", lambda n, *a: images.append(n) or 2)
+    monkeypatch.setattr(kernels, "_rpb_grad_launch", lambda *a: (way, 1024, 8 << 20))
     real_bwd = kernels.halo_bwd
     monkeypatch.setattr(kernels, "halo_bwd", lambda *a, **kw: sums.append(kw["rpb_grad_sum"]) or real_bwd(*a, **kw))
     monkeypatch.setattr(kernels, "na2d_rpb_grad_rows", lambda *a, **kw: pytest.fail("the row-tile kernel ran"))
@@ -603,7 +605,7 @@ def test_rpb_grad_summed_in_the_dq_kernel(monkeypatch, case):
     out, lse = kernels.na2d_fwd(q, k, v, rpb, case.k, case.d, scale)
     got = kernels.na2d_bwd(grad, q, k, v, rpb, out, lse, case.k, case.d, scale)
     assert images == [3]  # asked once, for the batch
-    assert sums == ["atomic" if case.d == 1 else "store"]
+    assert sums == [way]
     leaves = [t.double().requires_grad_() for t in (q, k, v, rpb)]
     na2d_reference(*leaves[:3], case.k, case.d, leaves[3], scale).backward(grad.double())
     l2_tol, max_tol = ATTN_TOL[q.dtype]
@@ -611,6 +613,34 @@ def test_rpb_grad_summed_in_the_dq_kernel(monkeypatch, case):
         assert ours.dtype == x.dtype and torch.isfinite(ours).all(), name
         l2, mx = rel_errors(ours, leaf.grad)
         assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
+
+
+@pytest.mark.parametrize("split", [(1, 1), (1, 5), (2, 3), (3, 1)], ids=lambda s: f"split{s[0]}-units{s[1]}")
+def test_pair_grad_blocks_binned_by_bias_index(monkeypatch, split):
+    """d(rpb) from the dq kernel's float32 blocks, however the binning kernel splits them (ranges of image chunks per
+    tile, tiles per program): every tile's pair gradients summed over the chunks and added at the pair's bias index
+    (from the tables' index lists), against float64 sums on the CPU; stored in rpb's dtype."""
+    from vizattn.kernels._halo2d import triton as halo
+
+    monkeypatch.setattr(halo, "_bin_split", lambda *a: split)
+    hh, ww, k, d, tile, heads, chunks = 11, 9, 5, 2, (2, 4), 2, 3
+    rows, cols = kernels._axes(torch.empty(1, hh, ww, 1, 16, device=DEVICE), k, d, tile)
+    g = torch.Generator().manual_seed(21)
+    shape = (cols.n_tiles, chunks * heads, rows.n_tiles, rows.tile, rows.halo, cols.tile, cols.halo)
+    dtab = torch.randn(shape, generator=g)
+    got = halo._pair_grads_to_rpb(dtab.to(DEVICE), heads, rows, cols, 2 * k - 1, torch.float16)
+    rel_h, rel_w = halo._rel_idx(rows).cpu(), halo._rel_idx(cols).cpu()
+    want = torch.zeros(heads, 2 * k - 1, 2 * k - 1, dtype=torch.float64)
+    for th in range(rows.n_tiles):
+        for tw in range(cols.n_tiles):
+            blk = dtab[tw, :, th].double().view(chunks, heads, *shape[3:]).sum(0)  # (heads, i, y, j, x)
+            rh, rw = rel_h[th][:, :, None, None], rel_w[tw][None, None]  # (i, y, 1, 1), (1, 1, j, x)
+            inside = ((rh >= 0) & (rw >= 0)).expand(blk.shape[1:])
+            for h in range(heads):
+                want[h].index_put_((rh.expand(inside.shape)[inside], rw.expand(inside.shape)[inside]),
+                                   blk[h][inside], accumulate=True)
+    assert got.dtype == torch.float16 and got.shape == want.shape
+    torch.testing.assert_close(got.cpu().double(), want.half().double(), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("limit", ["table", "blocks"])
@@ -651,10 +681,26 @@ def test_images_per_program_of_the_dq_kernel(monkeypatch):
     assert halo._images_per_program(1, 392, block, *store) == 1
     assert halo._images_per_program(8, 4096, 64, *store) == 8  # the target's programs per image: one program each
     assert halo._images_per_program(64, 8, 64, *store) == 1
-    # NA's launches per map: atomic adds at dilation 1 (fewer programs on the small maps), stores when dilated
+    # NA's launches per map: atomic adds at dilation 1 on large and tiny maps; a store in the first image, atomic adds
+    # after it, on maps of 9 to 16 rows and dilated maps
     assert kernels._rpb_grad_launch(1, 56) == ("atomic", 2048, 16 << 20)
-    assert kernels._rpb_grad_launch(1, 14) == ("atomic", 1024, 8 << 20)
-    assert kernels._rpb_grad_launch(2, 14) == ("store", 4096, 32 << 20)
+    assert kernels._rpb_grad_launch(1, 14) == ("first-store", 1024, 8 << 20)
+    assert kernels._rpb_grad_launch(1, 7) == ("atomic", 1024, 8 << 20)
+    assert kernels._rpb_grad_launch(2, 14) == ("first-store", 4096, 32 << 20)
+
+
+def test_binning_programs_follow_the_blocks_bytes(monkeypatch):
+    """On a GPU about one binning program per 20 KB of blocks, 256 to 1024 of them: a tile's image chunks are split
+    where there are fewer tiles x heads than programs, else a program takes several tiles."""
+    from vizattn.kernels._halo2d import triton as halo
+
+    monkeypatch.setattr(triton.knobs.runtime, "interpret", False)
+    assert halo._bin_split(196, 2, 6, 17 << 20) == (2, 1)  # B64 56x56 2 heads: 870 programs
+    assert halo._bin_split(2, 16, 32, 4 << 20) == (8, 1)  # 204 wanted: the floor of 256 programs, 8 per tile and head
+    assert halo._bin_split(7, 8, 7, 8 << 20) == (7, 1)  # 14x14: 409 wanted, each tile's chunks split 7 ways at most
+    assert halo._bin_split(3000, 2, 4, 64 << 20) == (1, 6)  # tiles x heads past the ceiling: 6 tiles per program
+    monkeypatch.setattr(triton.knobs.runtime, "interpret", True)
+    assert halo._bin_split(196, 2, 6, 17 << 20) == (1, 196)  # one program per head
 
 
 def test_halo_backward_refuses_an_unknown_way_of_summing():

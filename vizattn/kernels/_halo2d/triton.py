@@ -70,7 +70,7 @@ import triton
 import triton.language as tl
 
 from vizattn.kernels._alloc import new_output
-from vizattn.kernels._halo2d.tiles import AxisTiles, one_hot_rel
+from vizattn.kernels._halo2d.tiles import AxisTiles
 from vizattn.kernels._triton_util import cdiv as _cdiv
 from vizattn.kernels._triton_util import dot as _dot
 from vizattn.kernels._triton_util import dot_precision as _dot_precision
@@ -621,6 +621,7 @@ def _halo_dq_kernel(
     TABLE: tl.constexpr = False, TABLE_ALIGN: tl.constexpr = 64,
     HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
     ROW_I32: tl.constexpr = False, TABLE_GRAD: tl.constexpr = False, ADD_ATOMIC: tl.constexpr = False,
+    FIRST_STORE: tl.constexpr = False,
 ):
     """Query-centric: dq of one query tile over its halo and the extra keys (the bias added to the recomputed
     scores). It also writes ``delta = rowsum(dO * O)`` of its queries, which the kernels launched after it read.
@@ -630,10 +631,10 @@ def _halo_dq_kernel(
     ``TABLE_GRAD`` (NA with rpb and a bias table): a program runs its tile in ``images`` consecutive images (axis 1
     runs over image chunk x head) and sums the score gradients of each (slot, halo slot) pair over them into its own
     float32 block of ``DTAB``, the gradient of the pair's bias (by load, add and store, or with ``ADD_ATOMIC`` by
-    atomic adds: no other program touches the block and one thread adds to an address in program order, so the sums'
-    order is fixed either way): d(rpb) is that summed by bias index (:func:`_pair_grads_to_rpb`), with no second pass
-    over q, k, v and dO. ``DTAB`` is ``(tile columns, image chunks x heads, tile rows, T_H, HALO_H, T_W, HALO_W)``:
-    the W axis last, for one batched product."""
+    atomic adds, into a zeroed block or, with ``FIRST_STORE``, after a store in the first image: no other program
+    touches the block and one thread adds to an address in program order, so the sums' order is fixed either way):
+    d(rpb) is that summed by bias index (:func:`_pair_grads_to_rpb`), with no second pass over q, k, v and dO.
+    ``DTAB`` is ``(tile columns, image chunks x heads, tile rows, T_H, HALO_H, T_W, HALO_W)``."""
     if TABLE_GRAD:
         tile = tl.program_id(0).to(tl.int64)
         bn = tl.program_id(1).to(tl.int64)
@@ -652,7 +653,7 @@ def _halo_dq_kernel(
                 th, tw, b, head, heads, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
                 T_H, T_W, HALO_H, HALO_W, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV,
                 HAS_RPB, CIRCLE, HAS_EXTRA, DOT_PRECISION, TABLE, TABLE_ALIGN, HALO_WP, EVEN_QK, EVEN_V, ROW_I32,
-                TABLE_GRAD, ADD_ATOMIC,
+                TABLE_GRAD, ADD_ATOMIC, FIRST_STORE,
             )
             tl.debug_barrier()  # the next image reads the block's sums, perhaps in other threads
     else:
@@ -665,7 +666,7 @@ def _halo_dq_kernel(
             th, tw, b, head, heads, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
             T_H, T_W, HALO_H, HALO_W, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV,
             HAS_RPB, CIRCLE, HAS_EXTRA, DOT_PRECISION, TABLE, TABLE_ALIGN, HALO_WP, EVEN_QK, EVEN_V, ROW_I32, False,
-            False,
+            False, False,
         )
 
 
@@ -682,10 +683,11 @@ def _dq_tile(
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TABLE: tl.constexpr, TABLE_ALIGN: tl.constexpr, HALO_WP: tl.constexpr, EVEN_QK: tl.constexpr,
     EVEN_V: tl.constexpr, ROW_I32: tl.constexpr, TABLE_GRAD: tl.constexpr, ADD_ATOMIC: tl.constexpr,
+    FIRST_STORE: tl.constexpr,
 ):
     """:func:`_halo_dq_kernel`'s work on one tile of one image and head; with ``TABLE_GRAD`` it also adds the tile's
-    score gradients into its pair-bias gradient block ``DTAB``: with float32 atomic adds into the zeroed block
-    (``ADD_ATOMIC``), else loaded, added and stored back (stored in the first image: ``accumulate`` false)."""
+    score gradients into its pair-bias gradient block ``DTAB``: stored in the first image (``accumulate`` false), then
+    added with float32 atomic adds (``ADD_ATOMIC``) or loaded, added and stored back."""
     a_h, a_w, row, col, m_ok, real = _query_slots(QH, SH, QW, SW, th, tw, T_H, T_W, BLOCK_M)
     q, q_t = _load_cols(Q + b * s_qb + head * s_qn + row * s_qh + col * s_qw, m_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
     do, do_t = _load_cols(DO + b * s_gb + head * s_gn + row * s_gh + col * s_gw, real, s_gd, d_v, BLOCK_DV, BLOCK_TV)
@@ -743,7 +745,12 @@ def _dq_tile(
                 at = DTAB + (a_h.to(tl.int32) * (HALO_H * T_W * HALO_W) + a_w.to(tl.int32) * HALO_W)[:, None] + (
                     n // HALO_W * (T_W * HALO_W) + n % HALO_W)[None, :]
                 pair_ok = m_ok[:, None] & (n < HALO_H * HALO_W)[None, :]
-                if ADD_ATOMIC:
+                if ADD_ATOMIC and FIRST_STORE:
+                    if accumulate:
+                        tl.atomic_add(at, ds, mask=pair_ok, sem="relaxed")
+                    else:  # the first image stores: no zeroed block needed
+                        tl.store(at, ds, mask=pair_ok)
+                elif ADD_ATOMIC:
                     tl.atomic_add(at, ds, mask=pair_ok, sem="relaxed")
                 else:
                     tl.store(at, tl.load(at, mask=pair_ok & accumulate, other=0.0) + ds, mask=pair_ok)
@@ -957,38 +964,60 @@ def _rel_idx(t: DeviceTables) -> torch.Tensor:
     return torch.where(run, off[..., None] + (-1 if t.key_tiles else 1) * c, -1)
 
 
-class _TableIndex(NamedTuple):
-    index: torch.Tensor  # (Ch, Cw, heads, block_m, npad) int64 into rpb flattened; 0 where the mask is -inf
-    mask: torch.Tensor  # (Ch, Cw, 1, block_m, npad) float32: 0 where the pair is in the window, -inf elsewhere
-    cls_h: torch.Tensor  # class of each tile along H (int32)
-    cls_w: torch.Tensor  # and along W
-
-
 @functools.lru_cache(maxsize=256)
 def _tile_classes(t: DeviceTables) -> tuple[torch.Tensor, torch.Tensor]:
     """One axis's classes of tiles (tiles whose slots pair with the same halo slots at the same relative indices,
-    e.g. every interior tile): each class's (T, halo) relative indices (-1 outside the window), and the class of each
-    tile (int32)."""
+    e.g. every interior tile): each class's (T, halo) relative indices (int32, -1 outside the window), and the class
+    of each tile (int32)."""
     rel, cls = torch.unique(_rel_idx(t).flatten(1), dim=0, return_inverse=True)
-    return rel.view(-1, t.tile, t.halo), cls.to(torch.int32)
+    return rel.view(-1, t.tile, t.halo).to(torch.int32).contiguous(), cls.to(torch.int32)
+
+
+@functools.lru_cache(maxsize=256)
+def _tile_rel(t: DeviceTables) -> torch.Tensor:
+    """(n, T, halo) int32 relative index of each tile's (slot, halo slot) pairs, -1 outside the window."""
+    return _rel_idx(t).to(torch.int32).contiguous()
 
 
 @functools.lru_cache(maxsize=128)
-def _table_index(rows: DeviceTables, cols: DeviceTables, side: int, heads: int, block_m: int,
-                 npad: int) -> _TableIndex:
-    """Where each (slot, halo slot) pair of each class of tiles reads its bias in a flat ``(heads, side, side)`` rpb,
-    and the mask. Tile slots past the tile and halo slots past the halo are outside every window."""
-    (uh, cls_h), (uw, cls_w) = _tile_classes(rows), _tile_classes(cols)
+def _table_mask(rows: DeviceTables, cols: DeviceTables, block_m: int, npad: int) -> torch.Tensor:
+    """(Ch, Cw, 1, block_m, npad) float32: 0 where a class's (slot, halo slot) pair is in the window, -inf elsewhere
+    (tile slots past the tile and halo slots past the halo included): the bias table without rpb."""
+    uh, uw = _tile_classes(rows)[0], _tile_classes(cols)[0]
     uh, uw = uh.view(-1, 1, rows.tile, 1, rows.halo, 1), uw.view(1, -1, 1, cols.tile, 1, cols.halo)
     inside = (uh >= 0) & (uw >= 0)
     n_h, n_w = inside.shape[:2]
-    shape = (n_h, n_w, 1, rows.tile * cols.tile, rows.halo * cols.halo)
     mask = torch.full((n_h, n_w, 1, block_m, npad), float("-inf"), device=inside.device)
+    shape = (n_h, n_w, 1, rows.tile * cols.tile, rows.halo * cols.halo)
     mask[..., : shape[3], : shape[4]] = torch.where(inside, 0.0, float("-inf")).reshape(shape)
-    index = torch.zeros((n_h, n_w, heads, block_m, npad), dtype=torch.long, device=inside.device)
-    head = torch.arange(heads, device=inside.device).view(1, 1, heads, 1, 1) * side * side
-    index[..., : shape[3], : shape[4]] = torch.where(inside, uh * side + uw, 0).reshape(shape) + head
-    return _TableIndex(index, mask, cls_h, cls_w)
+    return mask
+
+
+@triton.jit
+def _bias_table_kernel(RPB, REL_H, REL_W, TAB, heads, n_cw, side, scale,
+                       T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+                       BLOCK_M: tl.constexpr, NPAD: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One class pair and head of a bias table (see :func:`bias_table`), halo slots ``BLOCK_C`` at a time: the bias
+    of each (slot, halo slot) pair times ``scale`` where both axes' relative indices are in the window, -inf
+    elsewhere. Grid: (classes along H x classes along W x heads, NPAD / BLOCK_C)."""
+    pid = tl.program_id(0)
+    head = pid % heads
+    cw = (pid // heads) % n_cw
+    ch = pid // heads // n_cw
+    m = tl.arange(0, BLOCK_M)
+    n = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = (m < T_H * T_W)[:, None] & (n < HALO_H * HALO_W)[None, :]
+    r_h = tl.load(REL_H + ch * (T_H * HALO_H) + (m // T_W * HALO_H)[:, None] + (n // HALO_W)[None, :], mask=ok,
+                  other=-1)
+    r_w = tl.load(REL_W + cw * (T_W * HALO_W) + (m % T_W * HALO_W)[:, None] + (n % HALO_W)[None, :], mask=ok,
+                  other=-1)
+    inside = (r_h >= 0) & (r_w >= 0)
+    bias = tl.load(RPB + head * side * side + r_h * side + r_w, mask=inside, other=0.0).to(tl.float32) * scale
+    tl.store(TAB + (pid * BLOCK_M + m)[:, None] * NPAD + n[None, :], tl.where(inside, bias, float("-inf")))
+
+
+# halo slots per program of _bias_table_kernel (a divisor of every table row's padded length, _table_align())
+_TABLE_BLOCK_C = 64
 
 
 def bias_table(rows: DeviceTables, cols: DeviceTables, rpb: torch.Tensor | None, block_m: int, block_n: int):
@@ -996,22 +1025,26 @@ def bias_table(rows: DeviceTables, cols: DeviceTables, rpb: torch.Tensor | None,
     tile, class of each W tile, number of W classes)``, or None when it would exceed ``_TABLE_MAX`` entries (many
     border classes: large dilations) or ``block_n`` does not divide its rows. ``table[..., m, n]`` is
     ``rpb[head, b_h, b_w] * log2(e)`` (0 without rpb) for tile slot ``m`` and halo slot ``n`` of the flat halo when
-    they pair, ``-inf`` when not. Without rpb the table (the mask) is built once per map geometry; with rpb it is
-    gathered from rpb at every launch (two small kernels), so it can never be stale."""
+    they pair, ``-inf`` when not. Without rpb the table (the mask) is built once per map geometry; with rpb one
+    kernel (:func:`_bias_table_kernel`) gathers it from rpb at every launch, so it can never be stale."""
     align = _table_align()
     if align % block_n:
         return None
-    side, heads = (rpb.shape[-1], rpb.shape[0]) if rpb is not None else (0, 1)
+    heads = rpb.shape[0] if rpb is not None else 1
     npad = _cdiv(rows.halo * cols.halo, align) * align
-    n_classes = _tile_classes(rows)[0].shape[0] * _tile_classes(cols)[0].shape[0]
-    if n_classes * heads * block_m * npad > _TABLE_MAX:
+    (uh, cls_h), (uw, cls_w) = _tile_classes(rows), _tile_classes(cols)
+    if uh.shape[0] * uw.shape[0] * heads * block_m * npad > _TABLE_MAX:
         return None
-    ti = _table_index(rows, cols, side, heads, block_m, npad)
     if rpb is None:
-        return ti.mask, ti.cls_h, ti.cls_w, ti.mask.shape[1]
+        return _table_mask(rows, cols, block_m, npad), cls_h, cls_w, uw.shape[0]
     # in base 2, as the kernels' scores (one fused multiply-add per pair); (Ch, Cw, heads, block_m, npad), contiguous
-    tab = torch.add(ti.mask, rpb.detach().reshape(-1)[ti.index], alpha=_LOG2E)
-    return tab, ti.cls_h, ti.cls_w, ti.mask.shape[1]
+    tab = new_output((uh.shape[0], uw.shape[0], heads, block_m, npad), torch.float32, rpb.device)
+    _bias_table_kernel[(uh.shape[0] * uw.shape[0] * heads, npad // _TABLE_BLOCK_C)](
+        rpb.detach().contiguous(), uh, uw, tab, heads, uw.shape[0], rpb.shape[-1], _LOG2E,
+        T_H=rows.tile, T_W=cols.tile, HALO_H=rows.halo, HALO_W=cols.halo, BLOCK_M=block_m, NPAD=npad,
+        BLOCK_C=_TABLE_BLOCK_C,
+    )
+    return tab, cls_h, cls_w, uw.shape[0]
 
 
 @functools.lru_cache(maxsize=256)
@@ -1117,7 +1150,7 @@ def _table_args(rows: DeviceTables, cols: DeviceTables, rpb_t: torch.Tensor, rpb
 # store; "atomic": atomic adds): about this many programs (more keep the GPU busier), but with at least as many images
 # each as keep their float32 pair-bias blocks, which PyTorch then reduces, within this many bytes. NA picks its own per
 # map, from H200 sweeps (vizattn.kernels.na2d.triton._rpb_grad_launch).
-_TABLE_GRAD_LAUNCH = {"store": (4096, 32 << 20), "atomic": (2048, 16 << 20)}
+_TABLE_GRAD_LAUNCH = {"store": (4096, 32 << 20), "atomic": (2048, 16 << 20), "first-store": (2048, 16 << 20)}
 
 
 def _images_per_program(n_images: int, programs_per_image: int, block_bytes: int, programs: int,
@@ -1132,24 +1165,105 @@ def _images_per_program(n_images: int, programs_per_image: int, block_bytes: int
     return max(1, min(n_images, max(by_programs, by_bytes)))
 
 
-@functools.lru_cache(maxsize=256)
-def _bias_one_hot(t: DeviceTables, side: int) -> torch.Tensor:
-    """(n, T, halo, side) float32: 1 where slot ``t`` of tile ``n`` and halo slot ``s`` pair at relative index ``b``
-    along this axis (the inverse of :func:`slot_windows`), 0 elsewhere."""
-    return one_hot_rel(_rel_idx(t), side)
+@triton.jit
+def _bin_pair_grads_kernel(DTAB, REL_H, REL_W, PART, n_th, n_tw, n_chunks, heads, n_split, units_per, n_units,
+                           T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+                           BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, SIDE_P: tl.constexpr):
+    """Part of one head's d(rpb) from the dq kernel's pair-bias gradient blocks (layout in :func:`_halo_dq_kernel`).
+    A unit of work is one tile's blocks over one of ``n_split`` ranges of image chunks (units tile-major); a program
+    takes ``units_per`` consecutive units. Each unit's blocks are summed over its chunks, then binned by bias index as
+    products with the one-hot relative indices of the two axes (W first, ``BLOCK_C`` columns of a block at a time),
+    in float32 on CUDA cores. Writes one ``(SIDE_P, SIDE_P)`` partial table per program; grid: (heads, programs per
+    head)."""
+    head = tl.program_id(0)
+    R: tl.constexpr = T_H * HALO_H  # a block row: (tile slot row i, halo row y)
+    C: tl.constexpr = T_W * HALO_W  # a block column: (tile slot column j, halo column x)
+    r = tl.arange(0, BLOCK_R)
+    r_ok = r < R
+    s = tl.arange(0, SIDE_P)
+    acc = tl.zeros((SIDE_P, SIDE_P), dtype=tl.float32)
+    first = tl.program_id(1) * units_per
+    for u in range(first, tl.minimum(first + units_per, n_units)):
+        tile = u // n_split
+        th = tile // n_tw
+        tw = tile % n_tw
+        lo = (u % n_split) * n_chunks // n_split
+        hi = (u % n_split + 1) * n_chunks // n_split
+        by_w = tl.zeros((BLOCK_R, SIDE_P), dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            ok = r_ok[:, None] & (c < C)[None, :]
+            blk = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+            for chunk in range(lo, hi):
+                base = DTAB + (((tw * n_chunks + chunk) * heads + head).to(tl.int64) * n_th + th) * (R * C)
+                blk += tl.load(base + r[:, None] * C + c[None, :], mask=ok, other=0.0)
+            r_w = tl.load(REL_W + tw * C + c, mask=c < C, other=-1)
+            by_w += tl.dot(blk, (r_w[:, None] == s[None, :]).to(tl.float32), input_precision="ieee")
+        r_h = tl.load(REL_H + th * R + r, mask=r_ok, other=-1)
+        acc += tl.dot((s[:, None] == r_h[None, :]).to(tl.float32), by_w, input_precision="ieee")
+    part = PART + (head * tl.num_programs(1) + tl.program_id(1)) * (SIDE_P * SIDE_P)
+    tl.store(part + s[:, None] * SIDE_P + s[None, :], acc)
 
 
-def _pair_grads_to_rpb(dtab: torch.Tensor, heads: int, rows: DeviceTables, cols: DeviceTables,
-                       side: int) -> torch.Tensor:
-    """d(rpb) (heads, side, side) float32 from the dq kernel's pair-bias gradient blocks (layout in
-    :func:`_halo_dq_kernel`): each pair's gradient added at its bias index, as products with the two axes' one-hot
-    relative indices (no atomics: deterministic). The W axis goes first, one batched product over the tile columns
-    that reads the blocks once. The products follow PyTorch's float32 matmul precision, like the model's own
-    (full float32 by default; TF32 where the user allows it)."""
-    n_w = cols.tile * cols.halo
-    by_w = torch.bmm(dtab.view(cols.n_tiles, -1, n_w), _bias_one_hot(cols, side).view(cols.n_tiles, n_w, side))
-    by_w = by_w.view(-1, heads, rows.n_tiles, rows.tile, rows.halo, side).sum(0)  # (heads, i, a, s, c)
-    return torch.einsum("hiasc,iasb->hbc", by_w, _bias_one_hot(rows, side))
+@triton.jit
+def _sum_parts_kernel(PART, OUT, n_parts, side, SIDE_P: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr):
+    """``BLOCK_E`` entries of one head's d(rpb): its ``n_parts`` partial tables summed in a fixed order, stored in
+    OUT's dtype. Grid: (heads, SIDE_P * SIDE_P / BLOCK_E)."""
+    head = tl.program_id(0)
+    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    acc = tl.zeros((BLOCK_E,), dtype=tl.float32)
+    for p0 in range(0, n_parts, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        acc += tl.sum(tl.load(PART + (head * n_parts + p)[:, None] * (SIDE_P * SIDE_P) + e[None, :],
+                              mask=(p < n_parts)[:, None], other=0.0), axis=0)
+    a = e // SIDE_P
+    b = e % SIDE_P
+    tl.store(OUT + head * side * side + a * side + b, acc, mask=(a < side) & (b < side))
+
+
+# Programs of _bin_pair_grads_kernel on a GPU: about one per this many bytes of blocks, within these bounds; and the
+# partial tables (rows) and table entries (columns) of one step of _sum_parts_kernel. H200 (2026-12-01 00:50,
+# `.gpu/ab_bin.py`, profiler kernel time of NA's forward + backward with rpb, bf16, k 7, head dim 32), ms at 256 / 512
+# / 1024 programs: B64 56x56 2 heads (17 MB of blocks) 0.440 / 0.434 / 0.434, 28x28 4 heads 0.268 / 0.265 / 0.264,
+# 14x14 8 heads (8 MB) 0.147 / 0.147 / 0.149, 7x7 16 heads (6 MB) 0.082 / 0.085 / 0.089, 56x56 dilation 8 (32 MB)
+# 0.411 / 0.407 / 0.410. Binning each block by masked loads at the slots' windows instead of one-hot products made
+# the binning 1.4-2x slower.
+_BIN_BYTES, _BIN_PROGRAMS = 20 << 10, (256, 1024)
+_SUM_BLOCK_P, _SUM_BLOCK_E = 128, 16
+
+
+def _bin_split(n_tiles: int, heads: int, n_chunks: int, n_bytes: int) -> tuple[int, int]:
+    """(ranges of image chunks per tile, units per program) of :func:`_bin_pair_grads_kernel` for ``n_bytes`` of
+    blocks: about one program per ``_BIN_BYTES`` (within ``_BIN_PROGRAMS``), splitting each tile's chunks where there
+    are fewer tiles x heads than programs; one program per head under the interpreter."""
+    if triton.knobs.runtime.interpret:
+        return 1, n_tiles
+    programs = min(max(n_bytes // _BIN_BYTES, _BIN_PROGRAMS[0]), _BIN_PROGRAMS[1])
+    n_split = max(1, min(n_chunks, programs // (n_tiles * heads)))
+    return n_split, _cdiv(n_tiles * n_split * heads, programs)
+
+
+def _pair_grads_to_rpb(dtab: torch.Tensor, heads: int, rows: DeviceTables, cols: DeviceTables, side: int,
+                       dtype: torch.dtype) -> torch.Tensor:
+    """d(rpb) (heads, side, side) in ``dtype`` from the dq kernel's pair-bias gradient blocks: each pair's gradient
+    added at its bias index, in partial tables (:func:`_bin_pair_grads_kernel`) that :func:`_sum_parts_kernel` then
+    sums. No atomics: deterministic. Float32 adds throughout."""
+    side_p = max(16, _next_pow2(side))  # tl.dot's smallest block
+    n_tiles, n_chunks = rows.n_tiles * cols.n_tiles, dtab.shape[1] // heads
+    n_split, units_per = _bin_split(n_tiles, heads, n_chunks, dtab.numel() * 4)
+    n_parts = _cdiv(n_tiles * n_split, units_per)
+    part = new_output((heads, n_parts, side_p, side_p), torch.float32, dtab.device)
+    _bin_pair_grads_kernel[(heads, n_parts)](
+        dtab, _tile_rel(rows), _tile_rel(cols), part, rows.n_tiles, cols.n_tiles, n_chunks, heads, n_split, units_per,
+        n_tiles * n_split, T_H=rows.tile, T_W=cols.tile, HALO_H=rows.halo, HALO_W=cols.halo,
+        BLOCK_R=max(16, _next_pow2(rows.tile * rows.halo)), BLOCK_C=min(64, max(16, _next_pow2(cols.tile * cols.halo))),
+        SIDE_P=side_p,
+    )
+    d_rpb = new_output((heads, side, side), dtype, dtab.device)
+    block_e = min(_SUM_BLOCK_E, side_p * side_p)
+    _sum_parts_kernel[(heads, side_p * side_p // block_e)](part, d_rpb, n_parts, side, SIDE_P=side_p,
+                                                           BLOCK_P=_SUM_BLOCK_P, BLOCK_E=block_e)
+    return d_rpb
 
 
 def _extra_splits(n_programs: int, n_queries: int, block_n: int, device: torch.device) -> int:
@@ -1229,8 +1343,9 @@ def halo_bwd(
         rpb_grad: NA mode with rpb: also return d(rpb), as a sixth element, when the dq kernel reads a bias table (it
             then sums each pair's score gradients over ``images_per_program`` images, see ``TABLE_GRAD`` of
             :func:`_halo_dq_kernel`); None there when no table was built (too large), for the caller to compute.
-        rpb_grad_sum: with ``rpb_grad``: how a dq program sums its images, ``"store"`` (load, add, store) or
-            ``"atomic"`` (float32 atomic adds into its own zeroed block: deterministic too, see ``ADD_ATOMIC``).
+        rpb_grad_sum: with ``rpb_grad``: how a dq program sums its images, ``"store"`` (load, add, store),
+            ``"atomic"`` (float32 atomic adds into its own zeroed block: deterministic too, see ``ADD_ATOMIC``) or
+            ``"first-store"`` (a store in its first image, atomic adds after it).
         images_per_program: with ``rpb_grad``: images per dq program (None: :func:`_images_per_program`).
 
     Returns:
@@ -1283,7 +1398,8 @@ def halo_bwd(
         *grad_out.stride(), *out.stride(), *lse.stride(), *dq.stride(),
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale, side, radius_sq, b, images,
         HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
-        ROW_I32=_row_i32(k, v), TABLE_GRAD=table_grad, ADD_ATOMIC=table_grad and rpb_grad_sum == "atomic",
+        ROW_I32=_row_i32(k, v), TABLE_GRAD=table_grad, ADD_ATOMIC=table_grad and rpb_grad_sum != "store",
+        FIRST_STORE=rpb_grad_sum == "first-store",
         **_rows_meta(cols.halo, q.shape[-1], v.shape[-1], dq_rows), **meta,
     )
     cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)
@@ -1321,5 +1437,5 @@ def halo_bwd(
         d_extra = (dek.sum(0).to(extra_k.dtype), dev.sum(0).to(extra_v.dtype))
     if not rpb_grad:
         return dq, dk, dv, *d_extra
-    d_rpb = _pair_grads_to_rpb(dtab, heads, rows, cols, rpb_side).to(rpb.dtype) if table_grad else None
+    d_rpb = _pair_grads_to_rpb(dtab, heads, rows, cols, rpb_side, rpb.dtype) if table_grad else None
     return dq, dk, dv, *d_extra, d_rpb

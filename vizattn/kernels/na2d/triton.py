@@ -11,7 +11,7 @@ and a key-centric one owns a tile of keys, walks the queries that see them (the 
 :func:`vizattn.kernels.na2d.tiles.key_axis_tiles`: a key near a border can be seen by more than ``k`` queries per
 axis) and writes ``dk``, ``dv`` once. With a bias, ``d(rpb)`` comes from the dq kernel where it reads the bias from a
 table (see ``BIAS_TABLE``): each of its programs runs one tile in several images and sums every (slot, halo slot) pair's
-score gradient into a float32 block, which two small products with one-hot matrices bin by bias index (``TABLE_GRAD`` of
+score gradient into a float32 block, which a binning kernel sums by bias index with one-hot products (``TABLE_GRAD`` of
 :func:`vizattn.kernels._halo2d.triton.halo_bwd`). Where the table or those blocks would be too large, a third kernel,
 :func:`vizattn.kernels.na2d.rpb_grad.na2d_rpb_grad_rows`, recomputes the scores of row tiles of queries on tensor cores
 and sums their gradients per bias cell in registers. No program adds into another's sums: every gradient, ``d(rpb)``
@@ -138,11 +138,19 @@ def _rpb_grad_launch(dilation: int, height: int) -> tuple[str, int, int]:
     0.282-0.304); by atomic adds at 512 / 1024 / 2048 programs with 4 / 8 / 16 MB, B64 56x56 2 heads 0.658 / 0.498 /
     0.466 (4096: 0.486), B128 1.245 / 0.923 / 0.849, B64 28x28 4 heads 0.414 / 0.324 / 0.296, B128 0.767 / 0.584 /
     0.519, B64 14x14 8 heads 0.209 / 0.182 / 0.194, B128 0.369 / 0.303 / 0.317, B64 7x7 16 heads 0.112 / 0.111 / 0.117,
-    B128 0.193 / 0.182 / 0.205 (by stores at 4096 / 32 MB: B64 14x14 0.218, 7x7 0.113, B128 7x7 0.172)."""
+    B128 0.193 / 0.182 / 0.205 (by stores at 4096 / 32 MB: B64 14x14 0.218, 7x7 0.113, B128 7x7 0.172). "first-store"
+    (a store in a program's first image, atomic adds after it: no zeroed blocks) against atomic adds into zeroed
+    blocks (against stores where dilated), same launches (2026-12-01 00:48, `.gpu/ab_first.py`, the binning of
+    vizattn.kernels._halo2d.triton._pair_grads_to_rpb): B64 56x56 2 heads 0.456 against 0.437 ms (the dq kernel
+    0.196 against 0.171), 28x28 4 heads 0.298 / 0.266, but 14x14 8 heads 0.149 / 0.158 (B128 0.266 / 0.279), 7x7 16
+    heads 0.087 / 0.088 (B128 0.165 / 0.159); dilated 56x56 d 8 0.411 / 0.425, 28x28 d 4 0.222 / 0.230, 14x14 d 2
+    0.149 / 0.155."""
     if dilation > 1:
-        return "store", 4096, 32 << 20
-    if height <= _SMALL_MAP_ROWS:
+        return "first-store", 4096, 32 << 20
+    if height <= _TINY_MAP_ROWS:
         return "atomic", 1024, 8 << 20
+    if height <= _SMALL_MAP_ROWS:
+        return "first-store", 1024, 8 << 20
     return "atomic", 2048, 16 << 20
 
 
