@@ -52,3 +52,45 @@ def test_triton_paths_match_the_torch_paths(name, monkeypatch):
         if b.grad is not None:
             scale = max(b.grad.abs().max().item(), 1e-2 * top)
             assert (a.grad - b.grad).abs().max().item() < 1e-4 * scale, key
+
+
+def test_norms_that_feed_linear_layers_are_marked():
+    """NAT's two norms per block feed the qkv and the MLP's first linear layer; BiFormer's first norm also feeds
+    LePE's conv, so only its second is marked; the final norms are not; 'torch' keeps plain, unmarked nn.LayerNorm."""
+    nat = timm.create_model("nat_mini", kernel_backend="triton", **SMALL["nat_mini"])
+    block = nat.levels[0].blocks[0]
+    assert block.norm1.autocast_output and block.norm2.autocast_output and not nat.norm.autocast_output
+    bif = timm.create_model("biformer_t", kernel_backend="triton", **SMALL["biformer_t"])
+    blocks = [m for m in bif.modules() if hasattr(m, "norm2") and hasattr(m, "mlp")]
+    assert blocks and all(b.norm2.autocast_output and not b.norm1.autocast_output for b in blocks)
+    plain = timm.create_model("nat_mini", kernel_backend="torch", **SMALL["nat_mini"])
+    assert not any(getattr(m, "autocast_output", False) for m in plain.modules())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA autocast needs a GPU (CPU autocast runs nn.LayerNorm)")
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_norms_feeding_linear_layers_change_nothing_under_autocast(name):
+    """Under bf16 CUDA autocast the marked norms return bf16, which the linear layers would have cast their float32
+    output to: the logits are bitwise those of the same model with no norm marked, and so are the gradients up to
+    the order of float32 sums (the norm's backward then reads a bf16 gradient, whose load layout, and with it the
+    order of the kernel's row and column sums, can differ: seen on the H200 at 16 channels, 4e-9 at most)."""
+    torch.manual_seed(0)
+    ours = timm.create_model(name, kernel_backend="triton", **SMALL[name]).to(DEVICE).train()
+    ref = timm.create_model(name, kernel_backend="triton", **SMALL[name]).to(DEVICE).train()
+    ref.load_state_dict(ours.state_dict())
+    marked = [m for m in ref.modules() if type(m) is LayerNorm and m.autocast_output]
+    assert marked
+    for m in marked:
+        m.autocast_output = False
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    outs = []
+    for model in (ours, ref):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().square().sum().backward()
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    for (key, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
+        assert (a.grad is None) == (b.grad is None), key
+        if b.grad is not None:  # float32 sums in another order: a few units of float32 rounding of the largest
+            assert (a.grad - b.grad).abs().max().item() <= 1e-5 * b.grad.abs().max().item(), key

@@ -38,7 +38,7 @@ from vizattn.backbones._helpers import (
     load_official_checkpoint,
     unwrap_state_dict,
 )
-from vizattn.blocks.layers import use_fast_layers
+from vizattn.blocks.layers import norms_feed_linears, use_fast_layers
 from vizattn.blocks.routing import AttentionLePE, RoutingAttention
 from vizattn.kernels.dwconv import dwconv2d_module
 
@@ -348,7 +348,7 @@ class BiFormer(_BiFormerBase):
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.norm = nn.BatchNorm2d(self.num_features)
         self._init_head(num_classes, global_pool, drop_rate, in_chans)
-        use_fast_layers(self, kernel_backend)
+        _fast_layers(self, kernel_backend)
 
 
 class BiFormerSTL(_BiFormerBase):
@@ -408,7 +408,16 @@ class BiFormerSTL(_BiFormerBase):
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.norm = nn.BatchNorm2d(self.num_features)
         self._init_head(num_classes, global_pool, drop_rate, in_chans)
-        use_fast_layers(self, kernel_backend)
+        _fast_layers(self, kernel_backend)
+
+
+def _fast_layers(model: nn.Module, backend: str) -> None:
+    """vizattn's Linear and LayerNorm modules in place (:func:`~vizattn.blocks.layers.use_fast_layers`); each block's
+    second norm feeds only the MLP's first linear layer (the first also feeds LePE's conv, so it keeps float32)."""
+    use_fast_layers(model, backend)
+    for m in model.modules():
+        if isinstance(m, BiFormerBlock):
+            norms_feed_linears(m.norm2)
 
 
 def _check_config(depths, embed_dims, mlp_ratios, topks, n_win, head_dim) -> None:

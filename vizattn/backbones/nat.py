@@ -38,7 +38,7 @@ from vizattn.backbones._helpers import (
     resize_rel_pos_bias_tables,
     unwrap_state_dict,
 )
-from vizattn.blocks.layers import use_fast_layers
+from vizattn.blocks.layers import norms_feed_linears, use_fast_layers
 from vizattn.blocks.neighborhood import NeighborhoodAttention2d
 
 __all__ = ["NAT", "NATLayer", "NATLevel", "ConvTokenizer", "ConvDownsampler", "checkpoint_filter_fn"]
@@ -276,6 +276,9 @@ class NAT(ClassifierMixin, nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
         use_fast_layers(self, kernel_backend)
+        for level in self.levels:  # each block's norms feed the attention's qkv and the MLP's first linear layer
+            for block in level.blocks:
+                norms_feed_linears(block.norm1, block.norm2)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -6,9 +6,12 @@
 - :class:`Linear`: ``nn.Linear`` whose bias gradient is a GEMV instead of autograd's column reduction.
 - :func:`pointwise_conv`: a 1x1 ``nn.Conv2d`` of a channels_last map as one GEMM with the bias fused.
 - :func:`use_fast_layers`: switch a model's plain ``nn.Linear`` / ``nn.LayerNorm`` modules to these, in place.
+- :func:`norms_feed_linears`: mark LayerNorms whose output only a linear layer reads (see below).
 
-Under CUDA autocast :class:`LayerNorm` returns float32, as ``nn.LayerNorm`` does; under another device's autocast it
-runs ``nn.LayerNorm.forward`` itself.
+Under CUDA autocast :class:`LayerNorm` returns float32, as ``nn.LayerNorm`` does, unless it is marked as feeding a
+linear layer: it then returns autocast's dtype, the float32 result rounded as the linear layer's autocast cast would
+round it (the same values; one write of 16-bit values instead of a float32 write, a read and a 16-bit write, and no
+cast of the gradient back). Under another device's autocast it runs ``nn.LayerNorm.forward`` itself.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import nn
 
 from vizattn.kernels.layer_norm import layer_norm
 
-__all__ = ["LayerNorm", "Linear", "pointwise_conv", "use_fast_layers"]
+__all__ = ["LayerNorm", "Linear", "norms_feed_linears", "pointwise_conv", "use_fast_layers"]
 
 _HALF = (torch.float16, torch.bfloat16)
 _AUTOCAST_DEVICES = ("cuda", "cpu", "xpu", "mps")  # others (meta: shape-only runs) have no autocast state to ask
@@ -38,7 +41,13 @@ class LayerNorm(nn.LayerNorm):
             ``nn.LayerNorm`` computes).
 
     Shape: (..., C) -> (..., C).
+
+    Attributes:
+        autocast_output: under CUDA autocast, return autocast's dtype instead of float32: for a norm whose output
+            only a linear layer (which casts it so) reads. Set by :func:`norms_feed_linears`; False by default.
     """
+
+    autocast_output = False  # a class attribute: modules switched in place by use_fast_layers have it too
 
     def __init__(
         self,
@@ -65,7 +74,9 @@ class LayerNorm(nn.LayerNorm):
         if _autocast_enabled(x.device.type):
             if x.device.type != "cuda":
                 return super().forward(x)  # other devices' autocast policies: nn.LayerNorm's own
-            if x.dtype in _HALF:
+            if self.autocast_output:
+                out_dtype = torch.get_autocast_dtype("cuda")  # what the linear layer reading it casts it to
+            elif x.dtype in _HALF:
                 out_dtype = torch.float32  # CUDA autocast runs layer_norm in float32
         return layer_norm(x, self.weight, self.bias, self.eps, out_dtype=out_dtype, backend=self.backend)
 
@@ -145,3 +156,12 @@ def use_fast_layers(module: nn.Module, backend: str = "auto") -> nn.Module:
             m.__class__ = LayerNorm
             m.backend = backend
     return module
+
+
+def norms_feed_linears(*norms: nn.Module) -> None:
+    """Mark these norms as read only by a linear layer (``nn.Linear`` or :class:`Linear`, under autocast): those that
+    are :class:`LayerNorm` then return autocast's dtype under CUDA autocast (:attr:`LayerNorm.autocast_output`);
+    others (``nn.LayerNorm`` of the torch backend) are left as they are."""
+    for norm in norms:
+        if isinstance(norm, LayerNorm):
+            norm.autocast_output = True
