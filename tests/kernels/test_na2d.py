@@ -16,7 +16,7 @@ import triton
 from kernel_checks import ATTN_TOL, DEVICE, DTYPES, ON_GPU, count_device_calls, rel_errors
 
 from vizattn.kernels._triton_util import head_block, head_split
-from vizattn.kernels.na2d import na2d
+from vizattn.kernels.na2d import na2d, na2d_qkv
 from vizattn.kernels.na2d import triton as kernels
 from vizattn.kernels.na2d.reference import na2d_reference
 
@@ -425,6 +425,56 @@ def test_custom_op_registration():
     torch.library.opcheck(
         torch.ops.vizattn.na2d.default,
         (q, k, v, rpb, 3, 2, 0.25),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_packed_qkv_equals_the_unbound_call(monkeypatch, backend):
+    """na2d_qkv(qkv) is na2d(*qkv.unbind(3)): the same output, and a packed gradient equal to the one autograd builds
+    from the three (on the Triton path written by the kernels into one tensor, poisoned first so that an unwritten
+    element shows), with rpb's."""
+    monkeypatch.setenv("VIZATTN_POISON_OUTPUTS", "1")
+    g = torch.Generator().manual_seed(5)
+    qkv = torch.randn(2, 9, 10, 3, 2, 16, generator=g).to(DEVICE).requires_grad_()
+    rpb = torch.randn(2, 5, 5, generator=g).to(DEVICE).requires_grad_()
+    grad = torch.randn(2, 9, 10, 2, 16, generator=g).to(DEVICE)
+    out = na2d_qkv(qkv, 3, 2, rpb, 0.3, backend=backend)
+    got = torch.autograd.grad(out, (qkv, rpb), grad)
+    want_out = na2d(*qkv.unbind(3), 3, 2, rpb, 0.3, backend=backend)
+    want = torch.autograd.grad(want_out, (qkv, rpb), grad)
+    torch.testing.assert_close(out, want_out, rtol=0, atol=0)
+    assert got[0].shape == qkv.shape and got[0].is_contiguous()
+    for ours, theirs in zip(got, want):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_packed_qkv_rejects_other_shapes():
+    with pytest.raises(ValueError, match=r"packed \(B, H, W, 3, heads, head_dim\) tensor, got shape \(1, 8, 8, 2"):
+        na2d_qkv(torch.zeros(1, 8, 8, 2, 1, 4, device=DEVICE), 3)
+    with pytest.raises(ValueError, match=r"the map is 4x8 but kernel_size \* dilation = 5"):
+        na2d_qkv(torch.zeros(1, 4, 8, 3, 1, 4, device=DEVICE), 5)
+
+
+def test_halo_backward_checks_the_given_gradient_tensors():
+    from vizattn.kernels._halo2d.triton import halo_bwd
+
+    q = torch.randn(1, 9, 10, 1, 16, device=DEVICE)
+    rows, cols = kernels._axes(q, 3, 1, (8, 8))
+    key_rows, key_cols = kernels._axes(q, 3, 1, (8, 8), kernels._key_tables)
+    lse = torch.zeros(1, 9, 10, 1, device=DEVICE)
+    with pytest.raises(ValueError, match="grads must match q, k and v"):
+        halo_bwd(q, q, q, q, q, lse, rows, cols, 0.25, key_rows=key_rows, key_cols=key_cols,
+                 grads=(q, q, q.half()))
+
+
+def test_packed_custom_op_registration():
+    g = torch.Generator().manual_seed(6)
+    qkv = torch.randn(1, 7, 8, 3, 1, 16, generator=g).to(DEVICE)
+    rpb = torch.randn(1, 5, 5, generator=g).to(DEVICE)
+    torch.library.opcheck(
+        torch.ops.vizattn.na2d_qkv.default,
+        (qkv, rpb, 3, 2, 0.25),
         test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
     )
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
-from vizattn.kernels.na2d import na2d
+from vizattn.kernels.na2d import na2d_qkv
 
 __all__ = ["NeighborhoodAttention2d"]
 
@@ -96,8 +96,8 @@ class NeighborhoodAttention2d(nn.Module):
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         hh, ww = x.shape[1:3]
         # Output channel s * C + h * head_dim + c of qkv is component s (q, k, v) of head h.
-        q, k, v = self.qkv(x).reshape(b, hh, ww, 3, self.num_heads, self.head_dim).unbind(3)
-        out = na2d(q, k, v, self.kernel_size, self.dilation, self.rpb, self.scale, backend=self.backend)
+        qkv = self.qkv(x).reshape(b, hh, ww, 3, self.num_heads, self.head_dim)
+        out = na2d_qkv(qkv, self.kernel_size, self.dilation, self.rpb, self.scale, backend=self.backend)
         out = out.reshape(b, hh, ww, c)
         if hh != h_in or ww != w_in:
             out = out[:, :h_in, :w_in]

@@ -1316,6 +1316,7 @@ def halo_bwd(
     rpb_grad: bool = False,
     rpb_grad_sum: str = "store",
     images_per_program: int | None = None,
+    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Backward launcher, arguments as :func:`halo_fwd` plus the forward's ``out`` and ``lse``.
 
@@ -1347,6 +1348,8 @@ def halo_bwd(
             ``"atomic"`` (float32 atomic adds into its own zeroed block: deterministic too, see ``ADD_ATOMIC``) or
             ``"first-store"`` (a store in its first image, atomic adds after it).
         images_per_program: with ``rpb_grad``: images per dq program (None: :func:`_images_per_program`).
+        grads: optional (dq, dk, dv) to write the gradients into, of q's, k's and v's shapes and dtypes, any strides
+            (e.g. the slices of one packed qkv gradient); None allocates them.
 
     Returns:
         (dq, dk, dv, d_extra_k, d_extra_v) in the dtypes of their inputs; the last two are None when their inputs are
@@ -1368,9 +1371,12 @@ def halo_bwd(
     grad_out = grad_out.contiguous()
     if delta is None:
         delta = new_output(tuple(lse.shape), torch.float32, q.device)  # rowsum(dO * O), written by the dq kernel
-    dq = new_output(tuple(q.shape), q.dtype, q.device)
-    dk = new_output(tuple(k.shape), k.dtype, k.device)
-    dv = new_output(tuple(v.shape), v.dtype, v.device)
+    if grads is None:
+        grads = tuple(new_output(tuple(t.shape), t.dtype, t.device) for t in (q, k, v))
+    elif any(g.shape != t.shape or g.dtype != t.dtype or g.device != t.device for g, t in zip(grads, (q, k, v))):
+        raise ValueError("halo_bwd: grads must match q, k and v in shape, dtype and device, got "
+                         f"{[(tuple(g.shape), g.dtype, str(g.device)) for g in grads]}.")
+    dq, dk, dv = grads
     has_rpb = rpb is not None
     rpb_t = rpb.contiguous() if has_rpb else q  # placeholder, never read
     rpb_side = rpb_t.shape[-1] if has_rpb else 1

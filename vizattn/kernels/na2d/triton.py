@@ -273,8 +273,10 @@ def na2d_bwd(
     dilation: int,
     scale: float,
     tile: tuple[int, int] | None = None,
+    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Backward launcher: (dq, dk, dv, d_rpb) in the dtypes of q, k, v, rpb (d_rpb None without rpb)."""
+    """Backward launcher: (dq, dk, dv, d_rpb) in the dtypes of q, k, v, rpb (d_rpb None without rpb); ``grads``:
+    optional (dq, dk, dv) tensors to write into (see :func:`~vizattn.kernels._halo2d.triton.halo_bwd`)."""
     _, dq_cfg, dkdv_cfg = launch_configs(q.shape[1], max(q.shape[-1], v.shape[-1]), tile)
     rows, cols = _axes(q, kernel_size, dilation, dq_cfg.tile_for(rpb, dilation))
     key_rows, key_cols = _axes(q, kernel_size, dilation, dkdv_cfg.tile_for(rpb, dilation), _key_tables)
@@ -297,6 +299,7 @@ def na2d_bwd(
         dq_rows=dq_rows, rpb_grad=in_dq, rpb_grad_sum=how,
         images_per_program=_images_per_program(q.shape[0], rows.n_tiles * cols.n_tiles * q.shape[3], block_bytes,
                                                programs, max_bytes) if in_dq else None,
+        grads=grads,
     )
     dq, dk, dv = grads[:3]
     drpb = grads[5] if in_dq else None  # None there too when the dq kernel read no bias table
