@@ -257,10 +257,18 @@ def na2d(
     Raises:
         ValueError: for a bad shape, kernel size, dilation, bias table or backend, naming the value.
     """
+    return _run(q, k, v, kernel_size, dilation, rpb, scale, backend)
+
+
+def _run(q, k, v, kernel_size, dilation, rpb, scale, backend, qkv: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`na2d` after its arguments' checks; with ``qkv`` (q, k, v its slices) the Triton path runs the packed
+    op."""
     _check_args(q, k, v, kernel_size, dilation, rpb, scale)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     tensors = (q, k, v) if rpb is None else (q, k, v, rpb)
     if select_backend("na2d", backend, tensors, unsupported=triton_unsupported_reasons(q, k, v)) == "triton":
+        if qkv is not None:
+            return _NA2D_QKV(qkv, rpb, kernel_size, dilation, scale)[0]
         return _NA2D(q, k, v, rpb, kernel_size, dilation, scale)[0]
     return na2d_tiled(q, k, v, kernel_size, dilation, rpb, scale)
 
@@ -288,10 +296,4 @@ def na2d_qkv(
         raise ValueError(
             f"na2d_qkv: qkv must be a packed (B, H, W, 3, heads, head_dim) tensor, got shape {tuple(qkv.shape)}."
         )
-    q, k, v = qkv.unbind(3)
-    _check_args(q, k, v, kernel_size, dilation, rpb, scale)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    tensors = (qkv,) if rpb is None else (qkv, rpb)
-    if select_backend("na2d", backend, tensors, unsupported=triton_unsupported_reasons(q, k, v)) == "triton":
-        return _NA2D_QKV(qkv, rpb, kernel_size, dilation, scale)[0]
-    return na2d_tiled(q, k, v, kernel_size, dilation, rpb, scale)
+    return _run(*qkv.unbind(3), kernel_size, dilation, rpb, scale, backend, qkv=qkv)
