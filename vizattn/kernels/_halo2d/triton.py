@@ -686,8 +686,9 @@ def _dq_tile(
     FIRST_STORE: tl.constexpr,
 ):
     """:func:`_halo_dq_kernel`'s work on one tile of one image and head; with ``TABLE_GRAD`` it also adds the tile's
-    score gradients into its pair-bias gradient block ``DTAB``: stored in the first image (``accumulate`` false), then
-    added with float32 atomic adds (``ADD_ATOMIC``) or loaded, added and stored back."""
+    score gradients into its pair-bias gradient block ``DTAB``: with ``ADD_ATOMIC`` by float32 atomic adds (into a
+    zeroed block, or with ``FIRST_STORE`` after a store in the first image), else loaded, added and stored back
+    (stored in the first image); ``accumulate`` is false in the first image."""
     a_h, a_w, row, col, m_ok, real = _query_slots(QH, SH, QW, SW, th, tw, T_H, T_W, BLOCK_M)
     q, q_t = _load_cols(Q + b * s_qb + head * s_qn + row * s_qh + col * s_qw, m_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
     do, do_t = _load_cols(DO + b * s_gb + head * s_gn + row * s_gh + col * s_gw, real, s_gd, d_v, BLOCK_DV, BLOCK_TV)
@@ -1147,9 +1148,10 @@ def _table_args(rows: DeviceTables, cols: DeviceTables, rpb_t: torch.Tensor, rpb
 
 
 # halo_bwd's defaults for the dq programs that also sum d(rpb) (TABLE_GRAD), per way of summing ("store": load, add,
-# store; "atomic": atomic adds): about this many programs (more keep the GPU busier), but with at least as many images
-# each as keep their float32 pair-bias blocks, which PyTorch then reduces, within this many bytes. NA picks its own per
-# map, from H200 sweeps (vizattn.kernels.na2d.triton._rpb_grad_launch).
+# store; "atomic": atomic adds; "first-store": a store, then atomic adds): about this many programs (more keep the GPU
+# busier), but with at least as many images each as keep their float32 pair-bias blocks, which the binning kernels then
+# read, within this many bytes. NA picks its own per map, from H200 sweeps
+# (vizattn.kernels.na2d.triton._rpb_grad_launch).
 _TABLE_GRAD_LAUNCH = {"store": (4096, 32 << 20), "atomic": (2048, 16 << 20), "first-store": (2048, 16 << 20)}
 
 
@@ -1405,7 +1407,7 @@ def halo_bwd(
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale, side, radius_sq, b, images,
         HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
         ROW_I32=_row_i32(k, v), TABLE_GRAD=table_grad, ADD_ATOMIC=table_grad and rpb_grad_sum != "store",
-        FIRST_STORE=rpb_grad_sum == "first-store",
+        FIRST_STORE=table_grad and rpb_grad_sum == "first-store",
         **_rows_meta(cols.halo, q.shape[-1], v.shape[-1], dq_rows), **meta,
     )
     cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)
