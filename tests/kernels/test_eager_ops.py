@@ -13,7 +13,7 @@ from vizattn.kernels import na2d as na2d_mod
 from vizattn.kernels import routed as routed_mod
 from vizattn.kernels.clear import clear_attention
 from vizattn.kernels.dwconv import dwconv2d, lka_spatial
-from vizattn.kernels.na2d import na2d
+from vizattn.kernels.na2d import na2d, na2d_qkv
 from vizattn.kernels.routed import routed_attention
 
 
@@ -22,6 +22,12 @@ def _na2d_case():
     q, k, v = (torch.randn(1, 9, 10, 2, 16, generator=g) for _ in range(3))
     rpb = torch.randn(2, 5, 5, generator=g)
     return na2d_mod._NA2D, [q, k, v, rpb], lambda q, k, v, rpb: na2d(q, k, v, 3, 2, rpb, backend="triton")
+
+
+def _na2d_qkv_case():
+    g = torch.Generator().manual_seed(5)
+    qkv, rpb = torch.randn(1, 9, 10, 3, 2, 16, generator=g), torch.randn(2, 5, 5, generator=g)
+    return na2d_mod._NA2D_QKV, [qkv, rpb], lambda qkv, rpb: na2d_qkv(qkv, 3, 2, rpb, backend="triton")
 
 
 def _clear_case():
@@ -62,6 +68,7 @@ def _routed_case():
 CASES = {
     "routed": _routed_case,
     "na2d": _na2d_case,
+    "na2d_qkv": _na2d_qkv_case,
     "clear": _clear_case,
     "dwconv2d": _dwconv_case,
     "lka_spatial": _lka_case,

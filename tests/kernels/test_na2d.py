@@ -479,12 +479,15 @@ def test_packed_custom_op_registration():
     )
 
 
-def test_torch_compile_has_no_graph_break():
+@pytest.mark.parametrize("packed", [False, True], ids=["na2d", "na2d_qkv"])
+def test_torch_compile_has_no_graph_break(packed):
     g = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(1, 7, 8, 1, 16, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
     rpb = torch.randn(1, 5, 5, generator=g).to(DEVICE).requires_grad_()
 
     def fn(q, k, v, rpb):
+        if packed:
+            return na2d_qkv(torch.stack((q * 1.0, k, v), 3), 3, 2, rpb, backend="triton").sum()
         return na2d(q * 1.0, k, v, 3, 2, rpb, backend="triton").sum()
 
     compiled = torch.compile(fn, fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")
