@@ -143,6 +143,28 @@ def test_module_under_autocast_gives_the_dtype_nn_layer_norm_gives():
     torch.testing.assert_close(out, want)
 
 
+@pytest.mark.parametrize("channels", [16, 64])
+def test_half_output_is_the_float32_output_rounded(channels):
+    """What a norm marked as feeding a linear layer relies on (vizattn.blocks.layers.norms_feed_linears): the Triton
+    op with a 16-bit output gives the float32 output rounded, bit for bit, and from a 16-bit output gradient the
+    gradients that the float32 path gives from the same gradient in float32 (up to float32 summation order: the
+    kernel's load layout can follow the gradient's dtype). float16 here: Triton's interpreter truncates float32 to
+    bfloat16 where compiled kernels round to nearest even; bfloat16 is checked on a GPU by
+    tests/backbones/test_fast_paths.py (whole models under autocast, bitwise logits)."""
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(5, 7, channels, generator=g) * 2 + 0.5).to(DEVICE).requires_grad_()
+    w, b = ((torch.randn(channels, generator=g) + 1).to(DEVICE).requires_grad_() for _ in range(2))
+    grad = torch.randn(5, 7, channels, generator=g).to(DEVICE).to(torch.float16)
+    half = layer_norm(x, w, b, out_dtype=torch.float16, backend="triton")
+    full = layer_norm(x, w, b, out_dtype=torch.float32, backend="triton")
+    assert half.dtype == torch.float16 and torch.equal(half, full.to(torch.float16))
+    got = torch.autograd.grad(half, (x, w, b), grad)
+    want = torch.autograd.grad(full, (x, w, b), grad.float())
+    for ours, theirs in zip(got, want):
+        assert ours.dtype == theirs.dtype == torch.float32
+        assert (ours - theirs).abs().max().item() <= 1e-5 * theirs.abs().max().item()
+
+
 @pytest.mark.parametrize(
     ("x_shape", "w_shape", "match"),
     [((2, 8), (7,), r"weight must have shape \(8,\)"), ((), None, "floating-point")],

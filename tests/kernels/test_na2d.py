@@ -417,14 +417,15 @@ def test_unsupported_cases_are_explained():
     assert na2d(q, q, q, 3).dtype == torch.float64
 
 
-def test_custom_op_registration():
+@pytest.mark.parametrize("packed", [False, True], ids=["na2d", "na2d_qkv"])
+def test_custom_op_registration(packed):
     """Schema, fake (meta) implementation and autograd registration, as torch.compile needs them."""
     g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(1, 7, 8, 1, 16, generator=g).to(DEVICE) for _ in range(3))
+    qkv = torch.randn(1, 7, 8, 3, 1, 16, generator=g).to(DEVICE)
     rpb = torch.randn(1, 5, 5, generator=g).to(DEVICE)
+    op, tensors = (torch.ops.vizattn.na2d_qkv, (qkv,)) if packed else (torch.ops.vizattn.na2d, qkv.unbind(3))
     torch.library.opcheck(
-        torch.ops.vizattn.na2d.default,
-        (q, k, v, rpb, 3, 2, 0.25),
+        op.default, (*tensors, rpb, 3, 2, 0.25),
         test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
     )
 
@@ -466,17 +467,6 @@ def test_halo_backward_checks_the_given_gradient_tensors():
     with pytest.raises(ValueError, match="grads must match q, k and v"):
         halo_bwd(q, q, q, q, q, lse, rows, cols, 0.25, key_rows=key_rows, key_cols=key_cols,
                  grads=(q, q, q.half()))
-
-
-def test_packed_custom_op_registration():
-    g = torch.Generator().manual_seed(6)
-    qkv = torch.randn(1, 7, 8, 3, 1, 16, generator=g).to(DEVICE)
-    rpb = torch.randn(1, 5, 5, generator=g).to(DEVICE)
-    torch.library.opcheck(
-        torch.ops.vizattn.na2d_qkv.default,
-        (qkv, rpb, 3, 2, 0.25),
-        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
-    )
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["na2d", "na2d_qkv"])
