@@ -173,6 +173,71 @@ def test_bi_level_routing_attention_matches_torch_backend():
     _assert_close("out", got, ref, q.dtype)
 
 
+TOPK1_CASES = [
+    Case(1, 9, 15, 3, 1, 1, 24, 16),  # 15-token regions, one query block, C_qk != C_v
+    Case(2, 8, 8, 2, 1, 2, 16, 16, "bf16"),  # 16-token regions: the one-warp launch
+    Case(1, 20, 10, 2, 1, 1, 16, 32),  # 50-token regions: keys padded to 64
+    Case(1, 18, 18, 9, 1, 1, 16, 16),  # 81 regions of 4 tokens
+] + ([Case(4, 56, 56, 7, 1, 2, 32, 32, "bf16"), Case(2, 32, 64, 4, 1, 2, 32, 32, "bf16")] if ON_GPU else [])
+ONE_KERNEL_CASES = [(c, r) for c in TOPK1_CASES for r in ("random", "skewed")]
+
+
+class _Counted:
+    """A Triton kernel whose ``kernel[grid](...)`` launches are counted."""
+
+    def __init__(self, kernel, calls: list):
+        self.kernel, self.calls = kernel, calls
+
+    def __getitem__(self, grid):
+        self.calls.append(1)
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize(("case", "routing"), ONE_KERNEL_CASES, ids=[f"{c.id}-{r}" for c, r in ONE_KERNEL_CASES])
+def test_one_kernel_backward_of_topk1(case, routing, monkeypatch):
+    """topk 1: the backward as one kernel (a program per key region writes the dq of the query regions that chose it,
+    with delta summed from its probabilities), against the reference and against the dq + dk/dv kernels. Skewed
+    routing (every query region of an image picks one of two regions) leaves most key regions chosen by none, whose
+    dk, dv must still be written as zeros (outputs are NaN-poisoned), and one chosen by many."""
+    mode = "gather"
+    assert kernels.fused_backward_applies(mode, case.topk, (case.hh // case.n_win) * (case.ww // case.n_win))
+    launches = []
+    name = "_routed_bwd_fused_kernel"
+    monkeypatch.setattr(kernels, name, _Counted(getattr(kernels, name), launches))
+    q, k, v, r_idx = _inputs(case)
+    if routing == "skewed":
+        r_idx = (torch.arange(case.n_win**2, device=DEVICE) % 3 == 0).long().expand(case.n, -1)[..., None].contiguous()
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = _Kernels.apply(*leaves, r_idx, case.n_win, case.heads, mode, True)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, out.dtype)
+    got = (out, *torch.autograd.grad(out, leaves, grad))
+    assert launches == [1]
+    for label, a, b in zip(("out", "dq", "dk", "dv"), got, _reference(q, k, v, r_idx, case, grad)):
+        _assert_close(label, a, b, q.dtype)
+    if routing == "skewed":
+        dk = got[2].unflatten(1, (case.n_win, -1)).unflatten(3, (case.n_win, -1))  # N, wy, h, wx, w, C
+        unchosen = dk.permute(0, 1, 3, 2, 4, 5).flatten(1, 2)[:, 2:]  # regions 2.. (0 and 1 are chosen)
+        assert torch.equal(unchosen, torch.zeros_like(unchosen))
+    # the two-kernel backward: the same gradients up to float32 summation order
+    monkeypatch.setattr(kernels, "FUSED_TOPK1", False)
+    two = torch.autograd.grad(_Kernels.apply(*leaves, r_idx, case.n_win, case.heads, mode, True), leaves, grad)
+    assert launches == [1]
+    for label, a, b in zip(("dq", "dk", "dv"), got[1:], two):
+        _assert_close(label, a, b.double(), q.dtype)
+
+
+def test_one_kernel_backward_rule(monkeypatch):
+    assert kernels.fused_backward_applies("gather", 1, 64)
+    assert kernels.fused_backward_applies("gather", 1, 128)
+    assert not kernels.fused_backward_applies("gather", 1, 129)  # a program holds one whole key region
+    assert not kernels.fused_backward_applies("gather", 2, 64)  # dq would need the sum over several programs
+    assert not kernels.fused_backward_applies("dense", 1, 4)
+    monkeypatch.setattr(kernels, "FUSED_TOPK1", False)
+    assert not kernels.fused_backward_applies("gather", 1, 64)
+    cfg = kernels._config("fused", "gather", 50, 50, 32, interpret=True)
+    assert cfg["BLOCK_N"] == 64 and cfg["BLOCK_M"] == 64
+
+
 def test_non_contiguous_output_gradient():
     case = Case(1, 8, 12, 2, 2, 2, 16, 16)
     q, k, v, r_idx = _inputs(case)

@@ -26,7 +26,10 @@ A region listed twice in one routing list counts twice, as in the reference: the
 twice; the dense kernel, unless told the lists hold distinct regions (``distinct=True``, as ``torch.topk`` gives),
 weights each key by its region's count in the list, counted from ``r_idx`` (a slower compilation of the kernel).
 
-Backward: ``dq`` by a kernel shaped like the forward (it also writes ``delta``, and in dense mode the routing rows);
+Backward with one region per routing list (topk 1, BiFormer's stage 0) and regions of at most 128 tokens: one kernel,
+a program per key region that walks the query regions that chose it, writing their ``dq`` (they see no other key)
+next to the region's ``dk`` and ``dv`` (:func:`_routed_bwd_fused_kernel`). Otherwise: ``dq`` by a kernel shaped like
+the forward (it also writes ``delta``, and in dense mode the routing rows);
 ``dk``/``dv`` by a kernel that owns a block of key tokens and walks the query blocks that attend to it, so every
 gradient element is written once, by one program: deterministic, no float32 scratch, no atomics. In gather mode the
 query regions that chose a key region come from an inverse routing list (per key region, the query regions and their
@@ -537,8 +540,104 @@ def _routed_bwd_dkdv_kernel(
              + (head * d_v + cv)[None, :] * s_dvc, dv.to(DV.dtype.element_ty), mask=mv)
 
 
+@triton.jit
+def _fused_block(k, v, dk, dv, q_region, DQ, dq_base, q_base, do_base, LSE, stat_base, s_qh, s_qw, s_qc, s_gh, s_gw,
+                 s_gc, s_dh, s_dw, s_dc, n_win, inv_n_win, h, w, inv_w, n_tok, cq, cq_ok, cv, cv_ok, qk_scale,
+                 sm_scale, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One query region's part of :func:`_routed_bwd_fused_kernel`: its dq, written, and its terms of dk and dv."""
+    for start in range(0, n_tok, BLOCK_M):
+        q_tok = start + tl.arange(0, BLOCK_M)
+        q_valid = q_tok < n_tok
+        mq = q_valid[:, None] & cq_ok[None, :]
+        mv = q_valid[:, None] & cv_ok[None, :]
+        q = tl.load(q_base + _token_offset(q_region, q_tok, n_win, inv_n_win, h, w, inv_w, s_qh, s_qw)[:, None]
+                    + cq[None, :] * s_qc, mask=mq, other=0.0)
+        do = tl.load(do_base + _token_offset(q_region, q_tok, n_win, inv_n_win, h, w, inv_w, s_gh, s_gw)[:, None]
+                     + cv[None, :] * s_gc, mask=mv, other=0.0)
+        # padded queries: an infinite lse makes their probabilities 0; padded keys are zero rows: their scores are
+        # finite, their products with q, dO and v vanish, and their dk / dv rows are not stored
+        lse = tl.load(LSE + stat_base + q_region * n_tok + q_tok, mask=q_valid, other=float("inf"))
+        p_t = tl.exp2(_dot(k, tl.trans(q), DOT_PRECISION) * qk_scale - lse[None, :])  # [keys, queries]
+        dv += _dot(p_t.to(do.dtype), do, DOT_PRECISION)
+        dp_t = _dot(v, tl.trans(do), DOT_PRECISION)
+        # these keys are all the query's keys: delta = sum_j P_ij dP_ij, which is dO_i . O_i without reading O
+        delta = tl.sum(p_t * dp_t, 0)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += _dot(ds_t.to(q.dtype), q, DOT_PRECISION)
+        dq = _dot(tl.trans(ds_t.to(k.dtype)), k, DOT_PRECISION) * sm_scale
+        tl.store(dq_base + _token_offset(q_region, q_tok, n_win, inv_n_win, h, w, inv_w, s_dh, s_dw)[:, None]
+                 + cq[None, :] * s_dc, dq.to(DQ.dtype.element_ty), mask=mq)
+    return dk, dv
+
+
+@triton.jit
+def _routed_bwd_fused_kernel(
+    Q, K, V, DO, DQ, DK, DV, LSE, LISTS, COUNTS,
+    s_qn, s_qh, s_qw, s_qc,
+    s_kn, s_kh, s_kw, s_kc,
+    s_vn, s_vh, s_vw, s_vc,
+    s_gn, s_gh, s_gw, s_gc,
+    s_dn, s_dh, s_dw, s_dc,
+    s_dkn, s_dkh, s_dkw, s_dkc,
+    s_dvn, s_dvh, s_dvw, s_dvc,
+    qk_scale, sm_scale, num_heads, n_win, inv_n_win, h, w, inv_w, inv_n_tok, topk, d_qk, d_v,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """The whole backward when every routing list holds one region (topk 1): a program owns one key region (all its
+    tokens, ``BLOCK_N >= h * w``) and walks the query regions that chose it (the inverse lists, increasing). Those
+    queries attend to no other key, so their ``dq`` is complete here and is written once, by this program, next to
+    the key region's ``dk`` and ``dv``; and each query's ``delta = dO . O`` is the sum of its probabilities times
+    their gradients, all in the program. One pass over q, k, v and dO (the output is not read), the scores and their
+    gradients computed once. Deterministic, no atomics; a key region no list names reads nothing and gets zero
+    gradients."""
+    n_tok = h * w
+    p2 = n_win * n_win
+    pid = tl.program_id(0)
+    head = pid % num_heads
+    rest = pid // num_heads
+    k_region = rest % p2
+    n64 = (rest // p2).to(tl.int64)
+    ktok = tl.arange(0, BLOCK_N)
+    k_valid = ktok < n_tok
+
+    cq = tl.arange(0, BLOCK_DQK)
+    cv = tl.arange(0, BLOCK_DV)
+    cq_ok = cq < d_qk
+    cv_ok = cv < d_v
+    mk = k_valid[:, None] & cq_ok[None, :]
+    mkv = k_valid[:, None] & cv_ok[None, :]
+    n_entries = tl.load(COUNTS + n64 * p2 + k_region)
+    chosen = n_entries > 0
+    k = tl.load(K + n64 * s_kn + _token_offset(k_region, ktok, n_win, inv_n_win, h, w, inv_w, s_kh, s_kw)[:, None]
+                + (head * d_qk + cq)[None, :] * s_kc, mask=mk & chosen, other=0.0)
+    v = tl.load(V + n64 * s_vn + _token_offset(k_region, ktok, n_win, inv_n_win, h, w, inv_w, s_vh, s_vw)[:, None]
+                + (head * d_v + cv)[None, :] * s_vc, mask=mkv & chosen, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_DQK], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    stat_base = (n64 * num_heads + head) * (p2 * n_tok)
+    list_base = (n64 * p2 + k_region) * p2
+    for e in range(0, n_entries):
+        q_region = tl.load(LISTS + list_base + e) & 0xFFFF
+        dk, dv = _fused_block(k, v, dk, dv, q_region, DQ, DQ + n64 * s_dn + head * d_qk * s_dc,
+                              Q + n64 * s_qn + head * d_qk * s_qc, DO + n64 * s_gn + head * d_v * s_gc, LSE,
+                              stat_base, s_qh, s_qw, s_qc, s_gh, s_gw, s_gc, s_dh, s_dw, s_dc, n_win, inv_n_win, h,
+                              w, inv_w, n_tok, cq, cq_ok, cv, cv_ok, qk_scale, sm_scale, BLOCK_M, DOT_PRECISION)
+
+    dk = dk * sm_scale
+    tl.store(DK + n64 * s_dkn + _token_offset(k_region, ktok, n_win, inv_n_win, h, w, inv_w, s_dkh, s_dkw)[:, None]
+             + (head * d_qk + cq)[None, :] * s_dkc, dk.to(DK.dtype.element_ty), mask=mk)
+    tl.store(DV + n64 * s_dvn + _token_offset(k_region, ktok, n_win, inv_n_win, h, w, inv_w, s_dvh, s_dvw)[:, None]
+             + (head * d_v + cv)[None, :] * s_dvc, dv.to(DV.dtype.element_ty), mask=mkv)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Launchers
+
+
+def fused_backward_applies(mode: str, topk: int, n_tok: int) -> bool:
+    """Whether :func:`routed_attention_bwd` runs the one-kernel backward (:data:`FUSED_TOPK1`)."""
+    return FUSED_TOPK1 and mode == "gather" and topk == 1 and n_tok <= _FUSED_MAX_TOKENS
 
 
 def choose_mode(n_win: int, h: int, w: int, topk: int) -> str:
@@ -564,6 +663,7 @@ CONFIGS: dict[tuple[str, str], dict[str, int]] = {
     ("dq", "dense"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
     ("dkdv", "gather"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1),
     ("dkdv", "dense"): dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=1),
+    ("fused", "gather"): dict(BLOCK_M=64, num_warps=4, num_stages=1),
 }
 # Dense mode (stage 2, B64 14x14 C256 8 heads, topk 16), CUDA-graph kernel time. 2026-11-30 03:18-03:25 UTC, masks
 # from the bits: the forward on 128-query blocks 0.038 ms against 0.042 on 64 (82 (block, warps, stages) combinations
@@ -579,7 +679,19 @@ SMALL_REGION_CONFIGS: dict[str, dict[str, int]] = {
     "fwd": dict(BLOCK_M=16, BLOCK_N=32, num_warps=1, num_stages=2),
     "dq": dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1),
     "dkdv": dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1),
+    "fused": dict(BLOCK_M=16, num_warps=1, num_stages=1),
 }
+# The backward of routing lists of one region (topk 1; BiFormer's stage 0) as one kernel, _routed_bwd_fused_kernel,
+# on regions of at most _FUSED_MAX_TOKENS tokens (a program holds a whole key region); False: dq, then dk/dv. H200,
+# bf16, head dim 32, routing by region_routing on random maps, backward kernel time with the inverse lists
+# (2026-12-01 03:04 UTC, two kernels -> one): B64 56x56 2 heads 7x7 regions of 64 tokens 0.126 -> 0.092 ms, B128
+# 0.235 -> 0.168, B16 64x128 8x8 regions of 128 tokens 0.113 -> 0.094. Tried and slower (same runs): delta from
+# reading the output (0.095), the program finding its query regions in r_idx by the bits of an int64 instead of the
+# lists (166 -> 184-196 registers; 0.124), two query regions per step (0.128), the next step's loads issued a step
+# ahead (0.101), 8 warps or 2 (0.13-0.22), register caps of 80-168 (0.089-0.154; the uncapped kernel takes 166).
+# Balanced routing (every region chosen once) took the same time as random: the lists' unequal lengths cost nothing.
+FUSED_TOPK1 = True
+_FUSED_MAX_TOKENS = 128
 _SMALL_REGION_HEAD_DIM = 32  # measured at BiFormer's head dim 32; wider heads keep CONFIGS (one warp holds less)
 # Register caps (Triton's maxnreg) per (kernel, "gather" | "small" | "dense"), at head dims up to 32 only (where they
 # were measured; wider heads need the registers). H200, BiFormer-S stage shapes at B64, bf16, CUDA-graph kernel time,
@@ -601,7 +713,9 @@ def _config(kernel: str, mode: str, n_tok: int, n_keys: int, head_dim: int,
     if mode == "gather":
         # Never pad a tile far beyond a region's tokens or a query's keys.
         cfg["BLOCK_M"] = min(cfg["BLOCK_M"], region_rows)
-        if kernel in ("fwd", "dq"):
+        if kernel == "fused":
+            cfg["BLOCK_N"] = region_rows  # the whole key region
+        elif kernel in ("fwd", "dq"):
             cfg["BLOCK_N"] = min(cfg["BLOCK_N"], max(16, _next_pow2(n_keys)))
         else:
             cfg["BLOCK_N"] = min(cfg["BLOCK_N"], region_rows)
@@ -704,7 +818,6 @@ def routed_attention_bwd(
     dq = new_output(tuple(q.shape), q.dtype, q.device)
     dk = new_output(tuple(k.shape), k.dtype, k.device)
     dv = new_output(tuple(v.shape), v.dtype, v.device)
-    delta = new_output((g.n, num_heads, g.hh * g.ww), torch.float32, q.device)
     topk_pad = _next_pow2(g.topk)
     route_w = _route_width(mode, distinct, g.p2)
     keytab = routes = ridx  # placeholders, never read without route_w
@@ -724,6 +837,17 @@ def routed_attention_bwd(
     )
     scalars = (scale * _LOG2E, scale, *g.scalars)
 
+    if fused_backward_applies(mode, g.topk, g.n_tok):
+        cfg = _config("fused", mode, g.n_tok, g.n_tok, max(g.d_qk, g.d_v))
+        _routed_bwd_fused_kernel[(g.n * g.p2 * num_heads,)](
+            q, k, v, grad_out, dq, dk, dv, lse, lists, counts,
+            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(), *dk.stride(), *dv.stride(),
+            *scalars, BLOCK_DQK=common["BLOCK_DQK"], BLOCK_DV=common["BLOCK_DV"],
+            DOT_PRECISION=common["DOT_PRECISION"], **cfg,
+        )
+        return dq, dk, dv
+
+    delta = new_output((g.n, num_heads, g.hh * g.ww), torch.float32, q.device)
     cfg = _config("dq", mode, g.n_tok, g.topk * g.n_tok, max(g.d_qk, g.d_v))
     bm = cfg.pop("BLOCK_M")
     rows = _cdiv(g.p2 * g.n_tok, bm) if dense else g.p2 * _cdiv(g.n_tok, bm)
