@@ -687,7 +687,8 @@ SMALL_REGION_CONFIGS: dict[str, dict[str, int]] = {
 # (2026-12-01 03:04 UTC, two kernels -> one): B64 56x56 2 heads 7x7 regions of 64 tokens 0.126 -> 0.092 ms, B128
 # 0.235 -> 0.168, B16 64x128 8x8 regions of 128 tokens 0.113 -> 0.094. Tried and slower (same runs): delta from
 # reading the output (0.095), the program finding its query regions in r_idx by the bits of an int64 instead of the
-# lists (166 -> 184-196 registers; 0.124), two query regions per step (0.128), the next step's loads issued a step
+# lists (166 -> 184-196 registers; 0.124; 0.120 with a cumsum over the image's routing row instead of the bits), two
+# query regions per step (0.128), the next step's loads issued a step
 # ahead (0.101), 8 warps or 2 (0.13-0.22), register caps of 80-168 (0.089-0.154; the uncapped kernel takes 166).
 # Balanced routing (every region chosen once) took the same time as random: the lists' unequal lengths cost nothing.
 FUSED_TOPK1 = True
