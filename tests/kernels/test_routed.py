@@ -178,6 +178,7 @@ TOPK1_CASES = [
     Case(2, 8, 8, 2, 1, 2, 16, 16, "bf16"),  # 16-token regions: the one-warp launch
     Case(1, 20, 10, 2, 1, 1, 16, 32),  # 50-token regions: keys padded to 64
     Case(1, 18, 18, 9, 1, 1, 16, 16),  # 81 regions of 4 tokens
+    Case(1, 8, 8, 2, 1, 2, 16, 16, "fp16"),
 ] + ([Case(4, 56, 56, 7, 1, 2, 32, 32, "bf16"), Case(2, 32, 64, 4, 1, 2, 32, 32, "bf16")] if ON_GPU else [])
 ONE_KERNEL_CASES = [(c, r) for c in TOPK1_CASES for r in ("random", "skewed")]
 
@@ -200,7 +201,8 @@ def test_one_kernel_backward_of_topk1(case, routing, monkeypatch):
     routing (every query region of an image picks one of two regions) leaves most key regions chosen by none, whose
     dk, dv must still be written as zeros (outputs are NaN-poisoned), and one chosen by many."""
     mode = "gather"
-    assert kernels.fused_backward_applies(mode, case.topk, (case.hh // case.n_win) * (case.ww // case.n_win))
+    n_tok = (case.hh // case.n_win) * (case.ww // case.n_win)
+    assert kernels.fused_backward_applies(mode, case.topk, n_tok, case.d_qk, case.d_v)
     launches = []
     name = "_routed_bwd_fused_kernel"
     monkeypatch.setattr(kernels, name, _Counted(getattr(kernels, name), launches))
@@ -231,6 +233,10 @@ def test_one_kernel_backward_rule(monkeypatch):
     assert kernels.fused_backward_applies("gather", 1, 128)
     assert not kernels.fused_backward_applies("gather", 1, 129)  # a program holds one whole key region
     assert not kernels.fused_backward_applies("gather", 2, 64)  # dq would need the sum over several programs
+    assert kernels.fused_backward_applies("gather", 1, 64, 128, 128)  # the widest measured
+    assert kernels.fused_backward_applies("gather", 1, 128, 64, 64)
+    assert not kernels.fused_backward_applies("gather", 1, 128, 128, 128)  # k, v, dk, dv too large for a program
+    assert not kernels.fused_backward_applies("gather", 1, 100, 64, 96)  # padded: 128 x (64 + 128)
     assert not kernels.fused_backward_applies("dense", 1, 4)
     monkeypatch.setattr(kernels, "FUSED_TOPK1", False)
     assert not kernels.fused_backward_applies("gather", 1, 64)

@@ -635,9 +635,13 @@ def _routed_bwd_fused_kernel(
 # Launchers
 
 
-def fused_backward_applies(mode: str, topk: int, n_tok: int) -> bool:
-    """Whether :func:`routed_attention_bwd` runs the one-kernel backward (:data:`FUSED_TOPK1`)."""
-    return FUSED_TOPK1 and mode == "gather" and topk == 1 and n_tok <= _FUSED_MAX_TOKENS
+def fused_backward_applies(mode: str, topk: int, n_tok: int, d_qk: int = 32, d_v: int = 32) -> bool:
+    """Whether :func:`routed_attention_bwd` runs the one-kernel backward (:data:`FUSED_TOPK1`): gather mode, topk 1,
+    regions of at most 128 tokens, and a key region's k, v, dk and dv not larger than at the widest measured shape
+    (64 tokens, head dims 128 + 128); beyond that the two kernels run."""
+    width = _next_pow2(n_tok) * (_head_block(d_qk) + _head_block(d_v))
+    return (FUSED_TOPK1 and mode == "gather" and topk == 1 and n_tok <= _FUSED_MAX_TOKENS
+            and width <= _FUSED_MAX_WIDTH)
 
 
 def choose_mode(n_win: int, h: int, w: int, topk: int) -> str:
@@ -693,6 +697,7 @@ SMALL_REGION_CONFIGS: dict[str, dict[str, int]] = {
 # Balanced routing (every region chosen once) took the same time as random: the lists' unequal lengths cost nothing.
 FUSED_TOPK1 = True
 _FUSED_MAX_TOKENS = 128
+_FUSED_MAX_WIDTH = 64 * 256  # region tokens (padded) x (q/k + v head dims, padded)
 _SMALL_REGION_HEAD_DIM = 32  # measured at BiFormer's head dim 32; wider heads keep CONFIGS (one warp holds less)
 # Register caps (Triton's maxnreg) per (kernel, "gather" | "small" | "dense"), at head dims up to 32 only (where they
 # were measured; wider heads need the registers). H200, BiFormer-S stage shapes at B64, bf16, CUDA-graph kernel time,
@@ -838,7 +843,7 @@ def routed_attention_bwd(
     )
     scalars = (scale * _LOG2E, scale, *g.scalars)
 
-    if fused_backward_applies(mode, g.topk, g.n_tok):
+    if fused_backward_applies(mode, g.topk, g.n_tok, g.d_qk, g.d_v):
         cfg = _config("fused", mode, g.n_tok, g.n_tok, max(g.d_qk, g.d_v))
         _routed_bwd_fused_kernel[(g.n * g.p2 * num_heads,)](
             q, k, v, grad_out, dq, dk, dv, lse, lists, counts,
