@@ -541,7 +541,7 @@ def _routed_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _fused_block(k, v, dk, dv, q_region, DQ, dq_base, q_base, do_base, LSE, stat_base, s_qh, s_qw, s_qc, s_gh, s_gw,
+def _fused_block(k, v, dk, dv, q_region, dq_base, q_base, do_base, LSE, stat_base, s_qh, s_qw, s_qc, s_gh, s_gw,
                  s_gc, s_dh, s_dw, s_dc, n_win, inv_n_win, h, w, inv_w, n_tok, cq, cq_ok, cv, cv_ok, qk_scale,
                  sm_scale, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One query region's part of :func:`_routed_bwd_fused_kernel`: its dq, written, and its terms of dk and dv."""
@@ -566,7 +566,7 @@ def _fused_block(k, v, dk, dv, q_region, DQ, dq_base, q_base, do_base, LSE, stat
         dk += _dot(ds_t.to(q.dtype), q, DOT_PRECISION)
         dq = _dot(tl.trans(ds_t.to(k.dtype)), k, DOT_PRECISION) * sm_scale
         tl.store(dq_base + _token_offset(q_region, q_tok, n_win, inv_n_win, h, w, inv_w, s_dh, s_dw)[:, None]
-                 + cq[None, :] * s_dc, dq.to(DQ.dtype.element_ty), mask=mq)
+                 + cq[None, :] * s_dc, dq.to(dq_base.dtype.element_ty), mask=mq)
     return dk, dv
 
 
@@ -619,7 +619,7 @@ def _routed_bwd_fused_kernel(
     list_base = (n64 * p2 + k_region) * p2
     for e in range(0, n_entries):
         q_region = tl.load(LISTS + list_base + e) & 0xFFFF
-        dk, dv = _fused_block(k, v, dk, dv, q_region, DQ, DQ + n64 * s_dn + head * d_qk * s_dc,
+        dk, dv = _fused_block(k, v, dk, dv, q_region, DQ + n64 * s_dn + head * d_qk * s_dc,
                               Q + n64 * s_qn + head * d_qk * s_qc, DO + n64 * s_gn + head * d_v * s_gc, LSE,
                               stat_base, s_qh, s_qw, s_qc, s_gh, s_gw, s_gc, s_dh, s_dw, s_dc, n_win, inv_n_win, h,
                               w, inv_w, n_tok, cq, cq_ok, cv, cv_ok, qk_scale, sm_scale, BLOCK_M, DOT_PRECISION)
@@ -692,9 +692,10 @@ SMALL_REGION_CONFIGS: dict[str, dict[str, int]] = {
 # 0.235 -> 0.168, B16 64x128 8x8 regions of 128 tokens 0.113 -> 0.094. Tried and slower (same runs): delta from
 # reading the output (0.095), the program finding its query regions in r_idx by the bits of an int64 instead of the
 # lists (166 -> 184-196 registers; 0.124; 0.120 with a cumsum over the image's routing row instead of the bits), two
-# query regions per step (0.128), the next step's loads issued a step
-# ahead (0.101), 8 warps or 2 (0.13-0.22), register caps of 80-168 (0.089-0.154; the uncapped kernel takes 166).
-# Balanced routing (every region chosen once) took the same time as random: the lists' unequal lengths cost nothing.
+# query regions per step (0.128), the next step's loads issued a step ahead (0.101), 8 warps or 2 (0.13-0.22),
+# register caps of 80-168 (0.089-0.154; the uncapped kernel takes 166). Balanced routing (every region chosen once)
+# took the same time as random: the lists' unequal lengths cost nothing. Regions of 16 and 32 tokens and head dims 64
+# and 128 (03:08): 0.066 -> 0.047, 0.077 -> 0.057, 0.115 -> 0.082, 0.068 -> 0.060 ms.
 FUSED_TOPK1 = True
 _FUSED_MAX_TOKENS = 128
 _FUSED_MAX_WIDTH = 64 * 256  # region tokens (padded) x (q/k + v head dims, padded)
