@@ -693,7 +693,9 @@ SMALL_REGION_CONFIGS: dict[str, dict[str, int]] = {
 # reading the output (0.095), the program finding its query regions in r_idx by the bits of an int64 instead of the
 # lists (166 -> 184-196 registers; 0.124; 0.120 with a cumsum over the image's routing row instead of the bits), two
 # query regions per step (0.128), the next step's loads issued a step ahead (0.101), 8 warps or 2 (0.13-0.22),
-# register caps of 80-168 (0.089-0.154; the uncapped kernel takes 166). Balanced routing (every region chosen once)
+# register caps of 80-168 (0.089-0.154; the uncapped kernel takes 166); 12-01 04:52: the first list entry loaded next to
+# the count (its query loads one dependent load earlier; 0.0929 against 0.0920, 128-token regions 0.102 against
+# 0.096), k and v loaded before the count is known (0.094-0.095). Balanced routing (every region chosen once)
 # took the same time as random: the lists' unequal lengths cost nothing. Regions of 16 and 32 tokens and head dims 64
 # and 128 (03:08): 0.066 -> 0.047, 0.077 -> 0.057, 0.115 -> 0.082, 0.068 -> 0.060 ms.
 FUSED_TOPK1 = True
