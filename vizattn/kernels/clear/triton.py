@@ -33,6 +33,8 @@ TILE = (8, 8)  # the forward's queries per program along H and W
 # bytes of spill stores for the forward (the circle mask: each thread holds 64 query rows of one key column), 0 / 12
 # for dq, 16 for dk/dv, 0 for the extra tokens' kernel; with 8 warps only the forward at 128 keys spills.
 _FWD = dict(block_n=128, num_warps=4)
+# Swept again at the current kernel (2026-12-01 05:08; 8x8, 8x16, 16x8, 4x16, 16x4, 4x8, 8x4 tiles x 64 / 128 keys x
+# 4 / 8 warps): 8x8 with 128 keys and 4 warps 0.867 ms, next 4x16 1.101 and 16x4 1.149; the others 1.7-4.1.
 # A second sweep (2026-11-29 18:10 UTC; same shape, head dim split as 64 + 16) tried smaller tiles with 1-2 warps: the
 # forward stays best as above (1.03 ms; 4x8 tiles of 32 keys x 1 warp 1.13, 2x8 1.19), but the backward kernels each
 # gain ~0.7 ms with one-warp programs (each measured with the other kernel at its former 8x8 configuration, total

@@ -87,6 +87,11 @@ class KernelConfig(NamedTuple):
 # at 168 -> 1x16 at 96; uncapped 0.0285), without rpb 0.0209 -> 0.0206 (uncapped). On the large maps the forward's
 # 2x8 tiles at the shipped caps stay best (4x8, 1x8, 2x16, 4x16 tiles 3-108% slower). On dilated 14x14 maps the
 # forward keeps 2x16 tiles (1x16: B64 8 heads d 2 0.0266 -> 0.0330 ms, with rpb 0.0335 -> 0.0466).
+# Two heads per forward program (one warp computing the tables, key offsets and masks of a step once for heads 2p and
+# 2p + 1, their softmaxes side by side; bitwise the same outputs) measured faster only with the bias in bfloat16, which
+# no model holds: with float32 rpb, one head -> two (H200, B64, 2026-12-01 05:18) 56x56 0.1045 -> 0.1368 ms, 28x28
+# 0.0627 -> 0.0855, 7x7 0.0150 -> 0.0200; with bfloat16 rpb 0.1048 -> 0.1005, 0.0627 -> 0.0604, 0.0153 -> 0.0131;
+# without rpb within 3%. Not kept (docs/benchmarks.md, runs of 2026-12-01 04:52-05:19).
 _LARGE_MAP = (
     KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=32, num_warps=1),
                  caps=(64, 96)),  # forward
