@@ -140,7 +140,33 @@ def _fast_bfloat16_casts() -> None:
     interpreter._convert_float = convert
 
 
+def _cached_numpy_dtypes() -> None:
+    """Memoize the interpreter's ``_get_np_dtype`` by element type: it builds a dictionary of 17 numpy dtypes at each
+    of its calls (several per interpreted operation); its answer depends on the element type alone."""
+    try:
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    general = getattr(interpreter, "_get_np_dtype", None)
+    if general is None:
+        return
+    known: dict = {}
+
+    def np_dtype(tt_dtype):
+        key = tt_dtype.element_ty if isinstance(tt_dtype, tl.block_type) else tt_dtype
+        if isinstance(key, tl.pointer_type):  # not hashable; uint64 addresses
+            return general(key)
+        found = known.get(key)
+        if found is None:
+            found = known[key] = general(key)
+        return found
+
+    interpreter._get_np_dtype = np_dtype
+
+
 if os.environ.get("TRITON_INTERPRET") == "1":
     _patch_the_language_once_per_launch()
     _no_integer_overflow_checks()
     _fast_bfloat16_casts()
+    _cached_numpy_dtypes()
