@@ -104,72 +104,22 @@ def _no_integer_overflow_checks() -> None:
         builder.options = dataclasses.replace(options, sanitize_overflow=False)
 
 
-def _fast_bfloat16_casts() -> None:
-    """Convert between bfloat16 and float32 in the interpreter by shifting bits, where that gives the interpreter's own
-    result bit for bit.
-
-    The interpreter's ``_convert_float`` takes a general route for any pair of float formats, with a loop over the
-    mantissa bits whenever an input has a zero exponent, which every zero has (masked loads fill with zeros): about a
-    tenth of a bfloat16 kernel test's time. Upcasts and truncating downcasts (``rounding_mode`` None: what a kernel's
-    ``.to(tl.bfloat16)`` runs under the interpreter) of inputs without subnormals are a 16-bit shift there; anything
-    else (other formats, round-to-nearest, subnormal inputs, which the general route converts its own way) still takes
-    it.
-    """
+def _faster_conversions() -> None:
+    """Install :mod:`interpreter_patches`' bfloat16 casts and memoized numpy dtypes into Triton's interpreter (each
+    returns what the function it replaces returns, bit for bit; tests/kernels/test_interpreter.py checks)."""
     try:
-        import numpy as np
-        import triton.language as tl
+        import interpreter_patches
         from triton.runtime import interpreter
     except ImportError:
         return
-    general = getattr(interpreter, "_convert_float", None)
-    if general is None:
-        return
-
-    def convert(input, input_dtype, output_dtype, rounding_mode):
-        up = input_dtype == tl.bfloat16 and output_dtype == tl.float32
-        down = input_dtype == tl.float32 and output_dtype == tl.bfloat16 and rounding_mode is None
-        if up or down:
-            # (ascontiguousarray makes 0-d inputs 1-d: the result takes the input's shape back, as the general route)
-            bits = np.ascontiguousarray(input).view(np.uint16 if up else np.uint32)
-            exponent_bits, mantissa_bits = (0x7F80, 0x007F) if up else (0x7F800000, 0x007FFFFF)
-            if not np.any(((bits & exponent_bits) == 0) & ((bits & mantissa_bits) != 0)):
-                if up:
-                    return (bits.astype(np.uint32) << np.uint32(16)).reshape(np.shape(input))
-                return (bits >> np.uint32(16)).astype(np.uint16).reshape(np.shape(input))
-        return general(input, input_dtype, output_dtype, rounding_mode)
-
-    convert.general = general  # tests/kernels/test_interpreter.py compares the two
-    interpreter._convert_float = convert
-
-
-def _cached_numpy_dtypes() -> None:
-    """Memoize the interpreter's ``_get_np_dtype`` by element type: it builds a dictionary of 17 numpy dtypes at each
-    of its calls (several per interpreted operation); its answer depends on the element type alone."""
-    try:
-        import triton.language as tl
-        from triton.runtime import interpreter
-    except ImportError:
-        return
-    general = getattr(interpreter, "_get_np_dtype", None)
-    if general is None:
-        return
-    known: dict = {}
-
-    def np_dtype(tt_dtype):
-        key = tt_dtype.element_ty if isinstance(tt_dtype, tl.block_type) else tt_dtype
-        if isinstance(key, tl.pointer_type):  # not hashable; uint64 addresses
-            return general(key)
-        found = known.get(key)
-        if found is None:
-            found = known[key] = general(key)
-        return found
-
-    np_dtype.general = general
-    interpreter._get_np_dtype = np_dtype
+    for name, make in (("_convert_float", interpreter_patches.fast_bfloat16_casts),
+                       ("_get_np_dtype", interpreter_patches.memoized_np_dtype)):
+        general = getattr(interpreter, name, None)
+        if general is not None:
+            setattr(interpreter, name, make(general))
 
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     _patch_the_language_once_per_launch()
     _no_integer_overflow_checks()
-    _fast_bfloat16_casts()
-    _cached_numpy_dtypes()
+    _faster_conversions()

@@ -1,30 +1,28 @@
-"""The speed-ups tests/conftest.py gives Triton's interpreter (CPU runs of the kernel tests) return what the
-interpreter's own functions return, bit for bit."""
+"""The stand-ins tests/conftest.py installs into Triton's interpreter (CPU runs of the kernel tests) return what the
+interpreter's own functions return, bit for bit. Built here from the originals, so this runs with or without a GPU."""
 
 from __future__ import annotations
 
 import os
 
 import numpy as np
-import pytest
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1", reason="the interpreter runs the kernels only without a GPU"
-)
+from interpreter_patches import fast_bfloat16_casts, memoized_np_dtype
+from triton.runtime import interpreter
 
 
-def _patched(name: str):
-    from triton.runtime import interpreter
-
-    fn = getattr(interpreter, name)
-    assert hasattr(fn, "general"), f"tests/conftest.py did not patch the interpreter's {name}"
-    return fn, fn.general
+def _both(name: str, make):
+    """(stand-in, original) of the interpreter function ``name`` (the original kept by an installed stand-in)."""
+    installed = getattr(interpreter, name)
+    if os.environ.get("TRITON_INTERPRET") == "1":  # the kernels run interpreted: tests/conftest.py installed it
+        assert hasattr(installed, "general"), f"tests/conftest.py did not install a stand-in for {name}"
+    general = getattr(installed, "general", installed)
+    return make(general), general
 
 
 def test_bfloat16_casts_equal_the_interpreters():
     import triton.language as tl
 
-    fast, general = _patched("_convert_float")
+    fast, general = _both("_convert_float", fast_bfloat16_casts)
     rng = np.random.default_rng(0)
     specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 3.4e38, -1.2e-38, 1.0 + 2**-8, 1.0 + 2**-9], np.float32)
     scales = (1e-30, 1e-3, 1.0, 1e30)
@@ -49,7 +47,7 @@ def test_bfloat16_casts_equal_the_interpreters():
 def test_numpy_dtypes_equal_the_interpreters():
     import triton.language as tl
 
-    fast, general = _patched("_get_np_dtype")
+    fast, general = _both("_get_np_dtype", memoized_np_dtype)
     types = [tl.int1, tl.int8, tl.int16, tl.int32, tl.int64, tl.uint8, tl.uint32, tl.float16, tl.bfloat16,
              tl.float32, tl.float64, tl.pointer_type(tl.float32)]
     for t in types:
