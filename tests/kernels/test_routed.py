@@ -154,6 +154,27 @@ def test_repeated_regions_count_twice(mode):
     _check_against_reference(case, run, duplicates=True)
 
 
+@pytest.mark.parametrize("distinct", [True, False])
+@pytest.mark.parametrize("heads_per_program", [2, 4])
+def test_dense_programs_over_several_heads(heads_per_program, distinct, monkeypatch):
+    """Dense mode, forward and dq programs that each run several heads on one routing prologue (``HEADS``): with 6
+    heads, 4 per program falls back to 3 (the largest divisor), and each head must still get its own outputs."""
+    case = Case(2, 6, 6, 3, 4, 6, 16, 16)
+    for kernel in ("fwd", "dq"):
+        monkeypatch.setitem(kernels.CONFIGS, (kernel, "dense"), dict(kernels.CONFIGS[(kernel, "dense")],
+                                                                      HEADS=heads_per_program))
+
+    def run(q, k, v, r_idx):
+        return _Kernels.apply(q, k, v, r_idx, case.n_win, case.heads, "dense", distinct)
+
+    _check_against_reference(case, run, duplicates=not distinct)
+
+
+def test_heads_per_program_divides_the_heads():
+    assert [kernels._heads_per_program(4, h) for h in (1, 2, 3, 4, 6, 8, 12)] == [1, 2, 3, 4, 3, 4, 4]
+    assert kernels._heads_per_program(1, 8) == 1
+
+
 def test_public_op_counts_repeated_regions_by_default():
     case = Case(1, 6, 6, 3, 6, 2, 16, 16)  # 2x2 regions: the dense kernel
 

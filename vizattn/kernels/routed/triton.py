@@ -20,7 +20,8 @@ function, and the tests run both:
   regions (``distinct=True``, BiFormer's) the mask is added to the scores by one more product on the tensor cores:
   each query row's list as 0/1 per region (:func:`_route_rows`) times each key's region one-hot scaled by ``2**20``
   (:func:`_key_table`), onto which the scores are accumulated
-  (:func:`~vizattn.kernels._triton_util.dot_onto`), instead of testing a bit per pair.
+  (:func:`~vizattn.kernels._triton_util.dot_onto`), instead of testing a bit per pair. Routing is per image, not per
+  head, so a forward program may run several heads (``HEADS``) on one such prologue.
 
 A region listed twice in one routing list counts twice, as in the reference: the gather kernel simply walks it
 twice; the dense kernel, unless told the lists hold distinct regions (``distinct=True``, as ``torch.topk`` gives),
@@ -171,17 +172,18 @@ def _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, row_base, n64, q_region, n
                     + cv[None, :] * s_vc, mask=k_valid[:, None] & cv_ok[None, :], other=0.0)
         if ROUTE_W > 0:
             keys = tl.load(KEYTAB + (start + tl.arange(0, BLOCK_N))[:, None] * ROUTE_W + tl.arange(0, ROUTE_W)[None, :])
-            s = _dot_onto(q, tl.trans(k), _mask_scores(route, keys, MASK_PRECISION), DOT_PRECISION) * qk_scale
+            s = _dot_onto(q, tl.trans(k), _mask_scores(route, keys, MASK_PRECISION), DOT_PRECISION)
         elif DENSE:  # lists that may repeat a region
-            s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale
+            s = _dot(q, tl.trans(k), DOT_PRECISION)
             wgt = _dense_weights(RIDX, row_base, k_reg, k_valid, topk, 0).to(tl.float32)
             s = tl.where(wgt > 0, s, float("-inf"))
         else:
-            s = _dot(q, tl.trans(k), DOT_PRECISION) * qk_scale
+            s = _dot(q, tl.trans(k), DOT_PRECISION)
             s = tl.where(k_valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # the scale is applied in the exponent's fused multiply-add (s is unscaled; qk_scale > 0 keeps the max)
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        p = tl.exp2(s * qk_scale - m_new[:, None])
         if COUNT:
             p = p * wgt
         l_i = l_i * alpha + tl.sum(p, 1)
@@ -234,19 +236,21 @@ def _routed_fwd_kernel(
     qk_scale, num_heads, n_win, inv_n_win, h, w, inv_w, inv_n_tok, topk, d_qk, d_v,
     DENSE: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, TOPK_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    ROUTE_W: tl.constexpr = 0, MASK_PRECISION: tl.constexpr = "tf32",
+    ROUTE_W: tl.constexpr = 0, MASK_PRECISION: tl.constexpr = "tf32", HEADS: tl.constexpr = 1,
 ):
+    # HEADS: heads per program (num_heads % HEADS == 0), which share the query block's routing rows
     n_tok = h * w
     p2 = n_win * n_win
     pid = tl.program_id(0)
-    head = pid % num_heads
-    rest = pid // num_heads
+    head0 = (pid % (num_heads // HEADS)) * HEADS
+    rest = pid // (num_heads // HEADS)
     if DENSE:
         n_mb = tl.cdiv(p2 * n_tok, BLOCK_M)
         qq = (rest % n_mb) * BLOCK_M + tl.arange(0, BLOCK_M)
         n = rest // n_mb
         q_valid = qq < p2 * n_tok
         n_keys = p2 * n_tok
+        q_region = 0
     else:
         n_mb = tl.cdiv(n_tok, BLOCK_M)
         tok = (rest % n_mb) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -264,36 +268,32 @@ def _routed_fwd_kernel(
     cq_ok = cq < d_qk
     cv_ok = cv < d_v
     q_off = _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_qh, s_qw)
-    q = tl.load(Q + n64 * s_qn + q_off[:, None] + (head * d_qk + cq)[None, :] * s_qc,
-                mask=q_valid[:, None] & cq_ok[None, :], other=0.0)
+    o_off = _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_oh, s_ow)
+    row_base = 0
     if DENSE:
         row_base = tl.where(q_valid, (n64 * p2 + q_reg) * topk, 0)
     route = 0
     if ROUTE_W > 0:
         route = _route_rows(_routing_masks(RIDX, row_base, q_valid, topk, TOPK_PAD), ROUTE_W)
 
-    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    k_base = K + n64 * s_kn + head * d_qk * s_kc
-    v_base = V + n64 * s_vn + head * d_v * s_vc
-    if DENSE:
-        m_i, l_i, acc = _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, row_base, n64, 0, n_keys, p2, topk,
-                                  n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw,
-                                  s_vc, cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, True, COUNT, DOT_PRECISION,
-                                  KEYTAB, route, ROUTE_W, MASK_PRECISION)
-    else:
-        m_i, l_i, acc = _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, 0, n64, q_region, n_keys, p2, topk,
-                                  n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw,
-                                  s_vc, cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, False, False, DOT_PRECISION,
-                                  KEYTAB, 0, 0, MASK_PRECISION)
-
-    l_safe = tl.where(l_i > 0, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    o_off = _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_oh, s_ow)
-    tl.store(OUT + n64 * s_on + o_off[:, None] + (head * d_v + cv)[None, :] * s_oc, out.to(OUT.dtype.element_ty),
-             mask=q_valid[:, None] & cv_ok[None, :])
-    tl.store(LSE + (n64 * num_heads + head) * (p2 * n_tok) + qq, m_i + tl.log2(l_safe), mask=q_valid)
+    for j in tl.static_range(HEADS):
+        head = head0 + j
+        q = tl.load(Q + n64 * s_qn + q_off[:, None] + (head * d_qk + cq)[None, :] * s_qc,
+                    mask=q_valid[:, None] & cq_ok[None, :], other=0.0)
+        m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+        k_base = K + n64 * s_kn + head * d_qk * s_kc
+        v_base = V + n64 * s_vn + head * d_v * s_vc
+        m_i, l_i, acc = _fwd_keys(q, m_i, l_i, acc, k_base, v_base, RIDX, row_base, n64, q_region, n_keys, p2,
+                                  topk, n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh,
+                                  s_vw, s_vc, cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, DENSE, COUNT,
+                                  DOT_PRECISION, KEYTAB, route, ROUTE_W, MASK_PRECISION)
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        out = acc / l_safe[:, None]
+        tl.store(OUT + n64 * s_on + o_off[:, None] + (head * d_v + cv)[None, :] * s_oc,
+                 out.to(OUT.dtype.element_ty), mask=q_valid[:, None] & cv_ok[None, :])
+        tl.store(LSE + (n64 * num_heads + head) * (p2 * n_tok) + qq, m_i + tl.log2(l_safe), mask=q_valid)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -312,19 +312,21 @@ def _routed_bwd_dq_kernel(
     qk_scale, sm_scale, num_heads, n_win, inv_n_win, h, w, inv_w, inv_n_tok, topk, d_qk, d_v,
     DENSE: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, TOPK_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    ROUTE_W: tl.constexpr = 0, MASK_PRECISION: tl.constexpr = "tf32",
+    ROUTE_W: tl.constexpr = 0, MASK_PRECISION: tl.constexpr = "tf32", HEADS: tl.constexpr = 1,
 ):
+    # HEADS: heads per program (num_heads % HEADS == 0), which share the query block's routing rows
     n_tok = h * w
     p2 = n_win * n_win
     pid = tl.program_id(0)
-    head = pid % num_heads
-    rest = pid // num_heads
+    head0 = (pid % (num_heads // HEADS)) * HEADS
+    rest = pid // (num_heads // HEADS)
     if DENSE:
         n_mb = tl.cdiv(p2 * n_tok, BLOCK_M)
         qq = (rest % n_mb) * BLOCK_M + tl.arange(0, BLOCK_M)
         n = rest // n_mb
         q_valid = qq < p2 * n_tok
         n_keys = p2 * n_tok
+        q_region = 0
     else:
         n_mb = tl.cdiv(n_tok, BLOCK_M)
         tok = (rest % n_mb) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -343,16 +345,11 @@ def _routed_bwd_dq_kernel(
     cv_ok = cv < d_v
     mq = q_valid[:, None] & cq_ok[None, :]
     mv = q_valid[:, None] & cv_ok[None, :]
-    q = tl.load(Q + n64 * s_qn + _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_qh, s_qw)[:, None]
-                + (head * d_qk + cq)[None, :] * s_qc, mask=mq, other=0.0)
-    do = tl.load(DO + n64 * s_gn + _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_gh, s_gw)[:, None]
-                 + (head * d_v + cv)[None, :] * s_gc, mask=mv, other=0.0)
-    o = tl.load(OUT + n64 * s_on + _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_oh, s_ow)[:, None]
-                + (head * d_v + cv)[None, :] * s_oc, mask=mv, other=0.0)
-    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-    stat = (n64 * num_heads + head) * (p2 * n_tok) + qq
-    tl.store(DELTA + stat, delta, mask=q_valid)
-    lse = tl.load(LSE + stat, mask=q_valid, other=0.0)
+    q_off = _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_qh, s_qw)
+    g_off = _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_gh, s_gw)
+    o_off = _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_oh, s_ow)
+    d_off = _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_dh, s_dw)
+    row_base = 0
     if DENSE:
         row_base = tl.where(q_valid, (n64 * p2 + q_reg) * topk, 0)
     route = 0
@@ -362,23 +359,25 @@ def _routed_bwd_dq_kernel(
         r = tl.arange(0, ROUTE_W)
         tl.store(ROUTES + (n64 * p2 + q_reg)[:, None] * ROUTE_W + r[None, :], route, mask=q_valid[:, None])
 
-    dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
-    k_base = K + n64 * s_kn + head * d_qk * s_kc
-    v_base = V + n64 * s_vn + head * d_v * s_vc
-    if DENSE:
-        dq = _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, row_base, n64, 0, n_keys, p2, topk,
+    for j in tl.static_range(HEADS):
+        head = head0 + j
+        q = tl.load(Q + n64 * s_qn + q_off[:, None] + (head * d_qk + cq)[None, :] * s_qc, mask=mq, other=0.0)
+        do = tl.load(DO + n64 * s_gn + g_off[:, None] + (head * d_v + cv)[None, :] * s_gc, mask=mv, other=0.0)
+        o = tl.load(OUT + n64 * s_on + o_off[:, None] + (head * d_v + cv)[None, :] * s_oc, mask=mv, other=0.0)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+        stat = (n64 * num_heads + head) * (p2 * n_tok) + qq
+        tl.store(DELTA + stat, delta, mask=q_valid)
+        lse = tl.load(LSE + stat, mask=q_valid, other=0.0)
+        dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
+        k_base = K + n64 * s_kn + head * d_qk * s_kc
+        v_base = V + n64 * s_vn + head * d_v * s_vc
+        dq = _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, row_base, n64, q_region, n_keys, p2, topk,
                       n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
-                      cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, True, COUNT, DOT_PRECISION,
+                      cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, DENSE, COUNT, DOT_PRECISION,
                       KEYTAB, route, ROUTE_W, MASK_PRECISION)
-    else:
-        dq = _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, 0, n64, q_region, n_keys, p2, topk,
-                      n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
-                      cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, False, False, DOT_PRECISION,
-                      KEYTAB, 0, 0, MASK_PRECISION)
-
-    dq = dq * sm_scale
-    tl.store(DQ + n64 * s_dn + _token_offset(q_reg, q_tok, n_win, inv_n_win, h, w, inv_w, s_dh, s_dw)[:, None]
-             + (head * d_qk + cq)[None, :] * s_dc, dq.to(DQ.dtype.element_ty), mask=mq)
+        dq = dq * sm_scale
+        tl.store(DQ + n64 * s_dn + d_off[:, None] + (head * d_qk + cq)[None, :] * s_dc, dq.to(DQ.dtype.element_ty),
+                 mask=mq)
 
 
 @triton.jit
@@ -662,7 +661,7 @@ def choose_mode(n_win: int, h: int, w: int, topk: int) -> str:
 # and two stages 0.045 ms, 32 keys and one stage 0.041 (sweep of 2026-11-29 18:30 UTC, CUDA-graph kernel times).
 CONFIGS: dict[tuple[str, str], dict[str, int]] = {
     ("fwd", "gather"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
-    ("fwd", "dense"): dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=2),
+    ("fwd", "dense"): dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=2, HEADS=2),
     ("dq", "gather"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
     ("dq", "dense"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
     ("dkdv", "gather"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1),
@@ -676,6 +675,10 @@ CONFIGS: dict[tuple[str, str], dict[str, int]] = {
 # -> 347 instructions, dq 295 -> 165, dk/dv 790 -> 645): at the launches above forward 0.0377 ms (bits) -> 0.0362
 # (two stages; 0.0431 at one), backward with dq on 64-key steps at two stages 0.1079 -> 0.1001 (dk/dv at the former
 # launch), with dk/dv on 4-warp programs of 64 keys 0.1008 (dq at the former launch); 16, 24 and 54 launches tried.
+# 2026-12-01 07:27 (`.gpu/heads_ab.py`, CUDA-graph ms, median of 3 rounds): the forward's scale moved into the
+# exponent's multiply-add 0.0339 -> 0.0332; then two heads per program (HEADS, one routing prologue for both) 0.0324,
+# four 0.0464 (at 128 queries x 4 warps x 2 stages; 14 other launches x 1/2/4 heads 0.0367-0.0473). The dq kernel
+# with HEADS 2 or 4: no gain at any of 4 launches (0.0898-0.1143 against 0.0901 for dq + dk/dv), so it keeps one.
 # Gather mode with regions of at most 16 tokens (BiFormer-S stage 1: 4x4 regions, topk 4), where a program's tile is
 # one region's 16 rows: one warp per program (the same sweep: forward 0.052 -> 0.029 ms; backward dq 0.170 -> 0.159
 # and dk/dv 0.170 -> 0.119 ms of the two kernels' sum, each measured with the other at the general configuration).
@@ -753,6 +756,11 @@ def _key_table(p2: int, n_tok: int, route_w: int, device: torch.device) -> torch
     return table.to(device=device, dtype=torch.bfloat16)
 
 
+def _heads_per_program(wanted: int, num_heads: int) -> int:
+    """The largest divisor of ``num_heads`` not above ``wanted``: heads per program of a kernel with ``HEADS``."""
+    return max(d for d in range(1, max(1, wanted) + 1) if num_heads % d == 0)
+
+
 class _Geometry:
     __slots__ = ("n", "hh", "ww", "h", "w", "n_tok", "p2", "topk", "d_qk", "d_v", "scalars")
 
@@ -791,16 +799,17 @@ def routed_attention_fwd(
     lse = new_output((g.n, num_heads, g.hh * g.ww), torch.float32, v.device)
     cfg = _config("fwd", mode, g.n_tok, g.topk * g.n_tok, max(g.d_qk, g.d_v))
     bm = cfg.pop("BLOCK_M")
+    heads = _heads_per_program(cfg.pop("HEADS", 1), num_heads)
     rows = _cdiv(g.p2 * g.n_tok, bm) if mode == "dense" else g.p2 * _cdiv(g.n_tok, bm)
     route_w = _route_width(mode, distinct, g.p2)
     keytab = _key_table(g.p2, g.n_tok, route_w, q.device) if route_w else ridx
-    _routed_fwd_kernel[(g.n * rows * num_heads,)](
+    _routed_fwd_kernel[(g.n * rows * (num_heads // heads),)](
         q, k, v, out, lse, ridx, keytab,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         scale * _LOG2E, *g.scalars,
-        DENSE=mode == "dense", COUNT=not distinct, BLOCK_M=bm, BLOCK_DQK=_head_block(g.d_qk),
-        BLOCK_DV=_head_block(g.d_v), TOPK_PAD=_next_pow2(g.topk), DOT_PRECISION=_dot_precision(q.dtype),
-        ROUTE_W=route_w, MASK_PRECISION=_dot_precision(torch.bfloat16), **cfg,
+        DENSE=mode == "dense", COUNT=not distinct and mode == "dense", BLOCK_M=bm, HEADS=heads,
+        BLOCK_DQK=_head_block(g.d_qk), BLOCK_DV=_head_block(g.d_v), TOPK_PAD=_next_pow2(g.topk),
+        DOT_PRECISION=_dot_precision(q.dtype), ROUTE_W=route_w, MASK_PRECISION=_dot_precision(torch.bfloat16), **cfg,
     )
     return out, lse
 
@@ -859,11 +868,12 @@ def routed_attention_bwd(
     delta = new_output((g.n, num_heads, g.hh * g.ww), torch.float32, q.device)
     cfg = _config("dq", mode, g.n_tok, g.topk * g.n_tok, max(g.d_qk, g.d_v))
     bm = cfg.pop("BLOCK_M")
+    heads = _heads_per_program(cfg.pop("HEADS", 1), num_heads)
     rows = _cdiv(g.p2 * g.n_tok, bm) if dense else g.p2 * _cdiv(g.n_tok, bm)
-    _routed_bwd_dq_kernel[(g.n * rows * num_heads,)](
+    _routed_bwd_dq_kernel[(g.n * rows * (num_heads // heads),)](
         q, k, v, out, grad_out, dq, lse, delta, ridx, keytab, routes,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *grad_out.stride(), *dq.stride(),
-        *scalars, BLOCK_M=bm, TOPK_PAD=topk_pad, **common, **cfg,
+        *scalars, BLOCK_M=bm, TOPK_PAD=topk_pad, HEADS=heads, **common, **cfg,
     )
 
     cfg = _config("dkdv", mode, g.n_tok, g.topk * g.n_tok, max(g.d_qk, g.d_v))
