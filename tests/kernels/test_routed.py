@@ -349,14 +349,15 @@ def test_launch_configuration_by_region_size_and_head_dim():
 def test_register_caps_reach_gpu_launches_only():
     """REGISTER_CAPS: a compiled launch of a capped (kernel, configuration) at head dim <= 32 gets ``maxnreg``; the
     interpreter, wider heads and uncapped kernels get none."""
-    caps = {("dkdv", "gather"): 128, ("dkdv", "small"): 96, ("fwd", "dense"): 128}
+    caps = {("dkdv", "gather"): 128, ("dkdv", "small"): 96, ("fwd", "dense"): 128, ("dq", "dense"): 128}
     assert kernels.REGISTER_CAPS == caps
     # (kernel, mode, region tokens, keys) -> the cap's key: 64-token regions are "gather", 16-token ones "small"
     for kernel, mode, n_tok, n_keys, key in [("dkdv", "gather", 64, 64, ("dkdv", "gather")),
                                              ("dkdv", "gather", 16, 64, ("dkdv", "small")),
                                              ("fwd", "dense", 4, 256, ("fwd", "dense")),
                                              ("fwd", "gather", 64, 64, None), ("dq", "gather", 16, 64, None),
-                                             ("dq", "dense", 4, 256, None)]:
+                                             ("dq", "dense", 4, 256, ("dq", "dense")),
+                                             ("dkdv", "dense", 4, 256, None)]:
         gpu = kernels._config(kernel, mode, n_tok, n_keys, 32, interpret=False)
         assert gpu.get("maxnreg") == caps.get(key), (kernel, mode, n_tok)
         assert "maxnreg" not in kernels._config(kernel, mode, n_tok, n_keys, 32, interpret=True)

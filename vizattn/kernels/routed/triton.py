@@ -21,7 +21,7 @@ function, and the tests run both:
   each query row's list as 0/1 per region (:func:`_route_rows`) times each key's region one-hot scaled by ``2**20``
   (:func:`_key_table`), onto which the scores are accumulated
   (:func:`~vizattn.kernels._triton_util.dot_onto`), instead of testing a bit per pair. Routing is per image, not per
-  head, so a forward program may run several heads (``HEADS``) on one such prologue.
+  head, so a forward or dq program may run several heads (``HEADS``) on one such prologue.
 
 A region listed twice in one routing list counts twice, as in the reference: the gather kernel simply walks it
 twice; the dense kernel, unless told the lists hold distinct regions (``distinct=True``, as ``torch.topk`` gives),
@@ -663,7 +663,7 @@ CONFIGS: dict[tuple[str, str], dict[str, int]] = {
     ("fwd", "gather"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
     ("fwd", "dense"): dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=2, HEADS=2),
     ("dq", "gather"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
-    ("dq", "dense"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
+    ("dq", "dense"): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2, HEADS=4),
     ("dkdv", "gather"): dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1),
     ("dkdv", "dense"): dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=1),
     ("fused", "gather"): dict(BLOCK_M=64, num_warps=4, num_stages=1),
@@ -678,7 +678,9 @@ CONFIGS: dict[tuple[str, str], dict[str, int]] = {
 # 2026-12-01 07:27 (`.gpu/heads_ab.py`, CUDA-graph ms, median of 3 rounds): the forward's scale moved into the
 # exponent's multiply-add 0.0339 -> 0.0332; then two heads per program (HEADS, one routing prologue for both) 0.0324,
 # four 0.0464 (at 128 queries x 4 warps x 2 stages; 14 other launches x 1/2/4 heads 0.0367-0.0473). The dq kernel
-# with HEADS 2 or 4: no gain at any of 4 launches (0.0898-0.1143 against 0.0901 for dq + dk/dv), so it keeps one.
+# with HEADS 2 or 4 gained nothing uncapped (dq + dk/dv 0.0898-0.1143 against 0.0901); under a cap of 128 registers
+# (07:52, `.gpu/dq_caps.py`; 18 (heads, keys per step, cap) combinations) four heads on 32-key steps took it to
+# 0.0872 against 0.0898 (caps of 96 and 168: 0.092-0.112).
 # Gather mode with regions of at most 16 tokens (BiFormer-S stage 1: 4x4 regions, topk 4), where a program's tile is
 # one region's 16 rows: one warp per program (the same sweep: forward 0.052 -> 0.029 ms; backward dq 0.170 -> 0.159
 # and dk/dv 0.170 -> 0.119 ms of the two kernels' sum, each measured with the other at the general configuration).
@@ -710,7 +712,9 @@ _SMALL_REGION_HEAD_DIM = 32  # measured at BiFormer's head dim 32; wider heads k
 # 3 interleaved rounds each, uncapped -> capped (2026-11-30 08:2x and again 10:00 UTC, ms): stage 0 backward (dk/dv at
 # 128) 0.1303 -> 0.1256, stage 1 backward (dk/dv at 96) 0.1091 -> 0.1044, stage 2 forward (at 128) 0.0356 -> 0.0345.
 # Caps of 96-168 on the other kernels were as fast or slower (the stage-0 and stage-1 forwards 2-12%, dq 1-15%).
-REGISTER_CAPS: dict[tuple[str, str], int] = {("dkdv", "gather"): 128, ("dkdv", "small"): 96, ("fwd", "dense"): 128}
+REGISTER_CAPS: dict[tuple[str, str], int] = {
+    ("dkdv", "gather"): 128, ("dkdv", "small"): 96, ("fwd", "dense"): 128, ("dq", "dense"): 128,
+}
 
 
 def _config(kernel: str, mode: str, n_tok: int, n_keys: int, head_dim: int,
