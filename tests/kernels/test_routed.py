@@ -171,6 +171,8 @@ def test_dense_programs_over_several_heads(heads_per_program, distinct, monkeypa
 
 
 def test_heads_per_program_divides_the_heads():
+    assert kernels._config("fwd", "dense", 4, 256, 32)["HEADS"] == kernels.CONFIGS[("fwd", "dense")]["HEADS"] > 1
+    assert "HEADS" not in kernels._config("fwd", "dense", 4, 256, 64)  # measured at head dim 32 only
     assert [kernels._heads_per_program(4, h) for h in (1, 2, 3, 4, 6, 8, 12)] == [1, 2, 3, 4, 3, 4, 4]
     assert kernels._heads_per_program(1, 8) == 1
 

@@ -726,6 +726,8 @@ def _config(kernel: str, mode: str, n_tok: int, n_keys: int, head_dim: int,
     cfg = dict(SMALL_REGION_CONFIGS[kernel] if small else CONFIGS[(kernel, mode)])
     cap = REGISTER_CAPS.get((kernel, "small" if small else mode)) if head_dim <= _SMALL_REGION_HEAD_DIM else None
     cfg.update(_register_cap(cap, interpret))
+    if head_dim > _SMALL_REGION_HEAD_DIM:
+        cfg.pop("HEADS", None)  # several heads per program measured at head dim 32 only, with the caps above
     if mode == "gather":
         # Never pad a tile far beyond a region's tokens or a query's keys.
         cfg["BLOCK_M"] = min(cfg["BLOCK_M"], region_rows)
