@@ -227,20 +227,11 @@ def _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, row_base, n64, q_regio
 
 
 @triton.jit
-def _routed_fwd_kernel(
-    Q, K, V, OUT, LSE, RIDX, KEYTAB,
-    s_qn, s_qh, s_qw, s_qc,
-    s_kn, s_kh, s_kw, s_kc,
-    s_vn, s_vh, s_vw, s_vc,
-    s_on, s_oh, s_ow, s_oc,
-    qk_scale, num_heads, n_win, inv_n_win, h, w, inv_w, inv_n_tok, topk, d_qk, d_v,
-    DENSE: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, TOPK_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    ROUTE_W: tl.constexpr = 0, MASK_PRECISION: tl.constexpr = "tf32", HEADS: tl.constexpr = 1,
-):
-    # HEADS: heads per program (num_heads % HEADS == 0), which share the query block's routing rows
-    n_tok = h * w
-    p2 = n_win * n_win
+def _query_block(num_heads, n_tok, p2, topk, inv_n_tok, DENSE: tl.constexpr, BLOCK_M: tl.constexpr,
+                 HEADS: tl.constexpr):
+    """The forward's and dq's program: its first head (``HEADS`` heads per program, ``num_heads % HEADS == 0``,
+    sharing the query block's routing rows), image, query region (gather mode; 0 in dense mode), query tokens in
+    region-major order, their validity, region and in-region index, and the number of keys each query walks."""
     pid = tl.program_id(0)
     head0 = (pid % (num_heads // HEADS)) * HEADS
     rest = pid // (num_heads // HEADS)
@@ -260,8 +251,26 @@ def _routed_fwd_kernel(
         q_valid = tok < n_tok
         qq = q_region * n_tok + tok
         n_keys = topk * n_tok
-    n64 = n.to(tl.int64)
     q_reg, q_tok = _divmod(qq, n_tok, inv_n_tok)
+    return head0, n.to(tl.int64), q_region, qq, q_valid, q_reg, q_tok, n_keys
+
+
+@triton.jit
+def _routed_fwd_kernel(
+    Q, K, V, OUT, LSE, RIDX, KEYTAB,
+    s_qn, s_qh, s_qw, s_qc,
+    s_kn, s_kh, s_kw, s_kc,
+    s_vn, s_vh, s_vw, s_vc,
+    s_on, s_oh, s_ow, s_oc,
+    qk_scale, num_heads, n_win, inv_n_win, h, w, inv_w, inv_n_tok, topk, d_qk, d_v,
+    DENSE: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, TOPK_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ROUTE_W: tl.constexpr = 0, MASK_PRECISION: tl.constexpr = "tf32", HEADS: tl.constexpr = 1,
+):
+    n_tok = h * w
+    p2 = n_win * n_win
+    head0, n64, q_region, qq, q_valid, q_reg, q_tok, n_keys = _query_block(num_heads, n_tok, p2, topk, inv_n_tok,
+                                                                           DENSE, BLOCK_M, HEADS)
 
     cq = tl.arange(0, BLOCK_DQK)
     cv = tl.arange(0, BLOCK_DV)
@@ -314,30 +323,10 @@ def _routed_bwd_dq_kernel(
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, TOPK_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ROUTE_W: tl.constexpr = 0, MASK_PRECISION: tl.constexpr = "tf32", HEADS: tl.constexpr = 1,
 ):
-    # HEADS: heads per program (num_heads % HEADS == 0), which share the query block's routing rows
     n_tok = h * w
     p2 = n_win * n_win
-    pid = tl.program_id(0)
-    head0 = (pid % (num_heads // HEADS)) * HEADS
-    rest = pid // (num_heads // HEADS)
-    if DENSE:
-        n_mb = tl.cdiv(p2 * n_tok, BLOCK_M)
-        qq = (rest % n_mb) * BLOCK_M + tl.arange(0, BLOCK_M)
-        n = rest // n_mb
-        q_valid = qq < p2 * n_tok
-        n_keys = p2 * n_tok
-        q_region = 0
-    else:
-        n_mb = tl.cdiv(n_tok, BLOCK_M)
-        tok = (rest % n_mb) * BLOCK_M + tl.arange(0, BLOCK_M)
-        rest = rest // n_mb
-        q_region = rest % p2
-        n = rest // p2
-        q_valid = tok < n_tok
-        qq = q_region * n_tok + tok
-        n_keys = topk * n_tok
-    n64 = n.to(tl.int64)
-    q_reg, q_tok = _divmod(qq, n_tok, inv_n_tok)
+    head0, n64, q_region, qq, q_valid, q_reg, q_tok, n_keys = _query_block(num_heads, n_tok, p2, topk, inv_n_tok,
+                                                                           DENSE, BLOCK_M, HEADS)
 
     cq = tl.arange(0, BLOCK_DQK)
     cv = tl.arange(0, BLOCK_DV)
