@@ -169,7 +169,9 @@ def test_dq_by_halo_rows_matches_reference(monkeypatch, hh, ww, k, d, tile, rpb_
         assert torch.equal(ours, theirs)  # dk, dv: the same kernel either way
 
 
-MASK_CASES = [(*c, m) for c in TILE_CASES[1:4] for m in ("never", "always")] + [(*TILE_CASES[1], "table-too-large")]
+MASK_CASES = [(*c, m) for c in TILE_CASES[1:4] for m in ("never", "always", "dq-row-table")] + [
+    (*TILE_CASES[1], "table-too-large")
+]
 
 
 @pytest.mark.parametrize(
@@ -178,10 +180,13 @@ MASK_CASES = [(*c, m) for c in TILE_CASES[1:4] for m in ("never", "always")] + [
 def test_masks_and_bias_both_ways_match_reference(monkeypatch, hh, ww, k, d, tile, masks):
     """Both ways to the mask and bias in every kernel: the bias table (BIAS_TABLE = "always"; by default the backward
     with rpb on maps of more than 8 rows and the dilated forward with rpb read it) and window arithmetic with an rpb
-    gather per pair (BIAS_TABLE = "never", and what the kernels fall back to when a table would be too large)."""
+    gather per pair (BIAS_TABLE = "never", and what the kernels fall back to when a table would be too large). The
+    undilated forward walks its table by rows; "dq-row-table": so does the dq kernel (DQ_ROW_TABLE), its d(rpb) then
+    summed from row steps."""
     import vizattn.kernels._halo2d.triton as halo
 
     monkeypatch.setattr(kernels, "BIAS_TABLE", "never" if masks == "never" else "always")
+    monkeypatch.setattr(kernels, "DQ_ROW_TABLE", masks == "dq-row-table")  # not per map size
     if masks == "table-too-large":
         monkeypatch.setattr(halo, "_TABLE_MAX", 0)
         assert halo.bias_table(*kernels._axes(torch.empty(1, hh, ww, 1, 16, device=DEVICE), k, d, tile), None,
@@ -193,7 +198,9 @@ def test_masks_and_bias_both_ways_match_reference(monkeypatch, hh, ww, k, d, til
     q, kk, v, grad = (torch.randn(1, hh, ww, 2, 16, generator=g).to(DEVICE) for _ in range(4))
     rpb = torch.randn(2, 2 * k - 1, 2 * k - 1, generator=g).to(DEVICE)
     out, lse = kernels.na2d_fwd(q, kk, v, rpb, k, d, 0.3, tile=tile)
+    steps = count_device_calls(monkeypatch, halo, "_rows_step")  # the backward's row steps (dq only)
     grads = kernels.na2d_bwd(grad, q, kk, v, rpb, out, lse, k, d, 0.3, tile=tile)
+    assert ON_GPU or bool(steps) == (d == 1 and masks in ("never", "dq-row-table"))
     assert len(calls) == (0 if masks == "never" else 3)
     assert all((c is None) == (masks == "table-too-large") for c in calls)
     leaves = [t.double().requires_grad_() for t in (q, kk, v, rpb)]
@@ -205,17 +212,20 @@ def test_masks_and_bias_both_ways_match_reference(monkeypatch, hh, ww, k, d, til
         assert l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, rel max {mx:.2e}"
 
 
+@pytest.mark.parametrize("masks", ["never", "always"])
 @pytest.mark.parametrize("block_n", [16, 32, 64])
 @pytest.mark.parametrize(
     "hh,ww,k,d,tile", TILE_CASES[:4], ids=[f"{c[0]}x{c[1]}-k{c[2]}-d{c[3]}" for c in TILE_CASES[:4]]
 )
-def test_forward_at_the_gpu_key_blocks(monkeypatch, hh, ww, k, d, tile, block_n):
+def test_forward_at_the_gpu_key_blocks(monkeypatch, hh, ww, k, d, tile, block_n, masks):
     """The forward at the key blocks of a GPU (the interpreter's default is 256 keys per step): one or several padded
     halo rows per step of the row-by-row loop, halos of a height that is not a multiple of the rows per step, and
-    the flat loop where a padded halo row is wider than a step."""
+    the flat loop where a padded halo row is wider than a step; each with the mask and bias built per pair and read
+    from a bias table (by padded halo rows in the row walk)."""
     import vizattn.kernels._halo2d.triton as halo
 
     monkeypatch.setattr(halo, "_BLOCK_N_INTERPRET", block_n)
+    monkeypatch.setattr(kernels, "BIAS_TABLE", masks)
     halo._cached_meta.cache_clear()
     try:
         g = torch.Generator().manual_seed(7)
@@ -233,14 +243,16 @@ def test_forward_at_the_gpu_key_blocks(monkeypatch, hh, ww, k, d, tile, block_n)
 def test_bias_table_auto_rule(monkeypatch):
     """The "auto" rule: the table with rpb in the backward (with d(rpb) by row tiles, not on maps of at most 8 rows at
     dilation 1, where it measured slower; with d(rpb) in the dq kernel, which sums it off the table, everywhere) and
-    in the dilated forward; never without rpb; "always" / "never" as named."""
+    in the forward (at dilation 1 only with FWD_ROW_TABLE); never without rpb; "always" / "never" as named."""
     rpb = torch.zeros(1, 5, 5)
     use = kernels._use_table
     assert use(True, rpb, 1, 56) and use(True, rpb, 1, 9) and use(True, rpb, 2, 8) and use(True, rpb, 3, 7)
     assert kernels.RPB_GRAD == "dq" and use(True, rpb, 1, 8) and use(True, rpb, 1, 7)
     monkeypatch.setattr(kernels, "RPB_GRAD", "rows")
     assert not use(True, rpb, 1, 8) and not use(True, rpb, 1, 7) and use(True, rpb, 1, 9)
-    assert use(False, rpb, 2, 56) and use(False, rpb, 2, 7) and not use(False, rpb, 1, 56)
+    assert use(False, rpb, 2, 56) and use(False, rpb, 2, 7) and use(False, rpb, 1, 56) and use(False, rpb, 1, 7)
+    monkeypatch.setattr(kernels, "FWD_ROW_TABLE", False)
+    assert use(False, rpb, 2, 56) and not use(False, rpb, 1, 56) and not use(False, rpb, 1, 7)
     assert not any(use(b, None, d, h) for b in (False, True) for d in (1, 2) for h in (7, 56))
     monkeypatch.setattr(kernels, "BIAS_TABLE", "always")
     assert use(False, None, 1, 7) and use(True, rpb, 1, 7)
@@ -255,30 +267,40 @@ def test_bias_table_choice_is_checked(monkeypatch):
         kernels.na2d_fwd(q, q, q, None, 3, 1, 0.25)
 
 
-@pytest.mark.parametrize("key_tiles", [False, True], ids=["query-tiles", "key-tiles"])
-def test_bias_table_holds_each_pairs_bias(key_tiles):
-    """bias_table[class_h, class_w, head, slot, halo slot] = rpb[head, rel_h, rel_w] * log2(e) for the pairs in the
-    window (relative indices from the tables' index lists), -inf elsewhere; every tile's class reproduces its own
-    pairs; the table is contiguous (the kernels' layout)."""
+@pytest.mark.parametrize("rpb_on", [True, False], ids=["rpb", "mask"])
+@pytest.mark.parametrize("layout", ["query-tiles", "key-tiles", "padded-rows"])
+def test_bias_table_holds_each_pairs_bias(layout, rpb_on):
+    """bias_table[class_h, class_w, head, slot, halo slot] = rpb[head, rel_h, rel_w] * log2(e) (0 without rpb) for
+    the pairs in the window (relative indices from the tables' index lists), -inf elsewhere; every tile's class
+    reproduces its own pairs; the table is contiguous (the kernels' layout). Halo slots are flat (row * halo_w +
+    column) or, for the forward's row walk (``halo_wp``), padded rows of 8 slots, whose columns past the halo's
+    width are -inf."""
     import vizattn.kernels._halo2d.triton as halo
 
     hh, ww, k, d, tile = 13, 10, 3, 3, (3, 5)
-    tables = kernels._key_tables if key_tiles else kernels._tables
+    tables = kernels._key_tables if layout == "key-tiles" else kernels._tables
     rows, cols = kernels._axes(torch.empty(1, hh, ww, 1, 16, device=DEVICE), k, d, tile, tables)
+    halo_wp = 8 if layout == "padded-rows" else 0
+    row_w = halo_wp or cols.halo
+    assert row_w > cols.halo or not halo_wp  # some padded columns
     rpb = torch.randn(2, 2 * k - 1, 2 * k - 1, generator=torch.Generator().manual_seed(3)).to(DEVICE)
-    tab, cls_h, cls_w, n_cw = halo.bias_table(rows, cols, rpb, 16, 16)
+    tab, cls_h, cls_w, n_cw = halo.bias_table(rows, cols, rpb if rpb_on else None, 16, 16, halo_wp)
     assert tab.is_contiguous() and tab.dtype == torch.float32 and n_cw == tab.shape[1]
+    assert tab.shape[2] == (2 if rpb_on else 1) and tab.shape[-1] % halo._table_align() == 0
     rel_h, rel_w = halo._rel_idx(rows).cpu(), halo._rel_idx(cols).cpu()  # inverse of slot_windows (checked there)
     tab, rpb = tab.cpu(), rpb.cpu()
     for th in range(rows.n_tiles):
         for tw in range(cols.n_tiles):
             rh, rw = rel_h[th][:, None, :, None], rel_w[tw][None, :, None, :]  # (T_h, T_w, halo_h, halo_w)
             inside = (rh >= 0) & (rw >= 0)
-            want = torch.where(inside, rpb[:, rh.clamp(min=0), rw.clamp(min=0)] * halo._LOG2E, float("-inf"))
-            got = tab[cls_h[th], cls_w[tw], :, : rows.tile * cols.tile, : rows.halo * cols.halo]
-            assert torch.equal(got, want.reshape(got.shape)), (th, tw)
-            assert (tab[cls_h[th], cls_w[tw], :, rows.tile * cols.tile :] == float("-inf")).all()
-            assert (tab[cls_h[th], cls_w[tw], :, :, rows.halo * cols.halo :] == float("-inf")).all()
+            bias = rpb[:, rh.clamp(min=0), rw.clamp(min=0)] * halo._LOG2E if rpb_on else torch.zeros(1)
+            want = torch.where(inside, bias, float("-inf"))
+            cls = tab[cls_h[th], cls_w[tw]]  # (heads, block_m, npad)
+            body = cls[:, : rows.tile * cols.tile, : rows.halo * row_w].unflatten(-1, (rows.halo, row_w))
+            assert torch.equal(body[..., : cols.halo], want.reshape(-1, *body.shape[1:-1], cols.halo)), (th, tw)
+            assert (body[..., cols.halo :] == float("-inf")).all()
+            assert (cls[:, rows.tile * cols.tile :] == float("-inf")).all()
+            assert (cls[:, :, rows.halo * row_w :] == float("-inf")).all()
     assert tab.shape[0] < rows.n_tiles or tab.shape[1] < cols.n_tiles  # border classes shared
 
 
@@ -353,16 +375,27 @@ def test_forward_launch_follows_its_loop(monkeypatch):
 
 
 def test_dq_register_cap_follows_its_loop(monkeypatch):
-    """The dq kernel's register cap applies to its row walk without rpb (where it was measured), not to the flat loop
-    of dilated maps or wide halos, nor with rpb."""
-    seen = _record_halo_bwd(monkeypatch, lambda kw: kw["dq_launch"].maxnreg)
-    q = torch.zeros(1, 56, 56, 2, 32)
-    lse = torch.zeros(1, 56, 56, 2)
+    """The dq kernel's register caps apply to its row walk (where they were measured), without rpb and with it (a
+    bias table read by rows), not to the flat loop of dilated maps or of halos wider than a step (k 11 on the 56x56
+    map's tiles; on 14x14 the halo is the map's width, which a step holds); on maps whose dq config walks a
+    table by flat chunks (``table_rows`` false: 14x14) the dq kernel with rpb does not walk rows, nor anywhere with
+    DQ_ROW_TABLE false."""
+    seen = _record_halo_bwd(monkeypatch, lambda kw: (kw["dq_launch"].maxnreg, kw["dq_rows"], kw["table"]))
     rpb = torch.zeros(2, 13, 13)
-    cap = kernels.launch_configs(56, 32)[1].caps[0]
-    for ks, dilation, bias in ((7, 1, None), (7, 2, None), (11, 1, None), (7, 1, rpb)):
-        kernels.na2d_bwd(q, q, q, q, bias, q, lse, ks, dilation, 0.2)
-    assert cap is not None and seen == [cap, None, None, None]
+    caps = kernels.launch_configs(56, 32)[1].caps
+    for side in (56, 14):
+        q = torch.zeros(1, side, side, 2, 32)
+        lse = torch.zeros(1, side, side, 2)
+        for ks, dilation, bias in ((7, 1, None), (7, 2, None), (11, 1, None), (7, 1, rpb)):
+            kernels.na2d_bwd(q, q, q, q, bias, q, lse, ks, dilation, 0.2)
+    monkeypatch.setattr(kernels, "DQ_ROW_TABLE", False)
+    kernels.na2d_bwd(q, q, q, q, rpb, q, lse, 7, 1, 0.2)
+    assert None not in caps and caps[0] != caps[1]
+    assert kernels.launch_configs(56, 32)[1].table_rows and not kernels.launch_configs(14, 32)[1].table_rows
+    small_cap = kernels.launch_configs(14, 32)[1].caps[0]
+    assert seen == [(caps[0], True, False), (None, False, False), (None, True, False), (caps[1], True, True),
+                    (small_cap, True, False), (None, False, False), (small_cap, True, False), (None, False, True),
+                    (None, False, True)]
 
 
 def test_head_split_covers_each_head_dim_with_the_fewest_columns():

@@ -465,9 +465,10 @@ def _rows_setup(k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w,
 def _rows_step(start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx, RPB, s_kh, s_vh,
                lo_h, width_h, rpb_side, HALO_H: tl.constexpr, HALO_WP: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, HAS_RPB: tl.constexpr, EVEN_QK: tl.constexpr,
-               EVEN_V: tl.constexpr, ROW_I32: tl.constexpr):
+               EVEN_V: tl.constexpr, ROW_I32: tl.constexpr, TABLE: tl.constexpr = False):
     """One step of a row-by-row walk: the keys and values of halo rows ``start_row ..`` (``kh`` points at the tile's
-    row table), their mask and bias."""
+    row table), their mask and bias. With ``TABLE``, ``RPB`` holds the rows of the program's bias table laid out by
+    padded halo rows (:func:`bias_table` with ``halo_wp``): the step's mask and bias are one aligned block of it."""
     ROWS: tl.constexpr = BLOCK_N // HALO_WP
     r_of = tl.arange(0, BLOCK_N) // HALO_WP
     hr = start_row + r_of
@@ -492,12 +493,16 @@ def _rows_step(start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok
         k_prev, v_prev = k_next, v_next
     k, k_t = _load_cols_off(kp, kp_ok, kp_t, kp_t_ok, k_off[:, None], BLOCK_TQK, EVEN_QK)
     v, v_t = _load_cols_off(vp, vp_ok, vp_t, vp_t_ok, v_off[:, None], BLOCK_TV, EVEN_V)
-    h_in = (hr[None, :] - lo_h[:, None]).to(tl.uint32, bitcast=True) < width_h.to(tl.uint32, bitcast=True)[:, None]
-    inside = h_in & w_mask
-    if HAS_RPB:
-        bias = tl.load(RPB + start_row * rpb_side + b_idx, mask=inside, other=0.0).to(tl.float32)
+    if TABLE:
+        inside = True
+        bias = tl.load(RPB[:, None] + (start_row * HALO_WP + tl.arange(0, BLOCK_N))[None, :])
     else:
-        bias = 0.0
+        h_in = (hr[None, :] - lo_h[:, None]).to(tl.uint32, bitcast=True) < width_h.to(tl.uint32, bitcast=True)[:, None]
+        inside = h_in & w_mask
+        if HAS_RPB:
+            bias = tl.load(RPB + start_row * rpb_side + b_idx, mask=inside, other=0.0).to(tl.float32)
+        else:
+            bias = 0.0
     return k, k_t, v, v_t, inside, bias
 
 
@@ -507,13 +512,14 @@ def _halo_rows_fwd(q, q_t, k_base, v_base, KH, KW, RPB, th, tw, s_kh, s_kw, s_kd
                    HALO_H: tl.constexpr, HALO_W: tl.constexpr, HALO_WP: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
                    HAS_RPB: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_QK: tl.constexpr, EVEN_V: tl.constexpr,
-                   ROW_I32: tl.constexpr):
+                   ROW_I32: tl.constexpr, TABLE: tl.constexpr = False):
     """Forward over the halo by whole rows: the halo's width padded to ``HALO_WP`` (a power of two), each step
     covers ``BLOCK_N // HALO_WP`` halo rows. Key slot n of a step is halo row ``start_row + n // HALO_WP``, column
     ``n % HALO_WP``; everything that depends on the column alone (the key column, its part of the addresses, the
     W-axis part of the mask and of the bias index) is computed once (:func:`_rows_setup`), a step adds its rows'
     (:func:`_rows_step`). Columns ``>= HALO_W`` and rows ``>= HALO_H`` read a real halo key (clamped), outside every
-    window (the windows lie in the halo)."""
+    window (the windows lie in the halo). With ``TABLE`` the mask and bias come from the bias table whose rows
+    ``RPB`` points at (the windows are then unused)."""
     ROWS: tl.constexpr = BLOCK_N // HALO_WP
     kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx = _rows_setup(
         k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w, width_w, rpb_idx, rpb_side,
@@ -523,10 +529,10 @@ def _halo_rows_fwd(q, q_t, k_base, v_base, KH, KW, RPB, th, tw, s_kh, s_kw, s_kd
     for start_row in range(0, HALO_H, ROWS):
         k, k_t, v, v_t, inside, bias = _rows_step(
             start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx, RPB, s_kh, s_vh, lo_h,
-            width_h, rpb_side, HALO_H, HALO_WP, BLOCK_N, BLOCK_TQK, BLOCK_TV, HAS_RPB, EVEN_QK, EVEN_V, ROW_I32,
+            width_h, rpb_side, HALO_H, HALO_WP, BLOCK_N, BLOCK_TQK, BLOCK_TV, HAS_RPB, EVEN_QK, EVEN_V, ROW_I32, TABLE,
         )
         m_i, l_i, acc, acc_t = _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk_scale,
-                                             BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
+                                             BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE)
     return m_i, l_i, acc, acc_t
 
 
@@ -558,14 +564,22 @@ def _halo_fwd_kernel(
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc, acc_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
-    if not (CIRCLE or TABLE) and HALO_WP > 0 and BLOCK_N >= HALO_WP:
+    if not CIRCLE and HALO_WP > 0 and BLOCK_N >= HALO_WP:
         # row by row (see _halo_rows_fwd); rpb_idx: each slot's part of the flat bias index (an int32 offset)
-        lo_h, width_h, lo_w, width_w, rpb_idx = _slot_windows(WH, WW, 0, th, tw, a_h, a_w, m_ok, rpb_side, T_H, T_W)
+        if TABLE:  # the table's rows, laid out by padded halo rows (bias_table's halo_wp)
+            NPAD: tl.constexpr = (HALO_H * HALO_WP + TABLE_ALIGN - 1) // TABLE_ALIGN * TABLE_ALIGN
+            bias_at = _table_rows(RPB, WH, WW, th, tw, rpb_side, head, heads, HAS_RPB, BLOCK_M, NPAD)
+            none = tl.zeros((BLOCK_M,), tl.int32)  # no windows: the walk reads the table (dead code on a GPU)
+            lo_h, width_h, lo_w, width_w, rpb_idx = none, none, none, none, none
+        else:
+            bias_at = RPB + head * rpb_side * rpb_side
+            lo_h, width_h, lo_w, width_w, rpb_idx = _slot_windows(WH, WW, 0, th, tw, a_h, a_w, m_ok, rpb_side, T_H,
+                                                                  T_W)
         m_i, l_i, acc, acc_t = _halo_rows_fwd(
-            q, q_t, k_base, v_base, KH, KW, RPB + head * rpb_side * rpb_side, th, tw, s_kh, s_kw, s_kd, s_vh, s_vw,
+            q, q_t, k_base, v_base, KH, KW, bias_at, th, tw, s_kh, s_kw, s_kd, s_vh, s_vw,
             s_vd, d_qk, d_v, lo_h, width_h, lo_w, width_w, rpb_idx, rpb_side, m_i, l_i, acc, acc_t, qk_scale,
             HALO_H, HALO_W, HALO_WP, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV, HAS_RPB, DOT_PRECISION,
-            EVEN_QK, EVEN_V, ROW_I32,
+            EVEN_QK, EVEN_V, ROW_I32, TABLE,
         )
     else:
         lo_h, width_h, lo_w, width_w, rpb_rows = _pair_setup(
@@ -671,6 +685,26 @@ def _halo_dq_kernel(
 
 
 @triton.jit
+def _table_grad_add(DTAB, ds, a_h, a_w, m_ok, h, w, accumulate, T_W: tl.constexpr, HALO_H: tl.constexpr,
+                    HALO_W: tl.constexpr, ADD_ATOMIC: tl.constexpr, FIRST_STORE: tl.constexpr):
+    """Add a step's score gradients ``ds`` (slots, halo slots) into the program's pair-bias gradient block, which is
+    (T_H, HALO_H, T_W, HALO_W) (see :func:`_pair_grads_to_rpb`); ``h`` and ``w`` are each halo slot's row and column
+    (slots outside the halo are skipped). How: see :func:`_dq_tile`."""
+    at = DTAB + (a_h.to(tl.int32) * (HALO_H * T_W * HALO_W) + a_w.to(tl.int32) * HALO_W)[:, None] + (
+        h * (T_W * HALO_W) + w)[None, :]
+    pair_ok = m_ok[:, None] & ((h < HALO_H) & (w < HALO_W))[None, :]
+    if ADD_ATOMIC and FIRST_STORE:
+        if accumulate:
+            tl.atomic_add(at, ds, mask=pair_ok, sem="relaxed")
+        else:  # the first image stores: no zeroed block needed
+            tl.store(at, ds, mask=pair_ok)
+    elif ADD_ATOMIC:
+        tl.atomic_add(at, ds, mask=pair_ok, sem="relaxed")
+    else:
+        tl.store(at, tl.load(at, mask=pair_ok & accumulate, other=0.0) + ds, mask=pair_ok)
+
+
+@triton.jit
 def _dq_tile(
     Q, K, V, EK, EV, DO, OUT, LSE, DELTA, RPB, DQ, DTAB, accumulate, QH, SH, KH, WH, QW, SW, KW, WW,
     s_qb, s_qh, s_qw, s_qn, s_qd, s_kb, s_kh, s_kw, s_kn, s_kd, s_vb, s_vh, s_vw, s_vn, s_vd,
@@ -703,10 +737,19 @@ def _dq_tile(
     k_base = K + b * s_kb + head * s_kn
     v_base = V + b * s_vb + head * s_vn
     dq, dq_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
-    if not (CIRCLE or TABLE) and HALO_WP > 0 and BLOCK_N >= HALO_WP:
-        # windows of the real slots only (padded ones pair with nothing, see above); rpb_idx as in the forward
+    if not CIRCLE and HALO_WP > 0 and BLOCK_N >= HALO_WP:
+        # windows of the real slots only (padded ones pair with nothing, see above); rpb_idx as in the forward; with
+        # a table (laid out by padded halo rows) neither
         ROWS: tl.constexpr = BLOCK_N // HALO_WP
-        lo_h, width_h, lo_w, width_w, rpb_idx = _slot_windows(WH, WW, 0, th, tw, a_h, a_w, real, rpb_side, T_H, T_W)
+        if TABLE:
+            NPAD: tl.constexpr = (HALO_H * HALO_WP + TABLE_ALIGN - 1) // TABLE_ALIGN * TABLE_ALIGN
+            bias_at = _table_rows(RPB, WH, WW, th, tw, rpb_side, head, heads, HAS_RPB, BLOCK_M, NPAD)
+            none = tl.zeros((BLOCK_M,), tl.int32)
+            lo_h, width_h, lo_w, width_w, rpb_idx = none, none, none, none, none
+        else:
+            bias_at = RPB + head * rpb_side * rpb_side
+            lo_h, width_h, lo_w, width_w, rpb_idx = _slot_windows(WH, WW, 0, th, tw, a_h, a_w, real, rpb_side, T_H,
+                                                                  T_W)
         kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx = _rows_setup(
             k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w, width_w, rpb_idx, rpb_side,
             HALO_W, HALO_WP, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV, HAS_RPB,
@@ -715,12 +758,16 @@ def _dq_tile(
         for start_row in range(0, HALO_H, ROWS):
             k, k_t, v, v_t, inside, bias = _rows_step(
                 start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx,
-                RPB + head * rpb_side * rpb_side, s_kh, s_vh, lo_h, width_h, rpb_side, HALO_H, HALO_WP, BLOCK_N,
-                BLOCK_TQK, BLOCK_TV, HAS_RPB, EVEN_QK, EVEN_V, ROW_I32,
+                bias_at, s_kh, s_vh, lo_h, width_h, rpb_side, HALO_H, HALO_WP, BLOCK_N,
+                BLOCK_TQK, BLOCK_TV, HAS_RPB, EVEN_QK, EVEN_V, ROW_I32, TABLE,
             )
             ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
-                            BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
+                            BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE)
             dq, dq_t = _dot_acc(ds, k, k_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
+            if TABLE_GRAD:
+                n = tl.arange(0, BLOCK_N)
+                _table_grad_add(DTAB, ds, a_h, a_w, m_ok, start_row + n // HALO_WP, n % HALO_WP, accumulate,
+                                T_W, HALO_H, HALO_W, ADD_ATOMIC, FIRST_STORE)
     else:
         lo_h, width_h, lo_w, width_w, rpb_rows = _pair_setup(
             RPB, WH, WW, th, tw, a_h, a_w, real, rpb_side, head, heads, HAS_RPB, CIRCLE, TABLE, T_H, T_W, HALO_H,
@@ -741,20 +788,10 @@ def _dq_tile(
             ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
                             BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE)
             dq, dq_t = _dot_acc(ds, k, k_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
-            if TABLE_GRAD:  # the block is (T_H, HALO_H, T_W, HALO_W), see _pair_grads_to_rpb
+            if TABLE_GRAD:
                 n = start + tl.arange(0, BLOCK_N)
-                at = DTAB + (a_h.to(tl.int32) * (HALO_H * T_W * HALO_W) + a_w.to(tl.int32) * HALO_W)[:, None] + (
-                    n // HALO_W * (T_W * HALO_W) + n % HALO_W)[None, :]
-                pair_ok = m_ok[:, None] & (n < HALO_H * HALO_W)[None, :]
-                if ADD_ATOMIC and FIRST_STORE:
-                    if accumulate:
-                        tl.atomic_add(at, ds, mask=pair_ok, sem="relaxed")
-                    else:  # the first image stores: no zeroed block needed
-                        tl.store(at, ds, mask=pair_ok)
-                elif ADD_ATOMIC:
-                    tl.atomic_add(at, ds, mask=pair_ok, sem="relaxed")
-                else:
-                    tl.store(at, tl.load(at, mask=pair_ok & accumulate, other=0.0) + ds, mask=pair_ok)
+                _table_grad_add(DTAB, ds, a_h, a_w, m_ok, n // HALO_W, n % HALO_W, accumulate, T_W, HALO_H, HALO_W,
+                                ADD_ATOMIC, FIRST_STORE)
     if HAS_EXTRA:
         ek_base = EK + b * s_eb + head * s_en
         ev_base = EV + b * s_fb + head * s_fn
@@ -981,37 +1018,40 @@ def _tile_rel(t: DeviceTables) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=128)
-def _table_mask(rows: DeviceTables, cols: DeviceTables, block_m: int, npad: int) -> torch.Tensor:
+def _table_mask(rows: DeviceTables, cols: DeviceTables, block_m: int, npad: int, row_w: int) -> torch.Tensor:
     """(Ch, Cw, 1, block_m, npad) float32: 0 where a class's (slot, halo slot) pair is in the window, -inf elsewhere
-    (tile slots past the tile and halo slots past the halo included): the bias table without rpb."""
+    (tile slots past the tile and halo slots past the halo included): the bias table without rpb, halo rows
+    ``row_w`` columns apart (see :func:`bias_table`)."""
     uh, uw = _tile_classes(rows)[0], _tile_classes(cols)[0]
     uh, uw = uh.view(-1, 1, rows.tile, 1, rows.halo, 1), uw.view(1, -1, 1, cols.tile, 1, cols.halo)
     inside = (uh >= 0) & (uw >= 0)
     n_h, n_w = inside.shape[:2]
     mask = torch.full((n_h, n_w, 1, block_m, npad), float("-inf"), device=inside.device)
-    shape = (n_h, n_w, 1, rows.tile * cols.tile, rows.halo * cols.halo)
-    mask[..., : shape[3], : shape[4]] = torch.where(inside, 0.0, float("-inf")).reshape(shape)
+    body = mask[..., : rows.halo * row_w].unflatten(-1, (rows.halo, row_w))  # a view of the halo's rows
+    shape = (n_h, n_w, 1, rows.tile * cols.tile, rows.halo, cols.halo)
+    body[..., : shape[3], :, : shape[5]] = torch.where(inside, 0.0, float("-inf")).reshape(shape)
     return mask
 
 
 @triton.jit
 def _bias_table_kernel(RPB, REL_H, REL_W, TAB, heads, n_cw, side, scale,
                        T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
-                       BLOCK_M: tl.constexpr, NPAD: tl.constexpr, BLOCK_C: tl.constexpr):
+                       BLOCK_M: tl.constexpr, NPAD: tl.constexpr, BLOCK_C: tl.constexpr, ROW_W: tl.constexpr):
     """One class pair and head of a bias table (see :func:`bias_table`), halo slots ``BLOCK_C`` at a time: the bias
     of each (slot, halo slot) pair times ``scale`` where both axes' relative indices are in the window, -inf
-    elsewhere. Grid: (classes along H x classes along W x heads, NPAD / BLOCK_C)."""
+    elsewhere. Table column n is halo row ``n // ROW_W``, column ``n % ROW_W`` (``ROW_W >= HALO_W``: columns past
+    the halo's width are -inf). Grid: (classes along H x classes along W x heads, NPAD / BLOCK_C)."""
     pid = tl.program_id(0)
     head = pid % heads
     cw = (pid // heads) % n_cw
     ch = pid // heads // n_cw
     m = tl.arange(0, BLOCK_M)
     n = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = (m < T_H * T_W)[:, None] & (n < HALO_H * HALO_W)[None, :]
-    r_h = tl.load(REL_H + ch * (T_H * HALO_H) + (m // T_W * HALO_H)[:, None] + (n // HALO_W)[None, :], mask=ok,
-                  other=-1)
-    r_w = tl.load(REL_W + cw * (T_W * HALO_W) + (m % T_W * HALO_W)[:, None] + (n % HALO_W)[None, :], mask=ok,
-                  other=-1)
+    n_h = n // ROW_W
+    n_w = n % ROW_W
+    ok = (m < T_H * T_W)[:, None] & ((n_h < HALO_H) & (n_w < HALO_W))[None, :]
+    r_h = tl.load(REL_H + ch * (T_H * HALO_H) + (m // T_W * HALO_H)[:, None] + n_h[None, :], mask=ok, other=-1)
+    r_w = tl.load(REL_W + cw * (T_W * HALO_W) + (m % T_W * HALO_W)[:, None] + n_w[None, :], mask=ok, other=-1)
     inside = (r_h >= 0) & (r_w >= 0)
     bias = tl.load(RPB + head * side * side + r_h * side + r_w, mask=inside, other=0.0).to(tl.float32) * scale
     tl.store(TAB + (pid * BLOCK_M + m)[:, None] * NPAD + n[None, :], tl.where(inside, bias, float("-inf")))
@@ -1021,29 +1061,39 @@ def _bias_table_kernel(RPB, REL_H, REL_W, TAB, heads, n_cw, side, scale,
 _TABLE_BLOCK_C = 64
 
 
-def bias_table(rows: DeviceTables, cols: DeviceTables, rpb: torch.Tensor | None, block_m: int, block_n: int):
+def _table_row_width(cols: DeviceTables, halo_wp: int) -> int:
+    """Table columns per halo row (see :func:`bias_table`): the halo's width, or ``halo_wp`` for a row walk."""
+    return halo_wp or cols.halo
+
+
+def bias_table(rows: DeviceTables, cols: DeviceTables, rpb: torch.Tensor | None, block_m: int, block_n: int,
+               halo_wp: int = 0):
     """NA's mask and bias as one float32 table per class of tiles (and head, with rpb): ``(table, class of each H
     tile, class of each W tile, number of W classes)``, or None when it would exceed ``_TABLE_MAX`` entries (many
     border classes: large dilations) or ``block_n`` does not divide its rows. ``table[..., m, n]`` is
-    ``rpb[head, b_h, b_w] * log2(e)`` (0 without rpb) for tile slot ``m`` and halo slot ``n`` of the flat halo when
-    they pair, ``-inf`` when not. Without rpb the table (the mask) is built once per map geometry; with rpb one
-    kernel (:func:`_bias_table_kernel`) gathers it from rpb at every launch, so it can never be stale."""
+    ``rpb[head, b_h, b_w] * log2(e)`` (0 without rpb) for tile slot ``m`` and halo slot ``n`` when they pair,
+    ``-inf`` when not. Halo slot n is the flat halo's (row ``n // halo_w``, column ``n % halo_w``) or, for the
+    forward's row-by-row walk (``halo_wp``, the halo's width padded to a power of two), row ``n // halo_wp``, column
+    ``n % halo_wp``: a step then reads whole aligned table rows. Without rpb the table (the mask) is built once per
+    map geometry; with rpb one kernel (:func:`_bias_table_kernel`) gathers it from rpb at every launch, so it can
+    never be stale."""
     align = _table_align()
     if align % block_n:
         return None
     heads = rpb.shape[0] if rpb is not None else 1
-    npad = _cdiv(rows.halo * cols.halo, align) * align
+    row_w = _table_row_width(cols, halo_wp)
+    npad = _cdiv(rows.halo * row_w, align) * align
     (uh, cls_h), (uw, cls_w) = _tile_classes(rows), _tile_classes(cols)
     if uh.shape[0] * uw.shape[0] * heads * block_m * npad > _TABLE_MAX:
         return None
     if rpb is None:
-        return _table_mask(rows, cols, block_m, npad), cls_h, cls_w, uw.shape[0]
+        return _table_mask(rows, cols, block_m, npad, row_w), cls_h, cls_w, uw.shape[0]
     # in base 2, as the kernels' scores (one fused multiply-add per pair); (Ch, Cw, heads, block_m, npad), contiguous
     tab = new_output((uh.shape[0], uw.shape[0], heads, block_m, npad), torch.float32, rpb.device)
     _bias_table_kernel[(uh.shape[0] * uw.shape[0] * heads, npad // _TABLE_BLOCK_C)](
         rpb.detach().contiguous(), uh, uw, tab, heads, uw.shape[0], rpb.shape[-1], _LOG2E,
         T_H=rows.tile, T_W=cols.tile, HALO_H=rows.halo, HALO_W=cols.halo, BLOCK_M=block_m, NPAD=npad,
-        BLOCK_C=_TABLE_BLOCK_C,
+        BLOCK_C=_TABLE_BLOCK_C, ROW_W=row_w,
     )
     return tab, cls_h, cls_w, uw.shape[0]
 
@@ -1109,8 +1159,9 @@ def halo_fwd(
             own.
         table: NA mode only: read each pair's mask and bias from a table per class of tiles (:func:`bias_table`)
             instead of building them per pair (when the table is not too large).
-        rows_loop: NA without a bias table: walk the halo by whole rows when a step holds at least one padded halo
-            row (:func:`_halo_rows_fwd`), else by flat chunks. The circle always walks flat chunks.
+        rows_loop: NA: walk the halo by whole rows when a step holds at least one padded halo row
+            (:func:`_halo_rows_fwd`; a bias table is then laid out by padded halo rows), else by flat chunks. The
+            circle always walks flat chunks.
 
     Returns:
         out (B, H, W, heads, Dv) contiguous in v's dtype, and lse (B, H, W, heads) float32, the base-2 logsumexp of
@@ -1125,7 +1176,12 @@ def halo_fwd(
     rpb_t = rpb.contiguous() if has_rpb else q  # placeholder, never read
     ek, ev, n_extra = _extras(q, extra_k, extra_v)
     meta = _launch_meta(q, v, rows, cols, block_n, num_warps, num_stages, maxnreg)
-    tab = bias_table(rows, cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"]) if table and circle_radius is None else None
+    walk = _rows_meta(cols.halo, q.shape[-1], v.shape[-1], rows_loop)
+    # a row walk (the kernel's test) reads its table by padded halo rows
+    halo_wp = walk["HALO_WP"] if circle_radius is None and 0 < walk["HALO_WP"] <= meta["BLOCK_N"] else 0
+    tab = None
+    if table and circle_radius is None:
+        tab = bias_table(rows, cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"], halo_wp)
     rpb_t, win_h, win_w, rpb_side = _table_args(rows, cols, rpb_t, rpb_t.shape[-1] if has_rpb else 1, tab)
     _halo_fwd_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
         q, k, v, ek, ev, out, lse, rpb_t, *rows[:3], win_h, *cols[:3], win_w,
@@ -1133,8 +1189,7 @@ def halo_fwd(
         *out.stride(), *lse.stride(),
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, scale * _LOG2E, rpb_side, (circle_radius or 0) ** 2,
         HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0, TABLE=tab is not None,
-        TABLE_ALIGN=_table_align(), ROW_I32=_row_i32(k, v),
-        **_rows_meta(cols.halo, q.shape[-1], v.shape[-1], rows_loop), **meta,
+        TABLE_ALIGN=_table_align(), ROW_I32=_row_i32(k, v), **walk, **meta,
     )
     return out, lse
 
@@ -1341,8 +1396,8 @@ def halo_bwd(
             kernel writes it), for a caller whose own kernels read it afterwards; None allocates it here.
         table: NA mode only: the dq and dk/dv kernels read each pair's mask and bias from a table per class of tiles
             (:func:`bias_table`; one for each kernel's tiles), when not too large.
-        dq_rows: NA mode without a table: the dq kernel walks the halo by whole rows, as the forward
-            (:func:`_halo_rows_fwd`), when a step holds at least one padded halo row.
+        dq_rows: NA mode: the dq kernel walks the halo by whole rows, as the forward (:func:`_halo_rows_fwd`; its
+            bias table, if any, then laid out by padded halo rows), when a step holds at least one padded halo row.
         rpb_grad: NA mode with rpb: also return d(rpb), as a sixth element, when the dq kernel reads a bias table (it
             then sums each pair's score gradients over ``images_per_program`` images, see ``TABLE_GRAD`` of
             :func:`_halo_dq_kernel`); None there when no table was built (too large), for the caller to compute.
@@ -1388,7 +1443,9 @@ def halo_bwd(
 
     cfg = _merge(dq_launch, block_n, num_warps, num_stages)
     meta = _launch_meta(q, v, rows, cols, cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.maxnreg)
-    tab = bias_table(rows, cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"]) if table and not circle else None
+    walk = _rows_meta(cols.halo, q.shape[-1], v.shape[-1], dq_rows)
+    halo_wp = walk["HALO_WP"] if not circle and 0 < walk["HALO_WP"] <= meta["BLOCK_N"] else 0  # as the forward's
+    tab = bias_table(rows, cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"], halo_wp) if table and not circle else None
     tab_t, win_h, win_w, side = _table_args(rows, cols, rpb_t, rpb_side, tab)
     n_tiles = rows.n_tiles * cols.n_tiles
     table_grad = rpb_grad and has_rpb and tab is not None
@@ -1407,8 +1464,7 @@ def halo_bwd(
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, qk_scale, scale, side, radius_sq, b, images,
         HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
         ROW_I32=_row_i32(k, v), TABLE_GRAD=table_grad, ADD_ATOMIC=table_grad and rpb_grad_sum != "store",
-        FIRST_STORE=table_grad and rpb_grad_sum == "first-store",
-        **_rows_meta(cols.halo, q.shape[-1], v.shape[-1], dq_rows), **meta,
+        FIRST_STORE=table_grad and rpb_grad_sum == "first-store", **walk, **meta,
     )
     cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)
     meta = _launch_meta(q, v, key_rows, key_cols, cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.maxnreg)

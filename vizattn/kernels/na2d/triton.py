@@ -38,7 +38,9 @@ class KernelConfig(NamedTuple):
     """Where one NA kernel runs on a GPU: its tile (queries, or keys for the dk/dv kernel, along H and W) and launch;
     for the forward, ``flat`` is the launch of its flat loop (dilated maps), ``launch`` that of its row-by-row loop
     (None: the same). ``caps``: the register caps (``maxnreg``) of the launch (the forward's row-by-row one) without
-    and with rpb. ``rpb_tile``: the tile with rpb, ``flat_tile`` the tile on dilated maps (None: ``tile``)."""
+    and with rpb. ``rpb_tile``: the tile with rpb, ``flat_tile`` the tile on dilated maps (None: ``tile``).
+    ``table_rows``: the dq kernel walks the halo by rows where it reads a bias table (else by flat chunks there; see
+    ``DQ_ROW_TABLE``)."""
 
     tile: tuple[int, int]
     launch: Launch
@@ -46,6 +48,7 @@ class KernelConfig(NamedTuple):
     caps: tuple[int | None, int | None] = (None, None)
     rpb_tile: tuple[int, int] | None = None
     flat_tile: tuple[int, int] | None = None
+    table_rows: bool = True
 
     def tile_for(self, rpb: torch.Tensor | None, dilation: int = 1) -> tuple[int, int]:
         """The tile of a call with (or without) ``rpb`` at ``dilation``."""
@@ -92,23 +95,32 @@ class KernelConfig(NamedTuple):
 # no model holds: with float32 rpb, one head -> two (H200, B64, 2026-12-01 05:18) 56x56 0.1045 -> 0.1368 ms, 28x28
 # 0.0627 -> 0.0855, 7x7 0.0150 -> 0.0200; with bfloat16 rpb 0.1048 -> 0.1005, 0.0627 -> 0.0604, 0.0153 -> 0.0131;
 # without rpb within 3%. Not kept (docs/benchmarks.md, runs of 2026-12-01 04:52-05:19).
+# The bias table by padded halo rows (FWD_ROW_TABLE, DQ_ROW_TABLE; H200, B64 unless said, bf16, rpb, CUDA-graph time,
+# 3 interleaved rounds, 2026-12-01 11:40-11:50 UTC, `.gpu/fwdtab.py`, `.gpu/bwdtab.py`). Forward, rpb gathered per
+# pair -> table at the best of the caps tried (none, 64, 80, 96, 128): 56x56 2 heads 0.1057 -> 0.1029 ms (cap 80 or
+# none), 28x28 4 heads 0.0630 -> 0.0570 (80), 14x14 8 heads 0.0310 -> 0.0270 (none), 7x7 16 heads 0.0152 -> 0.0108
+# (128), B8 128x128 4 heads 0.1364 -> 0.1300 (80); outputs within one bfloat16 step (the table holds rpb * log2(e)).
+# Backward (dq, dk/dv, d(rpb) binning), dq by flat chunks -> rows (caps none, 64-160): 56x56 0.3235 -> 0.3089 (128),
+# 28x28 0.2020 -> 0.1950 (128), B8 128x128 0.4439 -> 0.4237 (128), 7x7 0.0681 -> 0.0530 (none; B128 0.1203 ->
+# 0.0984), but 14x14 0.1190 -> 0.1193 at best (none), so that map keeps the flat walk; d(rpb) bitwise the same.
 _LARGE_MAP = (
     KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=32, num_warps=1),
-                 caps=(64, 96)),  # forward
-    KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2), caps=(64, None)),  # dq
+                 caps=(64, 80)),  # forward
+    KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2), caps=(64, 128)),  # dq
     KernelConfig((2, 8), Launch(block_n=32, num_warps=1, num_stages=2), rpb_tile=(4, 8), flat_tile=(4, 8)),  # dk/dv
 )
 _SMALL_MAP = (  # maps of 9 to 16 rows (NAT's third stage at 224 px); from CUDA-graph timings (18:30 UTC), where the
     # forward at B64 14x14 8 heads took 0.026 ms on 2x16 tiles against 0.030-0.034 on 1x16 or 2x8 (before the two
     # pipeline stages; 1x16 is now as fast without rpb and faster with it, above)
     KernelConfig((1, 16), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=16, num_warps=1),
-                 caps=(None, 96), flat_tile=(2, 16)),
-    KernelConfig((2, 16), Launch(block_n=16, num_warps=2, num_stages=2), caps=(64, None)),
+                 flat_tile=(2, 16)),
+    KernelConfig((2, 16), Launch(block_n=16, num_warps=2, num_stages=2), caps=(64, None), table_rows=False),
     KernelConfig((1, 16), Launch(block_n=32, num_warps=1, num_stages=2)),
 )
 _TINY_MAP = (  # maps of at most 8 rows (the last stage): B128 7x7 16 heads, forward 0.021 ms, dq and dk/dv 0.054 each
     # (one stage; the forward's row loop with two measured as fast, 0.029 against 0.030 ms with rpb)
-    KernelConfig((4, 8), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=16, num_warps=1)),
+    KernelConfig((4, 8), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=16, num_warps=1),
+                 caps=(None, 128)),
     KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),
     KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),
 )
@@ -166,12 +178,17 @@ def _rpb_grad_launch(dilation: int, height: int) -> tuple[str, int, int]:
 # (2026-11-29 20:59 and 21:14; per pair -> table): the backward with rpb gains (56x56 2 heads 0.872 -> 0.750 ms,
 # 28x28 4 heads 0.488 -> 0.441, 56x56 dilation 8 0.781 -> 0.701; 14x14 0.216 -> 0.221, 7x7 0.101 -> 0.104); the
 # forward with dilation 1 is fastest with the row-by-row loop (below), with dilation and rpb with the table (56x56
-# dilation 8: flat loop 0.122, rows 0.164, table 0.109). "auto" takes the table in those two cases. With RPB_GRAD
+# dilation 8: flat loop 0.122, rows 0.164, table 0.109). "auto" takes the table in those two cases, and (since
+# 2026-12-01, FWD_ROW_TABLE) in the forward with rpb at dilation 1 too, which reads it in its row walk. With RPB_GRAD
 # "dq" (the dq kernel then sums d(rpb) off the table) every backward with rpb takes it; else not that of maps of at
 # most _TINY_MAP_ROWS rows at dilation 1 (2026-11-30 20:39, profiler kernel time of the forward and backward with rpb,
 # d(rpb) by row tiles, per pair -> table: 7x7 16 heads 0.115 -> 0.126 ms, the loss of 11-29 again; 14x14 8 heads
 # 0.213 -> 0.196, 28x28 0.471 -> 0.408, 56x56 0.812 -> 0.729).
 BIAS_TABLE = "auto"
+# Whether "auto" also gives the forward with rpb at dilation 1 (its row-by-row walk) a bias table, laid out by padded
+# halo rows: a step reads whole aligned table rows instead of a masked gather from rpb per pair (measured above
+# _LARGE_MAP).
+FWD_ROW_TABLE = True
 # Whether the dq kernel walks the halo by whole rows, as the forward (NA at dilation 1 without a bias table). A row
 # walk for dq and dk/dv together measured slower at one pipeline stage (2026-11-29 21:49: 0.352 against 0.282 ms at
 # B64 56x56 2 heads, dk/dv taking 34 more registers); the dq kernel alone by rows, at two stages, is faster (H200,
@@ -180,6 +197,9 @@ BIAS_TABLE = "auto"
 # with rpb and no table 56x56 0.796 -> 0.785, 28x28 4 heads 0.487 -> 0.480 (32 keys per step: 0.231 / 0.302 without
 # rpb, but 0.845 / 0.515 with; one stage: 0.269 / 0.352; three: 0.243 / 0.317).
 DQ_ROWS = True
+# Whether the dq kernel also walks by rows where it reads a bias table (then laid out by padded halo rows; else it
+# walks flat chunks there): None per map size (KernelConfig.table_rows), True / False everywhere.
+DQ_ROW_TABLE: bool | None = None
 _BIAS_TABLE_CHOICES = ("never", "auto", "always")
 
 
@@ -190,7 +210,9 @@ def _use_table(backward: bool, rpb: torch.Tensor | None, dilation: int, height: 
                          f"{BIAS_TABLE!r}.")
     if BIAS_TABLE != "auto":
         return BIAS_TABLE == "always"
-    return rpb is not None and (dilation > 1 or (backward and (RPB_GRAD == "dq" or height > _TINY_MAP_ROWS)))
+    if not backward:
+        return rpb is not None and (dilation > 1 or FWD_ROW_TABLE)
+    return rpb is not None and (dilation > 1 or RPB_GRAD == "dq" or height > _TINY_MAP_ROWS)
 
 
 # The forward walks each tile's halo by whole rows (the row-by-row loop of the halo kernels: the key columns, their
@@ -288,7 +310,9 @@ def na2d_bwd(
     grad_out = grad_out.contiguous()
     delta = new_output(tuple(lse.shape), torch.float32, q.device)  # written by the dq kernel, read by the others
     # the register cap was measured on the row walk only (a step holding a whole padded halo row, as the forward's)
-    dq_rows = DQ_ROWS and dilation == 1
+    table = _use_table(True, rpb, dilation, q.shape[1])
+    row_table = dq_cfg.table_rows if DQ_ROW_TABLE is None else DQ_ROW_TABLE
+    dq_rows = DQ_ROWS and dilation == 1 and (row_table or not table)
     by_rows = dq_rows and _walks_rows(dilation, cols, dq_cfg.launch)
     dq_launch = dq_cfg.launch._replace(maxnreg=dq_cfg.caps[rpb is not None] if by_rows else None)
     if RPB_GRAD not in _RPB_GRAD_CHOICES:
@@ -300,8 +324,7 @@ def na2d_bwd(
     grads = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
         delta=delta, dq_launch=dq_launch, dkdv_launch=dkdv_cfg.launch,
-        table=_use_table(True, rpb, dilation, q.shape[1]),
-        dq_rows=dq_rows, rpb_grad=in_dq, rpb_grad_sum=how,
+        table=table, dq_rows=dq_rows, rpb_grad=in_dq, rpb_grad_sum=how,
         images_per_program=_images_per_program(q.shape[0], rows.n_tiles * cols.n_tiles * q.shape[3], block_bytes,
                                                programs, max_bytes) if in_dq else None,
         grads=grads,
