@@ -308,7 +308,8 @@ def test_launch_configs_follow_the_map_size_and_head_dim():
     """One-warp small tiles at head dim 32 (the measured case), by map height; wider heads keep 8x8 tiles of 4 warps
     (the one-warp programs spill there); an explicit tile replaces every kernel's tile and keeps its launch."""
     large, small, tiny, wide = (kernels.launch_configs(h, d) for h, d in ((56, 32), (14, 32), (7, 32), (56, 64)))
-    assert [c.tile for c in large] == [(2, 8), (2, 8), (2, 8)]
+    assert [c.tile for c in large] == [(8, 2), (8, 2), (2, 8)]
+    assert [c.tile_for(None, 2) for c in large] == [(2, 8), (2, 8), (4, 8)]  # dilated maps
     assert [c.tile for c in small] == [(1, 16), (2, 16), (1, 16)]
     assert large[2].rpb_tile == (4, 8) and small[0].flat_tile == (2, 16)
     assert [c.tile for c in tiny] == [(4, 8)] * 3
@@ -355,7 +356,7 @@ def test_tiles_follow_the_bias_and_the_dilation(monkeypatch):
 
 def test_forward_launch_follows_its_loop(monkeypatch):
     """The forward's row-by-row loop gets the pipelined row launch and its register cap (with and without rpb); the
-    flat loop (dilation, or a halo row wider than a step: k 11 on a 2x8 tile) keeps its own unpipelined, uncapped
+    flat loop (dilation, or a halo row wider than a step: k 17 on an 8x2 tile) keeps its own unpipelined, uncapped
     launch, under which gathered key loads are not slowed."""
     seen = []
     monkeypatch.setattr(kernels, "halo_fwd", lambda *args, **kwargs: seen.append(kwargs))
@@ -363,7 +364,7 @@ def test_forward_launch_follows_its_loop(monkeypatch):
     rpb = torch.zeros(2, 13, 13)
     fwd = kernels.launch_configs(56, 32)[0]
     rows_launch, flat_launch, caps = fwd.launch, fwd.flat, fwd.caps
-    for ks, dilation in ((7, 1), (9, 1), (7, 2), (11, 1)):
+    for ks, dilation in ((7, 1), (9, 1), (7, 2), (17, 1)):
         kernels.na2d_fwd(q, q, q, None, ks, dilation, 0.2)
     kernels.na2d_fwd(q, q, q, rpb, 7, 1, 0.2)
     got = [(kw["block_n"], kw["num_warps"], kw["num_stages"], kw["maxnreg"], kw["rows_loop"]) for kw in seen]
@@ -376,17 +377,17 @@ def test_forward_launch_follows_its_loop(monkeypatch):
 
 def test_dq_register_cap_follows_its_loop(monkeypatch):
     """The dq kernel's register caps apply to its row walk (where they were measured), without rpb and with it (a
-    bias table read by rows), not to the flat loop of dilated maps or of halos wider than a step (k 11 on the 56x56
-    map's tiles; on 14x14 the halo is the map's width, which a step holds); on maps whose dq config walks a
-    table by flat chunks (``table_rows`` false: 14x14) the dq kernel with rpb does not walk rows, nor anywhere with
-    DQ_ROW_TABLE false."""
+    bias table read by rows), not to the flat loop of dilated maps or of halos wider than a step (k 17 on the 56x56
+    map's tiles; k 11 on 14x14 walks rows: the halo is the map's width, which a step holds); on maps whose dq config
+    walks a table by flat chunks (``table_rows`` false: 14x14) the dq kernel with rpb does not walk rows, nor
+    anywhere with DQ_ROW_TABLE false."""
     seen = _record_halo_bwd(monkeypatch, lambda kw: (kw["dq_launch"].maxnreg, kw["dq_rows"], kw["table"]))
     rpb = torch.zeros(2, 13, 13)
     caps = kernels.launch_configs(56, 32)[1].caps
-    for side in (56, 14):
+    for side, wide in ((56, 17), (14, 11)):
         q = torch.zeros(1, side, side, 2, 32)
         lse = torch.zeros(1, side, side, 2)
-        for ks, dilation, bias in ((7, 1, None), (7, 2, None), (11, 1, None), (7, 1, rpb)):
+        for ks, dilation, bias in ((7, 1, None), (7, 2, None), (wide, 1, None), (7, 1, rpb)):
             kernels.na2d_bwd(q, q, q, q, bias, q, lse, ks, dilation, 0.2)
     monkeypatch.setattr(kernels, "DQ_ROW_TABLE", False)
     kernels.na2d_bwd(q, q, q, q, rpb, q, lse, 7, 1, 0.2)

@@ -103,10 +103,17 @@ class KernelConfig(NamedTuple):
 # Backward (dq, dk/dv, d(rpb) binning), dq by flat chunks -> rows (caps none, 64-160): 56x56 0.3235 -> 0.3089 (128),
 # 28x28 0.2020 -> 0.1950 (128), B8 128x128 0.4439 -> 0.4237 (128), 7x7 0.0681 -> 0.0530 (none; B128 0.1203 ->
 # 0.0984), but 14x14 0.1190 -> 0.1193 at best (none), so that map keeps the flat walk; d(rpb) bitwise the same.
+# Tiles of 8 rows x 2 columns for the forward and dq on undilated maps (same date, `.gpu/tile82.py`, `cap82.py`): at k 7
+# their halo is 14 rows of exactly 8 keys, walked in 7 steps of two rows (112 pairs per query), where 2x8 tiles walk 8
+# steps of 14 keys padded to 16 (128 pairs). Forward, 2x8 -> 8x2: B64 56x56 2 heads 0.0728 -> 0.0689 ms, with rpb
+# 0.1037 -> 0.0949, B8 128x128 4 heads 0.0947 -> 0.0898, B64 28x28 4 heads with rpb 0.0568 -> 0.0536; the backward
+# with dq on 8x2: 0.2167 -> 0.2139, 0.3114 -> 0.3009, 0.2848 -> 0.2789, 0.1959 -> 0.1897. The same caps stay best of
+# four pairs tried (none; 72/96 and 80/96; 80/128 and 96/160). On 14x14 maps 8x2 was slower (forward 0.0204 -> 0.0210,
+# backward 0.0684 -> 0.0778), and 4x4 tiles slower everywhere (forward 0.0887 at 56x56). Dilated maps keep 2x8.
 _LARGE_MAP = (
-    KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=32, num_warps=1),
-                 caps=(64, 80)),  # forward
-    KernelConfig((2, 8), Launch(block_n=16, num_warps=1, num_stages=2), caps=(64, 128)),  # dq
+    KernelConfig((8, 2), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=32, num_warps=1),
+                 caps=(64, 80), flat_tile=(2, 8)),  # forward
+    KernelConfig((8, 2), Launch(block_n=16, num_warps=1, num_stages=2), caps=(64, 128), flat_tile=(2, 8)),  # dq
     KernelConfig((2, 8), Launch(block_n=32, num_warps=1, num_stages=2), rpb_tile=(4, 8), flat_tile=(4, 8)),  # dk/dv
 )
 _SMALL_MAP = (  # maps of 9 to 16 rows (NAT's third stage at 224 px); from CUDA-graph timings (18:30 UTC), where the
