@@ -235,6 +235,27 @@ def _pair_setup(RPB, WH, WW, th, tw, a_h, a_w, slot_ok, rpb_side, head, heads, H
 
 
 @triton.jit
+def _rows_bias_setup(RPB, WH, WW, th, tw, a_h, a_w, slot_ok, rpb_side, head, heads, HAS_RPB: tl.constexpr,
+                     TABLE: tl.constexpr, T_H: tl.constexpr, T_W: tl.constexpr, HALO_H: tl.constexpr,
+                     HALO_WP: tl.constexpr, BLOCK_M: tl.constexpr, TABLE_ALIGN: tl.constexpr):
+    """Once per program of a row walk (:func:`_halo_rows_fwd`, the dq kernel's): ``(bias_at, lo_h, width_h, lo_w,
+    width_w, rpb_idx)``. With a bias table (``RPB`` the table, laid out by padded halo rows: :func:`bias_table` with
+    ``halo_wp``; ``WH`` / ``WW`` the tiles' classes) ``bias_at`` points at the program's table rows and the windows
+    are unused zeros (dead code on a GPU); else ``bias_at`` is the head's rpb and the windows those of
+    :func:`_slot_windows` (empty where ``slot_ok`` is false), ``rpb_idx`` each slot's part of the flat bias index."""
+    if TABLE:
+        NPAD: tl.constexpr = (HALO_H * HALO_WP + TABLE_ALIGN - 1) // TABLE_ALIGN * TABLE_ALIGN
+        bias_at = _table_rows(RPB, WH, WW, th, tw, rpb_side, head, heads, HAS_RPB, BLOCK_M, NPAD)
+        none = tl.zeros((BLOCK_M,), tl.int32)
+        lo_h, width_h, lo_w, width_w, rpb_idx = none, none, none, none, none
+    else:
+        bias_at = RPB + head * rpb_side * rpb_side
+        lo_h, width_h, lo_w, width_w, rpb_idx = _slot_windows(WH, WW, 0, th, tw, a_h, a_w, slot_ok, rpb_side, T_H,
+                                                              T_W)
+    return bias_at, lo_h, width_h, lo_w, width_w, rpb_idx
+
+
+@triton.jit
 def _halo_keys(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
     """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row and column, and validity."""
     n = start + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -565,16 +586,11 @@ def _halo_fwd_kernel(
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc, acc_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
     if not CIRCLE and HALO_WP > 0 and BLOCK_N >= HALO_WP:
-        # row by row (see _halo_rows_fwd); rpb_idx: each slot's part of the flat bias index (an int32 offset)
-        if TABLE:  # the table's rows, laid out by padded halo rows (bias_table's halo_wp)
-            NPAD: tl.constexpr = (HALO_H * HALO_WP + TABLE_ALIGN - 1) // TABLE_ALIGN * TABLE_ALIGN
-            bias_at = _table_rows(RPB, WH, WW, th, tw, rpb_side, head, heads, HAS_RPB, BLOCK_M, NPAD)
-            none = tl.zeros((BLOCK_M,), tl.int32)  # no windows: the walk reads the table (dead code on a GPU)
-            lo_h, width_h, lo_w, width_w, rpb_idx = none, none, none, none, none
-        else:
-            bias_at = RPB + head * rpb_side * rpb_side
-            lo_h, width_h, lo_w, width_w, rpb_idx = _slot_windows(WH, WW, 0, th, tw, a_h, a_w, m_ok, rpb_side, T_H,
-                                                                  T_W)
+        # row by row (see _halo_rows_fwd)
+        bias_at, lo_h, width_h, lo_w, width_w, rpb_idx = _rows_bias_setup(
+            RPB, WH, WW, th, tw, a_h, a_w, m_ok, rpb_side, head, heads, HAS_RPB, TABLE, T_H, T_W, HALO_H, HALO_WP,
+            BLOCK_M, TABLE_ALIGN,
+        )
         m_i, l_i, acc, acc_t = _halo_rows_fwd(
             q, q_t, k_base, v_base, KH, KW, bias_at, th, tw, s_kh, s_kw, s_kd, s_vh, s_vw,
             s_vd, d_qk, d_v, lo_h, width_h, lo_w, width_w, rpb_idx, rpb_side, m_i, l_i, acc, acc_t, qk_scale,
@@ -738,18 +754,12 @@ def _dq_tile(
     v_base = V + b * s_vb + head * s_vn
     dq, dq_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     if not CIRCLE and HALO_WP > 0 and BLOCK_N >= HALO_WP:
-        # windows of the real slots only (padded ones pair with nothing, see above); rpb_idx as in the forward; with
-        # a table (laid out by padded halo rows) neither
+        # windows of the real slots only (padded ones pair with nothing, see above)
         ROWS: tl.constexpr = BLOCK_N // HALO_WP
-        if TABLE:
-            NPAD: tl.constexpr = (HALO_H * HALO_WP + TABLE_ALIGN - 1) // TABLE_ALIGN * TABLE_ALIGN
-            bias_at = _table_rows(RPB, WH, WW, th, tw, rpb_side, head, heads, HAS_RPB, BLOCK_M, NPAD)
-            none = tl.zeros((BLOCK_M,), tl.int32)
-            lo_h, width_h, lo_w, width_w, rpb_idx = none, none, none, none, none
-        else:
-            bias_at = RPB + head * rpb_side * rpb_side
-            lo_h, width_h, lo_w, width_w, rpb_idx = _slot_windows(WH, WW, 0, th, tw, a_h, a_w, real, rpb_side, T_H,
-                                                                  T_W)
+        bias_at, lo_h, width_h, lo_w, width_w, rpb_idx = _rows_bias_setup(
+            RPB, WH, WW, th, tw, a_h, a_w, real, rpb_side, head, heads, HAS_RPB, TABLE, T_H, T_W, HALO_H, HALO_WP,
+            BLOCK_M, TABLE_ALIGN,
+        )
         kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx = _rows_setup(
             k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w, width_w, rpb_idx, rpb_side,
             HALO_W, HALO_WP, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV, HAS_RPB,
