@@ -169,6 +169,54 @@ def test_dq_by_halo_rows_matches_reference(monkeypatch, hh, ww, k, d, tile, rpb_
         assert torch.equal(ours, theirs)  # dk, dv: the same kernel either way
 
 
+DKDV_ROWS_CASES = [  # (H, W, k, tile): undilated maps, key tiles of several shapes, odd halos
+    (15, 14, 13, (4, 8)),  # border keys seen by 19 queries along each axis
+    (7, 6, 5, (1, 1)),
+    (11, 13, 3, (8, 2)),
+    (12, 9, 4, (2, 16)),  # even kernel
+]
+
+
+@pytest.mark.parametrize("block_n", [None, 16, 32])
+@pytest.mark.parametrize("masks", ["never", "always"])
+@pytest.mark.parametrize("rpb_on", [True, False], ids=["rpb", "norpb"])
+@pytest.mark.parametrize("hh,ww,k,tile", DKDV_ROWS_CASES, ids=[f"{c[0]}x{c[1]}-k{c[2]}" for c in DKDV_ROWS_CASES])
+def test_dkdv_by_halo_rows_matches_reference(monkeypatch, hh, ww, k, tile, rpb_on, masks, block_n):
+    """The dk/dv kernel's row-by-row walk of its query halo (DKDV_ROWS), with the mask and bias built per pair (a
+    falling relative index: key tiles) or read from a bias table by padded rows, at the interpreter's key block and
+    at the GPU's (one or two padded halo rows per step, halos of a height that is not a multiple of them): dk, dv and
+    d(rpb) against the float64 reference, and dk, dv equal to the flat walk's."""
+    import vizattn.kernels._halo2d.triton as halo
+
+    g = torch.Generator().manual_seed(21)
+    q, kk, v, grad = (torch.randn(1, hh, ww, 2, 16, generator=g).to(DEVICE) for _ in range(4))
+    rpb = torch.randn(2, 2 * k - 1, 2 * k - 1, generator=g).to(DEVICE) if rpb_on else None
+    monkeypatch.setattr(kernels, "BIAS_TABLE", masks)
+    monkeypatch.setattr(kernels, "DQ_ROWS", False)  # so that every row step below is the dk/dv kernel's
+    if block_n is not None:
+        monkeypatch.setattr(halo, "_BLOCK_N_INTERPRET", block_n)
+    halo._cached_meta.cache_clear()
+    try:
+        out, lse = kernels.na2d_fwd(q, kk, v, rpb, k, 1, 0.3, tile=tile)
+        flat = kernels.na2d_bwd(grad, q, kk, v, rpb, out, lse, k, 1, 0.3, tile=tile)
+        steps = count_device_calls(monkeypatch, halo, "_rows_step")
+        monkeypatch.setattr(kernels, "DKDV_ROWS", True)
+        grads = kernels.na2d_bwd(grad, q, kk, v, rpb, out, lse, k, 1, 0.3, tile=tile)
+    finally:
+        halo._cached_meta.cache_clear()
+    assert ON_GPU or steps
+    leaves = [t.double().requires_grad_() for t in (q, kk, v)] + ([rpb.double().requires_grad_()] if rpb_on else [])
+    ref = na2d_reference(*leaves[:3], k, 1, leaves[3] if rpb_on else None, 0.3)
+    ref.backward(grad.double())
+    l2_tol, max_tol = ATTN_TOL[torch.float32]
+    names = ["dq", "dk", "dv", "drpb"][: len(leaves)]
+    for name, ours, leaf in zip(names, grads, leaves):
+        l2, mx = rel_errors(ours, leaf.grad)
+        assert torch.isfinite(ours).all() and l2 < l2_tol and mx < max_tol, f"{name}: rel L2 {l2:.2e}, max {mx:.2e}"
+    for ours, theirs in zip(grads[1:3], flat[1:3]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 MASK_CASES = [(*c, m) for c in TILE_CASES[1:4] for m in ("never", "always", "dq-row-table")] + [
     (*TILE_CASES[1], "table-too-large")
 ]

@@ -465,10 +465,11 @@ def _row_offset(k_row, stride, ROW_I32: tl.constexpr):
 def _rows_setup(k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w, width_w, rpb_idx, rpb_side,
                 HALO_W: tl.constexpr, HALO_WP: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
-                HAS_RPB: tl.constexpr):
+                HAS_RPB: tl.constexpr, KEY_TILE: tl.constexpr = False):
     """Once per program of a row-by-row walk (see :func:`_halo_rows_fwd`): the key and value column pointers of a
     step's slots (:func:`_cols_ptrs`), the W-axis part of the mask (each slot pair's window test) and the bias index
-    less the step's first row."""
+    less the step's first row. ``KEY_TILE``: the program owns keys and walks the halo of queries that see them (the
+    dk/dv kernel: ``k_base`` / ``v_base`` are q's and dO's); the relative index then falls as the halo slot grows."""
     j = tl.arange(0, BLOCK_N)
     r_of = j // HALO_WP
     c_of = j % HALO_WP
@@ -478,40 +479,54 @@ def _rows_setup(k_base, v_base, KW, tw, s_kw, s_kd, s_vw, s_vd, d_qk, d_v, lo_w,
     w_mask = (c_of[None, :] - lo_w[:, None]).to(tl.uint32, bitcast=True) < width_w.to(tl.uint32, bitcast=True)[:, None]
     b_idx = 0
     if HAS_RPB:
-        b_idx = rpb_idx[:, None] + (r_of * rpb_side + c_of)[None, :]  # the bias index less the step's first row
+        c = r_of * rpb_side + c_of
+        if KEY_TILE:
+            c = -c
+        b_idx = rpb_idx[:, None] + c[None, :]  # the bias index less the step's first row
     return kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx
+
+
+@triton.jit
+def _step_offsets(kh, start_row, s_a, s_b, HALO_H: tl.constexpr, HALO_WP: tl.constexpr, BLOCK_N: tl.constexpr,
+                  ROW_I32: tl.constexpr):
+    """A row walk's step (halo rows ``start_row ..``, ``kh`` the tile's row table): each slot's row offset in two
+    tensors of row strides ``s_a`` and ``s_b``, (BLOCK_N,) int64 each."""
+    ROWS: tl.constexpr = BLOCK_N // HALO_WP
+    r_of = tl.arange(0, BLOCK_N) // HALO_WP
+    # one scalar table load per halo row, spread over the slots by their row in the step (known per register at
+    # compile time, so the products by 0/1 fold away; a select instead of them loses the alignment of the addresses,
+    # and with it the vector loads)
+    row = tl.load(kh + start_row)
+    a_prev = _row_offset(row, s_a, ROW_I32)
+    b_prev = _row_offset(row, s_b, ROW_I32)
+    a_off = tl.zeros((BLOCK_N,), tl.int64) + a_prev
+    b_off = tl.zeros((BLOCK_N,), tl.int64) + b_prev
+    for i in tl.static_range(1, ROWS):
+        if HALO_H % ROWS != 0:
+            row = tl.load(kh + tl.minimum(start_row + i, HALO_H - 1))
+        else:
+            row = tl.load(kh + start_row + i)
+        a_next = _row_offset(row, s_a, ROW_I32)
+        b_next = _row_offset(row, s_b, ROW_I32)
+        step = (r_of >= i).to(tl.int64)
+        a_off += step * (a_next - a_prev)
+        b_off += step * (b_next - b_prev)
+        a_prev, b_prev = a_next, b_next
+    return a_off, b_off
 
 
 @triton.jit
 def _rows_step(start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx, RPB, s_kh, s_vh,
                lo_h, width_h, rpb_side, HALO_H: tl.constexpr, HALO_WP: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, HAS_RPB: tl.constexpr, EVEN_QK: tl.constexpr,
-               EVEN_V: tl.constexpr, ROW_I32: tl.constexpr, TABLE: tl.constexpr = False):
+               EVEN_V: tl.constexpr, ROW_I32: tl.constexpr, TABLE: tl.constexpr = False,
+               KEY_TILE: tl.constexpr = False):
     """One step of a row-by-row walk: the keys and values of halo rows ``start_row ..`` (``kh`` points at the tile's
-    row table), their mask and bias. With ``TABLE``, ``RPB`` holds the rows of the program's bias table laid out by
-    padded halo rows (:func:`bias_table` with ``halo_wp``): the step's mask and bias are one aligned block of it."""
-    ROWS: tl.constexpr = BLOCK_N // HALO_WP
-    r_of = tl.arange(0, BLOCK_N) // HALO_WP
-    hr = start_row + r_of
-    # the step's key rows: one scalar table load per halo row, spread over the key slots by their row in the step
-    # (known per register at compile time, so the products by 0/1 fold away; a select instead of them loses the
-    # alignment of the addresses, and with it the vector loads)
-    k_row = tl.load(kh + start_row)
-    k_prev = _row_offset(k_row, s_kh, ROW_I32)
-    v_prev = _row_offset(k_row, s_vh, ROW_I32)
-    k_off = tl.zeros((BLOCK_N,), tl.int64) + k_prev
-    v_off = tl.zeros((BLOCK_N,), tl.int64) + v_prev
-    for i in tl.static_range(1, ROWS):
-        if HALO_H % ROWS != 0:
-            k_row = tl.load(kh + tl.minimum(start_row + i, HALO_H - 1))
-        else:
-            k_row = tl.load(kh + start_row + i)
-        k_next = _row_offset(k_row, s_kh, ROW_I32)
-        v_next = _row_offset(k_row, s_vh, ROW_I32)
-        step = (r_of >= i).to(tl.int64)
-        k_off += step * (k_next - k_prev)
-        v_off += step * (v_next - v_prev)
-        k_prev, v_prev = k_next, v_next
+    row table), their mask and bias (in the dk/dv kernel, ``KEY_TILE``: the queries and dO of the query halo; see
+    :func:`_rows_setup`). With ``TABLE``, ``RPB`` holds the rows of the program's bias table laid out by padded halo
+    rows (:func:`bias_table` with ``halo_wp``): the step's mask and bias are one aligned block of it."""
+    hr = start_row + tl.arange(0, BLOCK_N) // HALO_WP
+    k_off, v_off = _step_offsets(kh, start_row, s_kh, s_vh, HALO_H, HALO_WP, BLOCK_N, ROW_I32)
     k, k_t = _load_cols_off(kp, kp_ok, kp_t, kp_t_ok, k_off[:, None], BLOCK_TQK, EVEN_QK)
     v, v_t = _load_cols_off(vp, vp_ok, vp_t, vp_t_ok, v_off[:, None], BLOCK_TV, EVEN_V)
     if TABLE:
@@ -521,7 +536,10 @@ def _rows_step(start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok
         h_in = (hr[None, :] - lo_h[:, None]).to(tl.uint32, bitcast=True) < width_h.to(tl.uint32, bitcast=True)[:, None]
         inside = h_in & w_mask
         if HAS_RPB:
-            bias = tl.load(RPB + start_row * rpb_side + b_idx, mask=inside, other=0.0).to(tl.float32)
+            first = start_row * rpb_side
+            if KEY_TILE:
+                first = -first
+            bias = tl.load(RPB + first + b_idx, mask=inside, other=0.0).to(tl.float32)
         else:
             bias = 0.0
     return k, k_t, v, v_t, inside, bias
@@ -833,9 +851,13 @@ def _halo_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, DOT_PRECISION: tl.constexpr, TABLE: tl.constexpr = False,
-    TABLE_ALIGN: tl.constexpr = 64,
+    TABLE_ALIGN: tl.constexpr = 64, HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False,
+    EVEN_V: tl.constexpr = False, ROW_I32: tl.constexpr = False,
 ):
-    """Key-centric: dk, dv of one key tile, over the halo of the queries that see its keys (key-tile tables)."""
+    """Key-centric: dk, dv of one key tile, over the halo of the queries that see its keys (key-tile tables). NA with
+    ``HALO_WP`` (the query halo's width padded to a power of two) at most ``BLOCK_N``: the halo is walked by whole
+    rows, as the forward walks its key halo (:func:`_rows_setup`, :func:`_rows_step` with ``KEY_TILE``; a bias table
+    is then laid out by padded halo rows); else by flat chunks."""
     th, tw, b, head = _program_coords(n_tw, heads)
     # The key tile plays the query tile's part of the forward: _halo_keys and _pair_mask give (key slot, halo query)
     # pairs. In NA a key slot's window is the run of halo queries that see the key, and the pair's relative index (the
@@ -846,32 +868,58 @@ def _halo_dkdv_kernel(
     q_base = Q + b * s_qb + head * s_qn
     do_base = DO + b * s_gb + head * s_gn
     stat_base = b * s_lb + head * s_ln
-    # with a table: (key slot, halo query) pairs, -inf outside the window and past the halo's end (lse read as 0)
-    lo_h, width_h, lo_w, width_w, rpb_rows = _pair_setup(
-        RPB, WH, WW, th, tw, a_h, a_w, m_ok, rpb_side, head, heads, HAS_RPB, CIRCLE, TABLE, T_H, T_W, HALO_H, HALO_W,
-        BLOCK_M, TABLE_ALIGN,
-    )
-
     dk, dk_t = _zeros_cols(BLOCK_M, BLOCK_DQK, BLOCK_TQK)
     dv, dv_t = _zeros_cols(BLOCK_M, BLOCK_DV, BLOCK_TV)
-    for start in range(0, HALO_H * HALO_W, BLOCK_N):
-        q_row, q_col, n_ok = _halo_keys(QKH, QKW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
-        if TABLE:
-            inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
-        elif not (CIRCLE or HAS_RPB):  # NA without bias: before the loads (sm_90, 14x14: 96 against 122 registers)
-            inside, bias = _pair_mask(rpb_rows, row, col, q_row, q_col, m_ok, n_ok, lo_h, width_h, lo_w, width_w,
-                                      start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
-        q, q_t = _load_cols(q_base + q_row * s_qh + q_col * s_qw, n_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
-        do, do_t = _load_cols(do_base + q_row * s_gh + q_col * s_gw, n_ok, s_gd, d_v, BLOCK_DV, BLOCK_TV)
-        stat = stat_base + q_row * s_lh + q_col * s_lw
-        lse = tl.load(LSE + stat, mask=n_ok, other=0.0)
-        delta = tl.load(DELTA + stat, mask=n_ok, other=0.0)
-        if (CIRCLE or HAS_RPB) and not TABLE:
-            inside, bias = _pair_mask(rpb_rows, row, col, q_row, q_col, m_ok, n_ok, lo_h, width_h, lo_w, width_w,
-                                      start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
-        dk, dk_t, dv, dv_t = _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside,
-                                            dk, dk_t, dv, dv_t, qk_scale, True, BLOCK_TQK, BLOCK_TV, DOT_PRECISION,
-                                            TABLE)
+    if not CIRCLE and HALO_WP > 0 and BLOCK_N >= HALO_WP:
+        # row by row: slots past the halo's width or height hold real (clamped) queries, outside every window
+        ROWS: tl.constexpr = BLOCK_N // HALO_WP
+        bias_at, lo_h, width_h, lo_w, width_w, rpb_idx = _rows_bias_setup(
+            RPB, WH, WW, th, tw, a_h, a_w, m_ok, rpb_side, head, heads, HAS_RPB, TABLE, T_H, T_W, HALO_H, HALO_WP,
+            BLOCK_M, TABLE_ALIGN,
+        )
+        qp, qp_ok, qp_t, qp_t_ok, gp, gp_ok, gp_t, gp_t_ok, w_mask, b_idx = _rows_setup(
+            q_base, do_base, QKW, tw, s_qw, s_qd, s_gw, s_gd, d_qk, d_v, lo_w, width_w, rpb_idx, rpb_side,
+            HALO_W, HALO_WP, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV, HAS_RPB, True,
+        )
+        q_col = tl.load(QKW + tw * HALO_W + tl.minimum(tl.arange(0, BLOCK_N) % HALO_WP, HALO_W - 1)).to(tl.int64)
+        stat_cols = stat_base + q_col * s_lw
+        kh = QKH + th * HALO_H
+        for start_row in range(0, HALO_H, ROWS):
+            q, q_t, do, do_t, inside, bias = _rows_step(
+                start_row, kh, qp, qp_ok, qp_t, qp_t_ok, gp, gp_ok, gp_t, gp_t_ok, w_mask, b_idx, bias_at, s_qh,
+                s_gh, lo_h, width_h, rpb_side, HALO_H, HALO_WP, BLOCK_N, BLOCK_TQK, BLOCK_TV, HAS_RPB, EVEN_QK,
+                EVEN_V, ROW_I32, TABLE, True,
+            )
+            stat, _ = _step_offsets(kh, start_row, s_lh, s_lh, HALO_H, HALO_WP, BLOCK_N, ROW_I32)
+            lse = tl.load(LSE + stat_cols + stat)
+            delta = tl.load(DELTA + stat_cols + stat)
+            dk, dk_t, dv, dv_t = _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside,
+                                                dk, dk_t, dv, dv_t, qk_scale, HAS_RPB or TABLE, BLOCK_TQK, BLOCK_TV,
+                                                DOT_PRECISION, TABLE)
+    else:
+        # with a table: (key slot, halo query) pairs, -inf outside the window and past the halo's end (lse read as 0)
+        lo_h, width_h, lo_w, width_w, rpb_rows = _pair_setup(
+            RPB, WH, WW, th, tw, a_h, a_w, m_ok, rpb_side, head, heads, HAS_RPB, CIRCLE, TABLE, T_H, T_W, HALO_H,
+            HALO_W, BLOCK_M, TABLE_ALIGN,
+        )
+        for start in range(0, HALO_H * HALO_W, BLOCK_N):
+            q_row, q_col, n_ok = _halo_keys(QKH, QKW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
+            if TABLE:
+                inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
+            elif not (CIRCLE or HAS_RPB):  # NA without bias: before the loads (sm_90, 14x14: 96 against 122 regs)
+                inside, bias = _pair_mask(rpb_rows, row, col, q_row, q_col, m_ok, n_ok, lo_h, width_h, lo_w,
+                                          width_w, start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
+            q, q_t = _load_cols(q_base + q_row * s_qh + q_col * s_qw, n_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
+            do, do_t = _load_cols(do_base + q_row * s_gh + q_col * s_gw, n_ok, s_gd, d_v, BLOCK_DV, BLOCK_TV)
+            stat = stat_base + q_row * s_lh + q_col * s_lw
+            lse = tl.load(LSE + stat, mask=n_ok, other=0.0)
+            delta = tl.load(DELTA + stat, mask=n_ok, other=0.0)
+            if (CIRCLE or HAS_RPB) and not TABLE:
+                inside, bias = _pair_mask(rpb_rows, row, col, q_row, q_col, m_ok, n_ok, lo_h, width_h, lo_w,
+                                          width_w, start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
+            dk, dk_t, dv, dv_t = _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside,
+                                                dk, dk_t, dv, dv_t, qk_scale, True, BLOCK_TQK, BLOCK_TV,
+                                                DOT_PRECISION, TABLE)
     _store_cols(DK + b * s_dkb + head * s_dkn + row * s_dkh + col * s_dkw, real, s_dkd, d_qk,
                 dk * scale, dk_t * scale, BLOCK_DQK, BLOCK_TQK)
     _store_cols(DV + b * s_dvb + head * s_dvn + row * s_dvh + col * s_dvw, real, s_dvd, d_v,
@@ -1380,6 +1428,7 @@ def halo_bwd(
     delta: torch.Tensor | None = None,
     table: bool = False,
     dq_rows: bool = False,
+    dkdv_rows: bool = False,
     rpb_grad: bool = False,
     rpb_grad_sum: str = "store",
     images_per_program: int | None = None,
@@ -1408,6 +1457,7 @@ def halo_bwd(
             (:func:`bias_table`; one for each kernel's tiles), when not too large.
         dq_rows: NA mode: the dq kernel walks the halo by whole rows, as the forward (:func:`_halo_rows_fwd`; its
             bias table, if any, then laid out by padded halo rows), when a step holds at least one padded halo row.
+        dkdv_rows: NA mode: the dk/dv kernel walks its halo of queries by whole rows likewise.
         rpb_grad: NA mode with rpb: also return d(rpb), as a sixth element, when the dq kernel reads a bias table (it
             then sums each pair's score gradients over ``images_per_program`` images, see ``TABLE_GRAD`` of
             :func:`_halo_dq_kernel`); None there when no table was built (too large), for the caller to compute.
@@ -1478,13 +1528,18 @@ def halo_bwd(
     )
     cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)
     meta = _launch_meta(q, v, key_rows, key_cols, cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.maxnreg)
-    tab = bias_table(key_rows, key_cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"]) if table and not circle else None
+    walk = _rows_meta(key_cols.halo, q.shape[-1], v.shape[-1], dkdv_rows and not circle)
+    halo_wp = walk["HALO_WP"] if 0 < walk["HALO_WP"] <= meta["BLOCK_N"] else 0  # as the kernel's test
+    tab = None
+    if table and not circle:
+        tab = bias_table(key_rows, key_cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"], halo_wp)
     tab_t, win_h, win_w, side = _table_args(key_rows, key_cols, rpb_t, rpb_side, tab)
     _halo_dkdv_kernel[(key_rows.n_tiles * key_cols.n_tiles, b * heads)](
         q, k, v, grad_out, lse, delta, tab_t, dk, dv, *key_rows[:3], win_h, *key_cols[:3], win_w,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride(), *dk.stride(), *dv.stride(),
         heads, key_cols.n_tiles, q.shape[-1], v.shape[-1], qk_scale, scale, side, radius_sq,
-        HAS_RPB=has_rpb, CIRCLE=circle, TABLE=tab is not None, TABLE_ALIGN=_table_align(), **meta,
+        HAS_RPB=has_rpb, CIRCLE=circle, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
+        ROW_I32=_row_i32(q, grad_out) and _row_i32(lse, delta), **walk, **meta,
     )
     if extra_k is None:
         d_extra = (None, None)

@@ -204,6 +204,10 @@ FWD_ROW_TABLE = True
 # with rpb and no table 56x56 0.796 -> 0.785, 28x28 4 heads 0.487 -> 0.480 (32 keys per step: 0.231 / 0.302 without
 # rpb, but 0.845 / 0.515 with; one stage: 0.269 / 0.352; three: 0.243 / 0.317).
 DQ_ROWS = True
+# Whether the dk/dv kernel walks its halo of queries by whole rows on undilated maps (as the forward and dq walk their
+# key halos; a bias table then laid out by padded halo rows) instead of flat chunks. Not measured on a GPU yet (written
+# 2026-12-01 without device time left): off.
+DKDV_ROWS = False
 # Whether the dq kernel also walks by rows where it reads a bias table (then laid out by padded halo rows; else it
 # walks flat chunks there): None per map size (KernelConfig.table_rows), True / False everywhere.
 DQ_ROW_TABLE: bool | None = None
@@ -331,7 +335,7 @@ def na2d_bwd(
     grads = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
         delta=delta, dq_launch=dq_launch, dkdv_launch=dkdv_cfg.launch,
-        table=table, dq_rows=dq_rows, rpb_grad=in_dq, rpb_grad_sum=how,
+        table=table, dq_rows=dq_rows, dkdv_rows=DKDV_ROWS and dilation == 1, rpb_grad=in_dq, rpb_grad_sum=how,
         images_per_program=_images_per_program(q.shape[0], rows.n_tiles * cols.n_tiles * q.shape[3], block_bytes,
                                                programs, max_bytes) if in_dq else None,
         grads=grads,
