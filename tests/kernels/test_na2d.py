@@ -193,6 +193,7 @@ def test_dkdv_by_halo_rows_matches_reference(monkeypatch, hh, ww, k, tile, rpb_o
     rpb = torch.randn(2, 2 * k - 1, 2 * k - 1, generator=g).to(DEVICE) if rpb_on else None
     monkeypatch.setattr(kernels, "BIAS_TABLE", masks)
     monkeypatch.setattr(kernels, "DQ_ROWS", False)  # so that every row step below is the dk/dv kernel's
+    monkeypatch.setattr(kernels, "DKDV_ROWS", False)
     if block_n is not None:
         monkeypatch.setattr(halo, "_BLOCK_N_INTERPRET", block_n)
     halo._cached_meta.cache_clear()
@@ -445,6 +446,47 @@ def test_dq_register_cap_follows_its_loop(monkeypatch):
     assert seen == [(caps[0], True, False), (None, False, False), (None, True, False), (caps[1], True, True),
                     (small_cap, True, False), (None, False, False), (small_cap, True, False), (None, False, True),
                     (None, False, True)]
+
+
+def test_dkdv_row_walk_where_it_pads_no_more_than_flat_chunks(monkeypatch):
+    """DKDV_ROWS None: the dk/dv kernel walks its query halo by rows (at its map's row launch) where the rows pad it to
+    no more pairs than the flat chunks. k 7, head dim 32, by hand: 2x8 key tiles on 28 rows have an 11x15 halo (rows
+    of 16, two per 32-query step: 6 steps, 192 pairs; flat 165 -> 192), 4x8 ones with rpb 11x15 too (four rows per
+    64-query step: 192), 1x16 on 14x14 10x14 (160; flat 140 -> 160), 4x8 on 7x7 7x7 (8 rows of 8 in one 64-query
+    step; flat 49 -> 64 in 16s); on 56 and 128 rows the halo is 11x14 (192 against 160: flat). Never dilated nor at
+    head dims over 32 (no row launch); True walks rows everywhere undilated, False nowhere."""
+    seen = _record_halo_bwd(monkeypatch, lambda kw: (kw["dkdv_rows"], kw["dkdv_launch"]))
+    expected = {(28, False): True, (28, True): True, (56, False): False, (56, True): False, (128, False): False,
+                (128, True): False, (14, False): True, (14, True): True, (7, False): True, (7, True): True}
+    got = {}
+    for (side, with_rpb) in expected:
+        q = torch.zeros(1, side, side, 2, 32)
+        lse = torch.zeros(1, side, side, 2)
+        kernels.na2d_bwd(q, q, q, q, torch.zeros(2, 13, 13) if with_rpb else None, q, lse, 7, 1, 0.2)
+        rows, launch = seen[-1]
+        cfg = kernels.launch_configs(side, 32)[2]
+        assert launch == (cfg.key_rows[with_rpb] if rows else cfg.launch), (side, with_rpb, launch)
+        got[(side, with_rpb)] = rows
+    assert got == expected
+    large_rows = kernels.launch_configs(28, 32)[2].key_rows
+    assert (large_rows[0].block_n, large_rows[0].maxnreg, large_rows[1].block_n, large_rows[1].maxnreg) == (
+        32, 128, 64, None)
+    q, lse = torch.zeros(1, 28, 28, 2, 32), torch.zeros(1, 28, 28, 2)
+    kernels.na2d_bwd(q, q, q, q, None, q, lse, 7, 2, 0.2)
+    assert seen[-1] == (False, kernels.launch_configs(28, 32)[2].launch)
+    wide = torch.zeros(1, 28, 28, 2, 64)
+    kernels.na2d_bwd(wide, wide, wide, wide, None, wide, lse, 7, 1, 0.2)
+    assert seen[-1] == (False, kernels.launch_configs(28, 64)[2].launch)
+    monkeypatch.setattr(kernels, "DKDV_ROWS", True)
+    q, lse = torch.zeros(1, 56, 56, 2, 32), torch.zeros(1, 56, 56, 2)
+    kernels.na2d_bwd(q, q, q, q, None, q, lse, 7, 1, 0.2)
+    assert seen[-1] == (True, kernels.launch_configs(56, 32)[2].key_rows[0])
+    kernels.na2d_bwd(q, q, q, q, None, q, lse, 7, 2, 0.2)
+    assert seen[-1][0] is False
+    monkeypatch.setattr(kernels, "DKDV_ROWS", False)
+    q, lse = torch.zeros(1, 28, 28, 2, 32), torch.zeros(1, 28, 28, 2)
+    kernels.na2d_bwd(q, q, q, q, None, q, lse, 7, 1, 0.2)
+    assert seen[-1] == (False, kernels.launch_configs(28, 32)[2].launch)
 
 
 def test_head_split_covers_each_head_dim_with_the_fewest_columns():

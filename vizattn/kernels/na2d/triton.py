@@ -40,7 +40,8 @@ class KernelConfig(NamedTuple):
     (None: the same). ``caps``: the register caps (``maxnreg``) of the launch (the forward's row-by-row one) without
     and with rpb. ``rpb_tile``: the tile with rpb, ``flat_tile`` the tile on dilated maps (None: ``tile``).
     ``table_rows``: the dq kernel walks the halo by rows where it reads a bias table (else by flat chunks there; see
-    ``DQ_ROW_TABLE``)."""
+    ``DQ_ROW_TABLE``). ``key_rows``: the dk/dv kernel's launches (``launch`` is its flat walk's) for a walk of its
+    query halo by whole rows, without and with rpb; None: flat only (see ``DKDV_ROWS``)."""
 
     tile: tuple[int, int]
     launch: Launch
@@ -49,6 +50,7 @@ class KernelConfig(NamedTuple):
     rpb_tile: tuple[int, int] | None = None
     flat_tile: tuple[int, int] | None = None
     table_rows: bool = True
+    key_rows: tuple[Launch | None, Launch | None] = (None, None)
 
     def tile_for(self, rpb: torch.Tensor | None, dilation: int = 1) -> tuple[int, int]:
         """The tile of a call with (or without) ``rpb`` at ``dilation``."""
@@ -114,7 +116,9 @@ _LARGE_MAP = (
     KernelConfig((8, 2), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=32, num_warps=1),
                  caps=(64, 80), flat_tile=(2, 8)),  # forward
     KernelConfig((8, 2), Launch(block_n=16, num_warps=1, num_stages=2), caps=(64, 128), flat_tile=(2, 8)),  # dq
-    KernelConfig((2, 8), Launch(block_n=32, num_warps=1, num_stages=2), rpb_tile=(4, 8), flat_tile=(4, 8)),  # dk/dv
+    KernelConfig((2, 8), Launch(block_n=32, num_warps=1, num_stages=2), rpb_tile=(4, 8), flat_tile=(4, 8),
+                 key_rows=(Launch(block_n=32, num_warps=1, num_stages=2, maxnreg=128),
+                           Launch(block_n=64, num_warps=1, num_stages=2))),  # dk/dv
 )
 _SMALL_MAP = (  # maps of 9 to 16 rows (NAT's third stage at 224 px); from CUDA-graph timings (18:30 UTC), where the
     # forward at B64 14x14 8 heads took 0.026 ms on 2x16 tiles against 0.030-0.034 on 1x16 or 2x8 (before the two
@@ -122,14 +126,15 @@ _SMALL_MAP = (  # maps of 9 to 16 rows (NAT's third stage at 224 px); from CUDA-
     KernelConfig((1, 16), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=16, num_warps=1),
                  flat_tile=(2, 16)),
     KernelConfig((2, 16), Launch(block_n=16, num_warps=2, num_stages=2), caps=(64, None), table_rows=False),
-    KernelConfig((1, 16), Launch(block_n=32, num_warps=1, num_stages=2)),
+    KernelConfig((1, 16), Launch(block_n=32, num_warps=1, num_stages=2),
+                 key_rows=(Launch(block_n=32, num_warps=1, num_stages=2, maxnreg=128),) * 2),
 )
 _TINY_MAP = (  # maps of at most 8 rows (the last stage): B128 7x7 16 heads, forward 0.021 ms, dq and dk/dv 0.054 each
     # (one stage; the forward's row loop with two measured as fast, 0.029 against 0.030 ms with rpb)
     KernelConfig((4, 8), Launch(block_n=16, num_warps=1, num_stages=2), Launch(block_n=16, num_warps=1),
                  caps=(None, 128)),
     KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),
-    KernelConfig((4, 8), Launch(block_n=16, num_warps=1)),
+    KernelConfig((4, 8), Launch(block_n=16, num_warps=1), key_rows=(Launch(block_n=64, num_warps=1),) * 2),
 )
 _SMALL_MAP_ROWS, _TINY_MAP_ROWS = 16, 8
 # Head dims over 32 (no official NAT/DiNAT model has one; the sweeps above ran at 32): the 8x8 tiles of 4 warps, the
@@ -205,9 +210,21 @@ FWD_ROW_TABLE = True
 # rpb, but 0.845 / 0.515 with; one stage: 0.269 / 0.352; three: 0.243 / 0.317).
 DQ_ROWS = True
 # Whether the dk/dv kernel walks its halo of queries by whole rows on undilated maps (as the forward and dq walk their
-# key halos; a bias table then laid out by padded halo rows) instead of flat chunks. Not measured on a GPU yet (written
-# 2026-12-01 without device time left): off.
-DKDV_ROWS = False
+# key halos; a bias table then laid out by padded halo rows) instead of flat chunks: None where its map's config has a
+# row launch (KernelConfig.key_rows) and the row walk pads the halo to no more (query, key) pairs than the flat walk
+# (_dkdv_walk), True / False everywhere (True: at the row launch if any, else the flat one). The rows, unlike flat
+# chunks, pad each halo row to a power of two and the halo's height to whole steps; where that costs no extra pairs they
+# save the per-pair index arithmetic. H200, k 7, head dim 32, bf16, CUDA-graph time of the backward (dq, dk/dv, d(rpb)),
+# flat -> rows at the best launch (2026-12-01 14:45-14:55 UTC, `.gpu/dkdvtab.py`; caps none, 96, 128, 160, 192 at 32 and
+# 64 queries per step): B64 28x28 4 heads 0.1546 -> 0.1279 ms (32, cap 128; key tiles 2x8, halo 11x15, 192 pairs either
+# way), with rpb 0.1895 -> 0.1818 (4x8 tiles: 64, no cap; cap 128 spills: 0.257); B64 14x14 8 heads 0.0681 -> 0.0649
+# (B128 0.1283 -> 0.1204), with rpb 0.1203 -> 0.1172 (B128 0.2061 -> 0.1981) (32, cap 128); B64 7x7 16 heads 0.0324 ->
+# 0.0300 (B128 0.0614 -> 0.0591), with rpb 0.0528 -> 0.0497 (B128 0.0983 -> 0.0956) (64: the whole halo in one step).
+# Where the rows pad more (B64 56x56 2 heads, B8 128x128 4 heads: halo 11x14, 192 pairs against 160) they were as fast
+# at best (56x56 0.2132 -> 0.2129 and 0.2208 -> 0.2139 in two runs, cap 128) and slower with rpb (0.2992 -> 0.3005 at
+# best, 64) and on 128x128 (0.2775 -> 0.2837; rpb 0.4064 -> 0.4053); 8x2 key tiles were slower everywhere (56x56 0.296
+# at 16 per step), as was one pipeline stage (0.300).
+DKDV_ROWS: bool | None = None
 # Whether the dq kernel also walks by rows where it reads a bias table (then laid out by padded halo rows; else it
 # walks flat chunks there): None per map size (KernelConfig.table_rows), True / False everywhere.
 DQ_ROW_TABLE: bool | None = None
@@ -271,6 +288,23 @@ def _walks_rows(dilation: int, cols: DeviceTables, launch: Launch) -> bool:
     return dilation == 1 and _next_pow2(cols.halo) <= launch.block_n
 
 
+def _dkdv_walk(cfg: KernelConfig, key_rows: DeviceTables, key_cols: DeviceTables, has_rpb: bool,
+               dilation: int) -> tuple[Launch, bool]:
+    """The dk/dv kernel's launch and whether it walks its query halo by whole rows (see DKDV_ROWS)."""
+    rows_launch = cfg.key_rows[has_rpb]
+    if DKDV_ROWS is False or dilation != 1:
+        return cfg.launch, False
+    if DKDV_ROWS:
+        return rows_launch or cfg.launch, True
+    if (rows_launch is None or rows_launch.block_n is None or cfg.launch.block_n is None
+            or not _walks_rows(dilation, key_cols, rows_launch)):
+        return cfg.launch, False
+    step, flat_step = rows_launch.block_n, cfg.launch.block_n
+    rows_pairs = -(-key_rows.halo // (step // _next_pow2(key_cols.halo))) * step
+    flat_pairs = -(-(key_rows.halo * key_cols.halo) // flat_step) * flat_step
+    return (rows_launch, True) if rows_pairs <= flat_pairs else (cfg.launch, False)
+
+
 def na2d_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -326,6 +360,7 @@ def na2d_bwd(
     dq_rows = DQ_ROWS and dilation == 1 and (row_table or not table)
     by_rows = dq_rows and _walks_rows(dilation, cols, dq_cfg.launch)
     dq_launch = dq_cfg.launch._replace(maxnreg=dq_cfg.caps[rpb is not None] if by_rows else None)
+    dkdv_launch, dkdv_rows = _dkdv_walk(dkdv_cfg, key_rows, key_cols, rpb is not None, dilation)
     if RPB_GRAD not in _RPB_GRAD_CHOICES:
         raise ValueError(f"vizattn.kernels.na2d.triton.RPB_GRAD must be one of {_RPB_GRAD_CHOICES}, got {RPB_GRAD!r}.")
     how, programs, max_bytes = _rpb_grad_launch(dilation, q.shape[1])
@@ -334,8 +369,8 @@ def na2d_bwd(
     in_dq = rpb is not None and RPB_GRAD == "dq" and image_bytes <= _RPB_GRAD_IMAGE_BYTES
     grads = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
-        delta=delta, dq_launch=dq_launch, dkdv_launch=dkdv_cfg.launch,
-        table=table, dq_rows=dq_rows, dkdv_rows=DKDV_ROWS and dilation == 1, rpb_grad=in_dq, rpb_grad_sum=how,
+        delta=delta, dq_launch=dq_launch, dkdv_launch=dkdv_launch,
+        table=table, dq_rows=dq_rows, dkdv_rows=dkdv_rows, rpb_grad=in_dq, rpb_grad_sum=how,
         images_per_program=_images_per_program(q.shape[0], rows.n_tiles * cols.n_tiles * q.shape[3], block_bytes,
                                                programs, max_bytes) if in_dq else None,
         grads=grads,
