@@ -218,6 +218,46 @@ def test_dkdv_by_halo_rows_matches_reference(monkeypatch, hh, ww, k, tile, rpb_o
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("masks", ["never", "always"])
+def test_dkdv_walks_only_the_halo_rows_its_keys_need(monkeypatch, masks):
+    """DKDV_SPAN: the dk/dv kernel's row walk skips the halo rows that pair with none of its key tile's keys (the key
+    tiles' halo is as tall as the border tiles'), by whole steps: the same gradients as walking the whole halo, in
+    exactly the steps that the rows ``[first, last)`` of the tile's windows need."""
+    import vizattn.kernels._halo2d.triton as halo
+
+    hh, ww, k, tile, block_n, heads = 23, 21, 5, (2, 8), 16, 2
+    g = torch.Generator().manual_seed(5)
+    q, kk, v, grad = (torch.randn(1, hh, ww, heads, 16, generator=g).to(DEVICE) for _ in range(4))
+    rpb = torch.randn(heads, 2 * k - 1, 2 * k - 1, generator=g).to(DEVICE)
+    monkeypatch.setattr(kernels, "BIAS_TABLE", masks)
+    monkeypatch.setattr(kernels, "DKDV_ROWS", True)
+    monkeypatch.setattr(halo, "_BLOCK_N_INTERPRET", block_n)
+    halo._cached_meta.cache_clear()
+    calls = count_device_calls(monkeypatch, halo, "_step_offsets")  # twice per dk/dv step (inputs, then stats)
+    grads, counts = {}, {}
+    try:
+        out, lse = kernels.na2d_fwd(q, kk, v, rpb, k, 1, 0.3, tile=tile)
+        for span in (False, True):
+            monkeypatch.setattr(kernels, "DKDV_SPAN", span)
+            before = len(calls)
+            grads[span] = kernels.na2d_bwd(grad, q, kk, v, rpb, out, lse, k, 1, 0.3, tile=tile)
+            counts[span] = len(calls) - before
+    finally:
+        halo._cached_meta.cache_clear()
+    for ours, theirs in zip(grads[True], grads[False]):
+        assert torch.equal(ours, theirs)
+    key_rows, key_cols = kernels._axes(q, k, 1, tile, kernels._key_tables)
+    window = key_rows.window.cpu()
+    first, last = window[:, 0].min(1).values, window[:, 1].max(1).values  # per key-row tile
+    height, width = key_rows.halo, key_cols.halo
+    per_step = block_n // kernels._next_pow2(width)
+    full = -(-height // per_step)
+    needed = -(-last // per_step) - first // per_step
+    saved = (full - needed).sum().item() * key_cols.n_tiles * heads
+    assert height > 2 * tile[0] and saved > 0  # the case has interior tiles whose steps it can skip
+    assert ON_GPU or counts[False] - counts[True] == 2 * saved, (counts, saved)
+
+
 MASK_CASES = [(*c, m) for c in TILE_CASES[1:4] for m in ("never", "always", "dq-row-table")] + [
     (*TILE_CASES[1], "table-too-large")
 ]
@@ -449,44 +489,50 @@ def test_dq_register_cap_follows_its_loop(monkeypatch):
 
 
 def test_dkdv_row_walk_where_it_pads_no_more_than_flat_chunks(monkeypatch):
-    """DKDV_ROWS None: the dk/dv kernel walks its query halo by rows (at its map's row launch) where the rows pad it to
-    no more pairs than the flat chunks. k 7, head dim 32, by hand: 2x8 key tiles on 28 rows have an 11x15 halo (rows
-    of 16, two per 32-query step: 6 steps, 192 pairs; flat 165 -> 192), 4x8 ones with rpb 11x15 too (four rows per
-    64-query step: 192), 1x16 on 14x14 10x14 (160; flat 140 -> 160), 4x8 on 7x7 7x7 (8 rows of 8 in one 64-query
-    step; flat 49 -> 64 in 16s); on 56 and 128 rows the halo is 11x14 (192 against 160: flat). Never dilated nor at
-    head dims over 32 (no row launch); True walks rows everywhere undilated, False nowhere."""
-    seen = _record_halo_bwd(monkeypatch, lambda kw: (kw["dkdv_rows"], kw["dkdv_launch"]))
-    expected = {(28, False): True, (28, True): True, (56, False): False, (56, True): False, (128, False): False,
-                (128, True): False, (14, False): True, (14, True): True, (7, False): True, (7, True): True}
+    """DKDV_ROWS None: the dk/dv kernel walks its query halo by rows (at its map's row launch) where the rows, each key
+    tile walking only its span of halo rows (DKDV_SPAN, where that skips steps), pad it to no more pairs per tile on
+    average than the flat chunks. k 7, head dim 32, by hand from the windows: 2x8 key tiles on 56 rows have an 11x14
+    halo (flat: 154 -> 160 pairs in 32s); by rows of 16, two a step of 32, the whole halo takes 6 steps, a tile's
+    span 4.14 on average (132.6 pairs: rows). With rpb, 4x8 tiles and 64 per step (four rows): 2.86 steps (182.9
+    pairs: flat). 128 rows: 4.06 steps (130: rows), with rpb 2.94 (188: flat). 28 rows: halo 11x15 (flat 192):
+    4.29 steps (137: rows), with rpb 2.71 (173.7: rows). 14x14, 1x16 tiles: halo 10x14 (flat 160), 3.71 steps of 32
+    (118.9: rows). 7x7, 4x8 tiles: halo 7x7 in one step of 64 (flat 49 -> 64 in 16s: rows), the span skipping
+    nothing. Never dilated nor at head dims over 32 (no row launch); True walks rows everywhere undilated, False
+    nowhere."""
+    seen = _record_halo_bwd(monkeypatch, lambda kw: (kw["dkdv_rows"], kw["dkdv_launch"], kw["key_span"]))
+    expected = {(28, False): (True, True), (28, True): (True, True), (56, False): (True, True),
+                (56, True): (False, False), (128, False): (True, True), (128, True): (False, False),
+                (14, False): (True, True), (14, True): (True, True), (7, False): (True, False),
+                (7, True): (True, False)}
     got = {}
     for (side, with_rpb) in expected:
         q = torch.zeros(1, side, side, 2, 32)
         lse = torch.zeros(1, side, side, 2)
         kernels.na2d_bwd(q, q, q, q, torch.zeros(2, 13, 13) if with_rpb else None, q, lse, 7, 1, 0.2)
-        rows, launch = seen[-1]
+        rows, launch, span = seen[-1]
         cfg = kernels.launch_configs(side, 32)[2]
         assert launch == (cfg.key_rows[with_rpb] if rows else cfg.launch), (side, with_rpb, launch)
-        got[(side, with_rpb)] = rows
+        got[(side, with_rpb)] = (rows, span)
     assert got == expected
     large_rows = kernels.launch_configs(28, 32)[2].key_rows
     assert (large_rows[0].block_n, large_rows[0].maxnreg, large_rows[1].block_n, large_rows[1].maxnreg) == (
         32, 128, 64, None)
     q, lse = torch.zeros(1, 28, 28, 2, 32), torch.zeros(1, 28, 28, 2)
     kernels.na2d_bwd(q, q, q, q, None, q, lse, 7, 2, 0.2)
-    assert seen[-1] == (False, kernels.launch_configs(28, 32)[2].launch)
+    assert seen[-1] == (False, kernels.launch_configs(28, 32)[2].launch, False)
     wide = torch.zeros(1, 28, 28, 2, 64)
     kernels.na2d_bwd(wide, wide, wide, wide, None, wide, lse, 7, 1, 0.2)
-    assert seen[-1] == (False, kernels.launch_configs(28, 64)[2].launch)
+    assert seen[-1] == (False, kernels.launch_configs(28, 64)[2].launch, False)
     monkeypatch.setattr(kernels, "DKDV_ROWS", True)
     q, lse = torch.zeros(1, 56, 56, 2, 32), torch.zeros(1, 56, 56, 2)
     kernels.na2d_bwd(q, q, q, q, None, q, lse, 7, 1, 0.2)
-    assert seen[-1] == (True, kernels.launch_configs(56, 32)[2].key_rows[0])
+    assert seen[-1] == (True, kernels.launch_configs(56, 32)[2].key_rows[0], True)
     kernels.na2d_bwd(q, q, q, q, None, q, lse, 7, 2, 0.2)
     assert seen[-1][0] is False
     monkeypatch.setattr(kernels, "DKDV_ROWS", False)
     q, lse = torch.zeros(1, 28, 28, 2, 32), torch.zeros(1, 28, 28, 2)
     kernels.na2d_bwd(q, q, q, q, None, q, lse, 7, 1, 0.2)
-    assert seen[-1] == (False, kernels.launch_configs(28, 32)[2].launch)
+    assert seen[-1] == (False, kernels.launch_configs(28, 32)[2].launch, False)
 
 
 def test_head_split_covers_each_head_dim_with_the_fewest_columns():

@@ -836,8 +836,21 @@ def _dq_tile(
 
 
 @triton.jit
+def _key_tile_span(WH, th, T_H: tl.constexpr, HALO_H: tl.constexpr, BLOCK_M: tl.constexpr):
+    """NA key tiles: the halo rows ``[first, last)`` that hold any query seeing the tile's keys (the union of its
+    slots' windows along H; ``WH`` the H axis's windows, :class:`DeviceTables`). A key tile's halo is as tall as the
+    tallest one's, that of a tile at a border (where the shifted windows let more queries see a key); away from the
+    borders the other rows pair with none of its keys."""
+    a = tl.arange(0, BLOCK_M)
+    wh = WH + th * 3 * T_H + a
+    first = tl.min(tl.load(wh, mask=a < T_H, other=HALO_H), 0)
+    last = tl.max(tl.load(wh + T_H, mask=a < T_H, other=0), 0)
+    return first, last
+
+
+@triton.jit
 def _halo_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
+    Q, K, V, DO, LSE, DELTA, RPB, DK, DV, SPAN_H,
     KQH, KSH, QKH, WH, KQW, KSW, QKW, WW,
     s_qb, s_qh, s_qw, s_qn, s_qd,
     s_kb, s_kh, s_kw, s_kn, s_kd,
@@ -852,7 +865,7 @@ def _halo_dkdv_kernel(
     BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, DOT_PRECISION: tl.constexpr, TABLE: tl.constexpr = False,
     TABLE_ALIGN: tl.constexpr = 64, HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False,
-    EVEN_V: tl.constexpr = False, ROW_I32: tl.constexpr = False,
+    EVEN_V: tl.constexpr = False, ROW_I32: tl.constexpr = False, SPAN: tl.constexpr = False,
 ):
     """Key-centric: dk, dv of one key tile, over the halo of the queries that see its keys (key-tile tables). NA with
     ``HALO_WP`` (the query halo's width padded to a power of two) at most ``BLOCK_N``: the halo is walked by whole
@@ -884,7 +897,10 @@ def _halo_dkdv_kernel(
         q_col = tl.load(QKW + tw * HALO_W + tl.minimum(tl.arange(0, BLOCK_N) % HALO_WP, HALO_W - 1)).to(tl.int64)
         stat_cols = stat_base + q_col * s_lw
         kh = QKH + th * HALO_H
-        for start_row in range(0, HALO_H, ROWS):
+        first, last = 0, HALO_H
+        if SPAN:  # skip the halo rows that pair with none of the tile's keys (whole steps of them)
+            first, last = _key_tile_span(SPAN_H, th, T_H, HALO_H, BLOCK_M)
+        for start_row in range(first // ROWS * ROWS, last, ROWS):
             q, q_t, do, do_t, inside, bias = _rows_step(
                 start_row, kh, qp, qp_ok, qp_t, qp_t_ok, gp, gp_ok, gp_t, gp_t_ok, w_mask, b_idx, bias_at, s_qh,
                 s_gh, lo_h, width_h, rpb_side, HALO_H, HALO_WP, BLOCK_N, BLOCK_TQK, BLOCK_TV, HAS_RPB, EVEN_QK,
@@ -1429,6 +1445,7 @@ def halo_bwd(
     table: bool = False,
     dq_rows: bool = False,
     dkdv_rows: bool = False,
+    key_span: bool = False,
     rpb_grad: bool = False,
     rpb_grad_sum: str = "store",
     images_per_program: int | None = None,
@@ -1458,6 +1475,8 @@ def halo_bwd(
         dq_rows: NA mode: the dq kernel walks the halo by whole rows, as the forward (:func:`_halo_rows_fwd`; its
             bias table, if any, then laid out by padded halo rows), when a step holds at least one padded halo row.
         dkdv_rows: NA mode: the dk/dv kernel walks its halo of queries by whole rows likewise.
+        key_span: NA mode, with ``dkdv_rows``: the dk/dv kernel walks only the halo rows that pair with its keys
+            (whole steps of them; see :func:`_key_tile_span`), not the whole halo.
         rpb_grad: NA mode with rpb: also return d(rpb), as a sixth element, when the dq kernel reads a bias table (it
             then sums each pair's score gradients over ``images_per_program`` images, see ``TABLE_GRAD`` of
             :func:`_halo_dq_kernel`); None there when no table was built (too large), for the caller to compute.
@@ -1535,11 +1554,11 @@ def halo_bwd(
         tab = bias_table(key_rows, key_cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"], halo_wp)
     tab_t, win_h, win_w, side = _table_args(key_rows, key_cols, rpb_t, rpb_side, tab)
     _halo_dkdv_kernel[(key_rows.n_tiles * key_cols.n_tiles, b * heads)](
-        q, k, v, grad_out, lse, delta, tab_t, dk, dv, *key_rows[:3], win_h, *key_cols[:3], win_w,
+        q, k, v, grad_out, lse, delta, tab_t, dk, dv, key_rows.window, *key_rows[:3], win_h, *key_cols[:3], win_w,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride(), *dk.stride(), *dv.stride(),
         heads, key_cols.n_tiles, q.shape[-1], v.shape[-1], qk_scale, scale, side, radius_sq,
         HAS_RPB=has_rpb, CIRCLE=circle, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
-        ROW_I32=_row_i32(q, grad_out) and _row_i32(lse, delta), **walk, **meta,
+        ROW_I32=_row_i32(q, grad_out) and _row_i32(lse, delta), SPAN=key_span and not circle, **walk, **meta,
     )
     if extra_k is None:
         d_extra = (None, None)

@@ -225,6 +225,19 @@ DQ_ROWS = True
 # best, 64) and on 128x128 (0.2775 -> 0.2837; rpb 0.4064 -> 0.4053); 8x2 key tiles were slower everywhere (56x56 0.296
 # at 16 per step), as was one pipeline stage (0.300).
 DKDV_ROWS: bool | None = None
+# Whether the dk/dv kernel's row walk covers, per key tile, only the rows of its query halo that hold queries seeing
+# its keys (whole steps of them; where that skips any), not the whole halo: a key tile's halo is as tall as the border
+# tiles' (k 7: 11 rows for tiles of 2 or 4 rows), where the windows are shifted inward, but away from the borders
+# T + k - 1 rows (8 for 2-row tiles) pair with its keys. Exact: the rows skipped pair with none of the keys. H200, same
+# method as DKDV_ROWS's (2026-12-01 15:15 UTC), backward ms, whole halo -> span: B64 56x56 2 heads 0.2150 (flat) ->
+# 0.1895 (rows of 32, cap 128: 4.14 steps a tile on average against 6, 132 pairs against the flat walk's 160), B8
+# 128x128 4 heads 0.2809 -> 0.2469 (flat -> rows), B64 28x28 4 heads 0.1277 -> 0.1153 (rows), B64 14x14 8 heads
+# 0.0642 -> 0.0604 (rows; with rpb 0.1168 -> 0.1087); with rpb on 4x8 key tiles (64 per step) 28x28 0.1805 -> 0.1827,
+# and 56x56 / 128x128 stay flat (2.86 steps of 64 against 160 pairs; rows with the span 0.3084 / 0.4174 against
+# 0.2999 / 0.4091). The span's run-time loop bounds cost where they skip nothing (7x7 16 heads with rpb, one step:
+# 0.0504 -> 0.0582), and the flat walk over a span was slower (56x56 0.2150 -> 0.2261, 14x14 0.0679 -> 0.0720, 128x128
+# 0.2809 -> 0.3002; 28x28 0.1543 -> 0.1338, where the rows are faster still): rows only, where they skip steps.
+DKDV_SPAN = True
 # Whether the dq kernel also walks by rows where it reads a bias table (then laid out by padded halo rows; else it
 # walks flat chunks there): None per map size (KernelConfig.table_rows), True / False everywhere.
 DQ_ROW_TABLE: bool | None = None
@@ -288,21 +301,39 @@ def _walks_rows(dilation: int, cols: DeviceTables, launch: Launch) -> bool:
     return dilation == 1 and _next_pow2(cols.halo) <= launch.block_n
 
 
-def _dkdv_walk(cfg: KernelConfig, key_rows: DeviceTables, key_cols: DeviceTables, has_rpb: bool,
-               dilation: int) -> tuple[Launch, bool]:
-    """The dk/dv kernel's launch and whether it walks its query halo by whole rows (see DKDV_ROWS)."""
+@functools.lru_cache(maxsize=256)
+def _key_span_steps(length: int, kernel_size: int, tile: int, per_step: int) -> tuple[float, int]:
+    """The dk/dv row walk over the key tiles of an undilated axis, ``per_step`` halo rows a step: the mean number of
+    steps per tile when each walks only its span (:func:`~vizattn.kernels._halo2d.triton._key_tile_span`), and the
+    number of steps of the whole halo."""
+    tables = device_tables(key_axis_tiles(length, kernel_size, 1, tile), torch.device("cpu"), key_tiles=True)
+    first, last = tables.window[:, 0].min(1).values, tables.window[:, 1].max(1).values
+    needed = -(-last // per_step) - first // per_step
+    return needed.double().mean().item(), -(-tables.halo // per_step)
+
+
+def _dkdv_walk(cfg: KernelConfig, key_rows: DeviceTables, key_cols: DeviceTables, has_rpb: bool, height: int,
+               kernel_size: int, dilation: int) -> tuple[Launch, bool, bool]:
+    """The dk/dv kernel's launch, whether it walks its query halo by whole rows (see DKDV_ROWS) and whether it then
+    walks each key tile's span only (DKDV_SPAN; where that skips steps). The rows' mean pairs per tile (spans
+    included) against the flat chunks' decide under None."""
     rows_launch = cfg.key_rows[has_rpb]
     if DKDV_ROWS is False or dilation != 1:
-        return cfg.launch, False
+        return cfg.launch, False, False
+    launch = rows_launch or cfg.launch
+    if launch.block_n is None or not _walks_rows(dilation, key_cols, launch):
+        return cfg.launch, False, False
+    step = launch.block_n
+    mean_steps, full_steps = _key_span_steps(height, kernel_size, key_rows.tile, step // _next_pow2(key_cols.halo))
+    span = DKDV_SPAN and mean_steps < full_steps
     if DKDV_ROWS:
-        return rows_launch or cfg.launch, True
-    if (rows_launch is None or rows_launch.block_n is None or cfg.launch.block_n is None
-            or not _walks_rows(dilation, key_cols, rows_launch)):
-        return cfg.launch, False
-    step, flat_step = rows_launch.block_n, cfg.launch.block_n
-    rows_pairs = -(-key_rows.halo // (step // _next_pow2(key_cols.halo))) * step
+        return launch, True, span
+    if rows_launch is None or cfg.launch.block_n is None:
+        return cfg.launch, False, False
+    flat_step = cfg.launch.block_n
+    rows_pairs = (mean_steps if span else full_steps) * step
     flat_pairs = -(-(key_rows.halo * key_cols.halo) // flat_step) * flat_step
-    return (rows_launch, True) if rows_pairs <= flat_pairs else (cfg.launch, False)
+    return (rows_launch, True, span) if rows_pairs <= flat_pairs else (cfg.launch, False, False)
 
 
 def na2d_fwd(
@@ -360,7 +391,8 @@ def na2d_bwd(
     dq_rows = DQ_ROWS and dilation == 1 and (row_table or not table)
     by_rows = dq_rows and _walks_rows(dilation, cols, dq_cfg.launch)
     dq_launch = dq_cfg.launch._replace(maxnreg=dq_cfg.caps[rpb is not None] if by_rows else None)
-    dkdv_launch, dkdv_rows = _dkdv_walk(dkdv_cfg, key_rows, key_cols, rpb is not None, dilation)
+    dkdv_launch, dkdv_rows, key_span = _dkdv_walk(dkdv_cfg, key_rows, key_cols, rpb is not None, q.shape[1],
+                                                  kernel_size, dilation)
     if RPB_GRAD not in _RPB_GRAD_CHOICES:
         raise ValueError(f"vizattn.kernels.na2d.triton.RPB_GRAD must be one of {_RPB_GRAD_CHOICES}, got {RPB_GRAD!r}.")
     how, programs, max_bytes = _rpb_grad_launch(dilation, q.shape[1])
@@ -370,7 +402,7 @@ def na2d_bwd(
     grads = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, rpb=rpb, key_rows=key_rows, key_cols=key_cols,
         delta=delta, dq_launch=dq_launch, dkdv_launch=dkdv_launch,
-        table=table, dq_rows=dq_rows, dkdv_rows=dkdv_rows, rpb_grad=in_dq, rpb_grad_sum=how,
+        table=table, dq_rows=dq_rows, dkdv_rows=dkdv_rows, key_span=key_span, rpb_grad=in_dq, rpb_grad_sum=how,
         images_per_program=_images_per_program(q.shape[0], rows.n_tiles * cols.n_tiles * q.shape[3], block_bytes,
                                                programs, max_bytes) if in_dq else None,
         grads=grads,
