@@ -332,6 +332,49 @@ def test_packed_qkv_views_are_read_in_place():
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_alignment_declared_only_where_it_holds():
+    """_align_log2: the element alignment the kernels declare (ALIGN_LOG2) is the largest power of two up to 8 that
+    divides every row stride of a dim longer than 1 and the head dim, 0 where Triton sees it already (multiples of 16)
+    or where the last dim is strided."""
+    from vizattn.kernels._halo2d.triton import _align_log2
+
+    qkv = torch.zeros(2, 8, 8, 3, 16, 72)  # DiT-XL: head dim 72, q/k/v views of one projection
+    assert _align_log2(*qkv.unbind(3)) == 3
+    assert _align_log2(torch.zeros(2, 8, 8, 4, 32)) == 0  # every stride a multiple of 16: nothing to declare
+    assert _align_log2(torch.zeros(2, 8, 8, 4, 32), torch.zeros(2, 8, 8, 4, 36)) == 2
+    assert _align_log2(torch.zeros(2, 8, 8, 3, 40)) == 3
+    assert _align_log2(torch.zeros(2, 8, 8, 3, 42)) == 1
+    assert _align_log2(torch.zeros(2, 8, 8, 3, 21)) == 0
+    assert _align_log2(torch.zeros(1, 8, 8, 1, 72)[:, :, :, :, :64]) == 3  # size-1 dims' strides never multiply
+    assert _align_log2(torch.zeros(2, 8, 8, 4, 64).transpose(-1, -2)) == 0  # strided head dim: no vector loads
+    assert _align_log2(torch.zeros(2, 8, 8, 4, 16)[:, 1:, :, :, 8:]) == 3  # a view's offset is Triton's to check
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "separate"])
+def test_declared_alignment_changes_no_result(monkeypatch, packed):
+    """The kernels with ALIGN_LOG2 (head dim 72: strides and head dim multiples of 8) compute bitwise what they
+    compute without it, forward and backward, extra tokens included: the declaration only informs the compiler."""
+    import vizattn.kernels._halo2d.triton as halo
+
+    g = torch.Generator().manual_seed(8)
+    if packed:
+        q, k, v = torch.randn(1, 9, 11, 3, 2, 72, generator=g).to(DEVICE).unbind(3)
+    else:
+        q, k, v = (torch.randn(1, 9, 11, 2, 72, generator=g).to(DEVICE) for _ in range(3))
+    ek, ev = (torch.randn(1, 5, 2, 72, generator=g).to(DEVICE) for _ in range(2))
+    assert halo._align_log2(q, k, v, ek, ev) == 3
+    results = []
+    for declared in (True, False):
+        if not declared:
+            monkeypatch.setattr(halo, "_align_log2", lambda *maps: 0)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, ek, ev)]
+        out = clear_attention(*leaves[:3], 3, *leaves[3:], backend="triton")
+        out.backward(torch.ones_like(out))
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for ours, theirs in zip(*results):
+        assert torch.equal(ours, theirs)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Arguments, dispatch and registration
 

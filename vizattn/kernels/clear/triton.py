@@ -22,38 +22,29 @@ from vizattn.kernels.clear.tiles import circle_axis_tiles
 __all__ = ["clear_fwd", "clear_bwd", "TILE"]
 
 TILE = (8, 8)  # the forward's queries per program along H and W
-# Launch configuration on a GPU, from sweeps on the H200 (2026-11-29; 128x128 grid, r 8, batch 2, 16 heads of 72,
-# bf16, one pipeline stage). Forward: 1.29 ms with 128 keys per step and 4 warps against 2.7-9.4 ms for the other
-# (keys, warps, stages) combinations. Backward (forward 1.30 ms without extra tokens, 1.69 ms with 256): 6.6 ms, and
-# 10.2 ms with 256 extra tokens, with dq 32 keys x 4 warps, dk/dv 16 queries x 4 warps, extra tokens 64 per program x
-# 16 queries x 4 warps; 10.5-16.3 ms for the other 35 combinations of (16/32 keys or queries, 4/8 warps) per kernel
-# tried, those with 8 warps (no register spills for sm_90, while these spill 80-170 bytes) slower. The backward with
-# atomics it replaced took 24.7 ms. These sweeps ran with head_dim 72 padded to 128 columns; it is now split as 64 + 16
-# (head_split), after which ptxas for sm_90 reports, with these configurations and 0 / 256 extra tokens, 204 / 248
-# bytes of spill stores for the forward (the circle mask: each thread holds 64 query rows of one key column), 0 / 12
-# for dq, 16 for dk/dv, 0 for the extra tokens' kernel; with 8 warps only the forward at 128 keys spills.
-_FWD = dict(block_n=128, num_warps=4)
-# Swept again at the current kernel (2026-12-01 05:08; 8x8, 8x16, 16x8, 4x16, 16x4, 4x8, 8x4 tiles x 64 / 128 keys x
-# 4 / 8 warps): 8x8 with 128 keys and 4 warps 0.867 ms, next 4x16 1.101 and 16x4 1.149; the others 1.7-4.1.
-# A second sweep (2026-11-29 18:10 UTC; same shape, head dim split as 64 + 16) tried smaller tiles with 1-2 warps: the
-# forward stays best as above (1.03 ms; 4x8 tiles of 32 keys x 1 warp 1.13, 2x8 1.19), but the backward kernels each
-# gain ~0.7 ms with one-warp programs (each measured with the other kernel at its former 8x8 configuration, total
-# 4.95 ms): dq on 4x8 query tiles with 32 keys per step (4.18 ms), dk/dv on 4x4 key tiles with 32 queries per step
-# (4.27 ms); together 3.21 ms (CUDA-graph timing, 18:30), and tools/benchmark.py's fwd+bwd 6.25 -> 4.26 ms.
-_DQ_TILE, _DKDV_TILE = (4, 8), (4, 4)
-# The forward walks the halo in flat chunks of _FWD's keys. Walking it by whole halo rows (the squared column offsets
-# and the key columns' addresses computed once per program), as NA's forward does, measured slower (H200, B2 16 heads
-# of 72, r 8, 8x8 tiles, CUDA-graph time, 2026-11-30 05:55): at 128x128 the flat loop 0.865 ms, rows at best 0.952 (17
-# launches of 32-256 keys, 1-8 warps, 1-2 stages tried), at 64x64 0.227 against 0.250. A step of whole rows walks 22
-# padded rows of 32 slots (704 pairs per query) where the flat loop walks 640. That walk was removed.
-# Computing each step's halo keys from the halo's first key (the circle's halos are blocks of consecutive rows and
-# columns) instead of gathering them from the tables, so that the key addresses depend on the loop counter alone and
-# Triton's pipeliner can prefetch them, measured slower at every launch tried (H200, CUDA-graph time, 2026-11-30 10:01
-# UTC; 128x128 r 8: forward 0.866 -> 2.27 ms at this launch, 1.35 at best (64 keys, 2-3 stages); backward 3.16 -> 4.68
-# at best; 64x64 r 16 alike). That variant was removed.
+# Launches on a GPU. Until 2026-12-02 every sweep below ran with the loads of q, k, v (head dim 72, DiT's) compiled as
+# scalar two-byte loads: the head offsets (head * 72) and the head-dim masks (c < 72) looked unaligned to Triton, which
+# specialises on multiples of 16 only. The kernels now declare the alignment the launcher checks (ALIGN_LOG2, see
+# vizattn.kernels._halo2d.triton._align_log2; sm_90: the forward's key-block loop 2127 -> 1260 instructions, 160
+# two-byte loads -> 20 vector loads; the dq loop 2057 -> 1199; the dk/dv loop 1538 -> 772), and the launches were swept
+# again. H200, B2, 16 heads of 72, bf16, q/k/v views of one qkv tensor, CUDA-graph time of 10 calls (median of 5
+# replays), 2026-12-02 13:5x UTC, `.gpu/clear_sweep.py`, `clear_sweep2.py`:
+# - forward, 128x128 r 8: 0.863 ms (scalar loads) -> 0.636 (vector loads, same launch) -> 0.516 with two pipeline
+#   stages (8x8 tiles, 128 keys, 4 warps); 64x64 r 8 0.227 -> 0.139, 128x128 r 16 1.564 -> 1.286 (stages 1 -> 2), with
+#   256 extra tokens 0.823 -> 0.675, 32x32 0.039 -> 0.036. Three stages 0.758; 64 keys 0.75-1.72; 8 warps 1.04-1.97;
+#   8x16 / 16x8 / 4x16 tiles 0.60-1.54.
+# - backward, 128x128 r 8: 3.161 (scalar loads) -> 2.164 (vector loads, the launches below in brackets) -> 1.815 with
+#   dq on 4x16 query tiles with 32 keys x 4 warps and dk/dv on 8x8 key tiles with 64 queries x 4 warps (dq on 8x8
+#   1.838; dq alone at its best 2.03 against 2.16, dk/dv alone 1.97; two stages 2.09-2.46, one-warp programs 2.2-6.1);
+#   64x64 0.559 -> 0.486, 128x128 r 16 6.578 -> 4.807, 256 extra tokens 3.286 -> 2.753, 32x32 0.145 -> 0.138.
+# Earlier (scalar loads): the forward at 128 keys x 4 warps beat 2.7-9.4 ms of other launches (2026-11-29), and walking
+# the halo by whole rows or computing each step's keys from the halo's first key measured slower (11-30); see
+# docs/benchmarks.md.
+_FWD = dict(block_n=128, num_warps=4, num_stages=2)
+_DQ_TILE, _DKDV_TILE = (4, 16), (8, 8)
 _BWD = dict(
-    dq_launch=Launch(block_n=32, num_warps=1),
-    dkdv_launch=Launch(block_n=32, num_warps=1),
+    dq_launch=Launch(block_n=32, num_warps=4),
+    dkdv_launch=Launch(block_n=64, num_warps=4),
     extra_launch=Launch(block_n=16, num_warps=4, block_m=64),
 )
 
