@@ -25,10 +25,10 @@ TILE = (8, 8)  # the forward's queries per program along H and W
 # Launches on a GPU. Until 2026-12-02 every sweep below ran with the loads of q, k, v (head dim 72, DiT's) compiled as
 # scalar two-byte loads: the head offsets (head * 72) and the head-dim masks (c < 72) looked unaligned to Triton, which
 # specialises on multiples of 16 only. The kernels now declare the alignment the launcher checks (ALIGN_LOG2, see
-# vizattn.kernels._halo2d.triton._align_log2; sm_90 compiles: the forward's key-block loop 2127 -> 1260 instructions, 160
-# two-byte loads -> 20 vector loads; the dq loop 2057 -> 1199; the dk/dv loop 1538 -> 772), and the launches were swept
-# again. H200, B2, 16 heads of 72, bf16, q/k/v views of one qkv tensor, CUDA-graph time of 10 calls (median of 5
-# replays), 2026-12-02 13:5x UTC, `.gpu/clear_sweep.py`, `clear_sweep2.py`:
+# vizattn.kernels._halo2d.triton._align_log2; sm_90 compiles, tools/kernel_report.py: the forward's key-block loop 2127
+# -> 1260 instructions, 160 two-byte loads -> 20 vector loads; the dq loop 2057 -> 1199; the dk/dv loop 1538 -> 772),
+# and the launches were swept again. H200, B2, 16 heads of 72, bf16, q/k/v views of one qkv tensor, CUDA-graph time
+# of 10 calls (median of 5 replays), 2026-12-02 13:40-13:47 UTC (docs/benchmarks.md):
 # - forward, 128x128 r 8: 0.863 ms (scalar loads) -> 0.636 (vector loads, same launch) -> 0.516 with two pipeline
 #   stages (8x8 tiles, 128 keys, 4 warps); 64x64 r 8 0.227 -> 0.139, 128x128 r 16 1.564 -> 1.286 (stages 1 -> 2), with
 #   256 extra tokens 0.823 -> 0.675, 32x32 0.039 -> 0.036. Three stages 0.758; 64 keys 0.75-1.72; 8 warps 1.04-1.97;
