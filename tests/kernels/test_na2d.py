@@ -177,9 +177,15 @@ DKDV_ROWS_CASES = [  # (H, W, k, tile): undilated maps, key tiles of several sha
 ]
 
 
-@pytest.mark.parametrize("block_n", [None, 16, 32])
-@pytest.mark.parametrize("masks", ["never", "always"])
-@pytest.mark.parametrize("rpb_on", [True, False], ids=["rpb", "norpb"])
+# (rpb, masks, key block): both bias paths with rpb and the mask built per pair without it, each at the GPU's key
+# blocks (one or two padded halo rows per step); a mask table without rpb (BIAS_TABLE "always", which "auto" never
+# chooses) at one of them, and the interpreter's whole-halo block once.
+DKDV_ROWS_WALKS = [(rpb, masks, n) for rpb, masks in ((True, "never"), (True, "always"), (False, "never"))
+                   for n in (16, 32)] + [(False, "always", 32), (True, "never", None)]
+
+
+@pytest.mark.parametrize("rpb_on,masks,block_n", DKDV_ROWS_WALKS,
+                         ids=[f"{'rpb' if r else 'norpb'}-{m}-{n}" for r, m, n in DKDV_ROWS_WALKS])
 @pytest.mark.parametrize("hh,ww,k,tile", DKDV_ROWS_CASES, ids=[f"{c[0]}x{c[1]}-k{c[2]}" for c in DKDV_ROWS_CASES])
 def test_dkdv_by_halo_rows_matches_reference(monkeypatch, hh, ww, k, tile, rpb_on, masks, block_n):
     """The dk/dv kernel's row-by-row walk of its query halo (DKDV_ROWS), with the mask and bias built per pair (a
@@ -225,7 +231,7 @@ def test_dkdv_walks_only_the_halo_rows_its_keys_need(monkeypatch, masks):
     exactly the steps that the rows ``[first, last)`` of the tile's windows need."""
     import vizattn.kernels._halo2d.triton as halo
 
-    hh, ww, k, tile, block_n, heads = 23, 21, 5, (2, 8), 16, 2
+    hh, ww, k, tile, block_n, heads = 23, 21, 5, (2, 8), 16, 1
     g = torch.Generator().manual_seed(5)
     q, kk, v, grad = (torch.randn(1, hh, ww, heads, 16, generator=g).to(DEVICE) for _ in range(4))
     rpb = torch.randn(heads, 2 * k - 1, 2 * k - 1, generator=g).to(DEVICE)
