@@ -178,6 +178,17 @@ def _aligned4(a, b, c, d, LOG2: tl.constexpr):
 
 
 @triton.jit
+def _aligned_maps(s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v,
+                  LOG2: tl.constexpr):
+    """q's, k's and v's row strides and the two head dims through :func:`_aligned` (every halo kernel reads them)."""
+    s_qb, s_qh, s_qw, s_qn = _aligned4(s_qb, s_qh, s_qw, s_qn, LOG2)
+    s_kb, s_kh, s_kw, s_kn = _aligned4(s_kb, s_kh, s_kw, s_kn, LOG2)
+    s_vb, s_vh, s_vw, s_vn = _aligned4(s_vb, s_vh, s_vw, s_vn, LOG2)
+    return (s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, _aligned(d_qk, LOG2),
+            _aligned(d_v, LOG2))
+
+
+@triton.jit
 def _rowdot(a, a_t, b, b_t, BLOCK_T: tl.constexpr):
     """Per-row dot products of two (rows, d) blocks split like the head dim (see :func:`_load_cols`), in float32."""
     s = tl.sum(a.to(tl.float32) * b.to(tl.float32), 1)
@@ -609,12 +620,12 @@ def _halo_fwd_kernel(
     ROW_I32: tl.constexpr = False, ALIGN_LOG2: tl.constexpr = 0,
 ):
     if ALIGN_LOG2 > 0:  # see _align_log2
-        s_qb, s_qh, s_qw, s_qn = _aligned4(s_qb, s_qh, s_qw, s_qn, ALIGN_LOG2)
-        s_kb, s_kh, s_kw, s_kn = _aligned4(s_kb, s_kh, s_kw, s_kn, ALIGN_LOG2)
-        s_vb, s_vh, s_vw, s_vn = _aligned4(s_vb, s_vh, s_vw, s_vn, ALIGN_LOG2)
-        s_eb, s_em, s_en, d_qk = _aligned4(s_eb, s_em, s_en, d_qk, ALIGN_LOG2)
-        s_fb, s_fm, s_fn, d_v = _aligned4(s_fb, s_fm, s_fn, d_v, ALIGN_LOG2)
-        s_ob, s_oh, s_ow, s_on = _aligned4(s_ob, s_oh, s_ow, s_on, ALIGN_LOG2)
+        s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v = _aligned_maps(
+            s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v, ALIGN_LOG2)
+        s_eb, s_em, s_en, s_fb = _aligned4(s_eb, s_em, s_en, s_fb, ALIGN_LOG2)
+        s_fm, s_fn, s_ob, s_oh = _aligned4(s_fm, s_fn, s_ob, s_oh, ALIGN_LOG2)
+        s_ow = _aligned(s_ow, ALIGN_LOG2)
+        s_on = _aligned(s_on, ALIGN_LOG2)
     th, tw, b, head = _program_coords(n_tw, heads)
     a_h, a_w, row, col, m_ok, real = _query_slots(QH, SH, QW, SW, th, tw, T_H, T_W, BLOCK_M)
     q, q_t = _load_cols(Q + b * s_qb + head * s_qn + row * s_qh + col * s_qw, m_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
@@ -705,14 +716,14 @@ def _halo_dq_kernel(
     d(rpb) is that summed by bias index (:func:`_pair_grads_to_rpb`), with no second pass over q, k, v and dO.
     ``DTAB`` is ``(tile columns, image chunks x heads, tile rows, T_H, HALO_H, T_W, HALO_W)``."""
     if ALIGN_LOG2 > 0:  # see _align_log2
-        s_qb, s_qh, s_qw, s_qn = _aligned4(s_qb, s_qh, s_qw, s_qn, ALIGN_LOG2)
-        s_kb, s_kh, s_kw, s_kn = _aligned4(s_kb, s_kh, s_kw, s_kn, ALIGN_LOG2)
-        s_vb, s_vh, s_vw, s_vn = _aligned4(s_vb, s_vh, s_vw, s_vn, ALIGN_LOG2)
-        s_eb, s_em, s_en, d_qk = _aligned4(s_eb, s_em, s_en, d_qk, ALIGN_LOG2)
-        s_fb, s_fm, s_fn, d_v = _aligned4(s_fb, s_fm, s_fn, d_v, ALIGN_LOG2)
-        s_gb, s_gh, s_gw, s_gn = _aligned4(s_gb, s_gh, s_gw, s_gn, ALIGN_LOG2)
-        s_ob, s_oh, s_ow, s_on = _aligned4(s_ob, s_oh, s_ow, s_on, ALIGN_LOG2)
-        s_dqb, s_dqh, s_dqw, s_dqn = _aligned4(s_dqb, s_dqh, s_dqw, s_dqn, ALIGN_LOG2)
+        s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v = _aligned_maps(
+            s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v, ALIGN_LOG2)
+        s_eb, s_em, s_en, s_fb = _aligned4(s_eb, s_em, s_en, s_fb, ALIGN_LOG2)
+        s_fm, s_fn, s_gb, s_gh = _aligned4(s_fm, s_fn, s_gb, s_gh, ALIGN_LOG2)
+        s_gw, s_gn, s_ob, s_oh = _aligned4(s_gw, s_gn, s_ob, s_oh, ALIGN_LOG2)
+        s_ow, s_on, s_dqb, s_dqh = _aligned4(s_ow, s_on, s_dqb, s_dqh, ALIGN_LOG2)
+        s_dqw = _aligned(s_dqw, ALIGN_LOG2)
+        s_dqn = _aligned(s_dqn, ALIGN_LOG2)
     if TABLE_GRAD:
         tile = tl.program_id(0).to(tl.int64)
         bn = tl.program_id(1).to(tl.int64)
@@ -903,14 +914,11 @@ def _halo_dkdv_kernel(
     rows, as the forward walks its key halo (:func:`_rows_setup`, :func:`_rows_step` with ``KEY_TILE``; a bias table
     is then laid out by padded halo rows); else by flat chunks."""
     if ALIGN_LOG2 > 0:  # see _align_log2
-        s_qb, s_qh, s_qw, s_qn = _aligned4(s_qb, s_qh, s_qw, s_qn, ALIGN_LOG2)
-        s_kb, s_kh, s_kw, s_kn = _aligned4(s_kb, s_kh, s_kw, s_kn, ALIGN_LOG2)
-        s_vb, s_vh, s_vw, s_vn = _aligned4(s_vb, s_vh, s_vw, s_vn, ALIGN_LOG2)
+        s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v = _aligned_maps(
+            s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v, ALIGN_LOG2)
         s_gb, s_gh, s_gw, s_gn = _aligned4(s_gb, s_gh, s_gw, s_gn, ALIGN_LOG2)
         s_dkb, s_dkh, s_dkw, s_dkn = _aligned4(s_dkb, s_dkh, s_dkw, s_dkn, ALIGN_LOG2)
         s_dvb, s_dvh, s_dvw, s_dvn = _aligned4(s_dvb, s_dvh, s_dvw, s_dvn, ALIGN_LOG2)
-        d_qk = _aligned(d_qk, ALIGN_LOG2)
-        d_v = _aligned(d_v, ALIGN_LOG2)
     th, tw, b, head = _program_coords(n_tw, heads)
     # The key tile plays the query tile's part of the forward: _halo_keys and _pair_mask give (key slot, halo query)
     # pairs. In NA a key slot's window is the run of halo queries that see the key, and the pair's relative index (the
