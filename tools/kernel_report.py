@@ -153,7 +153,8 @@ def _launch(args: argparse.Namespace) -> None:
 
             extra = [torch.zeros(b, args.extra_tokens, args.heads, args.head_dim, dtype=dtype) for _ in range(2)]
             ek, ev = extra if args.extra_tokens else (None, None)
-            out, lse = clear_fwd(q, k, v, ek, ev, args.radius, scale) if "fwd" in args.passes else (None, None)
+            if "fwd" in args.passes:
+                clear_fwd(q, k, v, ek, ev, args.radius, scale)
             if "bwd" in args.passes:
                 out, lse = torch.zeros_like(q), torch.zeros(q.shape[:-1])
                 clear_bwd(out, q, k, v, ek, ev, out, lse, args.radius, scale)
@@ -177,8 +178,10 @@ def _launch(args: argparse.Namespace) -> None:
         r_idx = (torch.arange(regions)[:, None] + torch.arange(args.topk)[None, :]) % regions
         r_idx = r_idx.expand(b, -1, -1).contiguous()
         scale = (c // args.heads) ** -0.5
-        out, lse = routed_attention_fwd(q, k, v, r_idx, args.n_win, args.heads, scale, distinct=True)
+        if "fwd" in args.passes:
+            routed_attention_fwd(q, k, v, r_idx, args.n_win, args.heads, scale, distinct=True)
         if "bwd" in args.passes:
+            out, lse = torch.zeros(b, n, n, c, dtype=dtype), torch.zeros(b, args.heads, n * n)
             routed_attention_bwd(out, q, k, v, out, lse, r_idx, args.n_win, args.heads, scale, distinct=True)
 
 
