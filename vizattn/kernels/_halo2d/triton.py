@@ -1257,16 +1257,22 @@ def _align_log2(*maps: torch.Tensor) -> int:
     (every value a multiple of 16, which it specialises on) or no power of two above 1 divides them all. Without it,
     a head dim of 72 (DiT's) makes the head offsets and the head-dim masks look unaligned, and every load of q, k, v
     scalar: 160 two-byte loads per key block of the CLEAR forward instead of 20 vector ones (sm_90)."""
-    values = []
-    for t in maps:
-        if t.stride(-1) != 1:
+    return _layout_align_log2(tuple((t.shape, t.stride()) for t in maps))
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout_align_log2(layouts: tuple) -> int:
+    """:func:`_align_log2` of maps given as (shape, stride) pairs (cached: it runs on every launch, whose host time
+    matters on small maps)."""
+    g = 0
+    for shape, stride in layouts:
+        if stride[-1] != 1:
             return 0
-        values.append(t.shape[-1])
-        values += [s for s, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1]  # a size-1 dim's index is always 0
-    if all(v % 16 == 0 for v in values):
+        # a size-1 dim's index is always 0, so its stride never reaches an offset
+        g = math.gcd(g, shape[-1], *[s for s, n in zip(stride[:-1], shape[:-1]) if n > 1])
+    if g % 16 == 0:  # also where every value is a multiple of 16
         return 0
-    g = math.gcd(*values)
-    return min((g & -g).bit_length() - 1, 3) if g else 0
+    return min((g & -g).bit_length() - 1, 3)
 
 
 def _strides4(t: torch.Tensor, has: bool) -> tuple[int, ...]:

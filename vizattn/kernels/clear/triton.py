@@ -33,7 +33,7 @@ TILE = (8, 8)  # the forward's queries per program along H and W
 #   stages (8x8 tiles, 128 keys, 4 warps); 64x64 r 8 0.227 -> 0.139, 128x128 r 16 1.564 -> 1.286 (stages 1 -> 2), with
 #   256 extra tokens 0.823 -> 0.675, 32x32 0.039 -> 0.036. Three stages 0.758; 64 keys 0.75-1.72; 8 warps 1.04-1.97;
 #   8x16 / 16x8 / 4x16 tiles 0.60-1.54.
-# - backward, 128x128 r 8: 3.161 (scalar loads) -> 2.164 (vector loads, the launches below in brackets) -> 1.815 with
+# - backward, 128x128 r 8: 3.161 (scalar loads) -> 2.164 (vector loads, the one-warp launches of 11-29) -> 1.815 with
 #   dq on 4x16 query tiles with 32 keys x 4 warps and dk/dv on 8x8 key tiles with 64 queries x 4 warps (dq on 8x8
 #   1.838; dq alone at its best 2.03 against 2.16, dk/dv alone 1.97; two stages 2.09-2.46, one-warp programs 2.2-6.1);
 #   64x64 0.559 -> 0.486, 128x128 r 16 6.578 -> 4.807, 256 extra tokens 3.286 -> 2.753, 32x32 0.145 -> 0.138.
