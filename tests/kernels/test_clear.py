@@ -375,6 +375,64 @@ def test_declared_alignment_changes_no_result(monkeypatch, packed):
         assert torch.equal(ours, theirs)
 
 
+def test_circle_terms_give_exact_squared_distances():
+    """The halo terms of the circle's distance dot (CIRCLE_DOT) are exact in float16 and, times each slot's terms (as
+    the kernels build them), give every squared distance exactly, at the largest halo that takes the dot; keys past
+    the halo's end and masked slots come out at least 2 * BIG (4096) away, beyond every radius that takes it."""
+    import vizattn.kernels._halo2d.triton as halo
+
+    side = halo._CIRCLE_DOT_MAX_HALO
+    terms = halo.circle_terms(side, side, 128, torch.device("cpu"))
+    n_keys = side * side
+    assert terms.shape == (16, -(-n_keys // 128) * 128) and terms.dtype == torch.float16
+    y = torch.arange(side)
+    pos = torch.stack(torch.meshgrid(y, y, indexing="ij"), -1).reshape(-1, 2).double()  # (row, col) of each halo slot
+    c = pos - side // 2
+    slots = torch.zeros(n_keys + 1, 16, dtype=torch.float64)
+    slots[:-1, :2] = 1
+    slots[:-1, 2:4] = c
+    slots[:-1, 4:6] = c * c
+    slots[-1, 4:6] = halo._CIRCLE_BIG  # a masked slot
+    assert torch.equal(slots.half().double(), slots)  # every slot term is a float16
+    dist = slots @ terms.double()
+    truth = ((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)
+    assert torch.equal(dist[:-1, :n_keys], truth)
+    assert (dist[:, n_keys:] >= 2 * halo._CIRCLE_BIG).all() and (dist[-1] >= 2 * halo._CIRCLE_BIG).all()
+    assert halo._CIRCLE_DOT_MAX_RADIUS ** 2 <= 2 * halo._CIRCLE_BIG
+
+
+@pytest.mark.parametrize("radius", [3, 5])
+def test_circle_mask_by_dot_changes_no_result(monkeypatch, radius):
+    """The circle mask from the distance dot (CIRCLE_DOT) gives bitwise the results of the integer mask per pair,
+    forward and every gradient, on a map with padded tiles and extra tokens; the dot is what the launchers take here,
+    and they fall back to the integer mask past its radius and halo limits."""
+    import vizattn.kernels._halo2d.triton as halo
+    from vizattn.kernels.clear.triton import _axes
+
+    g = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(2, 9, 11, 2, 16, generator=g).to(DEVICE) for _ in range(3))
+    ek, ev = (torch.randn(2, 3, 2, 16, generator=g).to(DEVICE) for _ in range(2))
+    rows, cols = _axes(q, radius, (4, 4))
+    assert halo._circle_mask_args(rows, cols, 32, radius, q)[1]
+    assert not halo._circle_mask_args(rows, cols, 32, halo._CIRCLE_DOT_MAX_RADIUS + 1, q)[1]
+    assert not halo._circle_mask_args(rows, cols, 32, None, q)[1]
+    big = _axes(torch.zeros(1, 100, 100, 1, 1), 47, (8, 8))  # halo 8 + 2 * 47 - 2 = 100 > 91
+    assert not halo._circle_mask_args(*big, 32, 47, q)[1]
+    results = []
+    real = halo._circle_mask_args
+    for by_dot in (True, False):
+        if not by_dot:
+            monkeypatch.setattr(halo, "_circle_mask_args", lambda rows, cols, block_n, r, placeholder: (placeholder,
+                                                                                                        False))
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, ek, ev)]
+        out = clear_attention(*leaves[:3], radius, *leaves[3:], backend="triton")
+        out.backward(torch.ones_like(out))
+        results.append([out.detach()] + [t.grad for t in leaves])
+    assert real is not halo._circle_mask_args
+    for ours, theirs in zip(*results):
+        assert torch.equal(ours, theirs)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Arguments, dispatch and registration
 

@@ -22,9 +22,13 @@ softmax in float32. The constexpr ``CIRCLE`` picks the per-pair mask:
   class of tiles (:func:`bias_table`; tiles with the same windows along an axis share a class, so a map has a few),
   ``-inf`` outside the window: one load and one fused multiply-add per pair instead of the window test and the bias
   gather. Fewer instructions, but loads: NA takes it where it measured faster (its backward with rpb);
-- ``CIRCLE=True`` (CLEAR): key ``(i', j')`` is kept iff ``(i - i')^2 + (j - j')^2 < r^2``, from the row and column
-  offsets; the halos were shifted inward at the borders, so every halo key is a distinct real key and the windows
-  are not read.
+- ``CIRCLE=True`` (CLEAR): key ``(i', j')`` is kept iff ``(i - i')^2 + (j - j')^2 < r^2``; the halos were shifted
+  inward at the borders, so every halo key is a distinct real key and the windows are not read. With ``CIRCLE_DOT``
+  (halos up to 91 a side, r up to 64: every CLEAR shape of DiT) the squared distances of a step come from one small
+  float16 MMA, exact for these integers, of per-slot terms built once per program and per-key terms read from a
+  table (:func:`circle_terms`), so a pair costs one compare and one select: the sm_90 loop of the forward at head dim
+  72 falls from 1321 to 914 instructions per 128 keys, its 80-byte spill goes, and the H200 forward at 128x128,
+  r 8 from 0.511 to 0.426 ms (2026-12-02, docs/benchmarks.md). Else the offsets are squared per pair in int32.
 
 With ``HAS_EXTRA`` the same online softmax then runs over ``M`` extra keys that every query sees (CLEAR's pooled or
 prefix tokens), a dense segment read from ``(B, M, heads, D)`` maps. Nothing of size ``N * window`` is ever written:
@@ -327,6 +331,42 @@ def _pair_mask(RPB, row, col, k_row, k_col, m_ok, n_ok, lo_h, width_h, lo_w, wid
     return inside, bias
 
 
+# The circle's squared distances as a small dot product (CIRCLE_DOT): (BLOCK_M, 16) slot terms times (16, BLOCK_N)
+# halo terms, in float16 (exact for these integers) with a float32 result; 16 is the least K of a float16 MMA, 6 are
+# used. An invalid slot or halo key gets a distance of at least 2 * _CIRCLE_BIG, beyond any radius allowed with it.
+_CIRCLE_TERMS = 16
+_CIRCLE_BIG = 2048.0  # the largest float16 integer below which every integer is exact
+_CIRCLE_DOT_MAX_HALO = 91  # centred halo coordinates then stay within 45 (45^2 = 2025 < 2048)
+_CIRCLE_DOT_MAX_RADIUS = 64  # r^2 at most 2 * BIG: an invalid pair's distance is never below it
+
+
+@triton.jit
+def _circle_slot_terms(row, col, HR, HC, th, tw, slot_ok, HALO_H: tl.constexpr, HALO_W: tl.constexpr):
+    """Once per program, CIRCLE_DOT: the (BLOCK_M, 16) float16 left factor of the squared distances between the
+    tile's slots and the halo keys, ``[1, 1, y, x, y^2, x^2, 0 ...]`` with ``(y, x)`` a slot's position in the halo
+    (``HR`` / ``HC`` the halo tables: a circle's halo is a run of consecutive keys starting at its first entry),
+    centred on the halo; ``[0, 0, 0, 0, BIG, BIG, 0 ...]`` where ``slot_ok`` is false (no halo key is then inside)."""
+    y = (row - tl.load(HR + th * HALO_H) - HALO_H // 2).to(tl.float32)[:, None]
+    x = (col - tl.load(HC + tw * HALO_W) - HALO_W // 2).to(tl.float32)[:, None]
+    t = tl.arange(0, 16)[None, :]
+    a = tl.where(t < 2, 1.0, 0.0) + tl.where(t == 2, y, 0.0) + tl.where(t == 3, x, 0.0)
+    a += tl.where(t == 4, y * y, 0.0) + tl.where(t == 5, x * x, 0.0)
+    a = tl.where(slot_ok[:, None], a, tl.where((t == 4) | (t == 5), 2048.0, 0.0))
+    return a.to(tl.float16)
+
+
+@triton.jit
+def _circle_inside(slot_terms, TERMS, start, radius_sq, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """CIRCLE_DOT: whether each (slot, halo key ``start ..``) pair is inside the circle, from the slot terms of
+    :func:`_circle_slot_terms` times the halo keys' columns of the table ``TERMS`` (:func:`circle_terms`): one small
+    MMA and one compare per pair instead of the integer offsets, their squares and the validity masks."""
+    NPAD: tl.constexpr = (HALO_H * HALO_W + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    n = start + tl.arange(0, BLOCK_N)
+    halo_terms = tl.load(TERMS + tl.arange(0, 16)[:, None] * NPAD + n[None, :])
+    return tl.dot(slot_terms, halo_terms, out_dtype=tl.float32) < radius_sq
+
+
 @triton.jit
 def _table_bias(rows, start, BLOCK_N: tl.constexpr):
     """Columns ``start .. start + BLOCK_N`` of a program's bias table: the bias of each (slot, halo slot) pair,
@@ -617,7 +657,7 @@ def _halo_fwd_kernel(
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TABLE: tl.constexpr = False, TABLE_ALIGN: tl.constexpr = 64,
     HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
-    ROW_I32: tl.constexpr = False, ALIGN_LOG2: tl.constexpr = 0,
+    ROW_I32: tl.constexpr = False, ALIGN_LOG2: tl.constexpr = 0, CIRCLE_DOT: tl.constexpr = False,
 ):
     if ALIGN_LOG2 > 0:  # see _align_log2
         s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v = _aligned_maps(
@@ -651,12 +691,16 @@ def _halo_fwd_kernel(
             RPB, WH, WW, th, tw, a_h, a_w, m_ok, rpb_side, head, heads, HAS_RPB, CIRCLE, TABLE, T_H, T_W, HALO_H,
             HALO_W, BLOCK_M, TABLE_ALIGN,
         )
+        if CIRCLE_DOT:
+            slot_terms = _circle_slot_terms(row, col, KH, KW, th, tw, m_ok, HALO_H, HALO_W)
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
             k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
             k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
             v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
             if TABLE:
                 inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
+            elif CIRCLE_DOT:
+                inside, bias = _circle_inside(slot_terms, rpb_rows, start, radius_sq, HALO_H, HALO_W, BLOCK_N), 0.0
             else:
                 inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, m_ok, n_ok, lo_h, width_h, lo_w,
                                           width_w, start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE,
@@ -701,7 +745,7 @@ def _halo_dq_kernel(
     TABLE: tl.constexpr = False, TABLE_ALIGN: tl.constexpr = 64,
     HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
     ROW_I32: tl.constexpr = False, TABLE_GRAD: tl.constexpr = False, ADD_ATOMIC: tl.constexpr = False,
-    FIRST_STORE: tl.constexpr = False, ALIGN_LOG2: tl.constexpr = 0,
+    FIRST_STORE: tl.constexpr = False, ALIGN_LOG2: tl.constexpr = 0, CIRCLE_DOT: tl.constexpr = False,
 ):
     """Query-centric: dq of one query tile over its halo and the extra keys (the bias added to the recomputed
     scores). It also writes ``delta = rowsum(dO * O)`` of its queries, which the kernels launched after it read.
@@ -742,7 +786,7 @@ def _halo_dq_kernel(
                 th, tw, b, head, heads, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
                 T_H, T_W, HALO_H, HALO_W, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV,
                 HAS_RPB, CIRCLE, HAS_EXTRA, DOT_PRECISION, TABLE, TABLE_ALIGN, HALO_WP, EVEN_QK, EVEN_V, ROW_I32,
-                TABLE_GRAD, ADD_ATOMIC, FIRST_STORE,
+                TABLE_GRAD, ADD_ATOMIC, FIRST_STORE, CIRCLE_DOT,
             )
             tl.debug_barrier()  # the next image reads the block's sums, perhaps in other threads
     else:
@@ -755,7 +799,7 @@ def _halo_dq_kernel(
             th, tw, b, head, heads, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
             T_H, T_W, HALO_H, HALO_W, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV,
             HAS_RPB, CIRCLE, HAS_EXTRA, DOT_PRECISION, TABLE, TABLE_ALIGN, HALO_WP, EVEN_QK, EVEN_V, ROW_I32, False,
-            False, False,
+            False, False, CIRCLE_DOT,
         )
 
 
@@ -792,7 +836,7 @@ def _dq_tile(
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TABLE: tl.constexpr, TABLE_ALIGN: tl.constexpr, HALO_WP: tl.constexpr, EVEN_QK: tl.constexpr,
     EVEN_V: tl.constexpr, ROW_I32: tl.constexpr, TABLE_GRAD: tl.constexpr, ADD_ATOMIC: tl.constexpr,
-    FIRST_STORE: tl.constexpr,
+    FIRST_STORE: tl.constexpr, CIRCLE_DOT: tl.constexpr,
 ):
     """:func:`_halo_dq_kernel`'s work on one tile of one image and head; with ``TABLE_GRAD`` it also adds the tile's
     score gradients into its pair-bias gradient block ``DTAB``: with ``ADD_ATOMIC`` by float32 atomic adds (into a
@@ -842,9 +886,13 @@ def _dq_tile(
             RPB, WH, WW, th, tw, a_h, a_w, real, rpb_side, head, heads, HAS_RPB, CIRCLE, TABLE, T_H, T_W, HALO_H,
             HALO_W, BLOCK_M, TABLE_ALIGN,
         )
+        if CIRCLE_DOT:
+            slot_terms = _circle_slot_terms(row, col, KH, KW, th, tw, real, HALO_H, HALO_W)
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
             k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
-            if CIRCLE:  # before the loads: after them this kernel spills more (sm_90, CLEAR d 72: 268 against 252 B)
+            if CIRCLE_DOT:
+                inside, bias = _circle_inside(slot_terms, rpb_rows, start, radius_sq, HALO_H, HALO_W, BLOCK_N), 0.0
+            elif CIRCLE:  # before the loads: after them this kernel spills more (sm_90, CLEAR d 72: 268 against 252 B)
                 inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, real, n_ok, lo_h, width_h, lo_w, width_w,
                                           start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
             k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
@@ -907,7 +955,7 @@ def _halo_dkdv_kernel(
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, DOT_PRECISION: tl.constexpr, TABLE: tl.constexpr = False,
     TABLE_ALIGN: tl.constexpr = 64, HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False,
     EVEN_V: tl.constexpr = False, ROW_I32: tl.constexpr = False, SPAN: tl.constexpr = False,
-    ALIGN_LOG2: tl.constexpr = 0,
+    ALIGN_LOG2: tl.constexpr = 0, CIRCLE_DOT: tl.constexpr = False,
 ):
     """Key-centric: dk, dv of one key tile, over the halo of the queries that see its keys (key-tile tables). NA with
     ``HALO_WP`` (the query halo's width padded to a power of two) at most ``BLOCK_N``: the halo is walked by whole
@@ -966,10 +1014,14 @@ def _halo_dkdv_kernel(
             RPB, WH, WW, th, tw, a_h, a_w, m_ok, rpb_side, head, heads, HAS_RPB, CIRCLE, TABLE, T_H, T_W, HALO_H,
             HALO_W, BLOCK_M, TABLE_ALIGN,
         )
+        if CIRCLE_DOT:
+            slot_terms = _circle_slot_terms(row, col, QKH, QKW, th, tw, m_ok, HALO_H, HALO_W)
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
             q_row, q_col, n_ok = _halo_keys(QKH, QKW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
             if TABLE:
                 inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
+            elif CIRCLE_DOT:
+                inside, bias = _circle_inside(slot_terms, rpb_rows, start, radius_sq, HALO_H, HALO_W, BLOCK_N), 0.0
             elif not (CIRCLE or HAS_RPB):  # NA without bias: before the loads (sm_90, 14x14: 96 against 122 regs)
                 inside, bias = _pair_mask(rpb_rows, row, col, q_row, q_col, m_ok, n_ok, lo_h, width_h, lo_w,
                                           width_w, start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
@@ -978,7 +1030,7 @@ def _halo_dkdv_kernel(
             stat = stat_base + q_row * s_lh + q_col * s_lw
             lse = tl.load(LSE + stat, mask=n_ok, other=0.0)
             delta = tl.load(DELTA + stat, mask=n_ok, other=0.0)
-            if (CIRCLE or HAS_RPB) and not TABLE:
+            if (CIRCLE or HAS_RPB) and not (TABLE or CIRCLE_DOT):
                 inside, bias = _pair_mask(rpb_rows, row, col, q_row, q_col, m_ok, n_ok, lo_h, width_h, lo_w,
                                           width_w, start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
             dk, dk_t, dv, dv_t = _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside,
@@ -1275,6 +1327,36 @@ def _layout_align_log2(layouts: tuple) -> int:
     return min((g & -g).bit_length() - 1, 3)
 
 
+@functools.lru_cache(maxsize=128)
+def circle_terms(halo_h: int, halo_w: int, block_n: int, device: torch.device) -> torch.Tensor:
+    """The circle's halo terms (CIRCLE_DOT, :func:`_circle_inside`): ``(16, npad)`` float16, ``npad`` the halo's
+    ``halo_h * halo_w`` keys rounded up to whole steps of ``block_n``. Column n (halo row ``y = n // halo_w - halo_h //
+    2``, column ``x = n % halo_w - halo_w // 2``, centred as the slot terms) is ``[y^2, x^2, -2y, -2x, 1, 1, 0 ...]``,
+    so that its product with a slot's ``[1, 1, y', x', y'^2, x'^2, 0 ...]`` is the squared distance; ``[BIG, BIG, 0,
+    0, 1, 1, 0 ...]`` past the halo's end."""
+    npad = _cdiv(halo_h * halo_w, block_n) * block_n
+    n = torch.arange(npad)
+    y, x, ok = n // halo_w - halo_h // 2, n % halo_w - halo_w // 2, n < halo_h * halo_w
+    terms = torch.zeros(_CIRCLE_TERMS, npad)
+    terms[0] = torch.where(ok, y * y, _CIRCLE_BIG)
+    terms[1] = torch.where(ok, x * x, _CIRCLE_BIG)
+    terms[2] = torch.where(ok, -2 * y, 0)
+    terms[3] = torch.where(ok, -2 * x, 0)
+    terms[4:6] = 1.0
+    return terms.to(device=device, dtype=torch.float16).contiguous()
+
+
+def _circle_mask_args(rows: DeviceTables, cols: DeviceTables, block_n: int, circle_radius: int | None,
+                      placeholder: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The circle kernels' ``RPB`` argument and ``CIRCLE_DOT``: the halo terms (:func:`circle_terms`) and True where
+    the halo's centred coordinates are exact in float16 (halos up to ``_CIRCLE_DOT_MAX_HALO`` a side) and r is at most
+    ``_CIRCLE_DOT_MAX_RADIUS``, else the placeholder and False (the integer mask per pair)."""
+    if (circle_radius is None or circle_radius > _CIRCLE_DOT_MAX_RADIUS
+            or max(rows.halo, cols.halo) > _CIRCLE_DOT_MAX_HALO):
+        return placeholder, False
+    return circle_terms(rows.halo, cols.halo, block_n, placeholder.device), True
+
+
 def _strides4(t: torch.Tensor, has: bool) -> tuple[int, ...]:
     return tuple(t.stride()) if has else (0, 0, 0, 0)
 
@@ -1336,6 +1418,7 @@ def halo_fwd(
     if table and circle_radius is None:
         tab = bias_table(rows, cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"], halo_wp)
     rpb_t, win_h, win_w, rpb_side = _table_args(rows, cols, rpb_t, rpb_t.shape[-1] if has_rpb else 1, tab)
+    rpb_t, circle_dot = _circle_mask_args(rows, cols, meta["BLOCK_N"], circle_radius, rpb_t)
     _halo_fwd_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
         q, k, v, ek, ev, out, lse, rpb_t, *rows[:3], win_h, *cols[:3], win_w,
         *q.stride(), *k.stride(), *v.stride(), *_strides4(ek, n_extra > 0), *_strides4(ev, n_extra > 0),
@@ -1343,7 +1426,7 @@ def halo_fwd(
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, scale * _LOG2E, rpb_side, (circle_radius or 0) ** 2,
         HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0, TABLE=tab is not None,
         TABLE_ALIGN=_table_align(), ROW_I32=_row_i32(k, v), ALIGN_LOG2=_align_log2(q, k, v, ek, ev, out),
-        **walk, **meta,
+        CIRCLE_DOT=circle_dot, **walk, **meta,
     )
     return out, lse
 
@@ -1606,6 +1689,7 @@ def halo_bwd(
     halo_wp = walk["HALO_WP"] if not circle and 0 < walk["HALO_WP"] <= meta["BLOCK_N"] else 0  # as the forward's
     tab = bias_table(rows, cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"], halo_wp) if table and not circle else None
     tab_t, win_h, win_w, side = _table_args(rows, cols, rpb_t, rpb_side, tab)
+    tab_t, circle_dot = _circle_mask_args(rows, cols, meta["BLOCK_N"], circle_radius, tab_t)
     n_tiles = rows.n_tiles * cols.n_tiles
     table_grad = rpb_grad and has_rpb and tab is not None
     images, dtab = 1, dq  # dtab: a placeholder, never read without a table gradient
@@ -1624,7 +1708,7 @@ def halo_bwd(
         HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
         ROW_I32=_row_i32(k, v), TABLE_GRAD=table_grad, ADD_ATOMIC=table_grad and rpb_grad_sum != "store",
         FIRST_STORE=table_grad and rpb_grad_sum == "first-store",
-        ALIGN_LOG2=_align_log2(q, k, v, ek, ev, grad_out, out, dq), **walk, **meta,
+        ALIGN_LOG2=_align_log2(q, k, v, ek, ev, grad_out, out, dq), CIRCLE_DOT=circle_dot, **walk, **meta,
     )
     cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)
     meta = _launch_meta(q, v, key_rows, key_cols, cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.maxnreg)
@@ -1634,13 +1718,14 @@ def halo_bwd(
     if table and not circle:
         tab = bias_table(key_rows, key_cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"], halo_wp)
     tab_t, win_h, win_w, side = _table_args(key_rows, key_cols, rpb_t, rpb_side, tab)
+    tab_t, circle_dot = _circle_mask_args(key_rows, key_cols, meta["BLOCK_N"], circle_radius, tab_t)
     _halo_dkdv_kernel[(key_rows.n_tiles * key_cols.n_tiles, b * heads)](
         q, k, v, grad_out, lse, delta, tab_t, dk, dv, key_rows.window, *key_rows[:3], win_h, *key_cols[:3], win_w,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride(), *dk.stride(), *dv.stride(),
         heads, key_cols.n_tiles, q.shape[-1], v.shape[-1], qk_scale, scale, side, radius_sq,
         HAS_RPB=has_rpb, CIRCLE=circle, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
         ROW_I32=_row_i32(q, grad_out) and _row_i32(lse, delta), SPAN=key_span and not circle,
-        ALIGN_LOG2=_align_log2(q, k, v, grad_out, dk, dv), **walk, **meta,
+        ALIGN_LOG2=_align_log2(q, k, v, grad_out, dk, dv), CIRCLE_DOT=circle_dot, **walk, **meta,
     )
     if extra_k is None:
         d_extra = (None, None)
