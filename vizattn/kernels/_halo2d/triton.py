@@ -284,6 +284,17 @@ def _rows_bias_setup(RPB, WH, WW, th, tw, a_h, a_w, slot_ok, rpb_side, head, hea
 
 
 @triton.jit
+def _run_keys(r0, c0, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
+    """:func:`_halo_keys` of a circle's halo, a run of consecutive rows and columns from ``(r0, c0)``, by arithmetic
+    in int32 instead of the tables (the dk/dv kernel with ``OFF_I32``: its int64 products and three layouts of table
+    loads made most of its loop; sm_90, CLEAR at head dim 72: 1255 -> 1039 instructions per step)."""
+    n = start + tl.arange(0, BLOCK_N)
+    n_ok = n < HALO_H * HALO_W
+    n = tl.where(n_ok, n, 0)
+    return r0 + n // HALO_W, c0 + n % HALO_W, n_ok
+
+
+@triton.jit
 def _halo_keys(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
     """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row and column, and validity."""
     n = start + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -357,13 +368,15 @@ def _circle_slot_terms(row, col, HR, HC, th, tw, slot_ok, HALO_H: tl.constexpr, 
 
 @triton.jit
 def _circle_inside(slot_terms, TERMS, start, radius_sq, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
-                   BLOCK_N: tl.constexpr):
+                   BLOCK_N: tl.constexpr, DIST16: tl.constexpr = False):
     """CIRCLE_DOT: whether each (slot, halo key ``start ..``) pair is inside the circle, from the slot terms of
     :func:`_circle_slot_terms` times the halo keys' columns of the table ``TERMS`` (:func:`circle_terms`): one small
     MMA and one compare per pair instead of the integer offsets, their squares and the validity masks."""
     NPAD: tl.constexpr = (HALO_H * HALO_W + BLOCK_N - 1) // BLOCK_N * BLOCK_N
     n = start + tl.arange(0, BLOCK_N)
     halo_terms = tl.load(TERMS + tl.arange(0, 16)[:, None] * NPAD + n[None, :])
+    if DIST16:
+        return tl.dot(slot_terms, halo_terms, out_dtype=tl.float16) < radius_sq.to(tl.float16)
     return tl.dot(slot_terms, halo_terms, out_dtype=tl.float32) < radius_sq
 
 
@@ -438,15 +451,24 @@ def _log2_bias(bias, BIAS_LOG2: tl.constexpr):
 @triton.jit
 def _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk_scale,
                   BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                  BIAS_LOG2: tl.constexpr = False):
+                  BIAS_LOG2: tl.constexpr = False, SCALE_LATE: tl.constexpr = False):
     """One online-softmax step over a chunk of keys (scores in base 2); returns the new max, sum and accumulator.
-    ``BIAS_LOG2``: the bias is already in base 2 (a bias table's)."""
-    s = _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION) * qk_scale + _log2_bias(bias, BIAS_LOG2)
-    s = tl.where(inside, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    ``BIAS_LOG2``: the bias is already in base 2 (a bias table's). ``SCALE_LATE`` (no bias, ``qk_scale > 0``): the
+    scale is applied in the exponent's fused multiply-add and to the row maxima, not to every score (the maxima are
+    the same: rounding a product by a positive number keeps the order)."""
+    if SCALE_LATE:
+        s = tl.where(inside, _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    else:
+        s = _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION) * qk_scale + _log2_bias(bias, BIAS_LOG2)
+        s = tl.where(inside, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet in this chunk
     alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(s - m_safe[:, None])
+    if SCALE_LATE:
+        p = tl.exp2(s * qk_scale - m_safe[:, None])
+    else:
+        p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     if BLOCK_TV > 0:
@@ -458,8 +480,14 @@ def _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk
 @triton.jit
 def _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
                BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, DOT_PRECISION: tl.constexpr,
-               BIAS_LOG2: tl.constexpr = False):
-    """Score gradients of a chunk of keys, from the probabilities recomputed from the logsumexp."""
+               BIAS_LOG2: tl.constexpr = False, NO_BIAS: tl.constexpr = False):
+    """Score gradients of a chunk of keys, from the probabilities recomputed from the logsumexp. ``NO_BIAS`` (the
+    circle): the mask sets the scores outside to -inf before one fused multiply-add and the exponent, and no
+    ``+ 0`` is left in the way of the fusion (nor a second select: their probabilities are 0)."""
+    if NO_BIAS:
+        s = tl.where(inside, _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION), float("-inf"))
+        p = tl.exp2(s * qk_scale - lse[:, None])
+        return p * (_dot_nt(do, do_t, v, v_t, BLOCK_TV, DOT_PRECISION) - delta[:, None])
     s = _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION) * qk_scale + _log2_bias(bias, BIAS_LOG2)
     p = tl.where(inside, tl.exp2(s - lse[:, None]), 0.0)
     dp = _dot_nt(do, do_t, v, v_t, BLOCK_TV, DOT_PRECISION)
@@ -469,9 +497,17 @@ def _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_sc
 @triton.jit
 def _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside, dk, dk_t, dv, dv_t, qk_scale,
                    HAS_BIAS: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr, BIAS_LOG2: tl.constexpr = False):
+                   DOT_PRECISION: tl.constexpr, BIAS_LOG2: tl.constexpr = False, MASK_FIRST: tl.constexpr = False):
     """Key-centric step: a chunk of queries' contribution to the dk, dv of a block of keys, from the transposed
-    probabilities and score gradients, (keys, queries). ``bias`` is read only with ``HAS_BIAS``."""
+    probabilities and score gradients, (keys, queries). ``bias`` is read only with ``HAS_BIAS``. ``MASK_FIRST``
+    (no bias): as :func:`_grad_step` with ``NO_BIAS``, the scores outside set to -inf before the exponent."""
+    if MASK_FIRST:
+        s = tl.where(inside, _dot_nt(k, k_t, q, q_t, BLOCK_TQK, DOT_PRECISION), float("-inf"))
+        p = tl.exp2(s * qk_scale - lse[None, :])
+        ds = p * (_dot_nt(v, v_t, do, do_t, BLOCK_TV, DOT_PRECISION) - delta[None, :])
+        dv, dv_t = _dot_acc(p, do, do_t, dv, dv_t, BLOCK_TV, DOT_PRECISION)
+        dk, dk_t = _dot_acc(ds, q, q_t, dk, dk_t, BLOCK_TQK, DOT_PRECISION)
+        return dk, dk_t, dv, dv_t
     s = _dot_nt(k, k_t, q, q_t, BLOCK_TQK, DOT_PRECISION) * qk_scale
     if HAS_BIAS:
         s += _log2_bias(bias, BIAS_LOG2)
@@ -658,6 +694,7 @@ def _halo_fwd_kernel(
     TABLE: tl.constexpr = False, TABLE_ALIGN: tl.constexpr = 64,
     HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
     ROW_I32: tl.constexpr = False, ALIGN_LOG2: tl.constexpr = 0, CIRCLE_DOT: tl.constexpr = False,
+    SCALE_LATE: tl.constexpr = False, DIST16: tl.constexpr = False,
 ):
     if ALIGN_LOG2 > 0:  # see _align_log2
         s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v = _aligned_maps(
@@ -700,13 +737,14 @@ def _halo_fwd_kernel(
             if TABLE:
                 inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
             elif CIRCLE_DOT:
-                inside, bias = _circle_inside(slot_terms, rpb_rows, start, radius_sq, HALO_H, HALO_W, BLOCK_N), 0.0
+                inside = _circle_inside(slot_terms, rpb_rows, start, radius_sq, HALO_H, HALO_W, BLOCK_N, DIST16)
+                bias = 0.0
             else:
                 inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, m_ok, n_ok, lo_h, width_h, lo_w,
                                           width_w, start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE,
                                           False)
             m_i, l_i, acc, acc_t = _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t,
-                                                 qk_scale, BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE)
+                                                 qk_scale, BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE, SCALE_LATE)
     if HAS_EXTRA:
         ek_base = EK + b * s_eb + head * s_en
         ev_base = EV + b * s_fb + head * s_fn
@@ -716,7 +754,8 @@ def _halo_fwd_kernel(
             xk, xk_t = _load_cols(ek_base + e * s_em, e_ok, s_ed, d_qk, BLOCK_DQK, BLOCK_TQK)
             xv, xv_t = _load_cols(ev_base + e * s_fm, e_ok, s_fd, d_v, BLOCK_DV, BLOCK_TV)
             m_i, l_i, acc, acc_t = _softmax_step(q, q_t, xk, xk_t, xv, xv_t, 0.0, m_ok[:, None] & e_ok[None, :],
-                                                 m_i, l_i, acc, acc_t, qk_scale, BLOCK_TQK, BLOCK_TV, DOT_PRECISION)
+                                                 m_i, l_i, acc, acc_t, qk_scale, BLOCK_TQK, BLOCK_TV, DOT_PRECISION,
+                                                 False, SCALE_LATE)
     l_safe = tl.where(real, l_i, 1.0)
     inv_l = 1.0 / l_safe  # one division per query, then products (a division per output costs ~6 instructions)
     _store_cols(OUT + b * s_ob + head * s_on + row * s_oh + col * s_ow, real, s_od, d_v,
@@ -746,6 +785,7 @@ def _halo_dq_kernel(
     HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
     ROW_I32: tl.constexpr = False, TABLE_GRAD: tl.constexpr = False, ADD_ATOMIC: tl.constexpr = False,
     FIRST_STORE: tl.constexpr = False, ALIGN_LOG2: tl.constexpr = 0, CIRCLE_DOT: tl.constexpr = False,
+    DIST16: tl.constexpr = False,
 ):
     """Query-centric: dq of one query tile over its halo and the extra keys (the bias added to the recomputed
     scores). It also writes ``delta = rowsum(dO * O)`` of its queries, which the kernels launched after it read.
@@ -786,7 +826,7 @@ def _halo_dq_kernel(
                 th, tw, b, head, heads, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
                 T_H, T_W, HALO_H, HALO_W, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV,
                 HAS_RPB, CIRCLE, HAS_EXTRA, DOT_PRECISION, TABLE, TABLE_ALIGN, HALO_WP, EVEN_QK, EVEN_V, ROW_I32,
-                TABLE_GRAD, ADD_ATOMIC, FIRST_STORE, CIRCLE_DOT,
+                TABLE_GRAD, ADD_ATOMIC, FIRST_STORE, CIRCLE_DOT, DIST16,
             )
             tl.debug_barrier()  # the next image reads the block's sums, perhaps in other threads
     else:
@@ -799,7 +839,7 @@ def _halo_dq_kernel(
             th, tw, b, head, heads, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
             T_H, T_W, HALO_H, HALO_W, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV,
             HAS_RPB, CIRCLE, HAS_EXTRA, DOT_PRECISION, TABLE, TABLE_ALIGN, HALO_WP, EVEN_QK, EVEN_V, ROW_I32, False,
-            False, False, CIRCLE_DOT,
+            False, False, CIRCLE_DOT, DIST16,
         )
 
 
@@ -836,7 +876,7 @@ def _dq_tile(
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TABLE: tl.constexpr, TABLE_ALIGN: tl.constexpr, HALO_WP: tl.constexpr, EVEN_QK: tl.constexpr,
     EVEN_V: tl.constexpr, ROW_I32: tl.constexpr, TABLE_GRAD: tl.constexpr, ADD_ATOMIC: tl.constexpr,
-    FIRST_STORE: tl.constexpr, CIRCLE_DOT: tl.constexpr,
+    FIRST_STORE: tl.constexpr, CIRCLE_DOT: tl.constexpr, DIST16: tl.constexpr,
 ):
     """:func:`_halo_dq_kernel`'s work on one tile of one image and head; with ``TABLE_GRAD`` it also adds the tile's
     score gradients into its pair-bias gradient block ``DTAB``: with ``ADD_ATOMIC`` by float32 atomic adds (into a
@@ -891,7 +931,8 @@ def _dq_tile(
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
             k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
             if CIRCLE_DOT:
-                inside, bias = _circle_inside(slot_terms, rpb_rows, start, radius_sq, HALO_H, HALO_W, BLOCK_N), 0.0
+                inside = _circle_inside(slot_terms, rpb_rows, start, radius_sq, HALO_H, HALO_W, BLOCK_N, DIST16)
+                bias = 0.0
             elif CIRCLE:  # before the loads: after them this kernel spills more (sm_90, CLEAR d 72: 268 against 252 B)
                 inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, real, n_ok, lo_h, width_h, lo_w, width_w,
                                           start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
@@ -903,7 +944,7 @@ def _dq_tile(
                 inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, real, n_ok, lo_h, width_h, lo_w, width_w,
                                           start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
             ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
-                            BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE)
+                            BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE, CIRCLE_DOT)
             dq, dq_t = _dot_acc(ds, k, k_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
             if TABLE_GRAD:
                 n = start + tl.arange(0, BLOCK_N)
@@ -955,12 +996,14 @@ def _halo_dkdv_kernel(
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, DOT_PRECISION: tl.constexpr, TABLE: tl.constexpr = False,
     TABLE_ALIGN: tl.constexpr = 64, HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False,
     EVEN_V: tl.constexpr = False, ROW_I32: tl.constexpr = False, SPAN: tl.constexpr = False,
-    ALIGN_LOG2: tl.constexpr = 0, CIRCLE_DOT: tl.constexpr = False,
+    ALIGN_LOG2: tl.constexpr = 0, CIRCLE_DOT: tl.constexpr = False, DIST16: tl.constexpr = False,
+    OFF_I32: tl.constexpr = False,
 ):
     """Key-centric: dk, dv of one key tile, over the halo of the queries that see its keys (key-tile tables). NA with
     ``HALO_WP`` (the query halo's width padded to a power of two) at most ``BLOCK_N``: the halo is walked by whole
     rows, as the forward walks its key halo (:func:`_rows_setup`, :func:`_rows_step` with ``KEY_TILE``; a bias table
-    is then laid out by padded halo rows); else by flat chunks."""
+    is then laid out by padded halo rows); else by flat chunks. The circle with ``OFF_I32`` (every offset within an
+    image fits in int32) computes its halo queries' rows and columns (:func:`_run_keys`) and offsets in int32."""
     if ALIGN_LOG2 > 0:  # see _align_log2
         s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v = _aligned_maps(
             s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v, ALIGN_LOG2)
@@ -1016,12 +1059,19 @@ def _halo_dkdv_kernel(
         )
         if CIRCLE_DOT:
             slot_terms = _circle_slot_terms(row, col, QKH, QKW, th, tw, m_ok, HALO_H, HALO_W)
+        if OFF_I32:
+            r0 = tl.load(QKH + th * HALO_H)  # a circle's halo: consecutive rows and columns from (r0, c0)
+            c0 = tl.load(QKW + tw * HALO_W)
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
-            q_row, q_col, n_ok = _halo_keys(QKH, QKW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
+            if OFF_I32:
+                q_row, q_col, n_ok = _run_keys(r0, c0, start, HALO_H, HALO_W, BLOCK_N)
+            else:
+                q_row, q_col, n_ok = _halo_keys(QKH, QKW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
             if TABLE:
                 inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
             elif CIRCLE_DOT:
-                inside, bias = _circle_inside(slot_terms, rpb_rows, start, radius_sq, HALO_H, HALO_W, BLOCK_N), 0.0
+                inside = _circle_inside(slot_terms, rpb_rows, start, radius_sq, HALO_H, HALO_W, BLOCK_N, DIST16)
+                bias = 0.0
             elif not (CIRCLE or HAS_RPB):  # NA without bias: before the loads (sm_90, 14x14: 96 against 122 regs)
                 inside, bias = _pair_mask(rpb_rows, row, col, q_row, q_col, m_ok, n_ok, lo_h, width_h, lo_w,
                                           width_w, start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
@@ -1035,7 +1085,7 @@ def _halo_dkdv_kernel(
                                           width_w, start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
             dk, dk_t, dv, dv_t = _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside,
                                                 dk, dk_t, dv, dv_t, qk_scale, True, BLOCK_TQK, BLOCK_TV,
-                                                DOT_PRECISION, TABLE)
+                                                DOT_PRECISION, TABLE, CIRCLE_DOT)
     _store_cols(DK + b * s_dkb + head * s_dkn + row * s_dkh + col * s_dkw, real, s_dkd, d_qk,
                 dk * scale, dk_t * scale, BLOCK_DQK, BLOCK_TQK)
     _store_cols(DV + b * s_dvb + head * s_dvn + row * s_dvh + col * s_dvw, real, s_dvd, d_v,
@@ -1296,6 +1346,13 @@ def _row_i32(k: torch.Tensor, v: torch.Tensor) -> bool:
     return (k.shape[1] - 1) * max(abs(k.stride(1)), abs(v.stride(1))) < _ROW_I32_LIMIT
 
 
+def _offsets_i32(*maps: torch.Tensor) -> bool:
+    """Whether every offset ``row * stride_h + col * stride_w`` within an image of each heads-last map fits in int32
+    (the flat loops of the circle then multiply their halo keys' rows and columns in int32)."""
+    return all((t.shape[1] - 1) * abs(t.stride(1)) + (t.shape[2] - 1) * abs(t.stride(2)) < _ROW_I32_LIMIT
+               for t in maps)
+
+
 def _extras(q: torch.Tensor, extra_k: torch.Tensor | None, extra_v: torch.Tensor | None):
     """(extra_k, extra_v, M) with placeholders (never read) when there are none."""
     if extra_k is None or extra_k.shape[1] == 0:
@@ -1355,6 +1412,13 @@ def _circle_mask_args(rows: DeviceTables, cols: DeviceTables, block_n: int, circ
             or max(rows.halo, cols.halo) > _CIRCLE_DOT_MAX_HALO):
         return placeholder, False
     return circle_terms(rows.halo, cols.halo, block_n, placeholder.device), True
+
+
+def _dist16(rows: DeviceTables, cols: DeviceTables, circle_dot: bool) -> bool:
+    """Whether the circle's distance dot may also sum in float16 (``DIST16``: half the registers of its result): where
+    every partial sum stays an integer below 2048, i.e. centred coordinates within 16 (halos up to 33 a side: each
+    of the six terms is then at most 16^2 or 2 * 16^2 in magnitude, 8 * 16^2 = 2048 in all)."""
+    return circle_dot and max(rows.halo, cols.halo) <= 33
 
 
 def _strides4(t: torch.Tensor, has: bool) -> tuple[int, ...]:
@@ -1426,7 +1490,8 @@ def halo_fwd(
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, scale * _LOG2E, rpb_side, (circle_radius or 0) ** 2,
         HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0, TABLE=tab is not None,
         TABLE_ALIGN=_table_align(), ROW_I32=_row_i32(k, v), ALIGN_LOG2=_align_log2(q, k, v, ek, ev, out),
-        CIRCLE_DOT=circle_dot, **walk, **meta,
+        CIRCLE_DOT=circle_dot, SCALE_LATE=circle_dot and scale > 0, DIST16=_dist16(rows, cols, circle_dot),
+        **walk, **meta,
     )
     return out, lse
 
@@ -1690,6 +1755,7 @@ def halo_bwd(
     tab = bias_table(rows, cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"], halo_wp) if table and not circle else None
     tab_t, win_h, win_w, side = _table_args(rows, cols, rpb_t, rpb_side, tab)
     tab_t, circle_dot = _circle_mask_args(rows, cols, meta["BLOCK_N"], circle_radius, tab_t)
+    dist16 = _dist16(rows, cols, circle_dot)
     n_tiles = rows.n_tiles * cols.n_tiles
     table_grad = rpb_grad and has_rpb and tab is not None
     images, dtab = 1, dq  # dtab: a placeholder, never read without a table gradient
@@ -1708,7 +1774,8 @@ def halo_bwd(
         HAS_RPB=has_rpb, CIRCLE=circle, HAS_EXTRA=n_extra > 0, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
         ROW_I32=_row_i32(k, v), TABLE_GRAD=table_grad, ADD_ATOMIC=table_grad and rpb_grad_sum != "store",
         FIRST_STORE=table_grad and rpb_grad_sum == "first-store",
-        ALIGN_LOG2=_align_log2(q, k, v, ek, ev, grad_out, out, dq), CIRCLE_DOT=circle_dot, **walk, **meta,
+        ALIGN_LOG2=_align_log2(q, k, v, ek, ev, grad_out, out, dq), CIRCLE_DOT=circle_dot, DIST16=dist16,
+        **walk, **meta,
     )
     cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)
     meta = _launch_meta(q, v, key_rows, key_cols, cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.maxnreg)
@@ -1719,13 +1786,15 @@ def halo_bwd(
         tab = bias_table(key_rows, key_cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"], halo_wp)
     tab_t, win_h, win_w, side = _table_args(key_rows, key_cols, rpb_t, rpb_side, tab)
     tab_t, circle_dot = _circle_mask_args(key_rows, key_cols, meta["BLOCK_N"], circle_radius, tab_t)
+    dist16 = _dist16(key_rows, key_cols, circle_dot)
     _halo_dkdv_kernel[(key_rows.n_tiles * key_cols.n_tiles, b * heads)](
         q, k, v, grad_out, lse, delta, tab_t, dk, dv, key_rows.window, *key_rows[:3], win_h, *key_cols[:3], win_w,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride(), *dk.stride(), *dv.stride(),
         heads, key_cols.n_tiles, q.shape[-1], v.shape[-1], qk_scale, scale, side, radius_sq,
         HAS_RPB=has_rpb, CIRCLE=circle, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
         ROW_I32=_row_i32(q, grad_out) and _row_i32(lse, delta), SPAN=key_span and not circle,
-        ALIGN_LOG2=_align_log2(q, k, v, grad_out, dk, dv), CIRCLE_DOT=circle_dot, **walk, **meta,
+        ALIGN_LOG2=_align_log2(q, k, v, grad_out, dk, dv), CIRCLE_DOT=circle_dot, DIST16=dist16,
+        OFF_I32=circle_dot and _offsets_i32(q, grad_out, lse, delta), **walk, **meta,
     )
     if extra_k is None:
         d_extra = (None, None)

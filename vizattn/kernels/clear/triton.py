@@ -37,16 +37,26 @@ TILE = (8, 8)  # the forward's queries per program along H and W
 #   dq on 4x16 query tiles with 32 keys x 4 warps and dk/dv on 8x8 key tiles with 64 queries x 4 warps (dq on 8x8
 #   1.838; dq alone at its best 2.03 against 2.16, dk/dv alone 1.97; two stages 2.09-2.46, one-warp programs 2.2-6.1);
 #   64x64 0.559 -> 0.486, 128x128 r 16 6.578 -> 4.807, 256 extra tokens 3.286 -> 2.753, 32x32 0.145 -> 0.138.
+# - 2026-12-02 18:20-19:10 UTC, after the circle mask became a small MMA (CIRCLE_DOT) and, in the backward, the scores
+#   outside were set to -inf before the exponent: forward 0.426 ms (128 keys x 4 warps x 2 stages again best: 3 stages
+#   0.457, 64 keys 0.466-0.571, a 168-register cap 0.475); backward 1.338 with dq on 8x8 query tiles x 128 keys x 2
+#   stages (4x16 x 32 keys x 2 stages 1.412, 8x8 x 64 keys 1.454) and dk/dv as before (32 queries 1.577, two stages
+#   1.355), against 1.804 before these changes.
 # Earlier (scalar loads): the forward at 128 keys x 4 warps beat 2.7-9.4 ms of other launches (2026-11-29), and walking
 # the halo by whole rows or computing each step's keys from the halo's first key measured slower (11-30); see
 # docs/benchmarks.md.
 _FWD = dict(block_n=128, num_warps=4, num_stages=2)
-_DQ_TILE, _DKDV_TILE = (4, 16), (8, 8)
+_DQ_TILE, _DKDV_TILE = (8, 8), (8, 8)
 _BWD = dict(
-    dq_launch=Launch(block_n=32, num_warps=4),
+    dq_launch=Launch(block_n=128, num_warps=4, num_stages=2),
     dkdv_launch=Launch(block_n=64, num_warps=4),
     extra_launch=Launch(block_n=16, num_warps=4, block_m=64),
 )
+# The dq launch above does not fit in shared memory with wide rows (float32 at head dim 128: 234 KB on sm_90, the
+# limit is 227 KB); rows of more than this many bytes take the dq launch of before 2026-12-02 (4x16 query tiles, 32
+# keys, one stage).
+_DQ_WIDE_ROW_BYTES = 256
+_DQ_TILE_WIDE, _DQ_LAUNCH_WIDE = (4, 16), Launch(block_n=32, num_warps=4)
 
 
 @functools.lru_cache(maxsize=256)
@@ -96,10 +106,14 @@ def clear_bwd(
     """Backward launcher: (dq, dk, dv, d_extra_k, d_extra_v) in their inputs' dtypes (the last two None without
     extra tokens). ``tile`` sets the query tiles of the dq kernel and the key tiles of the dk/dv kernel (None: their
     defaults)."""
-    rows, cols = _axes(q, radius, tile or _DQ_TILE)
+    launches = dict(_BWD)
+    dq_tile = _DQ_TILE
+    if q.element_size() * max(q.shape[-1], v.shape[-1]) > _DQ_WIDE_ROW_BYTES:
+        dq_tile, launches["dq_launch"] = _DQ_TILE_WIDE, _DQ_LAUNCH_WIDE
+    rows, cols = _axes(q, radius, tile or dq_tile)
     key_rows, key_cols = _axes(q, radius, tile or _DKDV_TILE)  # the circle's key tiles are query tiles too
     dq, dk, dv, dek, dev = halo_bwd(
         grad_out, q, k, v, out, lse, rows, cols, scale, circle_radius=radius, extra_k=extra_k, extra_v=extra_v,
-        key_rows=key_rows, key_cols=key_cols, **_BWD,
+        key_rows=key_rows, key_cols=key_cols, **launches,
     )
     return dq, dk, dv, dek, dev
