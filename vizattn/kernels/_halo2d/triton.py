@@ -376,7 +376,8 @@ def _circle_inside(slot_terms, TERMS, start, radius_sq, HALO_H: tl.constexpr, HA
     n = start + tl.arange(0, BLOCK_N)
     halo_terms = tl.load(TERMS + tl.arange(0, 16)[:, None] * NPAD + n[None, :])
     if DIST16:
-        return tl.dot(slot_terms, halo_terms, out_dtype=tl.float16) < radius_sq.to(tl.float16)
+        # (radius_sq may arrive as a Python int: Triton specialises an argument equal to 1)
+        return tl.dot(slot_terms, halo_terms, out_dtype=tl.float16) < tl.full((1, 1), radius_sq, tl.float16)
     return tl.dot(slot_terms, halo_terms, out_dtype=tl.float32) < radius_sq
 
 
@@ -455,7 +456,9 @@ def _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk
     """One online-softmax step over a chunk of keys (scores in base 2); returns the new max, sum and accumulator.
     ``BIAS_LOG2``: the bias is already in base 2 (a bias table's). ``SCALE_LATE`` (no bias, ``qk_scale > 0``): the
     scale is applied in the exponent's fused multiply-add and to the row maxima, not to every score (the maxima are
-    the same: rounding a product by a positive number keeps the order)."""
+    the same: rounding a product by a positive number keeps the order). The multiply-add is explicit (``tl.fma``, as
+    in the backward's steps without bias): left to the compiler, whether it was fused varied between compiles of one
+    kernel (with and without ``ALIGN_LOG2``, float32 on the H200), and with it the last bit of the results."""
     if SCALE_LATE:
         s = tl.where(inside, _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION), float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
@@ -466,7 +469,7 @@ def _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet in this chunk
     alpha = tl.exp2(m_i - m_safe)
     if SCALE_LATE:
-        p = tl.exp2(s * qk_scale - m_safe[:, None])
+        p = tl.exp2(tl.fma(s, qk_scale, -m_safe[:, None]))
     else:
         p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
@@ -486,7 +489,7 @@ def _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_sc
     ``+ 0`` is left in the way of the fusion (nor a second select: their probabilities are 0)."""
     if NO_BIAS:
         s = tl.where(inside, _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION), float("-inf"))
-        p = tl.exp2(s * qk_scale - lse[:, None])
+        p = tl.exp2(tl.fma(s, qk_scale, -lse[:, None]))
         return p * (_dot_nt(do, do_t, v, v_t, BLOCK_TV, DOT_PRECISION) - delta[:, None])
     s = _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION) * qk_scale + _log2_bias(bias, BIAS_LOG2)
     p = tl.where(inside, tl.exp2(s - lse[:, None]), 0.0)
@@ -503,7 +506,7 @@ def _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside, d
     (no bias): as :func:`_grad_step` with ``NO_BIAS``, the scores outside set to -inf before the exponent."""
     if MASK_FIRST:
         s = tl.where(inside, _dot_nt(k, k_t, q, q_t, BLOCK_TQK, DOT_PRECISION), float("-inf"))
-        p = tl.exp2(s * qk_scale - lse[None, :])
+        p = tl.exp2(tl.fma(s, qk_scale, -lse[None, :]))
         ds = p * (_dot_nt(v, v_t, do, do_t, BLOCK_TV, DOT_PRECISION) - delta[None, :])
         dv, dv_t = _dot_acc(p, do, do_t, dv, dv_t, BLOCK_TV, DOT_PRECISION)
         dk, dk_t = _dot_acc(ds, q, q_t, dk, dk_t, BLOCK_TQK, DOT_PRECISION)
