@@ -86,7 +86,15 @@ def test_sampling_loops_match_official(official_dit, case):
         out = diffusion.ddim_sample_loop(
             fn, noise.shape, noise, clip_denoised=spec["clip_denoised"], model_kwargs=kwargs, eta=spec["eta"]
         )
-    assert rel_err(out, io[f"sample_{case}"]) < RTOL
+    ref = io[f"sample_{case}"]
+    assert rel_err(out, ref) < (RTOL if ref.abs().max() > 1 else CLIPPED_ATOL)
+
+
+# A loop that clips its predictions (p5_fixed_small_clip) ends with samples bounded by 1, so rel_err measures it against
+# a peak of 1 where the other loops' peaks are 4-2053. Its float32 rounding differs between CPUs: max |ours - official|
+# was 2.0e-5 (the next 1.6e-5) on a Xeon with AVX-512 and AMX (2026-12-02) and below 1e-5 on the machines before, with
+# the same code. A coefficient 0.1% off (posterior variance or mean, 1 / sqrt(alpha_bar)) moves them by 6e-3 to 7e-3.
+CLIPPED_ATOL = 5e-5
 
 
 def test_respaced_process_calls_the_model_with_original_timesteps():
