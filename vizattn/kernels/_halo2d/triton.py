@@ -918,7 +918,7 @@ def _dq_tile(
                 BLOCK_TQK, BLOCK_TV, HAS_RPB, EVEN_QK, EVEN_V, ROW_I32, TABLE,
             )
             ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
-                            BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE)
+                            BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE, not (HAS_RPB or TABLE))
             dq, dq_t = _dot_acc(ds, k, k_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
             if TABLE_GRAD:
                 n = tl.arange(0, BLOCK_N)
@@ -947,7 +947,7 @@ def _dq_tile(
                 inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, real, n_ok, lo_h, width_h, lo_w, width_w,
                                           start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
             ds = _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_scale,
-                            BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE, CIRCLE_DOT)
+                            BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE, not (HAS_RPB or TABLE))
             dq, dq_t = _dot_acc(ds, k, k_t, dq, dq_t, BLOCK_TQK, DOT_PRECISION)
             if TABLE_GRAD:
                 n = start + tl.arange(0, BLOCK_N)
@@ -1053,7 +1053,7 @@ def _halo_dkdv_kernel(
             delta = tl.load(DELTA + stat_cols + stat)
             dk, dk_t, dv, dv_t = _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside,
                                                 dk, dk_t, dv, dv_t, qk_scale, HAS_RPB or TABLE, BLOCK_TQK, BLOCK_TV,
-                                                DOT_PRECISION, TABLE)
+                                                DOT_PRECISION, TABLE, not (HAS_RPB or TABLE))
     else:
         # with a table: (key slot, halo query) pairs, -inf outside the window and past the halo's end (lse read as 0)
         lo_h, width_h, lo_w, width_w, rpb_rows = _pair_setup(
@@ -1088,7 +1088,7 @@ def _halo_dkdv_kernel(
                                           width_w, start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
             dk, dk_t, dv, dv_t = _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside,
                                                 dk, dk_t, dv, dv_t, qk_scale, True, BLOCK_TQK, BLOCK_TV,
-                                                DOT_PRECISION, TABLE, CIRCLE_DOT)
+                                                DOT_PRECISION, TABLE, not (HAS_RPB or TABLE))
     _store_cols(DK + b * s_dkb + head * s_dkn + row * s_dkh + col * s_dkw, real, s_dkd, d_qk,
                 dk * scale, dk_t * scale, BLOCK_DQK, BLOCK_TQK)
     _store_cols(DV + b * s_dvb + head * s_dvn + row * s_dvh + col * s_dvw, real, s_dvd, d_v,
