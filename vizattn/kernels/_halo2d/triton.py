@@ -654,7 +654,7 @@ def _halo_rows_fwd(q, q_t, k_base, v_base, KH, KW, RPB, th, tw, s_kh, s_kw, s_kd
                    HALO_H: tl.constexpr, HALO_W: tl.constexpr, HALO_WP: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
                    HAS_RPB: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_QK: tl.constexpr, EVEN_V: tl.constexpr,
-                   ROW_I32: tl.constexpr, TABLE: tl.constexpr = False):
+                   ROW_I32: tl.constexpr, TABLE: tl.constexpr = False, SCALE_LATE: tl.constexpr = False):
     """Forward over the halo by whole rows: the halo's width padded to ``HALO_WP`` (a power of two), each step
     covers ``BLOCK_N // HALO_WP`` halo rows. Key slot n of a step is halo row ``start_row + n // HALO_WP``, column
     ``n % HALO_WP``; everything that depends on the column alone (the key column, its part of the addresses, the
@@ -674,7 +674,7 @@ def _halo_rows_fwd(q, q_t, k_base, v_base, KH, KW, RPB, th, tw, s_kh, s_kw, s_kd
             width_h, rpb_side, HALO_H, HALO_WP, BLOCK_N, BLOCK_TQK, BLOCK_TV, HAS_RPB, EVEN_QK, EVEN_V, ROW_I32, TABLE,
         )
         m_i, l_i, acc, acc_t = _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk_scale,
-                                             BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE)
+                                             BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE, SCALE_LATE)
     return m_i, l_i, acc, acc_t
 
 
@@ -724,7 +724,7 @@ def _halo_fwd_kernel(
             q, q_t, k_base, v_base, KH, KW, bias_at, th, tw, s_kh, s_kw, s_kd, s_vh, s_vw,
             s_vd, d_qk, d_v, lo_h, width_h, lo_w, width_w, rpb_idx, rpb_side, m_i, l_i, acc, acc_t, qk_scale,
             HALO_H, HALO_W, HALO_WP, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV, HAS_RPB, DOT_PRECISION,
-            EVEN_QK, EVEN_V, ROW_I32, TABLE,
+            EVEN_QK, EVEN_V, ROW_I32, TABLE, SCALE_LATE,
         )
     else:
         lo_h, width_h, lo_w, width_w, rpb_rows = _pair_setup(
@@ -1493,7 +1493,8 @@ def halo_fwd(
         heads, cols.n_tiles, q.shape[-1], v.shape[-1], n_extra, scale * _LOG2E, rpb_side, (circle_radius or 0) ** 2,
         HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0, TABLE=tab is not None,
         TABLE_ALIGN=_table_align(), ROW_I32=_row_i32(k, v), ALIGN_LOG2=_align_log2(q, k, v, ek, ev, out),
-        CIRCLE_DOT=circle_dot, SCALE_LATE=circle_dot and scale > 0, DIST16=_dist16(rows, cols, circle_dot),
+        CIRCLE_DOT=circle_dot, SCALE_LATE=scale > 0 and not has_rpb and tab is None,
+        DIST16=_dist16(rows, cols, circle_dot),
         **walk, **meta,
     )
     return out, lse
