@@ -2,18 +2,22 @@
 
 Compiles the kernels of one op, as its launchers would launch them for the given shape, for an NVIDIA target (sm_90,
 the H100 / H200, by default) with Triton's bundled ptxas, and reports per kernel: registers, spill stack, shared
-memory, SASS instructions in total and per loop, and the global loads by width. Nothing runs: the launches are
+memory, SASS instructions in total and per loop, the opcode mix of the largest loop (``--ops``), and the global
+loads by width. Nothing runs: the launches are
 replaced by compilations, so it needs neither a GPU nor the CUDA driver, only Triton's NVIDIA backend.
 
 Why: the speed of these kernels hangs on facts a CPU test cannot see. Whether a load of q, k or v is one 16-byte
 vector instruction or eight 2-byte ones depends on what Triton can prove about strides; with DiT's head dim of 72 it
 once proved nothing, and the CLEAR kernels ran 1.7x slower for it (docs/benchmarks.md, 2026-12-02). A device
-session is short; this shows such things before one.
+session is short; this shows such things before one. The loop's opcode mix shows where a step's instructions go: on
+2026-12-02 it showed the CLEAR forward spending about 8 of its 20 instructions per (query, key) pair on the circle's
+integer mask, which then became one small MMA.
 
 Usage:
     python tools/kernel_report.py clear --head-dim 72 --grid 32 --radius 8
     python tools/kernel_report.py na2d --head-dim 32 --grid 56 --kernel-size 7 --rpb
     python tools/kernel_report.py routed --grid 14 --channels 256 --heads 8 --topk 16
+    python tools/kernel_report.py clear --head-dim 72 --passes bwd --ops 10   # and each loop's 10 top opcodes
     python tools/kernel_report.py clear --head-dim 72 --passes fwd --no-align --json   # the kernels without the
                                                                                      # alignment they declare
 
@@ -103,15 +107,21 @@ def _nvidia_tool(name: str) -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
 
 
-def _loops(lines: list[str]) -> list[int]:
-    """Instruction counts of the SASS loops: from each backward branch's target label to the branch."""
+def _loop_opcodes(lines: list[str]) -> list[list[str]]:
+    """The opcodes of each SASS loop: from each backward branch's target label to the branch (the trailing
+    self-branch that pads a kernel is no loop)."""
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := _LABEL.match(line))}
-    sizes = []
+    loops = []
     for i, line in enumerate(lines):
         m = _BRANCH.search(line)
         if m and labels.get(m.group(1), i) < i:
-            sizes.append(len(_OPCODE.findall("\n".join(lines[labels[m.group(1)]:i + 1]))))
-    return [s for s in sizes if s > 1]  # the trailing self-branch that pads a kernel is no loop
+            loops.append(_OPCODE.findall("\n".join(lines[labels[m.group(1)]:i + 1])))
+    return [ops for ops in loops if len(ops) > 1]
+
+
+def _opcode_mix(ops: list[str]) -> dict[str, int]:
+    """How many of each base opcode (``FFMA``, ``HGMMA``, ``LDG``... without modifiers), most frequent first."""
+    return dict(collections.Counter(op.split(".")[0] for op in ops).most_common())
 
 
 def report(name: str, kernel) -> dict:
@@ -127,6 +137,7 @@ def report(name: str, kernel) -> dict:
     stack = re.search(r"STACK:(\d+)", usage)
     ops = _OPCODE.findall(sass)
     loads = collections.Counter(op for op in ops if op.startswith("LDG") and op != "LDGDEPBAR")
+    loops = _loop_opcodes(sass.splitlines())
     return dict(
         kernel=name,
         registers=int(regs.group(1)) if regs else None,
@@ -135,7 +146,9 @@ def report(name: str, kernel) -> dict:
         num_warps=kernel.metadata.num_warps,
         num_stages=kernel.metadata.num_stages,
         instructions=len(ops),
-        loop_instructions=_loops(sass.splitlines()),
+        loop_instructions=[len(loop) for loop in loops],
+        # where a kernel's time goes per step: the opcode mix of its largest loop
+        largest_loop_opcodes=_opcode_mix(max(loops, key=len)) if loops else {},
         global_loads=dict(sorted(loads.items())),
         narrow_global_loads=sum(n for op, n in loads.items() if op in _NARROW_LOADS),
     )
@@ -221,12 +234,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--topk", type=int, default=4, help="routed: regions per routing list (default 4)")
     p.add_argument("--no-align", action="store_true",
                    help="compile the halo kernels without the stride alignment they declare (ALIGN_LOG2)")
+    p.add_argument("--ops", type=int, default=0, metavar="N",
+                   help="also print the N most frequent opcodes of each kernel's largest loop")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of the table")
     args = p.parse_args(argv)
     args.passes = [s for s in args.passes.split(",") if s]
     bad = [s for s in args.passes if s not in PASSES]
     if bad or not args.passes:
         p.error(f"--passes takes {', '.join(PASSES)} (comma-separated), got {','.join(args.passes) or 'nothing'}")
+    if args.ops < 0:
+        p.error(f"--ops must be >= 0, got {args.ops}")
     for name in ("batch", "grid", "heads", "head_dim", "radius", "kernel_size", "dilation", "channels", "n_win"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -248,6 +265,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {r['kernel']}: {r['registers']} registers, {r['spill_stack_bytes']} B stack, {r['shared_bytes']} B "
               f"shared, {r['num_warps']} warps x {r['num_stages']} stages; {r['instructions']} instructions, loops "
               f"{r['loop_instructions']}; global loads {r['global_loads']} ({r['narrow_global_loads']} narrow)")
+        if args.ops and r["largest_loop_opcodes"]:
+            mix = list(r["largest_loop_opcodes"].items())[:args.ops]
+            print("    largest loop: " + ", ".join(f"{op} {n}" for op, n in mix))
 
 
 if __name__ == "__main__":

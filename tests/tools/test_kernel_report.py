@@ -40,6 +40,9 @@ def test_clear_forward_reads_q_k_v_with_vector_loads_at_dit_head_dim():
     assert undeclared["narrow_global_loads"] > 0, undeclared
     assert declared["loop_instructions"] and declared["loop_instructions"][0] < undeclared["loop_instructions"][0]
     assert declared["registers"] <= 255 and declared["shared_bytes"] <= 227 * 1024  # fits an sm_90 SM
+    # the opcode mix of the largest loop: all of its instructions, the tensor-core MMAs (wgmma) among them
+    mix = declared["largest_loop_opcodes"]
+    assert sum(mix.values()) == max(declared["loop_instructions"]) and mix.get("HGMMA", 0) >= 3, mix
 
 
 def test_refuses_to_run_under_the_interpreter():
@@ -54,6 +57,7 @@ def test_refuses_to_run_under_the_interpreter():
         (["na2d", "--grid", "12", "--kernel-size", "7", "--dilation", "2"], "--grid >= kernel size x dilation = 14"),
         (["routed", "--grid", "15"], "divisible by --n-win 7"),
         (["clear", "--head-dim", "0"], "--head-dim must be >= 1"),
+        (["clear", "--ops", "-1"], "--ops must be >= 0"),
     ],
 )
 def test_bad_arguments_are_named(args, message, capsys):
