@@ -382,6 +382,46 @@ def test_declared_alignment_changes_no_result(monkeypatch, packed):
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "separate"])
+def test_dkdv_offset_table_changes_no_result(packed):
+    """The dk/dv kernel's halo-query offsets read from a table (OFF_TABLE, off by default until timed) give the
+    gradients of the offsets it computes, bitwise, with q a view of a packed projection (its strides then differ from
+    dO's) or not; the table holds each halo slot's offsets in q, dO and the statistics, q's and dO's shifted by the
+    power of two that divides their strides."""
+    import vizattn.kernels._halo2d.triton as halo
+
+    g = torch.Generator().manual_seed(10)
+    qkv = torch.randn(1, 19, 21, 3, 2, 24, generator=g).to(DEVICE)  # 19x21: key tiles' halos start at 0, 6, 7 (r 3)
+    grad = torch.randn(1, 19, 21, 2, 24, generator=g).to(DEVICE)
+    stats = torch.zeros(1, 19, 21, 2, device=DEVICE)
+
+    def leaves():  # views of one packed tensor, or separate contiguous maps; fresh leaves per run
+        if packed:
+            return [t.requires_grad_() for t in qkv.clone().unbind(3)]
+        return [t.contiguous().requires_grad_() for t in qkv.unbind(3)]
+
+    q = leaves()[0]
+    table, shift = halo.halo_offset_table(12, 12, 64, q, grad, stats)
+    assert shift == 3 and table.shape == (3 * 192,) and table.dtype == torch.int32
+    n = torch.arange(192, device=DEVICE)
+    y, x = torch.where(n < 144, n, 0) // 12, torch.where(n < 144, n, 0) % 12
+    for part, t, sh in zip(table.view(3, 192), (q, grad, stats), (shift, shift, 0)):
+        assert torch.equal(part.long() << sh, y * t.stride(1) + x * t.stride(2))
+    results = []
+    real = halo._DKDV_OFFSET_TABLE
+    try:
+        for by_table in (False, True):
+            halo._DKDV_OFFSET_TABLE = by_table
+            ins = leaves()
+            assert (ins[0].stride(1) != grad.stride(1)) == packed
+            clear_attention(*ins, 3, backend="triton").backward(grad)
+            results.append([t.grad for t in ins])
+    finally:
+        halo._DKDV_OFFSET_TABLE = real
+    for ours, theirs in zip(*results):
+        assert torch.equal(ours, theirs)
+
+
 def test_circle_terms_give_exact_squared_distances():
     """The halo terms of the circle's distance dot (CIRCLE_DOT) are exact in float16 and, times each slot's terms (as
     the kernels build them), give every squared distance exactly, at the largest halo that takes the dot; keys past

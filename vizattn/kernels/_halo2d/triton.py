@@ -983,7 +983,7 @@ def _key_tile_span(WH, th, T_H: tl.constexpr, HALO_H: tl.constexpr, BLOCK_M: tl.
 
 @triton.jit
 def _halo_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, RPB, DK, DV, SPAN_H,
+    Q, K, V, DO, LSE, DELTA, RPB, DK, DV, SPAN_H, OFFS,
     KQH, KSH, QKH, WH, KQW, KSW, QKW, WW,
     s_qb, s_qh, s_qw, s_qn, s_qd,
     s_kb, s_kh, s_kw, s_kn, s_kd,
@@ -1000,13 +1000,16 @@ def _halo_dkdv_kernel(
     TABLE_ALIGN: tl.constexpr = 64, HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False,
     EVEN_V: tl.constexpr = False, ROW_I32: tl.constexpr = False, SPAN: tl.constexpr = False,
     ALIGN_LOG2: tl.constexpr = 0, CIRCLE_DOT: tl.constexpr = False, DIST16: tl.constexpr = False,
-    OFF_I32: tl.constexpr = False,
+    OFF_I32: tl.constexpr = False, OFF_TABLE: tl.constexpr = False, OFF_SHIFT: tl.constexpr = 0,
 ):
     """Key-centric: dk, dv of one key tile, over the halo of the queries that see its keys (key-tile tables). NA with
     ``HALO_WP`` (the query halo's width padded to a power of two) at most ``BLOCK_N``: the halo is walked by whole
     rows, as the forward walks its key halo (:func:`_rows_setup`, :func:`_rows_step` with ``KEY_TILE``; a bias table
     is then laid out by padded halo rows); else by flat chunks. The circle with ``OFF_I32`` (every offset within an
-    image fits in int32) computes its halo queries' rows and columns (:func:`_run_keys`) and offsets in int32."""
+    image fits in int32) computes its halo queries' rows and columns (:func:`_run_keys`) and offsets in int32; with
+    ``OFF_TABLE`` it reads each halo slot's offsets in q, dO and the statistics from ``OFFS`` instead
+    (:func:`halo_offset_table`; q's and dO's shifted right by ``OFF_SHIFT``, which the kernel shifts back so that the
+    compiler knows their alignment), plus the halo's first key's offsets once per program."""
     if ALIGN_LOG2 > 0:  # see _align_log2
         s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v = _aligned_maps(
             s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v, ALIGN_LOG2)
@@ -1065,9 +1068,23 @@ def _halo_dkdv_kernel(
         if OFF_I32:
             r0 = tl.load(QKH + th * HALO_H)  # a circle's halo: consecutive rows and columns from (r0, c0)
             c0 = tl.load(QKW + tw * HALO_W)
+            if OFF_TABLE:
+                NPAD: tl.constexpr = (HALO_H * HALO_W + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+                first_q = r0 * s_qh + c0 * s_qw
+                first_g = r0 * s_gh + c0 * s_gw
+                first_l = r0 * s_lh + c0 * s_lw
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
-            if OFF_I32:
+            if OFF_TABLE:
+                n = start + tl.arange(0, BLOCK_N)
+                n_ok = n < HALO_H * HALO_W
+                q_off = first_q + (tl.load(OFFS + n) << OFF_SHIFT)
+                g_off = first_g + (tl.load(OFFS + NPAD + n) << OFF_SHIFT)
+                l_off = first_l + tl.load(OFFS + 2 * NPAD + n)
+            elif OFF_I32:
                 q_row, q_col, n_ok = _run_keys(r0, c0, start, HALO_H, HALO_W, BLOCK_N)
+                q_off = q_row * s_qh + q_col * s_qw
+                g_off = q_row * s_gh + q_col * s_gw
+                l_off = q_row * s_lh + q_col * s_lw
             else:
                 q_row, q_col, n_ok = _halo_keys(QKH, QKW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
             if TABLE:
@@ -1078,9 +1095,13 @@ def _halo_dkdv_kernel(
             elif not (CIRCLE or HAS_RPB):  # NA without bias: before the loads (sm_90, 14x14: 96 against 122 regs)
                 inside, bias = _pair_mask(rpb_rows, row, col, q_row, q_col, m_ok, n_ok, lo_h, width_h, lo_w,
                                           width_w, start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
-            q, q_t = _load_cols(q_base + q_row * s_qh + q_col * s_qw, n_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
-            do, do_t = _load_cols(do_base + q_row * s_gh + q_col * s_gw, n_ok, s_gd, d_v, BLOCK_DV, BLOCK_TV)
-            stat = stat_base + q_row * s_lh + q_col * s_lw
+            if not OFF_I32:
+                q_off = q_row * s_qh + q_col * s_qw
+                g_off = q_row * s_gh + q_col * s_gw
+                l_off = q_row * s_lh + q_col * s_lw
+            q, q_t = _load_cols(q_base + q_off, n_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
+            do, do_t = _load_cols(do_base + g_off, n_ok, s_gd, d_v, BLOCK_DV, BLOCK_TV)
+            stat = stat_base + l_off
             lse = tl.load(LSE + stat, mask=n_ok, other=0.0)
             delta = tl.load(DELTA + stat, mask=n_ok, other=0.0)
             if (CIRCLE or HAS_RPB) and not (TABLE or CIRCLE_DOT):
@@ -1347,6 +1368,36 @@ def _rows_meta(halo_w: int, d_qk: int, d_v: int, rows_loop: bool) -> dict:
 def _row_i32(k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether every key row's offset ``row * stride`` fits in int32 (the row loops then multiply in int32)."""
     return (k.shape[1] - 1) * max(abs(k.stride(1)), abs(v.stride(1))) < _ROW_I32_LIMIT
+
+
+# The circle's dk/dv kernel reads its halo queries' offsets from a table (OFF_TABLE) instead of computing them: its
+# sm_90 loop at CLEAR's head dim 72 falls from 901 to 652 instructions, but spills 32 bytes and adds dependent loads.
+# Not yet timed on a GPU (2026-12-02), so off by default.
+_DKDV_OFFSET_TABLE = False
+
+
+def halo_offset_table(halo_h: int, halo_w: int, block_n: int, q: torch.Tensor, grad_out: torch.Tensor,
+                      stats: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The dk/dv kernel's offset table (``OFF_TABLE``) of a circle's query halo, and its shift: ``(3 * npad,)`` int32,
+    ``npad`` the halo's ``halo_h * halo_w`` slots rounded up to whole steps of ``block_n``; halo slot n (row ``n //
+    halo_w``, column ``n % halo_w`` from the halo's first key, slots past the end as slot 0) has its offset in q and in
+    dO shifted right by ``shift`` (the largest power of two up to 8 dividing q's and dO's row strides) and in the
+    heads-last statistics (lse, delta: ``stats``) unshifted. Cached per halo shape, strides and device."""
+    strides = (q.stride(1), q.stride(2), grad_out.stride(1), grad_out.stride(2), stats.stride(1), stats.stride(2))
+    return _offset_table(halo_h, halo_w, _cdiv(halo_h * halo_w, block_n) * block_n, strides, q.device)
+
+
+@functools.lru_cache(maxsize=128)
+def _offset_table(halo_h: int, halo_w: int, npad: int, strides: tuple[int, ...],
+                  device: torch.device) -> tuple[torch.Tensor, int]:
+    s_qh, s_qw, s_gh, s_gw, s_lh, s_lw = strides
+    g = math.gcd(s_qh, s_qw, s_gh, s_gw)
+    shift = min((g & -g).bit_length() - 1, 3) if g else 0
+    n = torch.arange(npad)
+    n = torch.where(n < halo_h * halo_w, n, 0)
+    y, x = n // halo_w, n % halo_w
+    table = torch.cat(((y * s_qh + x * s_qw) >> shift, (y * s_gh + x * s_gw) >> shift, y * s_lh + x * s_lw))
+    return table.to(device=device, dtype=torch.int32).contiguous(), shift
 
 
 def _offsets_i32(*maps: torch.Tensor) -> bool:
@@ -1791,14 +1842,19 @@ def halo_bwd(
     tab_t, win_h, win_w, side = _table_args(key_rows, key_cols, rpb_t, rpb_side, tab)
     tab_t, circle_dot = _circle_mask_args(key_rows, key_cols, meta["BLOCK_N"], circle_radius, tab_t)
     dist16 = _dist16(key_rows, key_cols, circle_dot)
+    off_i32 = circle_dot and _offsets_i32(q, grad_out, lse, delta)
+    offs, off_shift = q, 0  # a placeholder, never read without OFF_TABLE
+    if off_i32 and _DKDV_OFFSET_TABLE:
+        offs, off_shift = halo_offset_table(key_rows.halo, key_cols.halo, meta["BLOCK_N"], q, grad_out, lse)
     _halo_dkdv_kernel[(key_rows.n_tiles * key_cols.n_tiles, b * heads)](
-        q, k, v, grad_out, lse, delta, tab_t, dk, dv, key_rows.window, *key_rows[:3], win_h, *key_cols[:3], win_w,
+        q, k, v, grad_out, lse, delta, tab_t, dk, dv, key_rows.window, offs, *key_rows[:3], win_h, *key_cols[:3],
+        win_w,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride(), *dk.stride(), *dv.stride(),
         heads, key_cols.n_tiles, q.shape[-1], v.shape[-1], qk_scale, scale, side, radius_sq,
         HAS_RPB=has_rpb, CIRCLE=circle, TABLE=tab is not None, TABLE_ALIGN=_table_align(),
         ROW_I32=_row_i32(q, grad_out) and _row_i32(lse, delta), SPAN=key_span and not circle,
         ALIGN_LOG2=_align_log2(q, k, v, grad_out, dk, dv), CIRCLE_DOT=circle_dot, DIST16=dist16,
-        OFF_I32=circle_dot and _offsets_i32(q, grad_out, lse, delta), **walk, **meta,
+        OFF_I32=off_i32, OFF_TABLE=offs is not q, OFF_SHIFT=off_shift, **walk, **meta,
     )
     if extra_k is None:
         d_extra = (None, None)
