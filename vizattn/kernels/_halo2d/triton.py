@@ -362,7 +362,7 @@ def _circle_slot_terms(row, col, HR, HC, th, tw, slot_ok, HALO_H: tl.constexpr, 
     t = tl.arange(0, 16)[None, :]
     a = tl.where(t < 2, 1.0, 0.0) + tl.where(t == 2, y, 0.0) + tl.where(t == 3, x, 0.0)
     a += tl.where(t == 4, y * y, 0.0) + tl.where(t == 5, x * x, 0.0)
-    a = tl.where(slot_ok[:, None], a, tl.where((t == 4) | (t == 5), 2048.0, 0.0))
+    a = tl.where(slot_ok[:, None], a, tl.where((t == 4) | (t == 5), 2048.0, 0.0))  # _CIRCLE_BIG
     return a.to(tl.float16)
 
 
@@ -485,8 +485,8 @@ def _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_sc
                BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, DOT_PRECISION: tl.constexpr,
                BIAS_LOG2: tl.constexpr = False, NO_BIAS: tl.constexpr = False):
     """Score gradients of a chunk of keys, from the probabilities recomputed from the logsumexp. ``NO_BIAS`` (the
-    circle): the mask sets the scores outside to -inf before one fused multiply-add and the exponent, and no
-    ``+ 0`` is left in the way of the fusion (nor a second select: their probabilities are 0)."""
+    circle, NA without rpb): the mask sets the scores outside to -inf before one fused multiply-add and the exponent,
+    and no ``+ 0`` is left in the way of the fusion (nor a second select: their probabilities are 0)."""
     if NO_BIAS:
         s = tl.where(inside, _dot_nt(q, q_t, k, k_t, BLOCK_TQK, DOT_PRECISION), float("-inf"))
         p = tl.exp2(tl.fma(s, qk_scale, -lse[:, None]))
