@@ -383,7 +383,7 @@ def test_declared_alignment_changes_no_result(monkeypatch, packed):
 
 
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "separate"])
-def test_dkdv_offset_table_changes_no_result(packed):
+def test_dkdv_offset_table_changes_no_result(monkeypatch, packed):
     """The dk/dv kernel's halo-query offsets read from a table (OFF_TABLE, off by default until timed) give the
     gradients of the offsets it computes, bitwise, with q a view of a packed projection (its strides then differ from
     dO's) or not; the table holds each halo slot's offsets in q, dO and the statistics, q's and dO's shifted by the
@@ -408,16 +408,12 @@ def test_dkdv_offset_table_changes_no_result(packed):
     for part, t, sh in zip(table.view(3, 192), (q, grad, stats), (shift, shift, 0)):
         assert torch.equal(part.long() << sh, y * t.stride(1) + x * t.stride(2))
     results = []
-    real = halo._DKDV_OFFSET_TABLE
-    try:
-        for by_table in (False, True):
-            halo._DKDV_OFFSET_TABLE = by_table
-            ins = leaves()
-            assert (ins[0].stride(1) != grad.stride(1)) == packed
-            clear_attention(*ins, 3, backend="triton").backward(grad)
-            results.append([t.grad for t in ins])
-    finally:
-        halo._DKDV_OFFSET_TABLE = real
+    for by_table in (False, True):
+        monkeypatch.setattr(halo, "_DKDV_OFFSET_TABLE", by_table)
+        ins = leaves()
+        assert (ins[0].stride(1) != grad.stride(1)) == packed
+        clear_attention(*ins, 3, backend="triton").backward(grad)
+        results.append([t.grad for t in ins])
     for ours, theirs in zip(*results):
         assert torch.equal(ours, theirs)
 

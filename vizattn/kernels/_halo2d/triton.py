@@ -352,13 +352,20 @@ _CIRCLE_DOT_MAX_RADIUS = 64  # r^2 at most 2 * BIG: an invalid pair's distance i
 
 
 @triton.jit
-def _circle_slot_terms(row, col, HR, HC, th, tw, slot_ok, HALO_H: tl.constexpr, HALO_W: tl.constexpr):
+def _halo_origin(HR, HC, th, tw, HALO_H: tl.constexpr, HALO_W: tl.constexpr):
+    """The row and column of a circle's halo's first key (``HR`` / ``HC`` the halo tables): its halo is the run of
+    consecutive rows and columns from there."""
+    return tl.load(HR + th * HALO_H), tl.load(HC + tw * HALO_W)
+
+
+@triton.jit
+def _circle_slot_terms(row, col, r0, c0, slot_ok, HALO_H: tl.constexpr, HALO_W: tl.constexpr):
     """Once per program, CIRCLE_DOT: the (BLOCK_M, 16) float16 left factor of the squared distances between the
     tile's slots and the halo keys, ``[1, 1, y, x, y^2, x^2, 0 ...]`` with ``(y, x)`` a slot's position in the halo
-    (``HR`` / ``HC`` the halo tables: a circle's halo is a run of consecutive keys starting at its first entry),
-    centred on the halo; ``[0, 0, 0, 0, BIG, BIG, 0 ...]`` where ``slot_ok`` is false (no halo key is then inside)."""
-    y = (row - tl.load(HR + th * HALO_H) - HALO_H // 2).to(tl.float32)[:, None]
-    x = (col - tl.load(HC + tw * HALO_W) - HALO_W // 2).to(tl.float32)[:, None]
+    (whose first key is ``(r0, c0)``, :func:`_halo_origin`), centred on the halo; ``[0, 0, 0, 0, BIG, BIG, 0 ...]``
+    where ``slot_ok`` is false (no halo key is then inside)."""
+    y = (row - r0 - HALO_H // 2).to(tl.float32)[:, None]
+    x = (col - c0 - HALO_W // 2).to(tl.float32)[:, None]
     t = tl.arange(0, 16)[None, :]
     a = tl.where(t < 2, 1.0, 0.0) + tl.where(t == 2, y, 0.0) + tl.where(t == 3, x, 0.0)
     a += tl.where(t == 4, y * y, 0.0) + tl.where(t == 5, x * x, 0.0)
@@ -500,11 +507,11 @@ def _grad_step(q, q_t, k, k_t, v, v_t, do, do_t, lse, delta, bias, inside, qk_sc
 @triton.jit
 def _key_grad_step(k, k_t, v, v_t, q, q_t, do, do_t, lse, delta, bias, inside, dk, dk_t, dv, dv_t, qk_scale,
                    HAS_BIAS: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr, BIAS_LOG2: tl.constexpr = False, MASK_FIRST: tl.constexpr = False):
+                   DOT_PRECISION: tl.constexpr, BIAS_LOG2: tl.constexpr = False, NO_BIAS: tl.constexpr = False):
     """Key-centric step: a chunk of queries' contribution to the dk, dv of a block of keys, from the transposed
-    probabilities and score gradients, (keys, queries). ``bias`` is read only with ``HAS_BIAS``. ``MASK_FIRST``
-    (no bias): as :func:`_grad_step` with ``NO_BIAS``, the scores outside set to -inf before the exponent."""
-    if MASK_FIRST:
+    probabilities and score gradients, (keys, queries). ``bias`` is read only with ``HAS_BIAS``. ``NO_BIAS``
+    (no bias): as :func:`_grad_step`'s, the scores outside set to -inf before the exponent."""
+    if NO_BIAS:
         s = tl.where(inside, _dot_nt(k, k_t, q, q_t, BLOCK_TQK, DOT_PRECISION), float("-inf"))
         p = tl.exp2(tl.fma(s, qk_scale, -lse[None, :]))
         ds = p * (_dot_nt(v, v_t, do, do_t, BLOCK_TV, DOT_PRECISION) - delta[None, :])
@@ -732,7 +739,8 @@ def _halo_fwd_kernel(
             HALO_W, BLOCK_M, TABLE_ALIGN,
         )
         if CIRCLE_DOT:
-            slot_terms = _circle_slot_terms(row, col, KH, KW, th, tw, m_ok, HALO_H, HALO_W)
+            r0, c0 = _halo_origin(KH, KW, th, tw, HALO_H, HALO_W)
+            slot_terms = _circle_slot_terms(row, col, r0, c0, m_ok, HALO_H, HALO_W)
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
             k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
             k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
@@ -930,7 +938,8 @@ def _dq_tile(
             HALO_W, BLOCK_M, TABLE_ALIGN,
         )
         if CIRCLE_DOT:
-            slot_terms = _circle_slot_terms(row, col, KH, KW, th, tw, real, HALO_H, HALO_W)
+            r0, c0 = _halo_origin(KH, KW, th, tw, HALO_H, HALO_W)
+            slot_terms = _circle_slot_terms(row, col, r0, c0, real, HALO_H, HALO_W)
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
             k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
             if CIRCLE_DOT:
@@ -1063,11 +1072,9 @@ def _halo_dkdv_kernel(
             RPB, WH, WW, th, tw, a_h, a_w, m_ok, rpb_side, head, heads, HAS_RPB, CIRCLE, TABLE, T_H, T_W, HALO_H,
             HALO_W, BLOCK_M, TABLE_ALIGN,
         )
-        if CIRCLE_DOT:
-            slot_terms = _circle_slot_terms(row, col, QKH, QKW, th, tw, m_ok, HALO_H, HALO_W)
-        if OFF_I32:
-            r0 = tl.load(QKH + th * HALO_H)  # a circle's halo: consecutive rows and columns from (r0, c0)
-            c0 = tl.load(QKW + tw * HALO_W)
+        if CIRCLE_DOT:  # (OFF_I32 comes only with it)
+            r0, c0 = _halo_origin(QKH, QKW, th, tw, HALO_H, HALO_W)
+            slot_terms = _circle_slot_terms(row, col, r0, c0, m_ok, HALO_H, HALO_W)
             if OFF_TABLE:
                 NPAD: tl.constexpr = (HALO_H * HALO_W + BLOCK_N - 1) // BLOCK_N * BLOCK_N
                 first_q = r0 * s_qh + c0 * s_qw

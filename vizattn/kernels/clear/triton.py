@@ -37,8 +37,8 @@ TILE = (8, 8)  # the forward's queries per program along H and W
 #   dq on 4x16 query tiles with 32 keys x 4 warps and dk/dv on 8x8 key tiles with 64 queries x 4 warps (dq on 8x8
 #   1.838; dq alone at its best 2.03 against 2.16, dk/dv alone 1.97; two stages 2.09-2.46, one-warp programs 2.2-6.1);
 #   64x64 0.559 -> 0.486, 128x128 r 16 6.578 -> 4.807, 256 extra tokens 3.286 -> 2.753, 32x32 0.145 -> 0.138.
-# - 2026-12-02 18:20-19:10 UTC, after the circle mask became a small MMA (CIRCLE_DOT) and, in the backward, the scores
-#   outside were set to -inf before the exponent: forward 0.426 ms (128 keys x 4 warps x 2 stages again best: 3 stages
+# - 2026-12-02 17:20-17:30 UTC, after the circle mask became a small MMA (CIRCLE_DOT) and, in the backward, the scores
+#   outside were set to -inf before the exponent: forward 0.413 ms (128 keys x 4 warps x 2 stages again best: 3 stages
 #   0.457, 64 keys 0.466-0.571, a 168-register cap 0.475); backward 1.338 with dq on 8x8 query tiles x 128 keys x 2
 #   stages (4x16 x 32 keys x 2 stages 1.412, 8x8 x 64 keys 1.454) and dk/dv as before (32 queries 1.577, two stages
 #   1.355), against 1.804 before these changes.
