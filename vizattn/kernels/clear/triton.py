@@ -42,6 +42,11 @@ TILE = (8, 8)  # the forward's queries per program along H and W
 #   0.457, 64 keys 0.466-0.571, a 168-register cap 0.475); backward 1.338 with dq on 8x8 query tiles x 128 keys x 2
 #   stages (4x16 x 32 keys x 2 stages 1.412, 8x8 x 64 keys 1.454) and dk/dv as before (32 queries 1.577, two stages
 #   1.355), against 1.804 before these changes.
+# - 2026-12-02 22:05 UTC, after the dk/dv kernel summed its halo queries' offsets in int32 (80c5746, its loop 901 -> 808
+#   instructions): backward 1.341 -> 1.294 (the kernels of 24b25c7 against these, one run), of which dq 0.552 and dk/dv
+#   0.750; dk/dv with two pipeline stages (its q and dO loads become asynchronous copies, loop 808 -> 521) 1.207. Its
+#   other launches: 32 queries x 2 stages 1.309, 128 queries 1.460, 8 warps 2.35-2.43, 16x8 or 8x16 key tiles 1.70-2.83;
+#   dq with 8 warps 1.864, 64 keys x 3 stages 1.489.
 # Earlier (scalar loads): the forward at 128 keys x 4 warps beat 2.7-9.4 ms of other launches (2026-11-29), and walking
 # the halo by whole rows or computing each step's keys from the halo's first key measured slower (11-30); see
 # docs/benchmarks.md.
@@ -49,7 +54,7 @@ _FWD = dict(block_n=128, num_warps=4, num_stages=2)
 _DQ_TILE, _DKDV_TILE = (8, 8), (8, 8)
 _BWD = dict(
     dq_launch=Launch(block_n=128, num_warps=4, num_stages=2),
-    dkdv_launch=Launch(block_n=64, num_warps=4),
+    dkdv_launch=Launch(block_n=64, num_warps=4, num_stages=2),
     extra_launch=Launch(block_n=16, num_warps=4, block_m=64),
 )
 # The dq launch above does not fit in shared memory with wide rows (float32 at head dim 128: 234 KB on sm_90, the
