@@ -382,39 +382,36 @@ def test_declared_alignment_changes_no_result(monkeypatch, packed):
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("head_dim", [24, 40], ids=["d24", "d40-split"])
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "separate"])
-def test_dkdv_offset_table_changes_no_result(monkeypatch, packed):
-    """The dk/dv kernel's halo-query offsets read from a table (OFF_TABLE, off by default until timed) give the
-    gradients of the offsets it computes, bitwise, with q a view of a packed projection (its strides then differ from
-    dO's) or not; the table holds each halo slot's offsets in q, dO and the statistics, q's and dO's shifted by the
-    power of two that divides their strides."""
+def test_int32_unmasked_halo_walk_changes_no_result(monkeypatch, packed, head_dim):
+    """The circle kernels' int32 halo walk (_CIRCLE_I32: int32 rows and offsets, and the slots past the halo's end
+    loaded unmasked as real keys, left out by the circle's mask) gives the outputs and gradients of the int64 table
+    walk with masked loads, bitwise: with q, k, v views of a packed projection or separate maps, a head dim in one
+    block (24: its block's last columns masked) or split into main and tail blocks (40), halos that do not fill whole
+    steps, and extra tokens."""
     import vizattn.kernels._halo2d.triton as halo
 
     g = torch.Generator().manual_seed(10)
-    qkv = torch.randn(1, 19, 21, 3, 2, 24, generator=g).to(DEVICE)  # 19x21: key tiles' halos start at 0, 6, 7 (r 3)
-    grad = torch.randn(1, 19, 21, 2, 24, generator=g).to(DEVICE)
-    stats = torch.zeros(1, 19, 21, 2, device=DEVICE)
+    qkv = torch.randn(2, 19, 21, 3, 2, head_dim, generator=g).to(DEVICE)  # r 3: 12x12 halos, 144 of 192 slots
+    extra = torch.randn(2, 5, 2, 2, head_dim, generator=g).to(DEVICE)
+    grad = torch.randn(2, 19, 21, 2, head_dim, generator=g).to(DEVICE)
 
-    def leaves():  # views of one packed tensor, or separate contiguous maps; fresh leaves per run
+    def leaves():  # fresh leaves per run
+        maps = [t.clone() if packed else t.contiguous() for t in qkv.unbind(3)]
         if packed:
-            return [t.requires_grad_() for t in qkv.clone().unbind(3)]
-        return [t.contiguous().requires_grad_() for t in qkv.unbind(3)]
+            maps = list(torch.stack(maps, 3).unbind(3))
+        return [t.requires_grad_() for t in maps + [extra[:, :, 0].clone(), extra[:, :, 1].clone()]]
 
-    q = leaves()[0]
-    table, shift = halo.halo_offset_table(12, 12, 64, q, grad, stats)
-    assert shift == 3 and table.shape == (3 * 192,) and table.dtype == torch.int32
-    n = torch.arange(192, device=DEVICE)
-    y, x = torch.where(n < 144, n, 0) // 12, torch.where(n < 144, n, 0) % 12
-    for part, t, sh in zip(table.view(3, 192), (q, grad, stats), (shift, shift, 0)):
-        assert torch.equal(part.long() << sh, y * t.stride(1) + x * t.stride(2))
     results = []
-    for by_table in (False, True):
-        monkeypatch.setattr(halo, "_DKDV_OFFSET_TABLE", by_table)
+    for i32 in (False, True):
+        monkeypatch.setattr(halo, "_CIRCLE_I32", i32)
         ins = leaves()
-        assert (ins[0].stride(1) != grad.stride(1)) == packed
-        clear_attention(*ins, 3, backend="triton").backward(grad)
-        results.append([t.grad for t in ins])
+        out = clear_attention(*ins[:3], 3, extra_k=ins[3], extra_v=ins[4], backend="triton")
+        out.backward(grad)
+        results.append([out.detach()] + [t.grad for t in ins])
     for ours, theirs in zip(*results):
+        assert torch.isfinite(ours).all()
         assert torch.equal(ours, theirs)
 
 
