@@ -485,7 +485,7 @@ def _log2_bias(bias, BIAS_LOG2: tl.constexpr):
 @triton.jit
 def _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk_scale,
                   BLOCK_TQK: tl.constexpr, BLOCK_TV: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                  BIAS_LOG2: tl.constexpr = False, SCALE_LATE: tl.constexpr = False, PARTIAL: tl.constexpr = False):
+                  BIAS_LOG2: tl.constexpr = False, SCALE_LATE: tl.constexpr = False):
     """One online-softmax step over a chunk of keys (scores in base 2); returns the new max, sum and accumulator.
     ``BIAS_LOG2``: the bias is already in base 2 (a bias table's). ``SCALE_LATE`` (no bias, ``qk_scale > 0``): the
     scale is applied in the exponent's fused multiply-add and to the row maxima, not to every score (the maxima are
@@ -505,10 +505,7 @@ def _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk
         p = tl.exp2(tl.fma(s, qk_scale, -m_safe[:, None]))
     else:
         p = tl.exp2(s - m_safe[:, None])
-    if PARTIAL:  # l_i holds (rows, keys) partial sums, summed over the keys by the caller after the last step
-        l_i = l_i * alpha[:, None] + p
-    else:
-        l_i = l_i * alpha + tl.sum(p, 1)
+    l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     if BLOCK_TV > 0:
         acc_t = acc_t * alpha[:, None]
@@ -690,8 +687,7 @@ def _halo_rows_fwd(q, q_t, k_base, v_base, KH, KW, RPB, th, tw, s_kh, s_kw, s_kd
                    HALO_H: tl.constexpr, HALO_W: tl.constexpr, HALO_WP: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_DQK: tl.constexpr, BLOCK_TQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_TV: tl.constexpr,
                    HAS_RPB: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_QK: tl.constexpr, EVEN_V: tl.constexpr,
-                   ROW_I32: tl.constexpr, TABLE: tl.constexpr = False, SCALE_LATE: tl.constexpr = False,
-                   PARTIAL_SUMS: tl.constexpr = False):
+                   ROW_I32: tl.constexpr, TABLE: tl.constexpr = False, SCALE_LATE: tl.constexpr = False):
     """Forward over the halo by whole rows: the halo's width padded to ``HALO_WP`` (a power of two), each step
     covers ``BLOCK_N // HALO_WP`` halo rows. Key slot n of a step is halo row ``start_row + n // HALO_WP``, column
     ``n % HALO_WP``; everything that depends on the column alone (the key column, its part of the addresses, the
@@ -705,21 +701,13 @@ def _halo_rows_fwd(q, q_t, k_base, v_base, KH, KW, RPB, th, tw, s_kh, s_kw, s_kd
         HALO_W, HALO_WP, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV, HAS_RPB,
     )
     kh = KH + th * HALO_H
-    if PARTIAL_SUMS:
-        l2 = tl.zeros((q.shape[0], BLOCK_N), dtype=tl.float32)
     for start_row in range(0, HALO_H, ROWS):
         k, k_t, v, v_t, inside, bias = _rows_step(
             start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok, w_mask, b_idx, RPB, s_kh, s_vh, lo_h,
             width_h, rpb_side, HALO_H, HALO_WP, BLOCK_N, BLOCK_TQK, BLOCK_TV, HAS_RPB, EVEN_QK, EVEN_V, ROW_I32, TABLE,
         )
-        if PARTIAL_SUMS:
-            m_i, l2, acc, acc_t = _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l2, acc, acc_t, qk_scale,
-                                                BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE, SCALE_LATE, True)
-        else:
-            m_i, l_i, acc, acc_t = _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t,
-                                                 qk_scale, BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE, SCALE_LATE)
-    if PARTIAL_SUMS:
-        l_i = tl.sum(l2, 1)
+        m_i, l_i, acc, acc_t = _softmax_step(q, q_t, k, k_t, v, v_t, bias, inside, m_i, l_i, acc, acc_t, qk_scale,
+                                             BLOCK_TQK, BLOCK_TV, DOT_PRECISION, TABLE, SCALE_LATE)
     return m_i, l_i, acc, acc_t
 
 
@@ -743,7 +731,6 @@ def _halo_fwd_kernel(
     HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
     ROW_I32: tl.constexpr = False, ALIGN_LOG2: tl.constexpr = 0, CIRCLE_DOT: tl.constexpr = False,
     SCALE_LATE: tl.constexpr = False, DIST16: tl.constexpr = False, OFF_I32: tl.constexpr = False,
-    PARTIAL_SUMS: tl.constexpr = False,
 ):
     """Query-centric: the output and logsumexp of one query tile over its halo and the extra keys. ``OFF_I32`` (the
     circle with CIRCLE_DOT, every offset within an image below 2^31): the halo keys' rows, columns and offsets in
@@ -773,7 +760,7 @@ def _halo_fwd_kernel(
             q, q_t, k_base, v_base, KH, KW, bias_at, th, tw, s_kh, s_kw, s_kd, s_vh, s_vw,
             s_vd, d_qk, d_v, lo_h, width_h, lo_w, width_w, rpb_idx, rpb_side, m_i, l_i, acc, acc_t, qk_scale,
             HALO_H, HALO_W, HALO_WP, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV, HAS_RPB, DOT_PRECISION,
-            EVEN_QK, EVEN_V, ROW_I32, TABLE, SCALE_LATE, PARTIAL_SUMS,
+            EVEN_QK, EVEN_V, ROW_I32, TABLE, SCALE_LATE,
         )
     else:
         lo_h, width_h, lo_w, width_w, rpb_rows = _pair_setup(
@@ -1432,7 +1419,6 @@ def _row_i32(k: torch.Tensor, v: torch.Tensor) -> bool:
 # registers), dq 798 -> 653, dk/dv 521 -> 475 (it had the int32 offsets since 80c5746, with masked loads; an offset
 # table there measured slower on 12-02: 1.3188 against 1.2944 ms). False: the int64 table walk with masked loads.
 _CIRCLE_I32 = True
-_PARTIAL_SUMS = True
 
 
 def _offsets_i32(*maps: torch.Tensor) -> bool:
@@ -1581,7 +1567,6 @@ def halo_fwd(
         TABLE_ALIGN=_table_align(), ROW_I32=_row_i32(k, v), ALIGN_LOG2=_align_log2(q, k, v, ek, ev, out),
         CIRCLE_DOT=circle_dot, SCALE_LATE=scale > 0 and not has_rpb and tab is None,
         DIST16=_dist16(rows, cols, circle_dot), OFF_I32=_CIRCLE_I32 and circle_dot and _offsets_i32(k, v),
-        PARTIAL_SUMS=_PARTIAL_SUMS,
         **walk, **meta,
     )
     return out, lse
