@@ -382,39 +382,6 @@ def test_declared_alignment_changes_no_result(monkeypatch, packed):
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("head_dim", [24, 40], ids=["d24", "d40-split"])
-@pytest.mark.parametrize("packed", [True, False], ids=["packed", "separate"])
-def test_int32_unmasked_halo_walk_changes_no_result(monkeypatch, packed, head_dim):
-    """The circle kernels' int32 halo walk (_CIRCLE_I32: int32 rows and offsets, and the slots past the halo's end
-    loaded unmasked as real keys, left out by the circle's mask) gives the outputs and gradients of the int64 table
-    walk with masked loads, bitwise: with q, k, v views of a packed projection or separate maps, a head dim in one
-    block (24: its block's last columns masked) or split into main and tail blocks (40), halos that do not fill whole
-    steps, and extra tokens."""
-    import vizattn.kernels._halo2d.triton as halo
-
-    g = torch.Generator().manual_seed(10)
-    qkv = torch.randn(2, 19, 21, 3, 2, head_dim, generator=g).to(DEVICE)  # r 3: 12x12 halos, 144 of 192 slots
-    extra = torch.randn(2, 5, 2, 2, head_dim, generator=g).to(DEVICE)
-    grad = torch.randn(2, 19, 21, 2, head_dim, generator=g).to(DEVICE)
-
-    def leaves():  # fresh leaves per run
-        maps = [t.clone() if packed else t.contiguous() for t in qkv.unbind(3)]
-        if packed:
-            maps = list(torch.stack(maps, 3).unbind(3))
-        return [t.requires_grad_() for t in maps + [extra[:, :, 0].clone(), extra[:, :, 1].clone()]]
-
-    results = []
-    for i32 in (False, True):
-        monkeypatch.setattr(halo, "_CIRCLE_I32", i32)
-        ins = leaves()
-        out = clear_attention(*ins[:3], 3, extra_k=ins[3], extra_v=ins[4], backend="triton")
-        out.backward(grad)
-        results.append([out.detach()] + [t.grad for t in ins])
-    for ours, theirs in zip(*results):
-        assert torch.isfinite(ours).all()
-        assert torch.equal(ours, theirs)
-
-
 def test_circle_terms_give_exact_squared_distances():
     """The halo terms of the circle's distance dot (CIRCLE_DOT) are exact in float16 and, times each slot's terms (as
     the kernels build them), give every squared distance exactly, at the largest halo that takes the dot; keys past

@@ -285,39 +285,13 @@ def _rows_bias_setup(RPB, WH, WW, th, tw, a_h, a_w, slot_ok, rpb_side, head, hea
 
 @triton.jit
 def _run_keys(r0, c0, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
-    """:func:`_halo_keys_i32` of a circle's halo, a run of consecutive rows and columns from ``(r0, c0)``, by
-    arithmetic instead of the tables (the dk/dv kernel with ``OFF_I32``: its int64 products and three layouts of
-    table loads made most of its loop; sm_90, CLEAR at head dim 72: 1255 -> 1039 instructions per step; the forward
-    and dq kernels, with one layout, do better with the table loads: 867 against 703 instructions)."""
-    n = tl.minimum(start + tl.arange(0, BLOCK_N), HALO_H * HALO_W - 1)
-    return r0 + n // HALO_W, c0 + n % HALO_W
-
-
-@triton.jit
-def _halo_keys_i32(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The rows and columns of :func:`_halo_keys` in int32 (``OFF_I32``), past the halo's end keys of its last row
-    again: real keys, so their loads need no mask, which the circle's mask leaves out (its halo terms put them at
-    least ``2 * _CIRCLE_BIG`` away, :func:`circle_terms`): their probabilities are exactly 0."""
+    """:func:`_halo_keys` of a circle's halo, a run of consecutive rows and columns from ``(r0, c0)``, by arithmetic
+    in int32 instead of the tables (the dk/dv kernel with ``OFF_I32``: its int64 products and three layouts of table
+    loads made most of its loop; sm_90, CLEAR at head dim 72: 1255 -> 1039 instructions per step)."""
     n = start + tl.arange(0, BLOCK_N)
-    k_row = tl.load(KH + th * HALO_H + tl.minimum(n // HALO_W, HALO_H - 1))
-    k_col = tl.load(KW + tw * HALO_W + n % HALO_W)
-    return k_row, k_col
-
-
-@triton.jit
-def _load_rows(rows, s_d, d, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, EVEN: tl.constexpr):
-    """:func:`_load_cols` of rows that all exist: only columns are masked, and a main block followed by a tail (which
-    :func:`_head_split` makes only inside the head dim) or covering exactly the head dim (``EVEN``) not at all."""
-    c = tl.arange(0, BLOCK_D)
-    if BLOCK_T > 0 or EVEN:
-        x = tl.load(rows[:, None] + c[None, :] * s_d)
-    else:
-        x = tl.load(rows[:, None] + c[None, :] * s_d, mask=(c < d)[None, :], other=0.0)
-    x_t = x
-    if BLOCK_T > 0:
-        c = BLOCK_D + tl.arange(0, BLOCK_T)
-        x_t = tl.load(rows[:, None] + c[None, :] * s_d, mask=(c < d)[None, :], other=0.0)
-    return x, x_t
+    n_ok = n < HALO_H * HALO_W
+    n = tl.where(n_ok, n, 0)
+    return r0 + n // HALO_W, c0 + n % HALO_W, n_ok
 
 
 @triton.jit
@@ -730,11 +704,8 @@ def _halo_fwd_kernel(
     TABLE: tl.constexpr = False, TABLE_ALIGN: tl.constexpr = 64,
     HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
     ROW_I32: tl.constexpr = False, ALIGN_LOG2: tl.constexpr = 0, CIRCLE_DOT: tl.constexpr = False,
-    SCALE_LATE: tl.constexpr = False, DIST16: tl.constexpr = False, OFF_I32: tl.constexpr = False,
+    SCALE_LATE: tl.constexpr = False, DIST16: tl.constexpr = False,
 ):
-    """Query-centric: the output and logsumexp of one query tile over its halo and the extra keys. ``OFF_I32`` (the
-    circle with CIRCLE_DOT, every offset within an image below 2^31): the halo keys' rows, columns and offsets in
-    int32, and unmasked loads (:func:`_halo_keys_i32`)."""
     if ALIGN_LOG2 > 0:  # see _align_log2
         s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v = _aligned_maps(
             s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v, ALIGN_LOG2)
@@ -771,14 +742,9 @@ def _halo_fwd_kernel(
             r0, c0 = _halo_origin(KH, KW, th, tw, HALO_H, HALO_W)
             slot_terms = _circle_slot_terms(row, col, r0, c0, m_ok, HALO_H, HALO_W)
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
-            if OFF_I32:
-                k_row, k_col = _halo_keys_i32(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
-                k, k_t = _load_rows(k_base + k_row * s_kh + k_col * s_kw, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK, EVEN_QK)
-                v, v_t = _load_rows(v_base + k_row * s_vh + k_col * s_vw, s_vd, d_v, BLOCK_DV, BLOCK_TV, EVEN_V)
-            else:
-                k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
-                k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
-                v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
+            k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
+            k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
+            v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
             if TABLE:
                 inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
             elif CIRCLE_DOT:
@@ -830,7 +796,7 @@ def _halo_dq_kernel(
     HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
     ROW_I32: tl.constexpr = False, TABLE_GRAD: tl.constexpr = False, ADD_ATOMIC: tl.constexpr = False,
     FIRST_STORE: tl.constexpr = False, ALIGN_LOG2: tl.constexpr = 0, CIRCLE_DOT: tl.constexpr = False,
-    DIST16: tl.constexpr = False, OFF_I32: tl.constexpr = False,
+    DIST16: tl.constexpr = False,
 ):
     """Query-centric: dq of one query tile over its halo and the extra keys (the bias added to the recomputed
     scores). It also writes ``delta = rowsum(dO * O)`` of its queries, which the kernels launched after it read.
@@ -871,7 +837,7 @@ def _halo_dq_kernel(
                 th, tw, b, head, heads, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
                 T_H, T_W, HALO_H, HALO_W, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV,
                 HAS_RPB, CIRCLE, HAS_EXTRA, DOT_PRECISION, TABLE, TABLE_ALIGN, HALO_WP, EVEN_QK, EVEN_V, ROW_I32,
-                TABLE_GRAD, ADD_ATOMIC, FIRST_STORE, CIRCLE_DOT, DIST16, OFF_I32,
+                TABLE_GRAD, ADD_ATOMIC, FIRST_STORE, CIRCLE_DOT, DIST16,
             )
             tl.debug_barrier()  # the next image reads the block's sums, perhaps in other threads
     else:
@@ -884,7 +850,7 @@ def _halo_dq_kernel(
             th, tw, b, head, heads, d_qk, d_v, n_extra, qk_scale, scale, rpb_side, radius_sq,
             T_H, T_W, HALO_H, HALO_W, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_TQK, BLOCK_DV, BLOCK_TV,
             HAS_RPB, CIRCLE, HAS_EXTRA, DOT_PRECISION, TABLE, TABLE_ALIGN, HALO_WP, EVEN_QK, EVEN_V, ROW_I32, False,
-            False, False, CIRCLE_DOT, DIST16, OFF_I32,
+            False, False, CIRCLE_DOT, DIST16,
         )
 
 
@@ -921,7 +887,7 @@ def _dq_tile(
     HAS_RPB: tl.constexpr, CIRCLE: tl.constexpr, HAS_EXTRA: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TABLE: tl.constexpr, TABLE_ALIGN: tl.constexpr, HALO_WP: tl.constexpr, EVEN_QK: tl.constexpr,
     EVEN_V: tl.constexpr, ROW_I32: tl.constexpr, TABLE_GRAD: tl.constexpr, ADD_ATOMIC: tl.constexpr,
-    FIRST_STORE: tl.constexpr, CIRCLE_DOT: tl.constexpr, DIST16: tl.constexpr, OFF_I32: tl.constexpr,
+    FIRST_STORE: tl.constexpr, CIRCLE_DOT: tl.constexpr, DIST16: tl.constexpr,
 ):
     """:func:`_halo_dq_kernel`'s work on one tile of one image and head; with ``TABLE_GRAD`` it also adds the tile's
     score gradients into its pair-bias gradient block ``DTAB``: with ``ADD_ATOMIC`` by float32 atomic adds (into a
@@ -975,22 +941,15 @@ def _dq_tile(
             r0, c0 = _halo_origin(KH, KW, th, tw, HALO_H, HALO_W)
             slot_terms = _circle_slot_terms(row, col, r0, c0, real, HALO_H, HALO_W)
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
-            if OFF_I32:
-                k_row, k_col = _halo_keys_i32(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
-            else:
-                k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
+            k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
             if CIRCLE_DOT:
                 inside = _circle_inside(slot_terms, rpb_rows, start, radius_sq, HALO_H, HALO_W, BLOCK_N, DIST16)
                 bias = 0.0
             elif CIRCLE:  # before the loads: after them this kernel spills more (sm_90, CLEAR d 72: 268 against 252 B)
                 inside, bias = _pair_mask(rpb_rows, row, col, k_row, k_col, real, n_ok, lo_h, width_h, lo_w, width_w,
                                           start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, False)
-            if OFF_I32:
-                k, k_t = _load_rows(k_base + k_row * s_kh + k_col * s_kw, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK, EVEN_QK)
-                v, v_t = _load_rows(v_base + k_row * s_vh + k_col * s_vw, s_vd, d_v, BLOCK_DV, BLOCK_TV, EVEN_V)
-            else:
-                k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
-                v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
+            k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
+            v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
             if TABLE:
                 inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
             elif not CIRCLE:
@@ -1056,9 +1015,7 @@ def _halo_dkdv_kernel(
     ``HALO_WP`` (the query halo's width padded to a power of two) at most ``BLOCK_N``: the halo is walked by whole
     rows, as the forward walks its key halo (:func:`_rows_setup`, :func:`_rows_step` with ``KEY_TILE``; a bias table
     is then laid out by padded halo rows); else by flat chunks. The circle with ``OFF_I32`` (every offset within an
-    image fits in int32) computes its halo queries' rows and columns from the halo's origin and their offsets in
-    int32, and reads the slots past the halo's end as its last query again (unmasked loads; see
-    :func:`_halo_keys_i32`)."""
+    image fits in int32) computes its halo queries' rows and columns (:func:`_run_keys`) and offsets in int32."""
     if ALIGN_LOG2 > 0:  # see _align_log2
         s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v = _aligned_maps(
             s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v, ALIGN_LOG2)
@@ -1117,7 +1074,7 @@ def _halo_dkdv_kernel(
             slot_terms = _circle_slot_terms(row, col, r0, c0, m_ok, HALO_H, HALO_W)
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
             if OFF_I32:
-                q_row, q_col = _run_keys(r0, c0, start, HALO_H, HALO_W, BLOCK_N)
+                q_row, q_col, n_ok = _run_keys(r0, c0, start, HALO_H, HALO_W, BLOCK_N)
                 q_off = q_row * s_qh + q_col * s_qw
                 g_off = q_row * s_gh + q_col * s_gw
                 l_off = q_row * s_lh + q_col * s_lw
@@ -1135,18 +1092,11 @@ def _halo_dkdv_kernel(
                 q_off = q_row * s_qh + q_col * s_qw
                 g_off = q_row * s_gh + q_col * s_gw
                 l_off = q_row * s_lh + q_col * s_lw
-            if OFF_I32:  # every halo slot a real query (see _halo_keys_i32)
-                q, q_t = _load_rows(q_base + q_off, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK, EVEN_QK)
-                do, do_t = _load_rows(do_base + g_off, s_gd, d_v, BLOCK_DV, BLOCK_TV, EVEN_V)
-                stat = stat_base + l_off
-                lse = tl.load(LSE + stat)
-                delta = tl.load(DELTA + stat)
-            else:
-                q, q_t = _load_cols(q_base + q_off, n_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
-                do, do_t = _load_cols(do_base + g_off, n_ok, s_gd, d_v, BLOCK_DV, BLOCK_TV)
-                stat = stat_base + l_off
-                lse = tl.load(LSE + stat, mask=n_ok, other=0.0)
-                delta = tl.load(DELTA + stat, mask=n_ok, other=0.0)
+            q, q_t = _load_cols(q_base + q_off, n_ok, s_qd, d_qk, BLOCK_DQK, BLOCK_TQK)
+            do, do_t = _load_cols(do_base + g_off, n_ok, s_gd, d_v, BLOCK_DV, BLOCK_TV)
+            stat = stat_base + l_off
+            lse = tl.load(LSE + stat, mask=n_ok, other=0.0)
+            delta = tl.load(DELTA + stat, mask=n_ok, other=0.0)
             if (CIRCLE or HAS_RPB) and not (TABLE or CIRCLE_DOT):
                 inside, bias = _pair_mask(rpb_rows, row, col, q_row, q_col, m_ok, n_ok, lo_h, width_h, lo_w,
                                           width_w, start, rpb_side, radius_sq, HALO_W, BLOCK_N, HAS_RPB, CIRCLE, True)
@@ -1413,14 +1363,6 @@ def _row_i32(k: torch.Tensor, v: torch.Tensor) -> bool:
     return (k.shape[1] - 1) * max(abs(k.stride(1)), abs(v.stride(1))) < _ROW_I32_LIMIT
 
 
-# The circle's kernels (with CIRCLE_DOT, offsets within an image below 2^31) take their halo keys' (dk/dv: queries')
-# rows and columns in int32 and load the slots past the halo's end as real keys, without masks (OFF_I32). sm_90 loops
-# at CLEAR's head dim 72 (tools/kernel_report.py, 2026-12-03): forward 821 -> 703 instructions (242 -> 219
-# registers), dq 798 -> 653, dk/dv 521 -> 475 (it had the int32 offsets since 80c5746, with masked loads; an offset
-# table there measured slower on 12-02: 1.3188 against 1.2944 ms). False: the int64 table walk with masked loads.
-_CIRCLE_I32 = True
-
-
 def _offsets_i32(*maps: torch.Tensor) -> bool:
     """Whether every offset ``row * stride_h + col * stride_w`` within an image of each heads-last map fits in int32
     (the flat loops of the circle then multiply their halo keys' rows and columns in int32)."""
@@ -1566,7 +1508,7 @@ def halo_fwd(
         HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0, TABLE=tab is not None,
         TABLE_ALIGN=_table_align(), ROW_I32=_row_i32(k, v), ALIGN_LOG2=_align_log2(q, k, v, ek, ev, out),
         CIRCLE_DOT=circle_dot, SCALE_LATE=scale > 0 and not has_rpb and tab is None,
-        DIST16=_dist16(rows, cols, circle_dot), OFF_I32=_CIRCLE_I32 and circle_dot and _offsets_i32(k, v),
+        DIST16=_dist16(rows, cols, circle_dot),
         **walk, **meta,
     )
     return out, lse
@@ -1851,7 +1793,7 @@ def halo_bwd(
         ROW_I32=_row_i32(k, v), TABLE_GRAD=table_grad, ADD_ATOMIC=table_grad and rpb_grad_sum != "store",
         FIRST_STORE=table_grad and rpb_grad_sum == "first-store",
         ALIGN_LOG2=_align_log2(q, k, v, ek, ev, grad_out, out, dq), CIRCLE_DOT=circle_dot, DIST16=dist16,
-        OFF_I32=_CIRCLE_I32 and circle_dot and _offsets_i32(k, v), **walk, **meta,
+        **walk, **meta,
     )
     cfg = _merge(dkdv_launch, block_n, num_warps, num_stages)
     meta = _launch_meta(q, v, key_rows, key_cols, cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.maxnreg)
@@ -1863,7 +1805,7 @@ def halo_bwd(
     tab_t, win_h, win_w, side = _table_args(key_rows, key_cols, rpb_t, rpb_side, tab)
     tab_t, circle_dot = _circle_mask_args(key_rows, key_cols, meta["BLOCK_N"], circle_radius, tab_t)
     dist16 = _dist16(key_rows, key_cols, circle_dot)
-    off_i32 = _CIRCLE_I32 and circle_dot and _offsets_i32(q, grad_out, lse, delta)
+    off_i32 = circle_dot and _offsets_i32(q, grad_out, lse, delta)
     _halo_dkdv_kernel[(key_rows.n_tiles * key_cols.n_tiles, b * heads)](
         q, k, v, grad_out, lse, delta, tab_t, dk, dv, key_rows.window, *key_rows[:3], win_h, *key_cols[:3], win_w,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride(), *dk.stride(), *dv.stride(),

@@ -673,9 +673,13 @@ CONFIGS: dict[tuple[str, str], dict[str, int]] = {
 # Gather mode with regions of at most 16 tokens (BiFormer-S stage 1: 4x4 regions, topk 4), where a program's tile is
 # one region's 16 rows: one warp per program (the same sweep: forward 0.052 -> 0.029 ms; backward dq 0.170 -> 0.159
 # and dk/dv 0.170 -> 0.119 ms of the two kernels' sum, each measured with the other at the general configuration).
+# The dq kernel with two pipeline stages (2026-12-03 07:56 and 08:10 UTC, `.gpu/routed_sweep.py`, profiler kernel time
+# of the autograd backward, median of 3 rounds): 0.1057 -> 0.0977 and 0.1055 -> 0.0980 ms; 3 stages 0.1001, 32 keys
+# per step 0.0993, register caps 64 / 80 / 128 0.0973 / 0.0975 / 0.0999, the dk/dv kernel at 2 stages 0.1133-0.1229,
+# two-warp dq 0.1141.
 SMALL_REGION_CONFIGS: dict[str, dict[str, int]] = {
     "fwd": dict(BLOCK_M=16, BLOCK_N=32, num_warps=1, num_stages=2),
-    "dq": dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1),
+    "dq": dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=2),
     "dkdv": dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1),
     "fused": dict(BLOCK_M=16, num_warps=1, num_stages=1),
 }
