@@ -47,6 +47,10 @@ TILE = (8, 8)  # the forward's queries per program along H and W
 #   0.750; dk/dv with two pipeline stages (its q and dO loads become asynchronous copies, loop 808 -> 521) 1.207. Its
 #   other launches: 32 queries x 2 stages 1.309, 128 queries 1.460, 8 warps 2.35-2.43, 16x8 or 8x16 key tiles 1.70-2.83;
 #   dq with 8 warps 1.864, 64 keys x 3 stages 1.489.
+# - 2026-12-03 07:52-08:10 UTC: the forward on one-warp programs of 4x8 or 8x4 query tiles (their halos walk 30% fewer
+#   keys per query, on 16-row MMAs) 0.459-0.463 ms against 0.425 here (4x4, 2x8, 8x2: 0.72-0.78); halo keys read in
+#   int32 and loaded without masks (forward loop 821 -> 703 instructions) forward 0.4278 -> 0.4230, backward no faster
+#   (dq 1.2094 -> 1.2123, dk/dv 1.2229, all three 1.2319). Not kept.
 # Earlier (scalar loads): the forward at 128 keys x 4 warps beat 2.7-9.4 ms of other launches (2026-11-29), and walking
 # the halo by whole rows or computing each step's keys from the halo's first key measured slower (11-30); see
 # docs/benchmarks.md.
