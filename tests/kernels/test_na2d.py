@@ -399,6 +399,49 @@ def test_bias_table_holds_each_pairs_bias(layout, rpb_on):
     assert tab.shape[0] < rows.n_tiles or tab.shape[1] < cols.n_tiles  # border classes shared
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+def test_forward_half_bias_table(monkeypatch, dtype):
+    """With _FWD_TABLE_HALF the forward of 16-bit inputs reads its bias table in float16 (the float32 table rounded
+    to float16, -inf kept) and still matches the reference to its dtype's tolerance and the float32 table's output to
+    a few 16-bit steps; float32 inputs keep the float32 table, so their output does not change at all."""
+    import vizattn.kernels._halo2d.triton as halo
+
+    rows, cols = kernels._axes(torch.empty(1, 13, 10, 1, 16, device=DEVICE), 3, 1, (2, 8))
+    rpb = torch.randn(2, 5, 5, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    full, *classes = halo.bias_table(rows, cols, rpb, 16, 16, 16)
+    half, *classes_half = halo.bias_table(rows, cols, rpb, 16, 16, 16, torch.float16)
+    assert half.dtype == torch.float16 and classes_half == classes
+    assert torch.equal(half, full.to(torch.float16))
+
+    c = Case(2, 2, 15, 13, 5, 1, dtype, 32)
+    q, k, v, rpb, _ = _inputs(c, seed=5)
+    seen = []
+    real = halo.bias_table
+
+    def recording(*args, **kwargs):
+        table = real(*args, **kwargs)
+        seen.append(None if table is None else table[0].dtype)
+        return table
+
+    monkeypatch.setattr(halo, "bias_table", recording)
+    monkeypatch.setattr(kernels, "BIAS_TABLE", "always")
+    outs = []
+    for half_table in (False, True):
+        monkeypatch.setattr(halo, "_FWD_TABLE_HALF", half_table)
+        outs.append(na2d(q, k, v, c.k, c.d, rpb, backend="triton"))
+    want = torch.float32 if dtype == "fp32" else torch.float16
+    assert seen == [torch.float32, want]
+    ref = na2d_reference(*(t.double() for t in (q, k, v)), c.k, c.d, rpb.double())
+    l2_tol, max_tol = ATTN_TOL[q.dtype]
+    l2, mx = rel_errors(outs[1], ref)
+    assert l2 < l2_tol and mx < max_tol, f"rel L2 {l2:.2e}, rel max {mx:.2e}"
+    if dtype == "fp32":
+        assert torch.equal(outs[0], outs[1])
+    else:
+        step = torch.finfo(q.dtype).eps * outs[0].float().abs().amax()
+        assert (outs[1].float() - outs[0].float()).abs().max() <= 4 * step
+
+
 def test_launch_configs_follow_the_map_size_and_head_dim():
     """One-warp small tiles at head dim 32 (the measured case), by map height; wider heads keep 8x8 tiles of 4 warps
     (the one-warp programs spill there); an explicit tile replaces every kernel's tile and keeps its launch."""

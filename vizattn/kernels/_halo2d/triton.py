@@ -392,7 +392,7 @@ def _circle_inside(slot_terms, TERMS, start, radius_sq, HALO_H: tl.constexpr, HA
 def _table_bias(rows, start, BLOCK_N: tl.constexpr):
     """Columns ``start .. start + BLOCK_N`` of a program's bias table: the bias of each (slot, halo slot) pair,
     ``-inf`` outside the window (so no mask is built per pair)."""
-    return tl.load(rows[:, None] + (start + tl.arange(0, BLOCK_N))[None, :])
+    return tl.load(rows[:, None] + (start + tl.arange(0, BLOCK_N))[None, :]).to(tl.float32)
 
 
 @triton.jit
@@ -641,7 +641,7 @@ def _rows_step(start_row, kh, kp, kp_ok, kp_t, kp_t_ok, vp, vp_ok, vp_t, vp_t_ok
     v, v_t = _load_cols_off(vp, vp_ok, vp_t, vp_t_ok, v_off[:, None], BLOCK_TV, EVEN_V)
     if TABLE:
         inside = True
-        bias = tl.load(RPB[:, None] + (start_row * HALO_WP + tl.arange(0, BLOCK_N))[None, :])
+        bias = tl.load(RPB[:, None] + (start_row * HALO_WP + tl.arange(0, BLOCK_N))[None, :]).to(tl.float32)
     else:
         h_in = (hr[None, :] - lo_h[:, None]).to(tl.uint32, bitcast=True) < width_h.to(tl.uint32, bitcast=True)[:, None]
         inside = h_in & w_mask
@@ -1231,6 +1231,12 @@ def _cached_meta(t_h, t_w, halo_h, halo_w, d_qk, d_v, dtype, block_n, num_warps,
 
 # Largest bias table (float32 entries) built for a launch; past it the kernels build the NA mask and bias per pair.
 _TABLE_MAX = 1 << 22
+# _FWD_TABLE_HALF: the forward of 16-bit inputs reads its bias table (rpb * log2(e), -inf outside the window) in
+# float16 instead of float32, half the table's bytes per step (sm_90 at B64 56x56, 2 heads, rpb: shared memory 4096
+# -> 3584 bytes, one async copy fewer per step, but 8 conversions more: loop 147 -> 149 instructions). Its rounding
+# (relative 2^-11 of the bias) is below that of 16-bit scores; float32 inputs keep a float32 table. Written on
+# 2026-12-03 after that session's device time ran out: not yet timed on a GPU, so off.
+_FWD_TABLE_HALF = False
 # Halo slots per table row: a multiple of every NA key block (16, 32; 256 under the interpreter), so that the forward
 # and the dq kernel, whose blocks differ, read one table.
 _TABLE_ALIGN = 64
@@ -1302,7 +1308,8 @@ def _bias_table_kernel(RPB, REL_H, REL_W, TAB, heads, n_cw, side, scale,
     r_w = tl.load(REL_W + cw * (T_W * HALO_W) + (m % T_W * HALO_W)[:, None] + n_w[None, :], mask=ok, other=-1)
     inside = (r_h >= 0) & (r_w >= 0)
     bias = tl.load(RPB + head * side * side + r_h * side + r_w, mask=inside, other=0.0).to(tl.float32) * scale
-    tl.store(TAB + (pid * BLOCK_M + m)[:, None] * NPAD + n[None, :], tl.where(inside, bias, float("-inf")))
+    tl.store(TAB + (pid * BLOCK_M + m)[:, None] * NPAD + n[None, :],
+             tl.where(inside, bias, float("-inf")).to(TAB.dtype.element_ty))
 
 
 # halo slots per program of _bias_table_kernel (a divisor of every table row's padded length, _table_align())
@@ -1315,7 +1322,7 @@ def _table_row_width(cols: DeviceTables, halo_wp: int) -> int:
 
 
 def bias_table(rows: DeviceTables, cols: DeviceTables, rpb: torch.Tensor | None, block_m: int, block_n: int,
-               halo_wp: int = 0):
+               halo_wp: int = 0, dtype: torch.dtype = torch.float32):
     """NA's mask and bias as one float32 table per class of tiles (and head, with rpb): ``(table, class of each H
     tile, class of each W tile, number of W classes)``, or None when it would exceed ``_TABLE_MAX`` entries (many
     border classes: large dilations) or ``block_n`` does not divide its rows. ``table[..., m, n]`` is
@@ -1324,7 +1331,7 @@ def bias_table(rows: DeviceTables, cols: DeviceTables, rpb: torch.Tensor | None,
     forward's row-by-row walk (``halo_wp``, the halo's width padded to a power of two), row ``n // halo_wp``, column
     ``n % halo_wp``: a step then reads whole aligned table rows. Without rpb the table (the mask) is built once per
     map geometry; with rpb one kernel (:func:`_bias_table_kernel`) gathers it from rpb at every launch, so it can
-    never be stale."""
+    never be stale. ``dtype``: the table's, float32 or (the forward of 16-bit inputs, see _FWD_TABLE_HALF) float16."""
     align = _table_align()
     if align % block_n:
         return None
@@ -1335,9 +1342,9 @@ def bias_table(rows: DeviceTables, cols: DeviceTables, rpb: torch.Tensor | None,
     if uh.shape[0] * uw.shape[0] * heads * block_m * npad > _TABLE_MAX:
         return None
     if rpb is None:
-        return _table_mask(rows, cols, block_m, npad, row_w), cls_h, cls_w, uw.shape[0]
+        return _table_mask(rows, cols, block_m, npad, row_w).to(dtype), cls_h, cls_w, uw.shape[0]
     # in base 2, as the kernels' scores (one fused multiply-add per pair); (Ch, Cw, heads, block_m, npad), contiguous
-    tab = new_output((uh.shape[0], uw.shape[0], heads, block_m, npad), torch.float32, rpb.device)
+    tab = new_output((uh.shape[0], uw.shape[0], heads, block_m, npad), dtype, rpb.device)
     _bias_table_kernel[(uh.shape[0] * uw.shape[0] * heads, npad // _TABLE_BLOCK_C)](
         rpb.detach().contiguous(), uh, uw, tab, heads, uw.shape[0], rpb.shape[-1], _LOG2E,
         T_H=rows.tile, T_W=cols.tile, HALO_H=rows.halo, HALO_W=cols.halo, BLOCK_M=block_m, NPAD=npad,
@@ -1497,7 +1504,9 @@ def halo_fwd(
     halo_wp = walk["HALO_WP"] if circle_radius is None and 0 < walk["HALO_WP"] <= meta["BLOCK_N"] else 0
     tab = None
     if table and circle_radius is None:
-        tab = bias_table(rows, cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"], halo_wp)
+        half = _FWD_TABLE_HALF and q.dtype in (torch.float16, torch.bfloat16)
+        tab = bias_table(rows, cols, rpb, meta["BLOCK_M"], meta["BLOCK_N"], halo_wp,
+                         torch.float16 if half else torch.float32)
     rpb_t, win_h, win_w, rpb_side = _table_args(rows, cols, rpb_t, rpb_t.shape[-1] if has_rpb else 1, tab)
     rpb_t, circle_dot = _circle_mask_args(rows, cols, meta["BLOCK_N"], circle_radius, rpb_t)
     _halo_fwd_kernel[(rows.n_tiles * cols.n_tiles, b * heads)](
