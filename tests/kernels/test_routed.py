@@ -220,12 +220,15 @@ class _Counted:
         return self.kernel[grid]
 
 
+@pytest.mark.parametrize("query_rows", [False, True], ids=["key-rows", "query-rows"])
 @pytest.mark.parametrize(("case", "routing"), ONE_KERNEL_CASES, ids=[f"{c.id}-{r}" for c, r in ONE_KERNEL_CASES])
-def test_one_kernel_backward_of_topk1(case, routing, monkeypatch):
+def test_one_kernel_backward_of_topk1(case, routing, query_rows, monkeypatch):
     """topk 1: the backward as one kernel (a program per key region writes the dq of the query regions that chose it,
-    with delta summed from its probabilities), against the reference and against the dq + dk/dv kernels. Skewed
-    routing (every query region of an image picks one of two regions) leaves most key regions chosen by none, whose
-    dk, dv must still be written as zeros (outputs are NaN-poisoned), and one chosen by many."""
+    with delta summed from its probabilities), against the reference and against the dq + dk/dv kernels, with its
+    blocks of scores laid out (keys, queries) or (queries, keys) (FUSED_QUERY_ROWS). Skewed routing (every query
+    region of an image picks one of two regions) leaves most key regions chosen by none, whose dk, dv must still be
+    written as zeros (outputs are NaN-poisoned), and one chosen by many."""
+    monkeypatch.setattr(kernels, "FUSED_QUERY_ROWS", query_rows)
     mode = "gather"
     n_tok = (case.hh // case.n_win) * (case.ww // case.n_win)
     assert kernels.fused_backward_applies(mode, case.topk, n_tok, case.d_qk, case.d_v)

@@ -531,7 +531,7 @@ def _routed_bwd_dkdv_kernel(
 @triton.jit
 def _fused_block(k, v, dk, dv, q_region, dq_base, q_base, do_base, LSE, stat_base, s_qh, s_qw, s_qc, s_gh, s_gw,
                  s_gc, s_dh, s_dw, s_dc, n_win, inv_n_win, h, w, inv_w, n_tok, cq, cq_ok, cv, cv_ok, qk_scale,
-                 sm_scale, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 sm_scale, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr, QUERY_ROWS: tl.constexpr = False):
     """One query region's part of :func:`_routed_bwd_fused_kernel`: its dq, written, and its terms of dk and dv."""
     for start in range(0, n_tok, BLOCK_M):
         q_tok = start + tl.arange(0, BLOCK_M)
@@ -545,14 +545,23 @@ def _fused_block(k, v, dk, dv, q_region, dq_base, q_base, do_base, LSE, stat_bas
         # padded queries: an infinite lse makes their probabilities 0; padded keys are zero rows: their scores are
         # finite, their products with q, dO and v vanish, and their dk / dv rows are not stored
         lse = tl.load(LSE + stat_base + q_region * n_tok + q_tok, mask=q_valid, other=float("inf"))
-        p_t = tl.exp2(_dot(k, tl.trans(q), DOT_PRECISION) * qk_scale - lse[None, :])  # [keys, queries]
-        dv += _dot(p_t.to(do.dtype), do, DOT_PRECISION)
-        dp_t = _dot(v, tl.trans(do), DOT_PRECISION)
-        # these keys are all the query's keys: delta = sum_j P_ij dP_ij, which is dO_i . O_i without reading O
-        delta = tl.sum(p_t * dp_t, 0)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += _dot(ds_t.to(q.dtype), q, DOT_PRECISION)
-        dq = _dot(tl.trans(ds_t.to(k.dtype)), k, DOT_PRECISION) * sm_scale
+        if QUERY_ROWS:
+            p = tl.exp2(_dot(q, tl.trans(k), DOT_PRECISION) * qk_scale - lse[:, None])  # [queries, keys]
+            dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_PRECISION)
+            dp = _dot(do, tl.trans(v), DOT_PRECISION)
+            delta = tl.sum(p * dp, 1)  # within each query's row: no sum across warps
+            ds = p * (dp - delta[:, None])
+            dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_PRECISION)
+            dq = _dot(ds.to(k.dtype), k, DOT_PRECISION) * sm_scale
+        else:
+            p_t = tl.exp2(_dot(k, tl.trans(q), DOT_PRECISION) * qk_scale - lse[None, :])  # [keys, queries]
+            dv += _dot(p_t.to(do.dtype), do, DOT_PRECISION)
+            dp_t = _dot(v, tl.trans(do), DOT_PRECISION)
+            # these keys are all the query's keys: delta = sum_j P_ij dP_ij, which is dO_i . O_i without reading O
+            delta = tl.sum(p_t * dp_t, 0)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += _dot(ds_t.to(q.dtype), q, DOT_PRECISION)
+            dq = _dot(tl.trans(ds_t.to(k.dtype)), k, DOT_PRECISION) * sm_scale
         tl.store(dq_base + _token_offset(q_region, q_tok, n_win, inv_n_win, h, w, inv_w, s_dh, s_dw)[:, None]
                  + cq[None, :] * s_dc, dq.to(dq_base.dtype.element_ty), mask=mq)
     return dk, dv
@@ -570,7 +579,7 @@ def _routed_bwd_fused_kernel(
     s_dvn, s_dvh, s_dvw, s_dvc,
     qk_scale, sm_scale, num_heads, n_win, inv_n_win, h, w, inv_w, inv_n_tok, topk, d_qk, d_v,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, QUERY_ROWS: tl.constexpr = False,
 ):
     """The whole backward when every routing list holds one region (topk 1): a program owns one key region (all its
     tokens, ``BLOCK_N >= h * w``) and walks the query regions that chose it (the inverse lists, increasing). Those
@@ -610,7 +619,8 @@ def _routed_bwd_fused_kernel(
         dk, dv = _fused_block(k, v, dk, dv, q_region, DQ + n64 * s_dn + head * d_qk * s_dc,
                               Q + n64 * s_qn + head * d_qk * s_qc, DO + n64 * s_gn + head * d_v * s_gc, LSE,
                               stat_base, s_qh, s_qw, s_qc, s_gh, s_gw, s_gc, s_dh, s_dw, s_dc, n_win, inv_n_win, h,
-                              w, inv_w, n_tok, cq, cq_ok, cv, cv_ok, qk_scale, sm_scale, BLOCK_M, DOT_PRECISION)
+                              w, inv_w, n_tok, cq, cq_ok, cv, cv_ok, qk_scale, sm_scale, BLOCK_M, DOT_PRECISION,
+                              QUERY_ROWS)
 
     dk = dk * sm_scale
     tl.store(DK + n64 * s_dkn + _token_offset(k_region, ktok, n_win, inv_n_win, h, w, inv_w, s_dkh, s_dkw)[:, None]
@@ -697,6 +707,13 @@ SMALL_REGION_CONFIGS: dict[str, dict[str, int]] = {
 # took the same time as random: the lists' unequal lengths cost nothing. Regions of 16 and 32 tokens and head dims 64
 # and 128 (03:08): 0.066 -> 0.047, 0.077 -> 0.057, 0.115 -> 0.082, 0.068 -> 0.060 ms.
 FUSED_TOPK1 = True
+# The one-kernel backward's blocks of scores as (queries, keys) instead of (keys, queries) (FUSED_QUERY_ROWS): each
+# query's delta is then a sum within its row (two shuffles) instead of one across the program's warps, and the
+# transposed operands of dv and dk go through shared memory as the old layout's dq operand did. sm_90 at BiFormer-S
+# stage 0 (tools/kernel_report.py, 2026-12-03): loop 602 -> 383 instructions (80 -> 4 shuffles, 21 -> 7 loads), 167 ->
+# 157 registers, 16 -> 24 KB of shared memory. Written after that session's device time ran out: not yet timed on a
+# GPU nor run there, so off.
+FUSED_QUERY_ROWS = False
 _FUSED_MAX_TOKENS = 128
 _FUSED_MAX_WIDTH = 64 * 256  # region tokens (padded) x (q/k + v head dims, padded)
 _SMALL_REGION_HEAD_DIM = 32  # measured at BiFormer's head dim 32; wider heads keep CONFIGS (one warp holds less)
@@ -860,7 +877,7 @@ def routed_attention_bwd(
             q, k, v, grad_out, dq, dk, dv, lse, lists, counts,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(), *dk.stride(), *dv.stride(),
             *scalars, BLOCK_DQK=common["BLOCK_DQK"], BLOCK_DV=common["BLOCK_DV"],
-            DOT_PRECISION=common["DOT_PRECISION"], **cfg,
+            DOT_PRECISION=common["DOT_PRECISION"], QUERY_ROWS=FUSED_QUERY_ROWS, **cfg,
         )
         return dq, dk, dv
 
