@@ -154,6 +154,25 @@ def test_repeated_regions_count_twice(mode):
     _check_against_reference(case, run, duplicates=True)
 
 
+HOIST_CASES = [
+    Case(2, 8, 8, 2, 3, 2, 16, 16, "bf16"),  # 16-token regions: the small-region launch (BiFormer's stage 1)
+    Case(1, 20, 18, 2, 3, 1, 16, 32),  # 10x9 = 90-token regions: two query blocks of 64 per region
+]
+
+
+@pytest.mark.parametrize("hoist", [False, True], ids=["entries-outside", "blocks-outside"])
+@pytest.mark.parametrize("case", HOIST_CASES, ids=lambda c: c.id)
+def test_gather_dkdv_loop_orders(case, hoist, monkeypatch):
+    """The gather-mode dk/dv kernel with its query blocks outside its routing-list entries (DKDV_HOIST) or inside,
+    with regions named twice (their pairs weighted 2) and regions of one or two query blocks."""
+    monkeypatch.setattr(kernels, "DKDV_HOIST", hoist)
+
+    def run(q, k, v, r_idx):
+        return _Kernels.apply(q, k, v, r_idx, case.n_win, case.heads, "gather", False)
+
+    _check_against_reference(case, run, duplicates=True)
+
+
 @pytest.mark.parametrize("distinct", [True, False])
 @pytest.mark.parametrize("heads_per_program", [2, 4])
 def test_dense_programs_over_several_heads(heads_per_program, distinct, monkeypatch):

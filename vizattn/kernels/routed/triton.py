@@ -453,7 +453,7 @@ def _routed_bwd_dkdv_kernel(
     qk_scale, sm_scale, num_heads, n_win, inv_n_win, h, w, inv_w, inv_n_tok, topk, d_qk, d_v,
     DENSE: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    ROUTE_W: tl.constexpr = 0, MASK_PRECISION: tl.constexpr = "tf32",
+    ROUTE_W: tl.constexpr = 0, MASK_PRECISION: tl.constexpr = "tf32", HOIST: tl.constexpr = False,
 ):
     n_tok = h * w
     p2 = n_win * n_win
@@ -503,23 +503,48 @@ def _routed_bwd_dkdv_kernel(
     else:
         list_base = (n64 * p2 + k_region) * p2
         n_entries = tl.load(COUNTS + n64 * p2 + k_region)
-        for e in range(0, n_entries):
-            entry = tl.load(LISTS + list_base + e)
-            q_region = entry & 0xFFFF
-            mult = (entry >> 16).to(tl.float32)
+        if HOIST:
+            # query blocks outside, entries inside: a block's token offsets, masks and pointers are computed once
+            # and an entry adds its region's offsets (scalars); per block the entries are summed in list order
             for start in range(0, n_tok, BLOCK_M):
                 q_tok = start + tl.arange(0, BLOCK_M)
                 q_valid = q_tok < n_tok
-                qq = q_region * n_tok + q_tok
-                q = tl.load(q_base + _token_offset(q_region, q_tok, n_win, inv_n_win, h, w, inv_w, s_qh, s_qw)[:, None]
-                            + cq[None, :] * s_qc, mask=q_valid[:, None] & cq_ok[None, :], other=0.0)
-                do = tl.load(do_base + _token_offset(q_region, q_tok, n_win, inv_n_win, h, w, inv_w, s_gh,
-                                                     s_gw)[:, None]
-                             + cv[None, :] * s_gc, mask=q_valid[:, None] & cv_ok[None, :], other=0.0)
-                lse = tl.load(LSE + stat_base + qq, mask=q_valid, other=0.0)
-                delta = tl.load(DELTA + stat_base + qq, mask=q_valid, other=0.0)
-                wgt = tl.where(q_valid[None, :] & (kk >= 0)[:, None], mult, 0.0)
-                dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION, False)
+                tr, tc = _divmod(q_tok, w, inv_w)
+                mq = q_valid[:, None] & cq_ok[None, :]
+                mg = q_valid[:, None] & cv_ok[None, :]
+                qo = (tr * s_qh + tc * s_qw)[:, None] + cq[None, :] * s_qc
+                go = (tr * s_gh + tc * s_gw)[:, None] + cv[None, :] * s_gc
+                sp = stat_base + q_tok
+                ok = q_valid[None, :] & (kk >= 0)[:, None]
+                for e in range(0, n_entries):
+                    entry = tl.load(LISTS + list_base + e)
+                    q_region = entry & 0xFFFF
+                    rj, ri = _divmod(q_region, n_win, inv_n_win)
+                    q = tl.load(q_base + (rj * h * s_qh + ri * w * s_qw) + qo, mask=mq, other=0.0)
+                    do = tl.load(do_base + (rj * h * s_gh + ri * w * s_gw) + go, mask=mg, other=0.0)
+                    lse = tl.load(LSE + sp + q_region * n_tok, mask=q_valid, other=0.0)
+                    delta = tl.load(DELTA + sp + q_region * n_tok, mask=q_valid, other=0.0)
+                    wgt = tl.where(ok, (entry >> 16).to(tl.float32), 0.0)
+                    dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION, False)
+        else:
+            for e in range(0, n_entries):
+                entry = tl.load(LISTS + list_base + e)
+                q_region = entry & 0xFFFF
+                mult = (entry >> 16).to(tl.float32)
+                for start in range(0, n_tok, BLOCK_M):
+                    q_tok = start + tl.arange(0, BLOCK_M)
+                    q_valid = q_tok < n_tok
+                    qq = q_region * n_tok + q_tok
+                    q = tl.load(q_base + _token_offset(q_region, q_tok, n_win, inv_n_win, h, w, inv_w, s_qh,
+                                                       s_qw)[:, None]
+                                + cq[None, :] * s_qc, mask=q_valid[:, None] & cq_ok[None, :], other=0.0)
+                    do = tl.load(do_base + _token_offset(q_region, q_tok, n_win, inv_n_win, h, w, inv_w, s_gh,
+                                                         s_gw)[:, None]
+                                 + cv[None, :] * s_gc, mask=q_valid[:, None] & cv_ok[None, :], other=0.0)
+                    lse = tl.load(LSE + stat_base + qq, mask=q_valid, other=0.0)
+                    delta = tl.load(DELTA + stat_base + qq, mask=q_valid, other=0.0)
+                    wgt = tl.where(q_valid[None, :] & (kk >= 0)[:, None], mult, 0.0)
+                    dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse, delta, wgt, qk_scale, DOT_PRECISION, False)
 
     dk = dk * sm_scale
     tl.store(DK + n64 * s_dkn + _token_offset(k_reg, k_tok, n_win, inv_n_win, h, w, inv_w, s_dkh, s_dkw)[:, None]
@@ -714,6 +739,12 @@ FUSED_TOPK1 = True
 # 157 registers, 16 -> 24 KB of shared memory. Written after that session's device time ran out: not yet timed on a
 # GPU nor run there, so off.
 FUSED_QUERY_ROWS = False
+# The gather-mode dk/dv kernel walks its query blocks outside and its routing-list entries inside (DKDV_HOIST): a
+# block's token offsets and masks are then computed once, an entry adding its region's scalar offsets. sm_90 at
+# BiFormer-S stage 1 (one-warp programs, 16-token regions; tools/kernel_report.py, 2026-12-03): 269 -> 209
+# instructions per entry, but 16 bytes of spill at the shipped 96-register cap (106 registers uncapped). Written after
+# that session's device time ran out: not yet timed on a GPU, so off.
+DKDV_HOIST = False
 _FUSED_MAX_TOKENS = 128
 _FUSED_MAX_WIDTH = 64 * 256  # region tokens (padded) x (q/k + v head dims, padded)
 _SMALL_REGION_HEAD_DIM = 32  # measured at BiFormer's head dim 32; wider heads keep CONFIGS (one warp holds less)
@@ -898,6 +929,6 @@ def routed_attention_bwd(
     _routed_bwd_dkdv_kernel[(g.n * cols * num_heads,)](
         q, k, v, grad_out, dk, dv, lse, delta, ridx, lists, counts, keytab, routes,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
-        *scalars, BLOCK_N=bn, **common, **cfg,
+        *scalars, BLOCK_N=bn, HOIST=DKDV_HOIST, **common, **cfg,
     )
     return dq, dk, dv
