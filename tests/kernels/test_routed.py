@@ -160,17 +160,35 @@ HOIST_CASES = [
 ]
 
 
-@pytest.mark.parametrize("hoist", [False, True], ids=["entries-outside", "blocks-outside"])
+@pytest.mark.parametrize(("hoist", "region_steps"), [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["shipped", "dkdv-hoist", "dq-region-steps", "both"])
 @pytest.mark.parametrize("case", HOIST_CASES, ids=lambda c: c.id)
-def test_gather_dkdv_loop_orders(case, hoist, monkeypatch):
-    """The gather-mode dk/dv kernel with its query blocks outside its routing-list entries (DKDV_HOIST) or inside,
-    with regions named twice (their pairs weighted 2) and regions of one or two query blocks."""
+def test_gather_backward_loop_orders(case, hoist, region_steps, monkeypatch):
+    """The gather-mode backward with its dk/dv kernel's query blocks outside its routing-list entries (DKDV_HOIST)
+    or inside, and its dq kernel stepping one routed region at a time (DQ_REGION_STEPS: where a step of keys is
+    exactly one region, the first case) or by key blocks; with regions named twice (their pairs weighted 2) and
+    regions of one or two query blocks."""
     monkeypatch.setattr(kernels, "DKDV_HOIST", hoist)
+    monkeypatch.setattr(kernels, "DQ_REGION_STEPS", region_steps)
+    if region_steps:
+        used = []
+        real = kernels._routed_bwd_dq_kernel
+
+        class _Recorded:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    used.append(kwargs["REGION_STEP"])
+                    return real[grid](*args, **kwargs)
+                return launch
+
+        monkeypatch.setattr(kernels, "_routed_bwd_dq_kernel", _Recorded())
 
     def run(q, k, v, r_idx):
         return _Kernels.apply(q, k, v, r_idx, case.n_win, case.heads, "gather", False)
 
     _check_against_reference(case, run, duplicates=True)
+    if region_steps:  # only where a step is exactly one region (16 tokens here, 90 in the second case)
+        assert used == [case is HOIST_CASES[0]]
 
 
 @pytest.mark.parametrize("distinct", [True, False])

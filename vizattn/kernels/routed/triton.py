@@ -197,7 +197,22 @@ def _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, row_base, n64, q_regio
              n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
              cq, cq_ok, cv, cv_ok, qk_scale,
              BLOCK_N: tl.constexpr, DENSE: tl.constexpr, COUNT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-             KEYTAB, route, ROUTE_W: tl.constexpr, MASK_PRECISION: tl.constexpr):
+             KEYTAB, route, ROUTE_W: tl.constexpr, MASK_PRECISION: tl.constexpr, REGION_STEP: tl.constexpr = False):
+    if REGION_STEP:
+        # gather mode, a step = one routed region (BLOCK_N == its h * w tokens): the tokens' offsets are computed
+        # once, a step loads its region (one scalar) and adds that region's offsets; every key is real
+        tr, tc = _divmod(tl.arange(0, BLOCK_N), w, inv_w)
+        k_tok_off = (tr * s_kh + tc * s_kw)[:, None] + cq[None, :] * s_kc
+        v_tok_off = (tr * s_vh + tc * s_vw)[:, None] + cv[None, :] * s_vc
+        for rank in range(0, topk):
+            reg = tl.load(RIDX + (n64 * p2 + q_region) * topk + rank).to(tl.int32)
+            rj, ri = _divmod(reg, n_win, inv_n_win)
+            k = tl.load(k_base + (rj * h * s_kh + ri * w * s_kw) + k_tok_off, mask=cq_ok[None, :], other=0.0)
+            v = tl.load(v_base + (rj * h * s_vh + ri * w * s_vw) + v_tok_off, mask=cv_ok[None, :], other=0.0)
+            p = tl.exp2(_dot(q, tl.trans(k), DOT_PRECISION) * qk_scale - lse[:, None])
+            ds = p * (_dot(do, tl.trans(v), DOT_PRECISION) - delta[:, None])
+            dq += _dot(ds.to(k.dtype), k, DOT_PRECISION)
+        return dq
     for start in range(0, n_keys, BLOCK_N):
         k_reg, k_tok, k_valid = _key_rows(start, n64, q_region, n_keys, RIDX, p2, topk, n_tok, inv_n_tok, BLOCK_N,
                                           DENSE)
@@ -322,6 +337,7 @@ def _routed_bwd_dq_kernel(
     DENSE: tl.constexpr, COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, TOPK_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ROUTE_W: tl.constexpr = 0, MASK_PRECISION: tl.constexpr = "tf32", HEADS: tl.constexpr = 1,
+    REGION_STEP: tl.constexpr = False,
 ):
     n_tok = h * w
     p2 = n_win * n_win
@@ -363,7 +379,7 @@ def _routed_bwd_dq_kernel(
         dq = _dq_keys(q, do, lse, delta, dq, k_base, v_base, RIDX, row_base, n64, q_region, n_keys, p2, topk,
                       n_win, inv_n_win, h, w, inv_w, n_tok, inv_n_tok, s_kh, s_kw, s_kc, s_vh, s_vw, s_vc,
                       cq, cq_ok, cv, cv_ok, qk_scale, BLOCK_N, DENSE, COUNT, DOT_PRECISION,
-                      KEYTAB, route, ROUTE_W, MASK_PRECISION)
+                      KEYTAB, route, ROUTE_W, MASK_PRECISION, REGION_STEP)
         dq = dq * sm_scale
         tl.store(DQ + n64 * s_dn + d_off[:, None] + (head * d_qk + cq)[None, :] * s_dc, dq.to(DQ.dtype.element_ty),
                  mask=mq)
@@ -745,6 +761,11 @@ FUSED_QUERY_ROWS = False
 # instructions per entry, but 16 bytes of spill at the shipped 96-register cap (106 registers uncapped). Written after
 # that session's device time ran out: not yet timed on a GPU, so off.
 DKDV_HOIST = False
+# The gather-mode dq kernel, where a step of keys is exactly one routed region (BLOCK_N == its tokens: BiFormer-S
+# stage 1), walks the routing list by rank (DQ_REGION_STEPS): one scalar load of the region per step and token offsets
+# computed once, instead of per key a rank / token division, a gathered load of its region and its offsets. sm_90 at
+# stage 1: see docs/benchmarks.md. Written after the 2026-12-03 session's device time ran out: not yet timed, so off.
+DQ_REGION_STEPS = False
 _FUSED_MAX_TOKENS = 128
 _FUSED_MAX_WIDTH = 64 * 256  # region tokens (padded) x (q/k + v head dims, padded)
 _SMALL_REGION_HEAD_DIM = 32  # measured at BiFormer's head dim 32; wider heads keep CONFIGS (one warp holds less)
@@ -920,7 +941,8 @@ def routed_attention_bwd(
     _routed_bwd_dq_kernel[(g.n * rows * (num_heads // heads),)](
         q, k, v, out, grad_out, dq, lse, delta, ridx, keytab, routes,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *grad_out.stride(), *dq.stride(),
-        *scalars, BLOCK_M=bm, TOPK_PAD=topk_pad, HEADS=heads, **common, **cfg,
+        *scalars, BLOCK_M=bm, TOPK_PAD=topk_pad, HEADS=heads,
+        REGION_STEP=DQ_REGION_STEPS and not dense and cfg["BLOCK_N"] == g.n_tok, **common, **cfg,
     )
 
     cfg = _config("dkdv", mode, g.n_tok, g.topk * g.n_tok, max(g.d_qk, g.d_v))
