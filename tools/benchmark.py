@@ -98,6 +98,7 @@ headline neighborhood shapes, the other flex anchors are in PERFORMANCE.md):
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import datetime
 import importlib
@@ -1414,6 +1415,45 @@ def check_summary(result: dict) -> tuple[int, list[str]]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+_SWITCH_TYPES = (bool, int, float, str, type(None))
+
+
+def apply_settings(items: list[str]) -> dict:
+    """``--set``: each ``MODULE.NAME=VALUE`` sets the module-level switch ``NAME`` (upper case, existing) of
+    ``vizattn.kernels.MODULE`` (the prefix may be given) to the Python literal ``VALUE``, of the switch's own type
+    (an int where a float is, and None where the switch may be None, are accepted). Returns {full name: value}."""
+    done: dict = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        module_name, _, attr = name.strip().rpartition(".")
+        if not sep or not module_name or not attr:
+            raise ValueError(f"--set {item!r}: expected MODULE.NAME=VALUE, e.g. routed.triton.FUSED_QUERY_ROWS=True")
+        if not module_name.startswith("vizattn."):
+            module_name = f"vizattn.kernels.{module_name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ValueError(f"--set {item!r}: no module {module_name} ({e})") from None
+        switches = sorted(k for k, v in vars(module).items()
+                          if k.lstrip("_").isupper() and isinstance(v, _SWITCH_TYPES))
+        if attr not in switches:
+            raise ValueError(f"--set {item!r}: {module_name} has no switch {attr}; its switches: "
+                             f"{', '.join(switches) or 'none'}")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--set {item!r}: {text.strip()!r} is not a Python literal (True, 3, 'always', ...)") \
+                from None
+        old = getattr(module, attr)
+        fits = type(value) is type(old) or (type(old) is float and type(value) is int) or value is None or old is None
+        if not fits or not isinstance(value, _SWITCH_TYPES):
+            raise ValueError(f"--set {item!r}: {module_name}.{attr} is a {type(old).__name__} ({old!r}), got "
+                             f"{type(value).__name__} {value!r}")
+        setattr(module, attr, value)
+        done[f"{module_name}.{attr}"] = value
+    return done
+
+
 def environment(dev: torch.device) -> dict:
     import timm
     import triton
@@ -1514,6 +1554,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip (and record as skipped) whatever would start after this many seconds; 0: no limit")
     p.add_argument("--out", default="", help="write the results as JSON here (after every group) and the tables next "
                    "to it (.txt)")
+    p.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                   help="set a kernel switch of vizattn.kernels for this run (repeatable), e.g. "
+                   "routed.triton.FUSED_QUERY_ROWS=True; VALUE is a Python literal of the switch's type. The settings "
+                   "are recorded in the JSON's environment")
     args = p.parse_args(argv)
 
     if args.cuda_graph and (args.compile or args.device != "cuda"):
@@ -1560,8 +1604,14 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
     RUN.smoke, RUN.profile = smoke, args.profile
     RUN.deadline = time.perf_counter() + args.budget_s if args.budget_s > 0 else math.inf
+    try:  # after TRITON_INTERPRET is decided: the kernel modules are imported here
+        settings = apply_settings(args.set)
+    except ValueError as e:
+        p.error(str(e))
 
     env = environment(dev)
+    if settings:
+        env["settings"] = settings
     print(" ".join(f"{k}={v}" for k, v in env.items() if k != "command"), flush=True)
     result: dict = dict(environment=env, group_seconds={}, na2d=[], dwconv=[], layers=[], routed=[], clear=[], dit=[],
                         models=[], hires=[])

@@ -149,3 +149,40 @@ def test_needs_a_gpu_without_smoke(capsys):
     assert bench.main(["--models", ""]) == 2
     assert bench.main(["--device", "cpu"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+_NO_GROUPS = ["--device", "cpu", "--smoke", "--na-shapes", "", "--dw-shapes", "", "--layer-shapes", "", "--shapes",
+              "", "--clear-shapes", ""]
+
+
+def test_set_switches_a_kernel_option_and_records_it(tmp_path, monkeypatch):
+    import vizattn.kernels._halo2d.triton as halo
+    import vizattn.kernels.routed.triton as routed
+
+    monkeypatch.setattr(routed, "FUSED_QUERY_ROWS", False)  # restored after the test
+    monkeypatch.setattr(halo, "_FWD_TABLE_HALF", False)
+    out = tmp_path / "s.json"
+    rc = bench.main([*_NO_GROUPS, "--set", "routed.triton.FUSED_QUERY_ROWS=True",
+                     "--set", "vizattn.kernels._halo2d.triton._FWD_TABLE_HALF = True", "--out", str(out)])
+    assert rc == 0
+    assert routed.FUSED_QUERY_ROWS is True and halo._FWD_TABLE_HALF is True
+    assert json.loads(out.read_text())["environment"]["settings"] == {
+        "vizattn.kernels.routed.triton.FUSED_QUERY_ROWS": True, "vizattn.kernels._halo2d.triton._FWD_TABLE_HALF": True}
+
+
+@pytest.mark.parametrize("item,why", [
+    ("routed.triton.FUSED_QUERY_ROWS", "expected MODULE.NAME=VALUE"),
+    ("routed.triton.NO_SUCH=True", "vizattn.kernels.routed.triton has no switch NO_SUCH; its switches: "),
+    ("no_such.triton.X=1", "no module vizattn.kernels.no_such.triton"),
+    ("routed.triton.FUSED_QUERY_ROWS=yes", "'yes' is not a Python literal"),
+    ("routed.triton.FUSED_QUERY_ROWS=1", "vizattn.kernels.routed.triton.FUSED_QUERY_ROWS is a bool (False), got int 1"),
+])
+def test_set_refuses_what_it_cannot_apply(item, why, capsys, monkeypatch):
+    import vizattn.kernels.routed.triton as routed
+
+    monkeypatch.setattr(routed, "FUSED_QUERY_ROWS", False)
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*_NO_GROUPS, "--set", item])
+    assert exc.value.code == 2
+    assert why in capsys.readouterr().err
+    assert routed.FUSED_QUERY_ROWS is False
