@@ -520,8 +520,8 @@ def _routed_bwd_dkdv_kernel(
         list_base = (n64 * p2 + k_region) * p2
         n_entries = tl.load(COUNTS + n64 * p2 + k_region)
         if HOIST:
-            # query blocks outside, entries inside: a block's token offsets, masks and pointers are computed once
-            # and an entry adds its region's offsets (scalars); per block the entries are summed in list order
+            # query blocks outside, entries inside: a block's token offsets and masks are computed once and an
+            # entry adds its region's offsets (scalars); per block the entries are summed in list order
             for start in range(0, n_tok, BLOCK_M):
                 q_tok = start + tl.arange(0, BLOCK_M)
                 q_valid = q_tok < n_tok
@@ -573,7 +573,8 @@ def _routed_bwd_dkdv_kernel(
 def _fused_block(k, v, dk, dv, q_region, dq_base, q_base, do_base, LSE, stat_base, s_qh, s_qw, s_qc, s_gh, s_gw,
                  s_gc, s_dh, s_dw, s_dc, n_win, inv_n_win, h, w, inv_w, n_tok, cq, cq_ok, cv, cv_ok, qk_scale,
                  sm_scale, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr, QUERY_ROWS: tl.constexpr = False):
-    """One query region's part of :func:`_routed_bwd_fused_kernel`: its dq, written, and its terms of dk and dv."""
+    """One query region's part of :func:`_routed_bwd_fused_kernel`: its dq, written, and its terms of dk and dv.
+    ``QUERY_ROWS`` (see FUSED_QUERY_ROWS): the score blocks as (queries, keys) instead of (keys, queries)."""
     for start in range(0, n_tok, BLOCK_M):
         q_tok = start + tl.arange(0, BLOCK_M)
         q_valid = q_tok < n_tok
