@@ -239,6 +239,7 @@ TOPK1_CASES = [
     Case(1, 20, 10, 2, 1, 1, 16, 32),  # 50-token regions: keys padded to 64
     Case(1, 18, 18, 9, 1, 1, 16, 16),  # 81 regions of 4 tokens
     Case(1, 8, 8, 2, 1, 2, 16, 16, "fp16"),
+    Case(1, 20, 20, 2, 1, 1, 16, 16, "bf16"),  # 100-token regions: two query blocks of 64 per key region
 ] + ([Case(4, 56, 56, 7, 1, 2, 32, 32, "bf16"), Case(2, 32, 64, 4, 1, 2, 32, 32, "bf16")] if ON_GPU else [])
 # skewed routing on two CPU cases (float32, bfloat16) and on BiFormer's stage 0
 ONE_KERNEL_CASES = [(c, "random") for c in TOPK1_CASES] + [
