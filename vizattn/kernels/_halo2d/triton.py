@@ -295,6 +295,33 @@ def _run_keys(r0, c0, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N
 
 
 @triton.jit
+def _halo_keys_i32(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The rows and columns of :func:`_halo_keys` in int32 (the circle's forward with ``OFF_I32``), past the halo's
+    end keys of its last row again: real keys, so their loads need no mask, which the circle's mask leaves out (its
+    halo terms put them at least ``2 * _CIRCLE_BIG`` away, :func:`circle_terms`): their probabilities are exactly 0."""
+    n = start + tl.arange(0, BLOCK_N)
+    k_row = tl.load(KH + th * HALO_H + tl.minimum(n // HALO_W, HALO_H - 1))
+    k_col = tl.load(KW + tw * HALO_W + n % HALO_W)
+    return k_row, k_col
+
+
+@triton.jit
+def _load_rows(rows, s_d, d, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, EVEN: tl.constexpr):
+    """:func:`_load_cols` of rows that all exist: only columns are masked, and a main block followed by a tail (which
+    :func:`_head_split` makes only inside the head dim) or covering exactly the head dim (``EVEN``) not at all."""
+    c = tl.arange(0, BLOCK_D)
+    if BLOCK_T > 0 or EVEN:
+        x = tl.load(rows[:, None] + c[None, :] * s_d)
+    else:
+        x = tl.load(rows[:, None] + c[None, :] * s_d, mask=(c < d)[None, :], other=0.0)
+    x_t = x
+    if BLOCK_T > 0:
+        c = BLOCK_D + tl.arange(0, BLOCK_T)
+        x_t = tl.load(rows[:, None] + c[None, :] * s_d, mask=(c < d)[None, :], other=0.0)
+    return x, x_t
+
+
+@triton.jit
 def _halo_keys(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
     """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row and column, and validity."""
     n = start + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -704,8 +731,11 @@ def _halo_fwd_kernel(
     TABLE: tl.constexpr = False, TABLE_ALIGN: tl.constexpr = 64,
     HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
     ROW_I32: tl.constexpr = False, ALIGN_LOG2: tl.constexpr = 0, CIRCLE_DOT: tl.constexpr = False,
-    SCALE_LATE: tl.constexpr = False, DIST16: tl.constexpr = False,
+    SCALE_LATE: tl.constexpr = False, DIST16: tl.constexpr = False, OFF_I32: tl.constexpr = False,
 ):
+    """Query-centric: the output and logsumexp of one query tile over its halo and the extra keys. ``OFF_I32`` (the
+    circle with CIRCLE_DOT, every offset within an image below 2^31; see _FWD_I32): the halo keys' rows, columns and
+    offsets in int32, and unmasked loads (:func:`_halo_keys_i32`)."""
     if ALIGN_LOG2 > 0:  # see _align_log2
         s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v = _aligned_maps(
             s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v, ALIGN_LOG2)
@@ -742,9 +772,14 @@ def _halo_fwd_kernel(
             r0, c0 = _halo_origin(KH, KW, th, tw, HALO_H, HALO_W)
             slot_terms = _circle_slot_terms(row, col, r0, c0, m_ok, HALO_H, HALO_W)
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
-            k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
-            k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
-            v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
+            if OFF_I32:
+                k_row, k_col = _halo_keys_i32(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
+                k, k_t = _load_rows(k_base + k_row * s_kh + k_col * s_kw, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK, EVEN_QK)
+                v, v_t = _load_rows(v_base + k_row * s_vh + k_col * s_vw, s_vd, d_v, BLOCK_DV, BLOCK_TV, EVEN_V)
+            else:
+                k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
+                k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
+                v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
             if TABLE:
                 inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
             elif CIRCLE_DOT:
@@ -1237,6 +1272,11 @@ _TABLE_MAX = 1 << 22
 # (relative 2^-11 of the bias) is below that of 16-bit scores; float32 inputs keep a float32 table. Written on
 # 2026-12-03 after that session's device time ran out: not yet timed on a GPU, so off.
 _FWD_TABLE_HALF = False
+# _FWD_I32: the circle's forward reads its halo keys' rows and columns in int32 and loads the slots past the halo's
+# end as real keys, without masks (OFF_I32). At 128 keys per step (the shipped launch) it measured 0.4278 -> 0.4230 ms
+# (2026-12-03, docs/benchmarks.md): not kept on. It is what lets 64 keys per step with 3 stages fit three programs per
+# SM (138 registers, 58 KB; sm_90 compile), a launch not yet timed: off.
+_FWD_I32 = False
 # Halo slots per table row: a multiple of every NA key block (16, 32; 256 under the interpreter), so that the forward
 # and the dq kernel, whose blocks differ, read one table.
 _TABLE_ALIGN = 64
@@ -1517,7 +1557,7 @@ def halo_fwd(
         HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0, TABLE=tab is not None,
         TABLE_ALIGN=_table_align(), ROW_I32=_row_i32(k, v), ALIGN_LOG2=_align_log2(q, k, v, ek, ev, out),
         CIRCLE_DOT=circle_dot, SCALE_LATE=scale > 0 and not has_rpb and tab is None,
-        DIST16=_dist16(rows, cols, circle_dot),
+        DIST16=_dist16(rows, cols, circle_dot), OFF_I32=_FWD_I32 and circle_dot and _offsets_i32(k, v),
         **walk, **meta,
     )
     return out, lse

@@ -54,7 +54,9 @@ TILE = (8, 8)  # the forward's queries per program along H and W
 # Earlier (scalar loads): the forward at 128 keys x 4 warps beat 2.7-9.4 ms of other launches (2026-11-29), and walking
 # the halo by whole rows or computing each step's keys from the halo's first key measured slower (11-30); see
 # docs/benchmarks.md.
-_FWD = dict(block_n=128, num_warps=4, num_stages=2)
+# The forward's launch as scalars, so that tools/benchmark.py --set can change each (with
+# vizattn.kernels._halo2d.triton._FWD_I32 for the 64-key, three-programs-per-SM launch still to time).
+_FWD_KEYS, _FWD_WARPS, _FWD_STAGES = 128, 4, 2
 _DQ_TILE, _DKDV_TILE = (8, 8), (8, 8)
 _BWD = dict(
     dq_launch=Launch(block_n=128, num_warps=4, num_stages=2),
@@ -95,7 +97,8 @@ def clear_fwd(
     """
     rows, cols = _axes(q, radius, tile)
     return halo_fwd(
-        q, k, v, rows, cols, scale, circle_radius=radius, extra_k=extra_k, extra_v=extra_v, **_FWD
+        q, k, v, rows, cols, scale, circle_radius=radius, extra_k=extra_k, extra_v=extra_v, block_n=_FWD_KEYS,
+        num_warps=_FWD_WARPS, num_stages=_FWD_STAGES,
     )
 
 
