@@ -108,6 +108,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
@@ -213,6 +214,7 @@ class RunSettings:
         self.smoke = False
         self.profile = True
         self.deadline = math.inf  # time.perf_counter() after which nothing new starts (--budget-s)
+        self.ab: list[tuple] = []  # --ab: the (module, name, value, label) switches of the variant
 
 
 RUN = RunSettings()
@@ -329,13 +331,70 @@ def _check_into(row: dict, label: str, run_check: Callable[[], dict], dev: torch
     _free(dev)
 
 
+@contextlib.contextmanager
+def _switched(switches: list[tuple]):
+    """The ``(module, name, value, label)`` switches set for the block, then put back."""
+    old = [getattr(m, name) for m, name, _, _ in switches]
+    try:
+        for m, name, value, _ in switches:
+            setattr(m, name, value)
+        yield
+    finally:
+        for (m, name, _, _), value in zip(switches, old):
+            setattr(m, name, value)
+
+
+AB_ROUNDS = 3
+
+
+def _ab_into(row: dict, label: str, fwd: Callable[[], object], fwdbwd: Callable[[], object],
+             dev: torch.device) -> None:
+    """``--ab``: a vizattn row's kernel times (wall-clock times without a profile or a GPU) with the switches as
+    they are and with the variant's, in ``AB_ROUNDS`` interleaved rounds, medians; the row's usual columns hold the
+    first, ``ab_*`` the second, ``ab_fwd_change`` and ``ab_fwdbwd_change`` the relative changes."""
+    def times() -> tuple[float, float]:
+        f, fb = _kernel_ms(fwd, dev), _kernel_ms(fwdbwd, dev)
+        return (f, fb) if f is not None and fb is not None else (_bench(fwd, dev), _bench(fwdbwd, dev))
+
+    outs = [_tensors(fwdbwd())]
+    with _switched(RUN.ab):  # compiled before any timing, and its results compared with the shipped switches'
+        fwd()
+        outs.append(_tensors(fwdbwd()))
+    row["ab_max_rel_diff"] = max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+                                 for a, b in zip(*outs))
+    base, variant = [], []
+    for _ in range(AB_ROUNDS):
+        base.append(times())
+        with _switched(RUN.ab):
+            variant.append(times())
+    row["fwd_ms"], row["fwdbwd_ms"] = _bench(fwd, dev), _bench(fwdbwd, dev)
+    for key, i in (("fwd", 0), ("fwdbwd", 1)):
+        a, b = statistics.median(t[i] for t in base), statistics.median(t[i] for t in variant)
+        row[f"{key}_kernel_ms"] = a if RUN.profile and dev.type == "cuda" else None
+        row[f"ab_base_{key}_ms"], row[f"ab_{key}_ms"] = a, b
+        row[f"ab_{key}_change"] = b / a - 1 if a else None
+    print(f"[{label}] {row['impl']} A/B ({', '.join(f'{s[3]}={s[2]!r}' for s in RUN.ab)}): forward "
+          f"{row['ab_base_fwd_ms']:.4f} -> {row['ab_fwd_ms']:.4f} ms ({row['ab_fwd_change']:+.1%}), forward+backward "
+          f"{row['ab_base_fwdbwd_ms']:.4f} -> {row['ab_fwdbwd_ms']:.4f} ms ({row['ab_fwdbwd_change']:+.1%}); results "
+          f"differ by at most "
+          f"{row['ab_max_rel_diff']:.1e} of their largest", flush=True)
+
+
+def _tensors(x) -> list[torch.Tensor]:
+    """The tensors of a result (a tensor or a tuple of them, None skipped)."""
+    return [x] if isinstance(x, torch.Tensor) else [t for t in x if isinstance(t, torch.Tensor)]
+
+
 def _time_into(row: dict, label: str, fwd: Callable[[], object], fwdbwd: Callable[[], object],
                dev: torch.device) -> None:
     try:
-        row["fwd_ms"] = _bench(fwd, dev)
-        row["fwd_kernel_ms"] = _kernel_ms(fwd, dev)
-        row["fwdbwd_ms"] = _bench(fwdbwd, dev)
-        row["fwdbwd_kernel_ms"] = _kernel_ms(fwdbwd, dev)
+        if RUN.ab and row["impl"].startswith("vizattn"):
+            _ab_into(row, label, fwd, fwdbwd, dev)
+        else:
+            row["fwd_ms"] = _bench(fwd, dev)
+            row["fwd_kernel_ms"] = _kernel_ms(fwd, dev)
+            row["fwdbwd_ms"] = _bench(fwdbwd, dev)
+            row["fwdbwd_kernel_ms"] = _kernel_ms(fwdbwd, dev)
     except Exception as e:  # noqa: BLE001 - report and go on: an anchor may not support a shape
         row["error"] = _err(e)
         print(f"[{label}] {row['impl']} failed: {row['error']}", file=sys.stderr)
@@ -1423,34 +1482,43 @@ def apply_settings(items: list[str]) -> dict:
     ``vizattn.kernels.MODULE`` (the prefix may be given) to the Python literal ``VALUE``, of the switch's own type
     (an int where a float is, and None where the switch may be None, are accepted). Returns {full name: value}."""
     done: dict = {}
+    for module, attr, value, full in parse_switches(items, "--set"):
+        setattr(module, attr, value)
+        done[full] = value
+    return done
+
+
+def parse_switches(items: list[str], flag: str) -> list[tuple]:
+    """The ``(module, name, value, full name)`` of each ``MODULE.NAME=VALUE`` of ``flag`` (see
+    :func:`apply_settings`), checked, nothing set."""
+    done: list[tuple] = []
     for item in items:
         name, sep, text = item.partition("=")
         module_name, _, attr = name.strip().rpartition(".")
         if not sep or not module_name or not attr:
-            raise ValueError(f"--set {item!r}: expected MODULE.NAME=VALUE, e.g. routed.triton.FUSED_QUERY_ROWS=True")
+            raise ValueError(f"{flag} {item!r}: expected MODULE.NAME=VALUE, e.g. routed.triton.FUSED_QUERY_ROWS=True")
         if not module_name.startswith("vizattn."):
             module_name = f"vizattn.kernels.{module_name}"
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise ValueError(f"--set {item!r}: no module {module_name} ({e})") from None
+            raise ValueError(f"{flag} {item!r}: no module {module_name} ({e})") from None
         switches = sorted(k for k, v in vars(module).items()
                           if k.lstrip("_").isupper() and isinstance(v, _SWITCH_TYPES))
         if attr not in switches:
-            raise ValueError(f"--set {item!r}: {module_name} has no switch {attr}; its switches: "
+            raise ValueError(f"{flag} {item!r}: {module_name} has no switch {attr}; its switches: "
                              f"{', '.join(switches) or 'none'}")
         try:
             value = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
-            raise ValueError(f"--set {item!r}: {text.strip()!r} is not a Python literal (True, 3, 'always', ...)") \
+            raise ValueError(f"{flag} {item!r}: {text.strip()!r} is not a Python literal (True, 3, 'always', ...)") \
                 from None
         old = getattr(module, attr)
         fits = type(value) is type(old) or (type(old) is float and type(value) is int) or value is None or old is None
         if not fits or not isinstance(value, _SWITCH_TYPES):
-            raise ValueError(f"--set {item!r}: {module_name}.{attr} is a {type(old).__name__} ({old!r}), got "
+            raise ValueError(f"{flag} {item!r}: {module_name}.{attr} is a {type(old).__name__} ({old!r}), got "
                              f"{type(value).__name__} {value!r}")
-        setattr(module, attr, value)
-        done[f"{module_name}.{attr}"] = value
+        done.append((module, attr, value, f"{module_name}.{attr}"))
     return done
 
 
@@ -1558,6 +1626,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="set a kernel switch of vizattn.kernels for this run (repeatable), e.g. "
                    "routed.triton.FUSED_QUERY_ROWS=True; VALUE is a Python literal of the switch's type. The settings "
                    "are recorded in the JSON's environment")
+    p.add_argument("--ab", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                   help="time each vizattn kernel row also with this switch set (repeatable: one variant with all of "
+                   f"them), in {AB_ROUNDS} interleaved rounds; prints the change and writes ab_* columns to the JSON")
     args = p.parse_args(argv)
 
     if args.cuda_graph and (args.compile or args.device != "cuda"):
@@ -1606,12 +1677,15 @@ def main(argv: list[str] | None = None) -> int:
     RUN.deadline = time.perf_counter() + args.budget_s if args.budget_s > 0 else math.inf
     try:  # after TRITON_INTERPRET is decided: the kernel modules are imported here
         settings = apply_settings(args.set)
+        RUN.ab = parse_switches(args.ab, "--ab")
     except ValueError as e:
         p.error(str(e))
 
     env = environment(dev)
     if settings:
         env["settings"] = settings
+    if RUN.ab:
+        env["ab"] = {full: value for _, _, value, full in RUN.ab}
     print(" ".join(f"{k}={v}" for k, v in env.items() if k != "command"), flush=True)
     result: dict = dict(environment=env, group_seconds={}, na2d=[], dwconv=[], layers=[], routed=[], clear=[], dit=[],
                         models=[], hires=[])

@@ -181,8 +181,45 @@ def test_set_refuses_what_it_cannot_apply(item, why, capsys, monkeypatch):
     import vizattn.kernels.routed.triton as routed
 
     monkeypatch.setattr(routed, "FUSED_QUERY_ROWS", False)
-    with pytest.raises(SystemExit) as exc:
-        bench.main([*_NO_GROUPS, "--set", item])
-    assert exc.value.code == 2
-    assert why in capsys.readouterr().err
+    for flag in ("--set", "--ab"):
+        with pytest.raises(SystemExit) as exc:
+            bench.main([*_NO_GROUPS, flag, item])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {item!r}: " in err and why in err
+        assert routed.FUSED_QUERY_ROWS is False
+
+
+def test_ab_times_vizattn_rows_with_and_without_a_switch(tmp_path, monkeypatch, capsys):
+    """--ab: each vizattn row is timed with the switches as they are and with the variant's, in interleaved rounds
+    (the kernel sees both values), the switch is put back after each round, and the JSON rows get the variant's times,
+    their change and how far its results are from the shipped switches'."""
+    import vizattn.kernels.routed.triton as routed
+
+    seen = []
+    real = routed._routed_bwd_fused_kernel
+
+    class _Recorded:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append(kwargs["QUERY_ROWS"])
+                return real[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(routed, "_routed_bwd_fused_kernel", _Recorded())
+    monkeypatch.setattr(routed, "FUSED_QUERY_ROWS", False)
+    out = tmp_path / "ab.json"
+    only_routed = ["--device", "cpu", "--smoke", "--na-shapes", "", "--dw-shapes", "", "--layer-shapes", "",
+                   "--clear-shapes", "", "--impls", "vizattn"]
+    rc = bench.main([*only_routed, "--ab", "routed.triton.FUSED_QUERY_ROWS=True", "--out", str(out)])
+    assert rc == 0
     assert routed.FUSED_QUERY_ROWS is False
+    assert True in seen and False in seen and seen.count(True) >= bench.AB_ROUNDS
+    result = json.loads(out.read_text())
+    assert result["environment"]["ab"] == {"vizattn.kernels.routed.triton.FUSED_QUERY_ROWS": True}
+    (row,) = result["routed"]
+    assert row["impl"] == "vizattn" and row["ab_fwd_ms"] > 0 and row["ab_fwdbwd_ms"] > 0
+    for key in ("fwd", "fwdbwd"):
+        assert row[f"ab_{key}_change"] == pytest.approx(row[f"ab_{key}_ms"] / row[f"ab_base_{key}_ms"] - 1)
+    assert row["ab_max_rel_diff"] < 1e-2
+    assert "vizattn A/B (vizattn.kernels.routed.triton.FUSED_QUERY_ROWS=True)" in capsys.readouterr().out
