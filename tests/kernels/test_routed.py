@@ -154,6 +154,25 @@ def test_repeated_regions_count_twice(mode):
     _check_against_reference(case, run, duplicates=True)
 
 
+class _Counted:
+    """A Triton kernel whose ``kernel[grid](...)`` launches are counted: each appends 1 to ``calls``, or with ``key``
+    the value of that keyword argument of the launch."""
+
+    def __init__(self, kernel, calls: list, key: str | None = None):
+        self.kernel, self.calls, self.key = kernel, calls, key
+
+    def __getitem__(self, grid):
+        if self.key is None:
+            self.calls.append(1)
+            return self.kernel[grid]
+
+        def launch(*args, **kwargs):
+            self.calls.append(kwargs[self.key])
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
 HOIST_CASES = [
     Case(2, 8, 8, 2, 3, 2, 16, 16, "bf16"),  # 16-token regions: the small-region launch (BiFormer's stage 1)
     Case(1, 20, 18, 2, 3, 1, 16, 32),  # 10x9 = 90-token regions: two query blocks of 64 per region
@@ -170,25 +189,15 @@ def test_gather_backward_loop_orders(case, hoist, region_steps, monkeypatch):
     regions of one or two query blocks."""
     monkeypatch.setattr(kernels, "DKDV_HOIST", hoist)
     monkeypatch.setattr(kernels, "DQ_REGION_STEPS", region_steps)
-    if region_steps:
-        used = []
-        real = kernels._routed_bwd_dq_kernel
-
-        class _Recorded:
-            def __getitem__(self, grid):
-                def launch(*args, **kwargs):
-                    used.append(kwargs["REGION_STEP"])
-                    return real[grid](*args, **kwargs)
-                return launch
-
-        monkeypatch.setattr(kernels, "_routed_bwd_dq_kernel", _Recorded())
+    used = []
+    monkeypatch.setattr(kernels, "_routed_bwd_dq_kernel", _Counted(kernels._routed_bwd_dq_kernel, used, "REGION_STEP"))
 
     def run(q, k, v, r_idx):
         return _Kernels.apply(q, k, v, r_idx, case.n_win, case.heads, "gather", False)
 
     _check_against_reference(case, run, duplicates=True)
-    if region_steps:  # only where a step is exactly one region (16 tokens here, 90 in the second case)
-        assert used == [case is HOIST_CASES[0]]
+    # by region only where asked and where a step is exactly one region (16 tokens here, 90 in the second case)
+    assert used == [region_steps and case is HOIST_CASES[0]]
 
 
 @pytest.mark.parametrize("distinct", [True, False])
@@ -245,17 +254,6 @@ TOPK1_CASES = [
 ONE_KERNEL_CASES = [(c, "random") for c in TOPK1_CASES] + [
     (c, "skewed") for c in TOPK1_CASES if c in (TOPK1_CASES[0], TOPK1_CASES[1]) or (c.hh, c.n_win) == (56, 7)
 ]
-
-
-class _Counted:
-    """A Triton kernel whose ``kernel[grid](...)`` launches are counted."""
-
-    def __init__(self, kernel, calls: list):
-        self.kernel, self.calls = kernel, calls
-
-    def __getitem__(self, grid):
-        self.calls.append(1)
-        return self.kernel[grid]
 
 
 @pytest.mark.parametrize("query_rows", [False, True], ids=["key-rows", "query-rows"])
