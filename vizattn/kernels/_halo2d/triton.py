@@ -306,22 +306,6 @@ def _halo_keys_i32(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.const
 
 
 @triton.jit
-def _load_rows(rows, s_d, d, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, EVEN: tl.constexpr):
-    """:func:`_load_cols` of rows that all exist: only columns are masked, and a main block followed by a tail (which
-    :func:`_head_split` makes only inside the head dim) or covering exactly the head dim (``EVEN``) not at all."""
-    c = tl.arange(0, BLOCK_D)
-    if BLOCK_T > 0 or EVEN:
-        x = tl.load(rows[:, None] + c[None, :] * s_d)
-    else:
-        x = tl.load(rows[:, None] + c[None, :] * s_d, mask=(c < d)[None, :], other=0.0)
-    x_t = x
-    if BLOCK_T > 0:
-        c = BLOCK_D + tl.arange(0, BLOCK_T)
-        x_t = tl.load(rows[:, None] + c[None, :] * s_d, mask=(c < d)[None, :], other=0.0)
-    return x, x_t
-
-
-@triton.jit
 def _halo_keys(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
     """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row and column, and validity."""
     n = start + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -735,7 +719,7 @@ def _halo_fwd_kernel(
 ):
     """Query-centric: the output and logsumexp of one query tile over its halo and the extra keys. ``OFF_I32`` (the
     circle with CIRCLE_DOT, every offset within an image below 2^31; see _FWD_I32): the halo keys' rows, columns and
-    offsets in int32, and unmasked loads (:func:`_halo_keys_i32`)."""
+    offsets in int32, and loads masked by columns only (:func:`_halo_keys_i32`)."""
     if ALIGN_LOG2 > 0:  # see _align_log2
         s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v = _aligned_maps(
             s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v, ALIGN_LOG2)
@@ -774,8 +758,13 @@ def _halo_fwd_kernel(
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
             if OFF_I32:
                 k_row, k_col = _halo_keys_i32(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
-                k, k_t = _load_rows(k_base + k_row * s_kh + k_col * s_kw, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK, EVEN_QK)
-                v, v_t = _load_rows(v_base + k_row * s_vh + k_col * s_vw, s_vd, d_v, BLOCK_DV, BLOCK_TV, EVEN_V)
+                # every slot a real key: only the head dim's columns masked (none where the blocks cover it)
+                kp, kp_ok, kp_t, kp_t_ok = _cols_ptrs(k_base + (k_row * s_kh + k_col * s_kw)[:, None], s_kd, d_qk,
+                                                      BLOCK_DQK, BLOCK_TQK)
+                vp, vp_ok, vp_t, vp_t_ok = _cols_ptrs(v_base + (k_row * s_vh + k_col * s_vw)[:, None], s_vd, d_v,
+                                                      BLOCK_DV, BLOCK_TV)
+                k, k_t = _load_cols_off(kp, kp_ok, kp_t, kp_t_ok, 0, BLOCK_TQK, EVEN_QK)
+                v, v_t = _load_cols_off(vp, vp_ok, vp_t, vp_t_ok, 0, BLOCK_TV, EVEN_V)
             else:
                 k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
                 k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
@@ -1275,7 +1264,7 @@ _FWD_TABLE_HALF = False
 # _FWD_I32: the circle's forward reads its halo keys' rows and columns in int32 and loads the slots past the halo's
 # end as real keys, without masks (OFF_I32). At 128 keys per step (the shipped launch) it measured 0.4278 -> 0.4230 ms
 # (2026-12-03, docs/benchmarks.md): not kept on. It is what lets 64 keys per step with 3 stages fit three programs per
-# SM (138 registers, 58 KB; sm_90 compile), a launch not yet timed: off.
+# SM (161 registers, 58 KB, 458 instructions per step; sm_90 compile), a launch not yet timed: off.
 _FWD_I32 = False
 # Halo slots per table row: a multiple of every NA key block (16, 32; 256 under the interpreter), so that the forward
 # and the dq kernel, whose blocks differ, read one table.
