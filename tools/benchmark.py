@@ -214,7 +214,7 @@ class RunSettings:
         self.smoke = False
         self.profile = True
         self.deadline = math.inf  # time.perf_counter() after which nothing new starts (--budget-s)
-        self.ab: list[tuple] = []  # --ab: the (module, name, value, label) switches of the variant
+        self.ab: list[tuple] = []  # --ab: the (module, name, value, full name) switches of the variant
 
 
 RUN = RunSettings()
@@ -333,7 +333,7 @@ def _check_into(row: dict, label: str, run_check: Callable[[], dict], dev: torch
 
 @contextlib.contextmanager
 def _switched(switches: list[tuple]):
-    """The ``(module, name, value, label)`` switches set for the block, then put back."""
+    """The ``(module, name, value, full name)`` switches set for the block, then put back."""
     old = [getattr(m, name) for m, name, _, _ in switches]
     try:
         for m, name, value, _ in switches:
@@ -376,8 +376,7 @@ def _ab_into(row: dict, label: str, fwd: Callable[[], object], fwdbwd: Callable[
     print(f"[{label}] {row['impl']} A/B ({', '.join(f'{s[3]}={s[2]!r}' for s in RUN.ab)}): forward "
           f"{row['ab_base_fwd_ms']:.4f} -> {row['ab_fwd_ms']:.4f} ms ({row['ab_fwd_change']:+.1%}), forward+backward "
           f"{row['ab_base_fwdbwd_ms']:.4f} -> {row['ab_fwdbwd_ms']:.4f} ms ({row['ab_fwdbwd_change']:+.1%}); results "
-          f"differ by at most "
-          f"{row['ab_max_rel_diff']:.1e} of their largest", flush=True)
+          f"differ by at most {row['ab_max_rel_diff']:.1e} of their largest", flush=True)
 
 
 def _tensors(x) -> list[torch.Tensor]:
