@@ -1259,12 +1259,15 @@ _TABLE_MAX = 1 << 22
 # float16 instead of float32, half the table's bytes per step (sm_90 at B64 56x56, 2 heads, rpb: shared memory 4096
 # -> 3584 bytes, one async copy fewer per step, but 8 conversions more: loop 147 -> 149 instructions). Its rounding
 # (relative 2^-11 of the bias) is below that of 16-bit scores; float32 inputs keep a float32 table. Written on
-# 2026-12-03 after that session's device time ran out: not yet timed on a GPU, so off.
+# 2026-12-03; H200, 12:50 (tools/benchmark.py --ab, forward with rpb): 56x56 0.1096 -> 0.1284 ms (+17%), 28x28 +1.5%,
+# 14x14 +2.2%, 7x7 -0.6%, dilated 56x56 -3.8%: off.
 _FWD_TABLE_HALF = False
 # _FWD_I32: the circle's forward reads its halo keys' rows and columns in int32 and loads the slots past the halo's
 # end as real keys, without masks (OFF_I32). At 128 keys per step (the shipped launch) it measured 0.4278 -> 0.4230 ms
 # (2026-12-03, docs/benchmarks.md): not kept on. It is what lets 64 keys per step with 3 stages fit three programs per
-# SM (161 registers, 58 KB, 458 instructions per step; sm_90 compile), a launch not yet timed: off.
+# SM (161 registers, 58 KB, 458 instructions per step; sm_90 compile); H200, 2026-12-03 12:49 (tools/benchmark.py
+# --ab, with clear.triton._FWD_KEYS=64, _FWD_STAGES=3): forward 128x128 r 8 0.4305 -> 0.5175 ms (+20%), 64x64 +18.5%,
+# 32x32 +10%, 128x128 r 16 -5.5%: off.
 _FWD_I32 = False
 # Halo slots per table row: a multiple of every NA key block (16, 32; 256 under the interpreter), so that the forward
 # and the dq kernel, whose blocks differ, read one table.

@@ -753,19 +753,21 @@ FUSED_TOPK1 = True
 # query's delta is then a sum within its row (two shuffles) instead of one across the program's warps, and the
 # transposed operands of dv and dk go through shared memory as the old layout's dq operand did. sm_90 at BiFormer-S
 # stage 0 (tools/kernel_report.py, 2026-12-03): loop 602 -> 383 instructions (80 -> 4 shuffles, 21 -> 7 loads), 167 ->
-# 157 registers, 16 -> 24 KB of shared memory. Written after that session's device time ran out: not yet timed on a
-# GPU nor run there, so off.
-FUSED_QUERY_ROWS = False
+# 157 registers, 16 -> 24 KB of shared memory. H200, 2026-12-03 12:48 (tools/benchmark.py --ab, 3 interleaved rounds,
+# kernel time): stage-0 forward+backward 0.1329 -> 0.1251 ms (-5.9%; fb/f 3.3 -> 3.1), stages 1 and 2 unchanged (they
+# do not take this kernel). On.
+FUSED_QUERY_ROWS = True
 # The gather-mode dk/dv kernel walks its query blocks outside and its routing-list entries inside (DKDV_HOIST): a
 # block's token offsets and masks are then computed once, an entry adding its region's scalar offsets. sm_90 at
 # BiFormer-S stage 1 (one-warp programs, 16-token regions; tools/kernel_report.py, 2026-12-03): 269 -> 209
-# instructions per entry, but 16 bytes of spill at the shipped 96-register cap (106 registers uncapped). Written after
-# that session's device time ran out: not yet timed on a GPU, so off.
+# instructions per entry, but 16 bytes of spill at the shipped 96-register cap (106 registers uncapped). H200,
+# 2026-12-03 12:54 (tools/benchmark.py --ab): stage-1 forward+backward 0.1254 -> 0.1323 ms (+5.5%): off.
 DKDV_HOIST = False
 # The gather-mode dq kernel, where a step of keys is exactly one routed region (BLOCK_N == its tokens: BiFormer-S
 # stage 1), walks the routing list by rank (DQ_REGION_STEPS): one scalar load of the region per step and token offsets
 # computed once, instead of per key a rank / token division, a gathered load of its region and its offsets. sm_90 at
-# stage 1: see docs/benchmarks.md. Written after the 2026-12-03 session's device time ran out: not yet timed, so off.
+# stage 1: see docs/benchmarks.md. H200, 2026-12-03 12:54 (tools/benchmark.py --ab): stage-1 forward+backward 0.1258
+# -> 0.1251 ms (-0.5%, within run-to-run noise): off.
 DQ_REGION_STEPS = False
 _FUSED_MAX_TOKENS = 128
 _FUSED_MAX_WIDTH = 64 * 256  # region tokens (padded) x (q/k + v head dims, padded)
