@@ -382,34 +382,6 @@ def test_declared_alignment_changes_no_result(monkeypatch, packed):
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("block_n", [None, 64], ids=["default-block", "64-key-steps"])
-@pytest.mark.parametrize("head_dim", [24, 40], ids=["d24", "d40-split"])
-@pytest.mark.parametrize("packed", [True, False], ids=["packed", "separate"])
-def test_forward_int32_unmasked_walk_changes_no_result(monkeypatch, packed, head_dim, block_n):
-    """The forward's int32 halo walk (_FWD_I32: int32 rows and offsets, and the slots past the halo's end loaded
-    unmasked as real keys, left out by the circle's mask) gives the output and logsumexp of the int64 walk with masked
-    loads, bitwise: q, k, v views of a packed projection or separate maps, a head dim in one block (24: its block's
-    last columns masked) or split into main and tail blocks (40), halos of 144 slots in steps that do not divide them
-    (64 keys: 3 steps, the last one 16 real slots), and extra tokens."""
-    import vizattn.kernels._halo2d.triton as halo
-    from vizattn.kernels.clear import triton as clear_kernels
-
-    if block_n is not None:
-        monkeypatch.setattr(halo, "_BLOCK_N_INTERPRET", block_n)
-        monkeypatch.setattr(clear_kernels, "_FWD_KEYS", block_n)
-    g = torch.Generator().manual_seed(11)
-    qkv = torch.randn(2, 19, 21, 3, 2, head_dim, generator=g).to(DEVICE)  # r 3: 12x12 halos
-    extra = torch.randn(2, 5, 2, 2, head_dim, generator=g).to(DEVICE)
-    maps = list(qkv.unbind(3)) if packed else [t.contiguous() for t in qkv.unbind(3)]
-    results = []
-    for i32 in (False, True):
-        monkeypatch.setattr(halo, "_FWD_I32", i32)
-        results.append(clear_kernels.clear_fwd(*maps, extra[:, :, 0], extra[:, :, 1], 3, head_dim**-0.5))
-    for ours, theirs in zip(*results):
-        assert torch.isfinite(ours).all()
-        assert torch.equal(ours, theirs)
-
-
 def test_circle_terms_give_exact_squared_distances():
     """The halo terms of the circle's distance dot (CIRCLE_DOT) are exact in float16 and, times each slot's terms (as
     the kernels build them), give every squared distance exactly, at the largest halo that takes the dot; keys past

@@ -295,17 +295,6 @@ def _run_keys(r0, c0, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N
 
 
 @triton.jit
-def _halo_keys_i32(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The rows and columns of :func:`_halo_keys` in int32 (the circle's forward with ``OFF_I32``), past the halo's
-    end keys of its last row again: real keys, so their loads need no mask, which the circle's mask leaves out (its
-    halo terms put them at least ``2 * _CIRCLE_BIG`` away, :func:`circle_terms`): their probabilities are exactly 0."""
-    n = start + tl.arange(0, BLOCK_N)
-    k_row = tl.load(KH + th * HALO_H + tl.minimum(n // HALO_W, HALO_H - 1))
-    k_col = tl.load(KW + tw * HALO_W + n % HALO_W)
-    return k_row, k_col
-
-
-@triton.jit
 def _halo_keys(KH, KW, th, tw, start, HALO_H: tl.constexpr, HALO_W: tl.constexpr, BLOCK_N: tl.constexpr):
     """Keys ``start .. start + BLOCK_N`` of the flattened halo: global row and column, and validity."""
     n = start + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -715,11 +704,8 @@ def _halo_fwd_kernel(
     TABLE: tl.constexpr = False, TABLE_ALIGN: tl.constexpr = 64,
     HALO_WP: tl.constexpr = 0, EVEN_QK: tl.constexpr = False, EVEN_V: tl.constexpr = False,
     ROW_I32: tl.constexpr = False, ALIGN_LOG2: tl.constexpr = 0, CIRCLE_DOT: tl.constexpr = False,
-    SCALE_LATE: tl.constexpr = False, DIST16: tl.constexpr = False, OFF_I32: tl.constexpr = False,
+    SCALE_LATE: tl.constexpr = False, DIST16: tl.constexpr = False,
 ):
-    """Query-centric: the output and logsumexp of one query tile over its halo and the extra keys. ``OFF_I32`` (the
-    circle with CIRCLE_DOT, every offset within an image below 2^31; see _FWD_I32): the halo keys' rows, columns and
-    offsets in int32, and loads masked by columns only (:func:`_halo_keys_i32`)."""
     if ALIGN_LOG2 > 0:  # see _align_log2
         s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v = _aligned_maps(
             s_qb, s_qh, s_qw, s_qn, s_kb, s_kh, s_kw, s_kn, s_vb, s_vh, s_vw, s_vn, d_qk, d_v, ALIGN_LOG2)
@@ -756,19 +742,9 @@ def _halo_fwd_kernel(
             r0, c0 = _halo_origin(KH, KW, th, tw, HALO_H, HALO_W)
             slot_terms = _circle_slot_terms(row, col, r0, c0, m_ok, HALO_H, HALO_W)
         for start in range(0, HALO_H * HALO_W, BLOCK_N):
-            if OFF_I32:
-                k_row, k_col = _halo_keys_i32(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
-                # every slot a real key: only the head dim's columns masked (none where the blocks cover it)
-                kp, kp_ok, kp_t, kp_t_ok = _cols_ptrs(k_base + (k_row * s_kh + k_col * s_kw)[:, None], s_kd, d_qk,
-                                                      BLOCK_DQK, BLOCK_TQK)
-                vp, vp_ok, vp_t, vp_t_ok = _cols_ptrs(v_base + (k_row * s_vh + k_col * s_vw)[:, None], s_vd, d_v,
-                                                      BLOCK_DV, BLOCK_TV)
-                k, k_t = _load_cols_off(kp, kp_ok, kp_t, kp_t_ok, 0, BLOCK_TQK, EVEN_QK)
-                v, v_t = _load_cols_off(vp, vp_ok, vp_t, vp_t_ok, 0, BLOCK_TV, EVEN_V)
-            else:
-                k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
-                k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
-                v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
+            k_row, k_col, n_ok = _halo_keys(KH, KW, th, tw, start, HALO_H, HALO_W, BLOCK_N)
+            k, k_t = _load_cols(k_base + k_row * s_kh + k_col * s_kw, n_ok, s_kd, d_qk, BLOCK_DQK, BLOCK_TQK)
+            v, v_t = _load_cols(v_base + k_row * s_vh + k_col * s_vw, n_ok, s_vd, d_v, BLOCK_DV, BLOCK_TV)
             if TABLE:
                 inside, bias = True, _table_bias(rpb_rows, start, BLOCK_N)
             elif CIRCLE_DOT:
@@ -1262,13 +1238,6 @@ _TABLE_MAX = 1 << 22
 # 2026-12-03; H200, 12:50 (tools/benchmark.py --ab, forward with rpb): 56x56 0.1096 -> 0.1284 ms (+17%), 28x28 +1.5%,
 # 14x14 +2.2%, 7x7 -0.6%, dilated 56x56 -3.8%: off.
 _FWD_TABLE_HALF = False
-# _FWD_I32: the circle's forward reads its halo keys' rows and columns in int32 and loads the slots past the halo's
-# end as real keys, without masks (OFF_I32). At 128 keys per step (the shipped launch) it measured 0.4278 -> 0.4230 ms
-# (2026-12-03, docs/benchmarks.md): not kept on. It is what lets 64 keys per step with 3 stages fit three programs per
-# SM (161 registers, 58 KB, 458 instructions per step; sm_90 compile); H200, 2026-12-03 12:49 (tools/benchmark.py
-# --ab, with clear.triton._FWD_KEYS=64, _FWD_STAGES=3): forward 128x128 r 8 0.4305 -> 0.5175 ms (+20%), 64x64 +18.5%,
-# 32x32 +10%, 128x128 r 16 -5.5%: off.
-_FWD_I32 = False
 # Halo slots per table row: a multiple of every NA key block (16, 32; 256 under the interpreter), so that the forward
 # and the dq kernel, whose blocks differ, read one table.
 _TABLE_ALIGN = 64
@@ -1549,7 +1518,7 @@ def halo_fwd(
         HAS_RPB=has_rpb, CIRCLE=circle_radius is not None, HAS_EXTRA=n_extra > 0, TABLE=tab is not None,
         TABLE_ALIGN=_table_align(), ROW_I32=_row_i32(k, v), ALIGN_LOG2=_align_log2(q, k, v, ek, ev, out),
         CIRCLE_DOT=circle_dot, SCALE_LATE=scale > 0 and not has_rpb and tab is None,
-        DIST16=_dist16(rows, cols, circle_dot), OFF_I32=_FWD_I32 and circle_dot and _offsets_i32(k, v),
+        DIST16=_dist16(rows, cols, circle_dot),
         **walk, **meta,
     )
     return out, lse

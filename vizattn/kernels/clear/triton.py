@@ -54,9 +54,9 @@ TILE = (8, 8)  # the forward's queries per program along H and W
 # Earlier (scalar loads): the forward at 128 keys x 4 warps beat 2.7-9.4 ms of other launches (2026-11-29), and walking
 # the halo by whole rows or computing each step's keys from the halo's first key measured slower (11-30); see
 # docs/benchmarks.md.
-# The forward's launch as scalars, so that tools/benchmark.py --set can change each (with
-# vizattn.kernels._halo2d.triton._FWD_I32, the 64-key, three-programs-per-SM launch measured 20% slower at 128x128 r 8
-# on 2026-12-03, see there).
+# The forward's launch as scalars, so that tools/benchmark.py --set can change each. 64 keys x 3 stages with an int32
+# halo walk (three programs per SM) measured 20% slower at 128x128 r 8 on 2026-12-03 (docs/benchmarks.md); the walk
+# was removed.
 _FWD_KEYS, _FWD_WARPS, _FWD_STAGES = 128, 4, 2
 _DQ_TILE, _DKDV_TILE = (8, 8), (8, 8)
 _BWD = dict(
